@@ -1,1 +1,34 @@
-//! Placeholder.
+//! Test harness over the real infrastructure that `scripts/test` starts.
+//!
+//! Every test gets its own Kafka topic prefix and its own Postgres database (migrations applied),
+//! so tests run in parallel without seeing each other's data. The broker and database come from
+//! `KAFKA_BROKERS` and `DATABASE_URL`; when they are missing or unreachable the harness fails
+//! with the command to run, rather than skipping silently.
+//!
+//! # Layout
+//!
+//! - [`env`]: where the infrastructure is, and the message when it is not there.
+//! - [`kafka`]: [`TestKafka`], a unique topic namespace plus client helpers.
+//! - [`database`]: [`TestDatabase`], a fresh database per test.
+//! - [`broker`]: [`BrokerProcess`], a dedicated Nisshi process a test may kill and restart.
+//! - [`proxy`]: [`FaultProxy`], a TCP proxy that can swallow a Kafka response to force a retry.
+
+// Test support: a failed set-up should stop the test at once with a clear message.
+#![allow(clippy::expect_used, clippy::panic, unreachable_pub)]
+
+pub mod broker;
+pub mod database;
+pub mod env;
+pub mod kafka;
+pub mod proxy;
+
+pub use broker::BrokerProcess;
+pub use database::TestDatabase;
+pub use kafka::TestKafka;
+pub use proxy::FaultProxy;
+
+/// A short unique name for this test's resources (`t` + 12 hex digits).
+pub fn unique_name() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("t{}", &id[..12])
+}

@@ -1,0 +1,87 @@
+//! Kafka client settings shared by every service, and topic creation.
+//!
+//! Producers: `acks=all` and idempotence (an event exists once every in-sync replica has it, and
+//! a retried batch is never written twice), murmur2 partitioning (the Java client's choice).
+//! Consumers: no auto commit and no automatic offset store: a consumer stores an offset only
+//! once the effect of that record is durable.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::ClientConfig;
+use thiserror::Error;
+
+use crate::config::KafkaSettings;
+
+#[derive(Debug, Error)]
+pub enum KafkaSetupError {
+    #[error("could not create the Kafka client")]
+    Client(#[source] KafkaError),
+    #[error("could not create topic {topic}: {code:?}")]
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("topic creation request failed")]
+    Admin(#[source] KafkaError),
+}
+
+/// Settings for an idempotent producer that waits for all in-sync replicas.
+pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "10000")
+        .set("socket.keepalive.enable", "true");
+    config
+}
+
+/// Settings for a group consumer that commits only offsets it stored itself.
+pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("partition.assignment.strategy", "range,roundrobin");
+    config
+}
+
+/// Creates the topics that do not exist yet (existing ones are left as they are).
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    topics: &[String],
+    partitions: i32,
+) -> Result<(), KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .create()
+        .map_err(KafkaSetupError::Client)?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(KafkaSetupError::Admin)?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaSetupError::CreateTopic { topic, code }),
+        }
+    }
+    Ok(())
+}

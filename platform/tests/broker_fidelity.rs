@@ -1,0 +1,355 @@
+//! Broker fidelity: every Kafka feature the system relies on, proved against the real local
+//! broker (Nisshi), one test per feature. When the broker changes (an upgrade, or Apache Kafka
+//! in compose), these say what still holds. Results are recorded in
+//! `docs/decisions/0001-local-kafka-broker.md`.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use platform::kafka::producer_config;
+use platform::partitioner::partition_for;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use test_harness::broker::free_port;
+use test_harness::{BrokerProcess, FaultProxy, TestDatabase, TestKafka};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn send(producer: &FutureProducer, topic: &str, key: &str, value: &str) -> (i32, i64) {
+    let record = FutureRecord::to(topic).key(key).payload(value);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map(|delivery| (delivery.partition, delivery.offset))
+        .unwrap_or_else(|(e, _)| panic!("produce {key}: {e}"))
+}
+
+/// Receives `n` messages (or fails after [`WAIT`]).
+async fn receive(consumer: &StreamConsumer, n: usize) -> Vec<OwnedMessage> {
+    let mut out = Vec::with_capacity(n);
+    let mut stream = consumer.stream();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while out.len() < n {
+        let next = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("received {} of {n} messages before the deadline", out.len())
+            });
+        let message: BorrowedMessage<'_> = next.expect("stream ended").expect("consume");
+        out.push(message.detach());
+    }
+    out
+}
+
+fn text(message: &OwnedMessage) -> String {
+    String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned()
+}
+
+fn assign_from_beginning(consumer: &StreamConsumer, topic: &str, partitions: i32) {
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&list).expect("assign");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_and_consume_keep_keys_values_and_headers() {
+    let kafka = TestKafka::new();
+    let topic = kafka.create_topic("headers", 1).await;
+    let producer = kafka.producer();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "event-type",
+            value: Some("OrderPlaced"),
+        })
+        .insert(Header {
+            key: "traceparent",
+            value: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        })
+        .insert(Header::<&[u8]> {
+            key: "empty",
+            value: None,
+        });
+    let record = FutureRecord::to(&topic)
+        .key("order-1")
+        .payload(&[0xC3u8, 0x01, 0xFF][..])
+        .headers(headers);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce");
+
+    let consumer = kafka.consumer(&kafka.group("headers"), &[]);
+    assign_from_beginning(&consumer, &topic, 1);
+    let message = receive(&consumer, 1).await.remove(0);
+    assert_eq!(message.key(), Some(&b"order-1"[..]));
+    assert_eq!(message.payload(), Some(&[0xC3u8, 0x01, 0xFF][..]));
+    let headers = message.headers().expect("headers survive");
+    let pairs: Vec<(String, Option<Vec<u8>>)> = headers
+        .iter()
+        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![
+            ("event-type".into(), Some(b"OrderPlaced".to_vec())),
+            (
+                "traceparent".into(),
+                Some(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec())
+            ),
+            ("empty".into(), None),
+        ]
+    );
+}
+
+fn assigned(consumer: &StreamConsumer) -> BTreeSet<i32> {
+    consumer
+        .assignment()
+        .map(|list| list.elements().iter().map(|e| e.partition()).collect())
+        .unwrap_or_default()
+}
+
+/// Polls both consumers (a group member only rebalances while it polls) until `done` holds.
+async fn poll_until(members: &[&StreamConsumer], done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group did not settle in time"
+        );
+        for member in members {
+            let _ = tokio::time::timeout(Duration::from_millis(50), member.recv()).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_group_with_two_members_rebalances_partitions() {
+    let kafka = TestKafka::new();
+    let topic = kafka.create_topic("group", 4).await;
+    let group = kafka.group("members");
+    let all: BTreeSet<i32> = (0..4).collect();
+
+    let first = kafka.consumer(&group, &[]);
+    first.subscribe(&[&topic]).expect("subscribe");
+    poll_until(&[&first], || assigned(&first) == all).await;
+
+    let second = kafka.consumer(&group, &[]);
+    second.subscribe(&[&topic]).expect("subscribe");
+    poll_until(&[&first, &second], || {
+        let (a, b) = (assigned(&first), assigned(&second));
+        !a.is_empty()
+            && !b.is_empty()
+            && a.is_disjoint(&b)
+            && a.union(&b).copied().collect::<BTreeSet<_>>() == all
+    })
+    .await;
+
+    // The second member leaves: the first takes every partition back.
+    second.unsubscribe();
+    drop(second);
+    poll_until(&[&first], || assigned(&first) == all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_offset_store_and_commit_resume_where_the_group_left_off() {
+    let kafka = TestKafka::new();
+    let topic = kafka.create_topic("resume", 1).await;
+    let producer = kafka.producer();
+    for i in 0..10 {
+        send(&producer, &topic, "k", &format!("m{i}")).await;
+    }
+    let group = kafka.group("resume");
+    {
+        let consumer = kafka.consumer(&group, &[]);
+        consumer.subscribe(&[&topic]).expect("subscribe");
+        let messages = receive(&consumer, 6).await;
+        // Only the first five are "done": store the fifth, not the sixth we also received.
+        consumer
+            .store_offset(&topic, 0, messages[4].offset() + 1)
+            .expect("store offset");
+        consumer
+            .commit_consumer_state(CommitMode::Sync)
+            .expect("commit");
+        let committed = consumer
+            .committed(Duration::from_secs(10))
+            .expect("committed offsets");
+        assert_eq!(
+            committed.find_partition(&topic, 0).map(|e| e.offset()),
+            Some(Offset::Offset(5))
+        );
+    }
+    let consumer = kafka.consumer(&group, &[]);
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let resumed = receive(&consumer, 5).await;
+    let values: Vec<String> = resumed.iter().map(text).collect();
+    assert_eq!(values, ["m5", "m6", "m7", "m8", "m9"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producer_does_not_duplicate_a_retried_batch() {
+    // The client talks to the broker through a proxy that swallows one Produce response and cuts
+    // the connection: the batch *was* written, the client cannot know, and retries it.
+    let (broker_port, proxy_port) = (free_port(), free_port());
+    let broker =
+        BrokerProcess::start_advertising("memory://nisshi/", broker_port, proxy_port).await;
+    let proxy = FaultProxy::start(proxy_port, broker.brokers()).await;
+    let kafka = TestKafka::at(&format!("127.0.0.1:{proxy_port}"));
+    let topic = kafka.create_topic("idempotent", 1).await;
+    let producer = kafka.producer();
+
+    send(&producer, &topic, "k", "before").await;
+    proxy.swallow_next_produce_response();
+    let (_, retried_offset) = send(&producer, &topic, "k", "retried").await;
+    send(&producer, &topic, "k", "after").await;
+    assert_eq!(proxy.swallowed(), 1, "the fault was injected");
+
+    let consumer = kafka.consumer(&kafka.group("idempotent"), &[]);
+    assign_from_beginning(&consumer, &topic, 1);
+    let messages = receive(&consumer, 3).await;
+    let values: Vec<String> = messages.iter().map(text).collect();
+    assert_eq!(values, ["before", "retried", "after"]);
+    assert_eq!(
+        messages[1].offset(),
+        retried_offset,
+        "the retry was answered with the original offset"
+    );
+    let (low, high) = consumer
+        .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    assert_eq!(
+        high - low,
+        3,
+        "exactly three records in the partition, no duplicate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_refused_by_the_broker() {
+    // Correctness never rests on transactions (see docs/decisions/0001). If this starts failing,
+    // the broker has gained transactions: update the decision record and consider fencing.
+    let kafka = TestKafka::new();
+    let producer: FutureProducer = producer_config(&kafka.settings)
+        .set("transactional.id", kafka.group("tx"))
+        .create()
+        .expect("create transactional producer");
+    let result = producer.init_transactions(Duration::from_secs(15));
+    match result {
+        Err(KafkaError::Transaction(error)) => {
+            assert_eq!(
+                error.code(),
+                RDKafkaErrorCode::TransactionalIdAuthorizationFailed,
+                "{error}"
+            );
+        }
+        other => panic!(
+            "expected the broker to refuse InitProducerId with a transactional id, got {other:?}"
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seek_to_beginning_list_offsets_and_watermarks() {
+    let kafka = TestKafka::new();
+    let topic = kafka.create_topic("offsets", 1).await;
+    let producer = kafka.producer();
+    let mut offsets = vec![];
+    for i in 0..5 {
+        offsets.push(send(&producer, &topic, "k", &format!("m{i}")).await.1);
+    }
+    assert_eq!(offsets, [0, 1, 2, 3, 4], "offsets are dense from zero");
+
+    let consumer = kafka.consumer(&kafka.group("offsets"), &[]);
+    assert_eq!(
+        consumer
+            .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+            .expect("watermarks"),
+        (0, 5)
+    );
+    let mut by_time = TopicPartitionList::new();
+    by_time
+        .add_partition_offset(&topic, 0, Offset::Offset(0))
+        .expect("partition");
+    let found = consumer
+        .offsets_for_times(by_time, Duration::from_secs(10))
+        .expect("ListOffsets");
+    assert_eq!(
+        found.find_partition(&topic, 0).map(|e| e.offset()),
+        Some(Offset::Offset(0))
+    );
+
+    assign_from_beginning(&consumer, &topic, 1);
+    let first = receive(&consumer, 5).await;
+    assert_eq!(text(&first[0]), "m0");
+    consumer
+        .seek(&topic, 0, Offset::Beginning, Duration::from_secs(10))
+        .expect("seek to beginning");
+    let again = receive(&consumer, 1).await;
+    assert_eq!((again[0].offset(), text(&again[0])), (0, "m0".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_with_postgres_storage_keeps_every_acknowledged_record() {
+    let storage = TestDatabase::create(None).await;
+    let mut broker = BrokerProcess::start(&storage.url).await;
+    let kafka = TestKafka::at(&broker.brokers());
+    let topic = kafka.create_topic("durable", 3).await;
+    let expected: HashSet<String> = {
+        let producer = kafka.producer();
+        let mut acked = HashSet::new();
+        for i in 0..200 {
+            send(
+                &producer,
+                &topic,
+                &format!("key-{}", i % 17),
+                &format!("v{i}"),
+            )
+            .await;
+            acked.insert(format!("v{i}"));
+        }
+        acked
+    };
+
+    broker.restart().await; // SIGKILL, then start again on the same storage.
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("group.id", kafka.group("after-restart"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    assign_from_beginning(&consumer, &topic, 3);
+    let messages = receive(&consumer, expected.len()).await;
+    let seen: Vec<String> = messages.iter().map(text).collect();
+    let unique: HashSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique, expected, "every acknowledged record survived");
+    assert_eq!(seen.len(), unique.len(), "nothing duplicated");
+    let mut total = 0;
+    for p in 0..3 {
+        let (low, high) = consumer
+            .fetch_watermarks(&topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        total += high - low;
+    }
+    assert_eq!(total, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_records_land_on_the_java_clients_murmur2_partition() {
+    let kafka = TestKafka::new();
+    let topic = kafka.create_topic("partitioning", 6).await;
+    let producer = kafka.producer();
+    for i in 0..60 {
+        let key = format!("order-{i}");
+        let (partition, _) = send(&producer, &topic, &key, "x").await;
+        assert_eq!(partition, partition_for(key.as_bytes(), 6), "{key}");
+    }
+    producer.flush(Duration::from_secs(5)).expect("flush");
+}

@@ -1,0 +1,357 @@
+//! The wire codec: every event round-trips, bad bytes give typed errors (never a panic), and
+//! schema evolution keeps old records readable.
+
+use apache_avro::rabin::Rabin;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
+use domain::customer::CustomerEvent;
+use domain::inventory::InventoryEvent;
+use domain::order::{OrderEvent, OrderLine, RejectionReason};
+use domain::values::{
+    CancellationReason, Currency, CustomerId, CustomerName, Money, OrderId, Quantity, Sku,
+};
+use schemas::compat::{backward_violations, SchemaVersion};
+use schemas::registry::registry;
+use schemas::{decode, encode, peek, DecodeError, EventSchema};
+
+fn usd(amount: i64) -> Money {
+    Money::new(amount, Currency::try_from("USD").unwrap()).unwrap()
+}
+fn order() -> OrderId {
+    OrderId::try_from("0190a5a0-0000-7000-8000-000000000001").unwrap()
+}
+fn customer() -> CustomerId {
+    CustomerId::try_from("c-1").unwrap()
+}
+fn sku(s: &str) -> Sku {
+    Sku::try_from(s).unwrap()
+}
+fn qty(n: i64) -> Quantity {
+    Quantity::try_from(n).unwrap()
+}
+
+fn customer_events() -> Vec<CustomerEvent> {
+    vec![
+        CustomerEvent::CustomerRegistered {
+            customer_id: customer(),
+            name: CustomerName::try_from("Ada Lovelace").unwrap(),
+            credit_limit: usd(100_000),
+        },
+        CustomerEvent::CreditReserved {
+            customer_id: customer(),
+            order_id: order(),
+            amount: usd(250),
+        },
+        CustomerEvent::CreditLimitExceeded {
+            customer_id: customer(),
+            order_id: order(),
+            requested: Money::new(9, Currency::try_from("EUR").unwrap()).unwrap(),
+            available: usd(3),
+        },
+        CustomerEvent::CreditReleased {
+            customer_id: customer(),
+            order_id: order(),
+            amount: usd(250),
+        },
+    ]
+}
+
+fn inventory_events() -> Vec<InventoryEvent> {
+    vec![
+        InventoryEvent::StockAdded {
+            sku: sku("apple"),
+            quantity: qty(Quantity::MAX.into()),
+        },
+        InventoryEvent::StockReserved {
+            sku: sku("apple"),
+            order_id: order(),
+            quantity: qty(2),
+        },
+        InventoryEvent::StockReservationRejected {
+            sku: sku("apple"),
+            order_id: order(),
+            requested: qty(7),
+            available: 6,
+        },
+        InventoryEvent::StockReleased {
+            sku: sku("apple"),
+            order_id: order(),
+            quantity: qty(2),
+        },
+    ]
+}
+
+fn order_events() -> Vec<OrderEvent> {
+    vec![
+        OrderEvent::OrderPlaced {
+            order_id: order(),
+            customer_id: customer(),
+            lines: vec![
+                OrderLine {
+                    sku: sku("apple"),
+                    quantity: qty(2),
+                    unit_price: usd(100),
+                },
+                OrderLine {
+                    sku: sku("pear"),
+                    quantity: qty(1),
+                    unit_price: usd(50),
+                },
+            ],
+            total: usd(250),
+        },
+        OrderEvent::OrderApproved { order_id: order() },
+        OrderEvent::OrderRejected {
+            order_id: order(),
+            reason: RejectionReason::CreditLimitExceeded,
+            detail: "order total 250 USD exceeds the available credit".into(),
+        },
+        OrderEvent::OrderCancellationRequested {
+            order_id: order(),
+            reason: Some(CancellationReason::try_from("changed my mind").unwrap()),
+        },
+        OrderEvent::OrderCancellationRequested {
+            order_id: order(),
+            reason: None,
+        },
+        OrderEvent::OrderCancelled { order_id: order() },
+    ]
+}
+
+fn round_trip<E: EventSchema + PartialEq + std::fmt::Debug>(events: Vec<E>) {
+    for event in events {
+        let bytes = encode(&event).unwrap();
+        assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+        let entry = peek(&bytes).unwrap();
+        assert_eq!(entry.event_type, event.event_type());
+        assert_eq!(
+            entry.version,
+            registry().latest(event.event_type()).unwrap().version
+        );
+        assert_eq!(decode::<E>(&bytes).unwrap(), event);
+    }
+}
+
+#[test]
+fn every_event_round_trips_through_its_newest_schema() {
+    round_trip(customer_events());
+    round_trip(inventory_events());
+    round_trip(order_events());
+}
+
+#[test]
+fn every_event_type_has_exactly_one_schema_per_version() {
+    let mut names: Vec<(&str, u32)> = registry()
+        .entries()
+        .iter()
+        .map(|e| (e.event_type, e.version))
+        .collect();
+    let before = names.len();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), before);
+    assert_eq!(
+        registry().entries().len(),
+        14,
+        "13 events, OrderRejected in two versions"
+    );
+}
+
+#[test]
+fn garbage_gives_a_typed_error() {
+    assert!(matches!(
+        decode::<OrderEvent>(b"hello, world!"),
+        Err(DecodeError::NotSingleObject)
+    ));
+    assert!(matches!(
+        decode::<OrderEvent>(b""),
+        Err(DecodeError::TooShort { len: 0 })
+    ));
+    assert!(matches!(
+        decode::<OrderEvent>(&[0xC3, 0x01, 1, 2]),
+        Err(DecodeError::TooShort { len: 4 })
+    ));
+}
+
+#[test]
+fn an_unknown_fingerprint_gives_a_typed_error() {
+    let bytes = [0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0];
+    match decode::<OrderEvent>(&bytes) {
+        Err(DecodeError::UnknownFingerprint { fingerprint }) => {
+            assert_eq!(fingerprint, "0102030405060708")
+        }
+        other => panic!("expected UnknownFingerprint, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_truncated_body_gives_a_typed_error() {
+    let bytes = encode(&order_events()[0]).unwrap();
+    for cut in 10..bytes.len() {
+        let result = decode::<OrderEvent>(&bytes[..cut]);
+        assert!(
+            matches!(
+                result,
+                Err(DecodeError::Body { .. }) | Err(DecodeError::Invalid { .. })
+            ),
+            "cut at {cut}: {result:?}"
+        );
+    }
+}
+
+#[test]
+fn trailing_bytes_are_refused() {
+    let mut bytes = encode(&OrderEvent::OrderApproved { order_id: order() }).unwrap();
+    bytes.push(0);
+    assert!(matches!(
+        decode::<OrderEvent>(&bytes),
+        Err(DecodeError::TrailingBytes { count: 1 })
+    ));
+}
+
+#[test]
+fn a_record_of_another_aggregate_is_refused() {
+    let bytes = encode(&customer_events()[0]).unwrap();
+    assert!(matches!(
+        decode::<OrderEvent>(&bytes),
+        Err(DecodeError::WrongAggregate {
+            expected: "orders",
+            found: "customers"
+        })
+    ));
+}
+
+/// Encodes a raw Avro value with a specific registered version (as an old writer would have).
+fn encode_with_version(
+    event_type: &str,
+    version: u32,
+    value: apache_avro::types::Value,
+) -> Vec<u8> {
+    let entry = registry()
+        .entries()
+        .iter()
+        .find(|e| e.event_type == event_type && e.version == version)
+        .unwrap();
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&entry.fingerprint);
+    GenericDatumWriter::builder(&entry.schema)
+        .build()
+        .unwrap()
+        .write_value(&mut bytes, value)
+        .unwrap();
+    bytes
+}
+
+#[test]
+fn valid_avro_with_invalid_domain_values_is_refused() {
+    use apache_avro::types::Value;
+    let bad_id = Value::Record(vec![(
+        "order_id".into(),
+        Value::String("not-a-uuid".into()),
+    )]);
+    assert!(matches!(
+        decode::<OrderEvent>(&encode_with_version("OrderApproved", 1, bad_id)),
+        Err(DecodeError::Invalid {
+            field: "order_id",
+            ..
+        })
+    ));
+    let bad_reason = Value::Record(vec![
+        ("order_id".into(), Value::String(order().to_string())),
+        ("reason".into(), Value::String("BECAUSE".into())),
+        ("detail".into(), Value::String(String::new())),
+    ]);
+    assert!(matches!(
+        decode::<OrderEvent>(&encode_with_version("OrderRejected", 2, bad_reason)),
+        Err(DecodeError::UnknownValue {
+            field: "reason",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn random_bytes_after_a_valid_header_never_panic() {
+    // A small xorshift keeps the test deterministic without a dependency.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let headers: Vec<[u8; 8]> = registry().entries().iter().map(|e| e.fingerprint).collect();
+    for i in 0..20_000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let len = (state % 64) as usize;
+        let mut bytes = vec![0xC3, 0x01];
+        bytes.extend_from_slice(&headers[i % headers.len()]);
+        bytes.extend((0..len).map(|j| (state >> (j % 8 * 8)) as u8 ^ j as u8));
+        let _ = decode::<OrderEvent>(&bytes);
+        let _ = decode::<CustomerEvent>(&bytes);
+        let _ = decode::<InventoryEvent>(&bytes);
+    }
+}
+
+#[test]
+fn an_old_v1_record_is_read_by_the_v2_reader_with_the_default() {
+    use apache_avro::types::Value;
+    let v1 = Value::Record(vec![
+        ("order_id".into(), Value::String(order().to_string())),
+        ("reason".into(), Value::String("OUT_OF_STOCK".into())),
+    ]);
+    let bytes = encode_with_version("OrderRejected", 1, v1);
+    assert_eq!(peek(&bytes).unwrap().version, 1);
+    assert_eq!(
+        decode::<OrderEvent>(&bytes).unwrap(),
+        OrderEvent::OrderRejected {
+            order_id: order(),
+            reason: RejectionReason::OutOfStock,
+            detail: String::new(),
+        }
+    );
+}
+
+fn versions() -> Vec<SchemaVersion> {
+    registry()
+        .entries()
+        .iter()
+        .map(|e| SchemaVersion {
+            event_type: e.event_type.to_owned(),
+            version: e.version,
+            schema: e.schema.clone(),
+        })
+        .collect()
+}
+
+#[test]
+fn every_schema_version_reads_every_older_one() {
+    assert_eq!(backward_violations(&versions()), Vec::<String>::new());
+}
+
+#[test]
+fn the_compatibility_check_catches_a_field_added_without_a_default() {
+    let broken_v3 = Schema::parse_str(
+        r#"{"type":"record","name":"OrderRejected","namespace":"orderstream.events.orders","fields":[
+            {"name":"order_id","type":"string"},{"name":"reason","type":"string"},
+            {"name":"detail","type":"string","default":""},{"name":"refund_id","type":"string"}]}"#,
+    )
+    .unwrap();
+    let mut all = versions();
+    all.push(SchemaVersion {
+        event_type: "OrderRejected".into(),
+        version: 3,
+        schema: broken_v3,
+    });
+    let problems = backward_violations(&all);
+    assert_eq!(problems.len(), 2, "v3 cannot read v1 nor v2: {problems:?}");
+    assert!(problems
+        .iter()
+        .all(|p| p.starts_with("OrderRejected v3 cannot read")));
+}
+
+#[test]
+fn fingerprints_are_the_rabin_fingerprints_of_the_canonical_form() {
+    for entry in registry().entries() {
+        assert_eq!(
+            entry.fingerprint.to_vec(),
+            entry.schema.fingerprint::<Rabin>().bytes
+        );
+    }
+}
