@@ -3,6 +3,9 @@
 //! in compose), these say what still holds. Results are recorded in
 //! `docs/decisions/0001-local-kafka-broker.md`.
 
+// Test code: a failed expectation should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
@@ -171,10 +174,14 @@ async fn manual_offset_store_and_commit_resume_where_the_group_left_off() {
         let consumer = kafka.consumer(&group, &[]);
         consumer.subscribe(&[&topic]).expect("subscribe");
         let messages = receive(&consumer, 6).await;
-        // Only the first five are "done": store the fifth, not the sixth we also received.
-        consumer
-            .store_offset(&topic, 0, messages[4].offset() + 1)
-            .expect("store offset");
+        // Only the first five are "done": store the *next* offset to read (5), not the sixth
+        // message we also received. (rdkafka's `store_offset(topic, p, o)` maps to librdkafka's
+        // legacy call, which takes the last processed offset and commits o + 1; the list form
+        // used here and in production takes the next offset, like Kafka itself.)
+        let mut done = TopicPartitionList::new();
+        done.add_partition_offset(&topic, 0, Offset::Offset(messages[4].offset() + 1))
+            .expect("partition");
+        consumer.store_offsets(&done).expect("store offsets");
         consumer
             .commit_consumer_state(CommitMode::Sync)
             .expect("commit");

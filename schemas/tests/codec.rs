@@ -1,6 +1,9 @@
 //! The wire codec: every event round-trips, bad bytes give typed errors (never a panic), and
 //! schema evolution keeps old records readable.
 
+// Test code: a failed expectation should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use apache_avro::rabin::Rabin;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;

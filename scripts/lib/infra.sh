@@ -77,10 +77,8 @@ port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 start_postgres() {
   local name="$1" port="$2" mode="${3:-durable}" bin
   bin="$(pg_bin_dir)" || die "PostgreSQL server binaries not found"
-  local dir="$LOCAL_DIR/$name"
-  mkdir -p "$dir"
-  chmod 755 "$LOCAL_DIR"
-  chown postgres: "$dir"
+  local dir
+  dir="$(postgres_dir "$name")"
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     as_postgres "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
       || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
@@ -103,13 +101,37 @@ stop_postgres() {
   as_postgres "$bin/pg_ctl" -D "$LOCAL_DIR/$name/data" -m fast -w stop >/dev/null 2>&1 || true
 }
 
+# The cluster directory .local/NAME, owned by the postgres user. Postgres refuses to run as root,
+# so the postgres user must reach the directory; where the checkout's parents do not let it
+# (a clone under a private home), the data lives under /var/tmp and .local/NAME links to it.
+postgres_dir() {
+  local name="$1" dir="$LOCAL_DIR/$1"
+  mkdir -p "$LOCAL_DIR"
+  if [ ! -e "$dir" ]; then
+    mkdir -p "$dir"
+    chown postgres: "$dir" 2>/dev/null || true
+    if ! as_postgres test -w "$dir" 2>/dev/null; then
+      rmdir "$dir"
+      local outside
+      outside="/var/tmp/orderstream-$(printf '%s' "$REPO_ROOT" | md5sum | cut -c1-12)/$name"
+      mkdir -p "$outside"
+      chown postgres: "$outside" "$(dirname "$outside")"
+      ln -s "$outside" "$dir"
+    fi
+  fi
+  chown postgres: "$dir/" 2>/dev/null || true
+  echo "$dir"
+}
+
 as_postgres() {
   if [ "$(id -un)" = postgres ]; then "$@"; elif [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi
 }
 
-# start_nisshi NAME PORT STORAGE_URL: one broker process, its log and pid under .local/NAME.
+# start_nisshi NAME PORT STORAGE_URL [REBALANCE_DELAY]: one broker process, its log and pid
+# under .local/NAME. The delay is how long an empty group's first rebalance waits for more
+# members (Kafka's group.initial.rebalance.delay.ms); tests want it short.
 start_nisshi() {
-  local name="$1" port="$2" storage="$3" dir="$LOCAL_DIR/$1"
+  local name="$1" port="$2" storage="$3" delay="${4:-3s}" dir="$LOCAL_DIR/$1"
   mkdir -p "$dir"
   if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null && port_open 127.0.0.1 "$port"; then
     log "broker '$name' already running on 127.0.0.1:$port"
@@ -122,7 +144,8 @@ start_nisshi() {
     "$NISSHI_BIN" broker \
     --kafka-listener-url "tcp://127.0.0.1:$port" \
     --kafka-advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine "$storage" >"$dir/broker.log" 2>&1) &
+    --storage-engine "$storage" \
+    --group-initial-rebalance-delay "$delay" >"$dir/broker.log" 2>&1) &
   echo $! >"$dir/pid"
   wait_for_port 127.0.0.1 "$port" 30 || { tail -20 "$dir/broker.log" >&2; die "broker '$name' did not start"; }
   log "broker '$name' (Nisshi $NISSHI_VERSION, $storage) listening on 127.0.0.1:$port"

@@ -79,6 +79,8 @@ impl BrokerProcess {
                 &format!("tcp://127.0.0.1:{}", self.advertised_port),
                 "--storage-engine",
                 &self.storage,
+                "--group-initial-rebalance-delay",
+                "100ms",
             ])
             .stdout(Stdio::from(log.try_clone().expect("log handle")))
             .stderr(Stdio::from(log))
