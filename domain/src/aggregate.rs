@@ -24,7 +24,7 @@ impl AggregateKind {
     ];
 
     /// Stable name used in topic names and envelope headers.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Customer => "customers",
             Self::InventoryItem => "inventory",

@@ -5,13 +5,13 @@ use apache_avro::writer::datum::GenericDatumWriter;
 
 use crate::error::{DecodeError, EncodeError};
 use crate::registry::{registry, SchemaEntry};
-use crate::wire::EventSchema;
+use crate::wire::WireRecord;
 
 pub const MARKER: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
 
 /// Encodes with the newest schema version of the event's type.
-pub fn encode<E: EventSchema>(event: &E) -> Result<Vec<u8>, EncodeError> {
+pub fn encode<E: WireRecord>(event: &E) -> Result<Vec<u8>, EncodeError> {
     let event_type = event.event_type();
     let entry = registry()
         .latest(event_type)
@@ -48,13 +48,13 @@ pub fn peek(bytes: &[u8]) -> Result<&'static SchemaEntry, DecodeError> {
         })
 }
 
-/// Decodes a record of aggregate `E`, resolving the writer's schema to the newest version.
-pub fn decode<E: EventSchema>(bytes: &[u8]) -> Result<E, DecodeError> {
+/// Decodes a record of family `E`, resolving the writer's schema to the newest version.
+pub fn decode<E: WireRecord>(bytes: &[u8]) -> Result<E, DecodeError> {
     let writer = peek(bytes)?;
-    if writer.aggregate != E::KIND.as_str() {
+    if writer.family != E::FAMILY {
         return Err(DecodeError::WrongAggregate {
-            expected: E::KIND.as_str(),
-            found: writer.aggregate,
+            expected: E::FAMILY,
+            found: writer.family,
         });
     }
     let reader = registry().latest(writer.event_type).unwrap_or(writer);

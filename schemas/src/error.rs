@@ -12,7 +12,7 @@ pub enum DecodeError {
     NotSingleObject,
     #[error("no known schema has fingerprint {fingerprint}")]
     UnknownFingerprint { fingerprint: String },
-    #[error("record is a {found} event, expected a {expected} event")]
+    #[error("record belongs to {found}, expected {expected}")]
     WrongAggregate {
         expected: &'static str,
         found: &'static str,

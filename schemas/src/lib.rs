@@ -12,7 +12,7 @@
 //! - [`registry`]: every embedded schema, by fingerprint and by event type.
 //! - [`codec`]: [`encode`] / [`decode`] / [`peek`] of single-object records; typed errors,
 //!   never a panic on bad bytes.
-//! - [`wire`]: serde records per event and the domain <-> wire conversions ([`EventSchema`]).
+//! - [`wire`]: serde records per event and the domain <-> wire conversions ([`WireRecord`]).
 //! - [`compat`]: the backward-compatibility rule the build script enforces.
 
 pub mod codec;
@@ -23,4 +23,5 @@ pub mod wire;
 
 pub use codec::{decode, encode, peek};
 pub use error::{DecodeError, EncodeError};
-pub use wire::EventSchema;
+pub use wire::reply::{CommandReply, ReplyOutcome};
+pub use wire::WireRecord;

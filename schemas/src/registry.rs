@@ -11,8 +11,9 @@ include!(concat!(env!("OUT_DIR"), "/schema_files.rs"));
 /// One version of one event's schema.
 #[derive(Debug)]
 pub struct SchemaEntry {
-    /// The aggregate directory (`customers`, `inventory`, `orders`), = `AggregateKind::as_str`.
-    pub aggregate: &'static str,
+    /// The schema directory: an aggregate's events (`orders`, = `AggregateKind::as_str`), its
+    /// commands (`order-commands`), or `command-replies`.
+    pub family: &'static str,
     pub event_type: &'static str,
     pub version: u32,
     pub schema: Schema,
@@ -31,7 +32,7 @@ pub struct Registry {
 impl Registry {
     fn load() -> Self {
         let mut entries = Vec::with_capacity(SCHEMA_FILES.len());
-        for (aggregate, event_type, version, text) in SCHEMA_FILES {
+        for (family, event_type, version, text) in SCHEMA_FILES {
             // build.rs parsed every file already; a failure here means the binary is corrupt.
             #[allow(clippy::expect_used)]
             let schema = Schema::parse_str(text).expect("schema validated by build.rs");
@@ -39,7 +40,7 @@ impl Registry {
             let mut fingerprint = [0u8; 8];
             fingerprint.copy_from_slice(&bytes[..8]);
             entries.push(SchemaEntry {
-                aggregate,
+                family,
                 event_type,
                 version: *version,
                 schema,

@@ -15,7 +15,7 @@ use domain::values::{
 };
 use schemas::compat::{backward_violations, SchemaVersion};
 use schemas::registry::registry;
-use schemas::{decode, encode, peek, DecodeError, EventSchema};
+use schemas::{decode, encode, peek, DecodeError, WireRecord};
 
 fn usd(amount: i64) -> Money {
     Money::new(amount, Currency::try_from("USD").unwrap()).unwrap()
@@ -121,7 +121,7 @@ fn order_events() -> Vec<OrderEvent> {
     ]
 }
 
-fn round_trip<E: EventSchema + PartialEq + std::fmt::Debug>(events: Vec<E>) {
+fn round_trip<E: WireRecord + PartialEq + std::fmt::Debug>(events: Vec<E>) {
     for event in events {
         let bytes = encode(&event).unwrap();
         assert_eq!(&bytes[..2], &[0xC3, 0x01]);
@@ -155,9 +155,87 @@ fn every_event_type_has_exactly_one_schema_per_version() {
     assert_eq!(names.len(), before);
     assert_eq!(
         registry().entries().len(),
-        14,
-        "13 events, OrderRejected in two versions"
+        26,
+        "13 events (OrderRejected in two versions), 11 commands, 1 reply"
     );
+}
+
+#[test]
+fn every_command_and_the_reply_round_trip() {
+    use domain::customer::CustomerCommand;
+    use domain::inventory::InventoryCommand;
+    use domain::order::OrderCommand;
+    use schemas::{CommandReply, ReplyOutcome};
+    round_trip(vec![
+        CustomerCommand::Register {
+            customer_id: customer(),
+            name: CustomerName::try_from("Ada").unwrap(),
+            credit_limit: usd(5),
+        },
+        CustomerCommand::ReserveCredit {
+            customer_id: customer(),
+            order_id: order(),
+            amount: usd(5),
+        },
+        CustomerCommand::ReleaseCredit {
+            customer_id: customer(),
+            order_id: order(),
+        },
+    ]);
+    round_trip(vec![
+        InventoryCommand::AddStock {
+            sku: sku("apple"),
+            quantity: qty(3),
+        },
+        InventoryCommand::ReserveStock {
+            sku: sku("apple"),
+            order_id: order(),
+            quantity: qty(3),
+        },
+        InventoryCommand::ReleaseStock {
+            sku: sku("apple"),
+            order_id: order(),
+        },
+    ]);
+    let OrderEvent::OrderPlaced { lines, .. } = order_events().remove(0) else {
+        unreachable!()
+    };
+    round_trip(vec![
+        OrderCommand::Place {
+            order_id: order(),
+            customer_id: customer(),
+            lines,
+        },
+        OrderCommand::Approve { order_id: order() },
+        OrderCommand::Reject {
+            order_id: order(),
+            reason: RejectionReason::Timeout,
+            detail: "no answer".into(),
+        },
+        OrderCommand::RequestCancellation {
+            order_id: order(),
+            reason: None,
+        },
+        OrderCommand::ConfirmCancellation { order_id: order() },
+    ]);
+    round_trip(vec![CommandReply {
+        command_id: "cmd-1".into(),
+        outcome: ReplyOutcome::Rejected,
+        aggregate_id: "c-1".into(),
+        version: 3,
+        event_types: vec!["CreditLimitExceeded".into()],
+        positions: vec![schemas::wire::reply::Position {
+            partition: 2,
+            offset: 41,
+        }],
+        error_code: Some("not-found".into()),
+        detail: "customer c-1 does not exist".into(),
+        field_errors: [(
+            "lines[0].quantity".to_owned(),
+            "must be at least 1".to_owned(),
+        )]
+        .into(),
+    }]);
 }
 
 #[test]

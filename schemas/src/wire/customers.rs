@@ -6,7 +6,7 @@ use domain::values::{CustomerId, CustomerName};
 use domain::Aggregate;
 use serde::{Deserialize, Serialize};
 
-use super::{from_record, money, order_id, parse, to_record, EventSchema, MoneyRecord};
+use super::{from_record, money, order_id, parse, to_record, MoneyRecord, WireRecord};
 use crate::error::DecodeError;
 
 #[derive(Serialize, Deserialize)]
@@ -32,8 +32,8 @@ struct CreditLimitExceeded {
     available: MoneyRecord,
 }
 
-impl EventSchema for CustomerEvent {
-    const KIND: domain::AggregateKind = CustomerAggregate::KIND;
+impl WireRecord for CustomerEvent {
+    const FAMILY: &'static str = CustomerAggregate::KIND.as_str();
 
     fn event_type(&self) -> &'static str {
         match self {

@@ -6,7 +6,7 @@ use domain::values::{InvalidValue, Sku};
 use domain::Aggregate;
 use serde::{Deserialize, Serialize};
 
-use super::{from_record, order_id, parse, quantity, quantity_out, to_record, EventSchema};
+use super::{from_record, order_id, parse, quantity, quantity_out, to_record, WireRecord};
 use crate::error::DecodeError;
 
 #[derive(Serialize, Deserialize)]
@@ -31,8 +31,8 @@ struct StockReservationRejected {
     available: i64,
 }
 
-impl EventSchema for InventoryEvent {
-    const KIND: domain::AggregateKind = InventoryItem::KIND;
+impl WireRecord for InventoryEvent {
+    const FAMILY: &'static str = InventoryItem::KIND.as_str();
 
     fn event_type(&self) -> &'static str {
         match self {

@@ -2,22 +2,25 @@
 //! to and from domain events. Domain -> wire cannot fail; wire -> domain validates every field
 //! through the domain's own `TryFrom`s.
 
+mod commands;
 mod customers;
 mod inventory;
 mod orders;
+pub mod reply;
 
 use apache_avro::types::Value;
 use domain::values::{Currency, InvalidValue, Money, OrderId, Quantity};
-use domain::AggregateKind;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::DecodeError;
 
-/// An aggregate's event enum, as stored on the wire.
-pub trait EventSchema: Sized {
-    const KIND: AggregateKind;
-    /// The event's type name, which is also its Avro record name.
+/// A type stored on the wire: an aggregate's events, an aggregate's commands, or replies.
+pub trait WireRecord: Sized {
+    /// The schema directory (`avro/<family>/`) its records come from; decoding refuses records
+    /// of another family.
+    const FAMILY: &'static str;
+    /// The record's type name, which is also its Avro record name.
     fn event_type(&self) -> &'static str;
     fn to_avro(&self) -> Result<Value, apache_avro::Error>;
     fn from_avro(event_type: &str, value: &Value) -> Result<Self, DecodeError>;

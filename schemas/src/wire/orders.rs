@@ -7,8 +7,7 @@ use domain::Aggregate;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    from_record, money, order_id, parse, quantity, quantity_out, to_record, EventSchema,
-    MoneyRecord,
+    from_record, money, order_id, parse, quantity, quantity_out, to_record, MoneyRecord, WireRecord,
 };
 use crate::error::DecodeError;
 
@@ -47,8 +46,8 @@ struct OrderCancellationRequested {
     reason: Option<String>,
 }
 
-impl EventSchema for OrderEvent {
-    const KIND: domain::AggregateKind = OrderAggregate::KIND;
+impl WireRecord for OrderEvent {
+    const FAMILY: &'static str = OrderAggregate::KIND.as_str();
 
     fn event_type(&self) -> &'static str {
         match self {
