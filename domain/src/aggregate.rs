@@ -34,6 +34,21 @@ impl AggregateKind {
     }
 }
 
+impl std::str::FromStr for AggregateKind {
+    type Err = UnknownAggregateKind;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == raw)
+            .ok_or_else(|| UnknownAggregateKind(raw.to_owned()))
+    }
+}
+
+/// A string that names no aggregate kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown aggregate kind {0:?}")]
+pub struct UnknownAggregateKind(pub String);
+
 impl fmt::Display for AggregateKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

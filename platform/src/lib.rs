@@ -8,10 +8,18 @@
 //! - [`partitioner`]: Kafka's murmur2 partitioner, byte-for-byte the Java client's, so a
 //!   service can tell which partition (and so which writer) owns an aggregate.
 //! - [`topics`]: topic names, `<prefix>.<aggregate>.events` and their `.dlq` twins.
+//! - [`envelope`]: event and command metadata carried in Kafka headers (ids, version,
+//!   predecessor, correlation/causation, trace context).
+//! - [`log_order`]: the rule every reader applies to decide which events count: an event is
+//!   accepted only if it extends its aggregate's accepted chain.
+//! - [`consistency`]: the consistency token (Kafka positions) that gives read-your-writes.
 //! - [`telemetry`]: structured JSON logs via `tracing`.
 
 pub mod config;
+pub mod consistency;
+pub mod envelope;
 pub mod kafka;
+pub mod log_order;
 pub mod partitioner;
 pub mod telemetry;
 pub mod topics;

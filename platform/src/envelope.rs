@@ -1,0 +1,344 @@
+//! Metadata that travels with every record as Kafka headers, so any tool can read it without
+//! the Avro schemas, and so every reader can apply the log-order rule.
+
+use chrono::{DateTime, Utc};
+use domain::{AggregateKind, Version};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use thiserror::Error;
+use uuid::Uuid;
+
+pub mod names {
+    pub const EVENT_ID: &str = "event-id";
+    pub const EVENT_TYPE: &str = "event-type";
+    pub const AGGREGATE_TYPE: &str = "aggregate-type";
+    pub const AGGREGATE_ID: &str = "aggregate-id";
+    pub const VERSION: &str = "aggregate-version";
+    pub const PREDECESSOR: &str = "predecessor-id";
+    pub const COMMAND_ID: &str = "command-id";
+    pub const COMMAND_TYPE: &str = "command-type";
+    pub const REQUEST_HASH: &str = "request-hash";
+    pub const OCCURRED_AT: &str = "occurred-at";
+    pub const CORRELATION_ID: &str = "correlation-id";
+    pub const CAUSATION_ID: &str = "causation-id";
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const REPLY_TO: &str = "reply-to";
+    pub const EXPECTED_VERSION: &str = "expected-version";
+    pub const ACTOR_SUB: &str = "actor-sub";
+    pub const ACTOR_ROLE: &str = "actor-role";
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("header {0} is missing")]
+    Missing(&'static str),
+    #[error("header {name} has an invalid value {value:?}")]
+    Invalid { name: &'static str, value: String },
+}
+
+/// Finds a header's value as UTF-8.
+fn find<'a>(
+    headers: Option<&'a rdkafka::message::BorrowedHeaders>,
+    name: &'static str,
+) -> Option<&'a str> {
+    headers?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+fn required<'a>(
+    headers: Option<&'a rdkafka::message::BorrowedHeaders>,
+    name: &'static str,
+) -> Result<&'a str, EnvelopeError> {
+    find(headers, name).ok_or(EnvelopeError::Missing(name))
+}
+
+fn parsed<T: std::str::FromStr>(raw: &str, name: &'static str) -> Result<T, EnvelopeError> {
+    raw.parse().map_err(|_| EnvelopeError::Invalid {
+        name,
+        value: raw.to_owned(),
+    })
+}
+
+fn push(headers: OwnedHeaders, name: &str, value: &str) -> OwnedHeaders {
+    headers.insert(Header {
+        key: name,
+        value: Some(value),
+    })
+}
+
+/// Who caused a record and why: kept across HTTP request -> command -> events -> saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// Same for everything one user request caused.
+    pub correlation_id: String,
+    /// The id of the command or event that directly caused this record.
+    pub causation_id: String,
+    /// W3C trace context, when tracing is on.
+    pub traceparent: Option<String>,
+}
+
+impl Trace {
+    fn write(&self, headers: OwnedHeaders) -> OwnedHeaders {
+        let headers = push(headers, names::CORRELATION_ID, &self.correlation_id);
+        let headers = push(headers, names::CAUSATION_ID, &self.causation_id);
+        match &self.traceparent {
+            Some(tp) => push(headers, names::TRACEPARENT, tp),
+            None => headers,
+        }
+    }
+
+    fn read(headers: Option<&rdkafka::message::BorrowedHeaders>) -> Result<Self, EnvelopeError> {
+        Ok(Self {
+            correlation_id: required(headers, names::CORRELATION_ID)?.to_owned(),
+            causation_id: required(headers, names::CAUSATION_ID)?.to_owned(),
+            traceparent: find(headers, names::TRACEPARENT).map(str::to_owned),
+        })
+    }
+}
+
+/// The metadata of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventEnvelope {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub aggregate_kind: AggregateKind,
+    pub aggregate_id: String,
+    pub version: Version,
+    /// The event this one follows in its aggregate's chain (`None` for version 1).
+    pub predecessor: Option<Uuid>,
+    pub command_id: String,
+    /// Hash of the HTTP request that caused it, to tell a retry from a reused idempotency key.
+    pub request_hash: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub trace: Trace,
+}
+
+impl EventEnvelope {
+    pub fn to_headers(&self) -> OwnedHeaders {
+        let mut headers = OwnedHeaders::new_with_capacity(12);
+        headers = push(headers, names::EVENT_ID, &self.event_id.to_string());
+        headers = push(headers, names::EVENT_TYPE, &self.event_type);
+        headers = push(headers, names::AGGREGATE_TYPE, self.aggregate_kind.as_str());
+        headers = push(headers, names::AGGREGATE_ID, &self.aggregate_id);
+        headers = push(headers, names::VERSION, &self.version.to_string());
+        if let Some(predecessor) = self.predecessor {
+            headers = push(headers, names::PREDECESSOR, &predecessor.to_string());
+        }
+        headers = push(headers, names::COMMAND_ID, &self.command_id);
+        if let Some(hash) = &self.request_hash {
+            headers = push(headers, names::REQUEST_HASH, hash);
+        }
+        headers = push(headers, names::OCCURRED_AT, &self.occurred_at.to_rfc3339());
+        self.trace.write(headers)
+    }
+
+    pub fn from_headers(
+        headers: Option<&rdkafka::message::BorrowedHeaders>,
+    ) -> Result<Self, EnvelopeError> {
+        let occurred_at = required(headers, names::OCCURRED_AT)?;
+        Ok(Self {
+            event_id: parsed(required(headers, names::EVENT_ID)?, names::EVENT_ID)?,
+            event_type: required(headers, names::EVENT_TYPE)?.to_owned(),
+            aggregate_kind: parsed(
+                required(headers, names::AGGREGATE_TYPE)?,
+                names::AGGREGATE_TYPE,
+            )?,
+            aggregate_id: required(headers, names::AGGREGATE_ID)?.to_owned(),
+            version: Version::new(parsed(required(headers, names::VERSION)?, names::VERSION)?),
+            predecessor: find(headers, names::PREDECESSOR)
+                .map(|raw| parsed(raw, names::PREDECESSOR))
+                .transpose()?,
+            command_id: required(headers, names::COMMAND_ID)?.to_owned(),
+            request_hash: find(headers, names::REQUEST_HASH).map(str::to_owned),
+            occurred_at: DateTime::parse_from_rfc3339(occurred_at)
+                .map_err(|_| EnvelopeError::Invalid {
+                    name: names::OCCURRED_AT,
+                    value: occurred_at.to_owned(),
+                })?
+                .with_timezone(&Utc),
+            trace: Trace::read(headers)?,
+        })
+    }
+}
+
+/// The metadata of one command on a commands topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandEnvelope {
+    /// Deterministic for retries (idempotency key, saga step), random otherwise.
+    pub command_id: String,
+    pub command_type: String,
+    pub aggregate_id: String,
+    /// The requester's reply key (see `command-api`'s bus); `None`: nobody waits.
+    pub reply_to: Option<String>,
+    /// `If-Match`: the version the caller believes the aggregate is at.
+    pub expected_version: Option<Version>,
+    pub request_hash: Option<String>,
+    pub actor: Actor,
+    pub trace: Trace,
+}
+
+/// Who issued a command: a JWT subject and role, or the saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub subject: String,
+    pub role: String,
+}
+
+impl CommandEnvelope {
+    pub fn to_headers(&self) -> OwnedHeaders {
+        let mut headers = OwnedHeaders::new_with_capacity(11);
+        headers = push(headers, names::COMMAND_ID, &self.command_id);
+        headers = push(headers, names::COMMAND_TYPE, &self.command_type);
+        headers = push(headers, names::AGGREGATE_ID, &self.aggregate_id);
+        if let Some(reply_to) = &self.reply_to {
+            headers = push(headers, names::REPLY_TO, reply_to);
+        }
+        if let Some(expected) = self.expected_version {
+            headers = push(headers, names::EXPECTED_VERSION, &expected.to_string());
+        }
+        if let Some(hash) = &self.request_hash {
+            headers = push(headers, names::REQUEST_HASH, hash);
+        }
+        headers = push(headers, names::ACTOR_SUB, &self.actor.subject);
+        headers = push(headers, names::ACTOR_ROLE, &self.actor.role);
+        self.trace.write(headers)
+    }
+
+    pub fn from_headers(
+        headers: Option<&rdkafka::message::BorrowedHeaders>,
+    ) -> Result<Self, EnvelopeError> {
+        Ok(Self {
+            command_id: required(headers, names::COMMAND_ID)?.to_owned(),
+            command_type: required(headers, names::COMMAND_TYPE)?.to_owned(),
+            aggregate_id: required(headers, names::AGGREGATE_ID)?.to_owned(),
+            reply_to: find(headers, names::REPLY_TO).map(str::to_owned),
+            expected_version: find(headers, names::EXPECTED_VERSION)
+                .map(|raw| parsed(raw, names::EXPECTED_VERSION).map(Version::new))
+                .transpose()?,
+            request_hash: find(headers, names::REQUEST_HASH).map(str::to_owned),
+            actor: Actor {
+                subject: required(headers, names::ACTOR_SUB)?.to_owned(),
+                role: required(headers, names::ACTOR_ROLE)?.to_owned(),
+            },
+            trace: Trace::read(headers)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Message, OwnedMessage, Timestamp};
+
+    fn borrowed(headers: OwnedHeaders) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            Some(headers),
+        )
+    }
+
+    fn event() -> EventEnvelope {
+        EventEnvelope {
+            event_id: Uuid::now_v7(),
+            event_type: "OrderPlaced".into(),
+            aggregate_kind: AggregateKind::Order,
+            aggregate_id: "o-1".into(),
+            version: Version::new(2),
+            predecessor: Some(Uuid::now_v7()),
+            command_id: "cmd".into(),
+            request_hash: Some("abc".into()),
+            occurred_at: DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            trace: Trace {
+                correlation_id: "corr".into(),
+                causation_id: "cause".into(),
+                traceparent: None,
+            },
+        }
+    }
+
+    #[test]
+    fn event_envelopes_round_trip_through_headers() {
+        let envelope = event();
+        let message = borrowed(envelope.to_headers());
+        let headers = message.headers().map(|h| h.as_borrowed());
+        assert_eq!(EventEnvelope::from_headers(headers), Ok(envelope));
+    }
+
+    #[test]
+    fn a_missing_or_bad_header_is_a_typed_error() {
+        let message = borrowed(OwnedHeaders::new());
+        assert_eq!(
+            EventEnvelope::from_headers(message.headers().map(|h| h.as_borrowed())),
+            Err(EnvelopeError::Missing(names::OCCURRED_AT))
+        );
+        // A present but unparsable version.
+        let only_bad = OwnedHeaders::new()
+            .insert(Header {
+                key: names::VERSION,
+                value: Some("zero"),
+            })
+            .insert(Header {
+                key: names::OCCURRED_AT,
+                value: Some("2026-11-22T10:00:00Z"),
+            })
+            .insert(Header {
+                key: names::EVENT_ID,
+                value: Some("00000000-0000-0000-0000-000000000000"),
+            })
+            .insert(Header {
+                key: names::EVENT_TYPE,
+                value: Some("X"),
+            })
+            .insert(Header {
+                key: names::AGGREGATE_TYPE,
+                value: Some("orders"),
+            })
+            .insert(Header {
+                key: names::AGGREGATE_ID,
+                value: Some("o"),
+            });
+        let message = borrowed(only_bad);
+        assert_eq!(
+            EventEnvelope::from_headers(message.headers().map(|h| h.as_borrowed())),
+            Err(EnvelopeError::Invalid {
+                name: names::VERSION,
+                value: "zero".into()
+            })
+        );
+    }
+
+    #[test]
+    fn command_envelopes_round_trip_through_headers() {
+        let envelope = CommandEnvelope {
+            command_id: "k".into(),
+            command_type: "PlaceOrder".into(),
+            aggregate_id: "o-1".into(),
+            reply_to: Some("instance-1".into()),
+            expected_version: Some(Version::new(3)),
+            request_hash: None,
+            actor: Actor {
+                subject: "c-1".into(),
+                role: "customer".into(),
+            },
+            trace: Trace {
+                correlation_id: "corr".into(),
+                causation_id: "cause".into(),
+                traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            },
+        };
+        let message = borrowed(envelope.to_headers());
+        assert_eq!(
+            CommandEnvelope::from_headers(message.headers().map(|h| h.as_borrowed())),
+            Ok(envelope)
+        );
+    }
+}
