@@ -1,1 +1,35 @@
-//! Placeholder.
+//! `command-api`: HTTP commands in, domain events out, with per-aggregate optimistic
+//! concurrency on Kafka.
+//!
+//! Every write takes one path. A handler validates the request into a domain command and puts it
+//! on its aggregate's commands topic (keyed by aggregate id) through the [`bus::CommandBus`].
+//! The writer that owns that partition (one per partition, via the `command-writers` consumer
+//! group, see [`processor`]) decides it against the aggregate's current state, appends the events
+//! (acks=all, idempotent producer), reads them back, and replies only once the log shows them
+//! accepted by the log-order rule. The handler answers with the new version and a consistency
+//! token, or waits no longer than `COMMAND_WAIT_MS` and answers 202.
+//!
+//! # Layout
+//!
+//! - [`startup`]: `Application::build` / `run_until` (topics, producer, bus, writers, router).
+//! - [`config`]: typed settings from the environment.
+//! - [`routes`]: one module per endpoint group, and `submit`, the path every handler shares.
+//! - [`dto`]: request/response bodies and their validation into domain commands.
+//! - [`json`], [`auth`]: the JSON body extractor and the JWT + rate-limit extractor.
+//! - [`problem`]: the one place errors become problem+json.
+//! - [`bus`]: **the library API for other writers**: the saga orchestrator sends its commands
+//!   with `CommandBus::send` (its own reply key, deterministic command ids, `actor.role =
+//!   "system"`), so every write in the system goes through the partition writers.
+//! - [`processor`]: the consumer group and the partition writers.
+//! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod dto;
+pub mod json;
+pub mod openapi;
+pub mod problem;
+pub mod processor;
+pub mod routes;
+pub mod startup;

@@ -34,6 +34,18 @@ impl AggregateKind {
     }
 }
 
+impl AggregateKind {
+    /// How messages name one aggregate of this kind.
+    pub const fn noun(self) -> &'static str {
+        match self {
+            Self::Customer => "customer",
+            Self::InventoryItem => "inventory item",
+            Self::Order => "order",
+            Self::OrderSaga => "order saga",
+        }
+    }
+}
+
 impl std::str::FromStr for AggregateKind {
     type Err = UnknownAggregateKind;
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
@@ -100,10 +112,20 @@ pub struct Versioned<E> {
 }
 
 /// An aggregate's state at a known version.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct Current<A: Aggregate> {
     pub state: A::State,
     pub version: Version,
+}
+
+// Derived `Clone` would demand `A: Clone`; only the state needs to be.
+impl<A: Aggregate> Clone for Current<A> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            version: self.version,
+        }
+    }
 }
 
 impl<A: Aggregate> Default for Current<A> {

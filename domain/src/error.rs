@@ -10,10 +10,10 @@ use crate::values::{Currency, MoneyError, Sku};
 /// Why `decide` refused a command. Compared in tests, so it derives `PartialEq`.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DomainError {
-    #[error("{kind} {id} already exists")]
+    #[error("{} {id} already exists", kind.noun())]
     AlreadyExists { kind: AggregateKind, id: String },
 
-    #[error("{kind} {id} does not exist")]
+    #[error("{} {id} does not exist", kind.noun())]
     NotFound { kind: AggregateKind, id: String },
 
     #[error("an order needs at least one line")]

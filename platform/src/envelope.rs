@@ -25,6 +25,7 @@ pub mod names {
     pub const EXPECTED_VERSION: &str = "expected-version";
     pub const ACTOR_SUB: &str = "actor-sub";
     pub const ACTOR_ROLE: &str = "actor-role";
+    pub const DEADLINE: &str = "deadline";
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -176,6 +177,9 @@ pub struct CommandEnvelope {
     pub expected_version: Option<Version>,
     pub request_hash: Option<String>,
     pub actor: Actor,
+    /// Past this instant the requester has given up (and answered its caller 503): the writer
+    /// must not act on it any more. `None` for requesters that never give up (the saga).
+    pub deadline: Option<DateTime<Utc>>,
     pub trace: Trace,
 }
 
@@ -203,6 +207,9 @@ impl CommandEnvelope {
         }
         headers = push(headers, names::ACTOR_SUB, &self.actor.subject);
         headers = push(headers, names::ACTOR_ROLE, &self.actor.role);
+        if let Some(deadline) = self.deadline {
+            headers = push(headers, names::DEADLINE, &deadline.to_rfc3339());
+        }
         self.trace.write(headers)
     }
 
@@ -222,6 +229,16 @@ impl CommandEnvelope {
                 subject: required(headers, names::ACTOR_SUB)?.to_owned(),
                 role: required(headers, names::ACTOR_ROLE)?.to_owned(),
             },
+            deadline: find(headers, names::DEADLINE)
+                .map(|raw| {
+                    DateTime::parse_from_rfc3339(raw)
+                        .map(|d| d.with_timezone(&Utc))
+                        .map_err(|_| EnvelopeError::Invalid {
+                            name: names::DEADLINE,
+                            value: raw.to_owned(),
+                        })
+                })
+                .transpose()?,
             trace: Trace::read(headers)?,
         })
     }
@@ -329,6 +346,11 @@ mod tests {
                 subject: "c-1".into(),
                 role: "customer".into(),
             },
+            deadline: Some(
+                DateTime::parse_from_rfc3339("2026-11-22T10:00:05.5Z")
+                    .unwrap()
+                    .with_timezone(&Utc),
+            ),
             trace: Trace {
                 correlation_id: "corr".into(),
                 causation_id: "cause".into(),

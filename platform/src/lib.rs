@@ -14,6 +14,7 @@
 //!   accepted only if it extends its aggregate's accepted chain.
 //! - [`consistency`]: the consistency token (Kafka positions) that gives read-your-writes.
 //! - [`telemetry`]: structured JSON logs via `tracing`.
+//! - [`shutdown`]: the SIGTERM/SIGINT future every binary stops on.
 
 pub mod config;
 pub mod consistency;
@@ -21,5 +22,6 @@ pub mod envelope;
 pub mod kafka;
 pub mod log_order;
 pub mod partitioner;
+pub mod shutdown;
 pub mod telemetry;
 pub mod topics;

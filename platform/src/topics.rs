@@ -21,6 +21,25 @@ impl Topics {
         format!("{}.{}.events", self.prefix, kind.as_str())
     }
 
+    /// `<prefix>.<kind>.commands`: commands for the writer of each partition. Same partition
+    /// count as the events topic, so commands partition p is handled by the writer of events
+    /// partition p.
+    pub fn commands(&self, kind: AggregateKind) -> String {
+        format!("{}.{}.commands", self.prefix, kind.as_str())
+    }
+
+    /// `<prefix>.command-replies`: outcomes, keyed by the requester's reply key.
+    pub fn replies(&self) -> String {
+        format!("{}.command-replies", self.prefix)
+    }
+
+    /// The aggregate kind whose commands travel on `topic`, if any.
+    pub fn kind_of_commands(&self, topic: &str) -> Option<AggregateKind> {
+        AggregateKind::ALL
+            .into_iter()
+            .find(|kind| self.commands(*kind) == topic)
+    }
+
     /// `<topic>.dlq`: where a consumer parks what it cannot handle.
     pub fn dead_letters(topic: &str) -> String {
         format!("{topic}.dlq")

@@ -1,0 +1,190 @@
+//! The command bus: the one path every write takes, for HTTP handlers and the saga alike.
+//! A command goes onto its aggregate's commands topic (keyed by aggregate id, so it reaches the
+//! partition's writer); the writer's reply comes back on the replies topic, keyed by this
+//! requester's reply key, so each requester reads a single partition of it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use domain::AggregateKind;
+use platform::config::KafkaSettings;
+use platform::envelope::CommandEnvelope;
+use platform::partitioner::partition_for;
+use platform::topics::Topics;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::{CommandReply, WireRecord};
+use thiserror::Error;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Why a command could not be handed over.
+#[derive(Debug, Error)]
+pub enum BusError {
+    #[error("the broker did not accept the command")]
+    Unavailable(#[source] rdkafka::error::KafkaError),
+    #[error("the command could not be encoded")]
+    Encode(#[from] schemas::EncodeError),
+}
+
+/// Hands commands to their writers and waits for the replies.
+#[derive(Clone)]
+pub struct CommandBus {
+    producer: FutureProducer,
+    topics: Topics,
+    reply_key: String,
+    partitions: i32,
+    send_timeout: Duration,
+    pending: Arc<Mutex<HashMap<String, oneshot::Sender<CommandReply>>>>,
+}
+
+impl std::fmt::Debug for CommandBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandBus")
+            .field("reply_key", &self.reply_key)
+            .finish()
+    }
+}
+
+impl CommandBus {
+    /// Starts listening for replies addressed to `reply_key` (unique per process), from the
+    /// replies partition's current end, before any command is sent.
+    pub async fn start(
+        kafka: &KafkaSettings,
+        partitions: i32,
+        producer: FutureProducer,
+        reply_key: String,
+        shutdown: CancellationToken,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        let topics = Topics::new(kafka.topic_prefix.clone());
+        let replies = topics.replies();
+        let partition = partition_for(reply_key.as_bytes(), partitions);
+        let consumer: Arc<StreamConsumer> = Arc::new(
+            platform::kafka::consumer_config(
+                kafka,
+                &format!("{}.reply-listener", kafka.topic_prefix),
+            )
+            .create()?,
+        );
+        let (_, high) = {
+            let (topic, consumer) = (replies.clone(), consumer.clone());
+            tokio::task::spawn_blocking(move || {
+                consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))
+            })
+            .await
+            .map_err(|_| rdkafka::error::KafkaError::Canceled)??
+        };
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&replies, partition, Offset::Offset(high))?;
+        consumer.assign(&assignment)?;
+        let pending: Arc<Mutex<HashMap<String, oneshot::Sender<CommandReply>>>> = Arc::default();
+        tokio::spawn(listen(
+            consumer,
+            reply_key.clone(),
+            pending.clone(),
+            shutdown,
+        ));
+        Ok(Self {
+            producer,
+            topics,
+            reply_key,
+            partitions,
+            send_timeout: Duration::from_secs(5),
+            pending,
+        })
+    }
+
+    /// This requester's reply key, to put in command envelopes.
+    pub fn reply_key(&self) -> &str {
+        &self.reply_key
+    }
+
+    /// Partitions per topic (commands and events topics have the same count).
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    /// Sends a command and waits up to `wait` for its outcome. `Ok(None)`: the command was
+    /// handed over but no reply came in time (it may still be handled).
+    pub async fn send<C: WireRecord>(
+        &self,
+        kind: AggregateKind,
+        envelope: &CommandEnvelope,
+        command: &C,
+        wait: Duration,
+    ) -> Result<Option<CommandReply>, BusError> {
+        let payload = schemas::encode(command)?;
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(envelope.command_id.clone(), tx);
+        let topic = self.topics.commands(kind);
+        let record = FutureRecord::to(&topic)
+            .key(envelope.aggregate_id.as_bytes())
+            .payload(&payload)
+            .headers(envelope.to_headers());
+        if let Err((error, _)) = self.producer.send(record, self.send_timeout).await {
+            self.lock().remove(&envelope.command_id);
+            return Err(BusError::Unavailable(error));
+        }
+        let reply = tokio::time::timeout(wait, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if reply.is_none() {
+            self.lock().remove(&envelope.command_id);
+        }
+        Ok(reply)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<CommandReply>>> {
+        // A poisoned lock only means another task panicked mid-insert; the map is still usable.
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn listen(
+    consumer: Arc<StreamConsumer>,
+    reply_key: String,
+    pending: Arc<Mutex<HashMap<String, oneshot::Sender<CommandReply>>>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                warn!(%error, "reply consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if message.key() != Some(reply_key.as_bytes()) {
+            continue;
+        }
+        let reply = match message.payload().map(schemas::decode::<CommandReply>) {
+            Some(Ok(reply)) => reply,
+            other => {
+                warn!(offset = message.offset(), error = ?other.map(|r| r.err()), "undecodable reply skipped");
+                continue;
+            }
+        };
+        let waiter = pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&reply.command_id);
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(reply);
+            }
+            None => debug!(command_id = %reply.command_id, "reply for a command nobody waits for"),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Typed configuration from the environment (the names are the same in every service).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use platform::config::KafkaSettings;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{name} is not set")]
+    Missing { name: &'static str },
+    #[error("{name} is invalid: {value:?}")]
+    Invalid { name: &'static str, value: String },
+}
+
+/// Everything `command-api` needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `COMMAND_API_ADDR` (default `127.0.0.1:8080`; port 0 picks a free one).
+    pub addr: SocketAddr,
+    pub kafka: KafkaSettings,
+    /// `AUTH_JWT_SECRET`: HS256 key for bearer tokens. Required: there is no default secret.
+    pub jwt_secret: String,
+    /// `COMMAND_WAIT_MS`: how long a request waits for its command's outcome before answering
+    /// 202 with where to look (default 5000).
+    pub command_wait: Duration,
+    /// `RATE_LIMIT_PER_SECOND` per token subject (default 500), with a burst of twice that.
+    pub rate_limit_per_second: u32,
+    /// `COMMAND_WRITER_GROUP`: the consumer group of partition writers (default
+    /// `<prefix>.command-writers`). Every instance of one deployment must share it; tests give
+    /// two instances different groups to force two writers onto one partition.
+    pub writer_group: String,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let addr = var_or("COMMAND_API_ADDR", "127.0.0.1:8080");
+        Ok(Self {
+            addr: addr.parse().map_err(|_| ConfigError::Invalid {
+                name: "COMMAND_API_ADDR",
+                value: addr.clone(),
+            })?,
+            writer_group: std::env::var("COMMAND_WRITER_GROUP").unwrap_or_else(|_| {
+                format!(
+                    "{}.{}",
+                    var_or("KAFKA_TOPIC_PREFIX", KafkaSettings::DEFAULT_PREFIX),
+                    crate::processor::GROUP_SUFFIX
+                )
+            }),
+            kafka: KafkaSettings::from_env(),
+            jwt_secret: std::env::var("AUTH_JWT_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .ok_or(ConfigError::Missing {
+                    name: "AUTH_JWT_SECRET",
+                })?,
+            command_wait: Duration::from_millis(number("COMMAND_WAIT_MS", 5000)?),
+            rate_limit_per_second: u32::try_from(number("RATE_LIMIT_PER_SECOND", 500)?).map_err(
+                |_| ConfigError::Invalid {
+                    name: "RATE_LIMIT_PER_SECOND",
+                    value: var_or("RATE_LIMIT_PER_SECOND", ""),
+                },
+            )?,
+        })
+    }
+}
+
+fn var_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn number(name: &'static str, default: u64) -> Result<u64, ConfigError> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(raw) => raw
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or(ConfigError::Invalid { name, value: raw }),
+    }
+}

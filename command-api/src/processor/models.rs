@@ -1,0 +1,113 @@
+//! What the writer needs to know about each aggregate kind beyond `decide`/`evolve`: which
+//! aggregate a command targets, and who may issue it.
+
+use domain::customer::{CustomerAggregate, CustomerCommand};
+use domain::inventory::{InventoryCommand, InventoryItem};
+use domain::order::{OrderAggregate, OrderCommand, OrderState};
+use domain::{Aggregate, DomainError};
+use platform::envelope::Actor;
+use schemas::WireRecord;
+
+/// Roles the writer knows. HTTP checks the coarse rules (admin-only endpoints); the writer
+/// checks what needs the aggregate's state (whose order it is).
+pub const ROLE_ADMIN: &str = "admin";
+pub const ROLE_CUSTOMER: &str = "customer";
+/// Commands issued by the saga orchestrator.
+pub const ROLE_SYSTEM: &str = "system";
+
+/// An aggregate the command writer can host.
+pub(crate) trait WriteModel: Aggregate + Send + Sync + 'static
+where
+    Self::Event: WireRecord + Send + Sync,
+    Self::Command: WireRecord + Clone + Send + Sync,
+    Self::State: Send + Sync,
+{
+    /// The id of the aggregate a command targets (the Kafka key).
+    fn aggregate_id(command: &Self::Command) -> String;
+
+    /// Whether `actor` may issue `command` against `state`.
+    fn authorize(state: &Self::State, command: &Self::Command, actor: &Actor) -> bool;
+}
+
+fn is_privileged(actor: &Actor) -> bool {
+    actor.role == ROLE_ADMIN || actor.role == ROLE_SYSTEM
+}
+
+impl WriteModel for CustomerAggregate {
+    fn aggregate_id(command: &CustomerCommand) -> String {
+        command.customer_id().to_string()
+    }
+
+    fn authorize(_: &Self::State, command: &CustomerCommand, actor: &Actor) -> bool {
+        match command {
+            CustomerCommand::Register { .. } => actor.role == ROLE_ADMIN,
+            CustomerCommand::ReserveCredit { .. } | CustomerCommand::ReleaseCredit { .. } => {
+                is_privileged(actor)
+            }
+        }
+    }
+}
+
+impl WriteModel for InventoryItem {
+    fn aggregate_id(command: &InventoryCommand) -> String {
+        command.sku().to_string()
+    }
+
+    fn authorize(_: &Self::State, command: &InventoryCommand, actor: &Actor) -> bool {
+        match command {
+            InventoryCommand::AddStock { .. } => actor.role == ROLE_ADMIN,
+            _ => is_privileged(actor),
+        }
+    }
+}
+
+impl WriteModel for OrderAggregate {
+    fn aggregate_id(command: &OrderCommand) -> String {
+        command.order_id().to_string()
+    }
+
+    /// Customers place and cancel their own orders; only the saga moves an order otherwise.
+    fn authorize(state: &OrderState, command: &OrderCommand, actor: &Actor) -> bool {
+        if is_privileged(actor) {
+            return actor.role == ROLE_SYSTEM
+                || matches!(
+                    command,
+                    OrderCommand::Place { .. } | OrderCommand::RequestCancellation { .. }
+                );
+        }
+        if actor.role != ROLE_CUSTOMER {
+            return false;
+        }
+        match (command, state) {
+            (OrderCommand::Place { customer_id, .. }, _) => customer_id.as_str() == actor.subject,
+            (OrderCommand::RequestCancellation { .. }, OrderState::Placed(order)) => {
+                order.customer_id.as_str() == actor.subject
+            }
+            // Unknown order: let `decide` answer 404 rather than leak nothing with a 403.
+            (OrderCommand::RequestCancellation { .. }, OrderState::NotPlaced) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A stable machine-readable code for each domain rejection (the HTTP layer maps codes to
+/// statuses), plus the field a 422 should point at.
+pub fn rejection_code(error: &DomainError) -> (&'static str, Option<String>) {
+    match error {
+        DomainError::AlreadyExists { .. } => ("already-exists", None),
+        DomainError::NotFound { .. } => ("not-found", None),
+        DomainError::EmptyOrder => ("empty-order", Some("lines".into())),
+        DomainError::MixedCurrencies { line, .. } => (
+            "mixed-currencies",
+            Some(format!("lines[{line}].unit_price.currency")),
+        ),
+        DomainError::DuplicateSku { line, .. } => {
+            ("duplicate-sku", Some(format!("lines[{line}].sku")))
+        }
+        DomainError::TotalOutOfRange => ("total-out-of-range", Some("lines".into())),
+        DomainError::StockOutOfRange => ("stock-out-of-range", Some("quantity".into())),
+        DomainError::InvalidTransition { .. } => ("invalid-transition", None),
+        DomainError::CancellationPending { .. } => ("cancellation-pending", None),
+        DomainError::UnknownLine { .. } => ("unknown-line", None),
+    }
+}

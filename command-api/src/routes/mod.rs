@@ -1,0 +1,198 @@
+//! One module per route; [`submit`] is the path every command handler shares.
+
+pub mod customers;
+pub mod inventory;
+pub mod orders;
+pub mod system;
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue};
+use domain::{AggregateKind, Version};
+use platform::consistency::ConsistencyToken;
+use platform::envelope::{Actor, CommandEnvelope, Trace};
+use schemas::{CommandReply, ReplyOutcome, WireRecord};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::bus::BusError;
+use crate::problem::ApiError;
+use crate::startup::AppState;
+
+/// The headers every command request may carry.
+#[derive(Debug, Clone)]
+pub struct CommandHeaders {
+    pub idempotency_key: Option<String>,
+    pub expected_version: Option<Version>,
+    pub correlation_id: String,
+    pub traceparent: Option<String>,
+}
+
+impl CommandHeaders {
+    pub fn parse(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let text = |name: &'static str| -> Result<Option<String>, ApiError> {
+            headers
+                .get(name)
+                .map(|v| {
+                    v.to_str()
+                        .map(str::to_owned)
+                        .map_err(|_| ApiError::BadHeader {
+                            name,
+                            detail: format!("{name} must be visible ASCII"),
+                        })
+                })
+                .transpose()
+        };
+        let idempotency_key = text("idempotency-key")?;
+        if let Some(key) = &idempotency_key {
+            if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ApiError::BadHeader {
+                    name: "Idempotency-Key",
+                    detail: "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+                });
+            }
+        }
+        let expected_version = text("if-match")?
+            .map(|raw| {
+                let trimmed = raw.trim().trim_start_matches("W/").trim_matches('"');
+                trimmed
+                    .parse::<u64>()
+                    .map(Version::new)
+                    .map_err(|_| ApiError::BadHeader {
+                        name: "If-Match",
+                        detail: "If-Match must be a version, like \"3\"".into(),
+                    })
+            })
+            .transpose()?;
+        let correlation_id = text("x-correlation-id")?
+            .filter(|id| !id.is_empty() && id.len() <= 128)
+            .unwrap_or_else(|| Uuid::now_v7().to_string());
+        Ok(Self {
+            idempotency_key,
+            expected_version,
+            correlation_id,
+            traceparent: text("traceparent")?,
+        })
+    }
+}
+
+/// A command ready to submit.
+#[derive(Debug)]
+pub struct Submission<'a, C> {
+    pub kind: AggregateKind,
+    pub aggregate_id: String,
+    pub command: C,
+    pub caller: &'a Caller,
+    pub headers: &'a CommandHeaders,
+    /// `METHOD path` of the request, part of the idempotency identity.
+    pub route: String,
+    pub body: &'a [u8],
+}
+
+/// What became of a submitted command.
+#[derive(Debug)]
+pub enum Submitted {
+    /// The writer accepted it; the token covers its events.
+    Done {
+        reply: Box<CommandReply>,
+        token: String,
+    },
+    /// Handed over, but the outcome did not arrive within the wait.
+    Pending { command_id: String },
+}
+
+/// Same caller + route + Idempotency-Key => same command id, so a retry is recognised by the
+/// partition's writer (from its log) however many times it is sent, across restarts.
+pub fn command_id(caller: &Caller, route: &str, key: Option<&str>) -> String {
+    match key {
+        Some(key) => {
+            let name = format!("{}\n{route}\n{key}", caller.subject);
+            Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
+        }
+        None => Uuid::now_v7().to_string(),
+    }
+}
+
+/// A hash of the request, to tell a retry from a reused key with another body.
+fn request_hash(route: &str, body: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    hex::encode(&hasher.finalize()[..16])
+}
+
+/// Sends a command through the bus and turns refusals into [`ApiError`]s.
+pub async fn submit<C: WireRecord>(
+    app: &AppState,
+    submission: Submission<'_, C>,
+    command_id: String,
+) -> Result<Submitted, ApiError> {
+    let wait: Duration = app.command_wait();
+    let envelope = CommandEnvelope {
+        command_id: command_id.clone(),
+        command_type: submission.command.event_type().to_owned(),
+        aggregate_id: submission.aggregate_id,
+        reply_to: Some(app.bus().reply_key().to_owned()),
+        expected_version: submission.headers.expected_version,
+        request_hash: submission
+            .headers
+            .idempotency_key
+            .as_ref()
+            .map(|_| request_hash(&submission.route, submission.body)),
+        actor: Actor {
+            subject: submission.caller.subject.clone(),
+            role: submission.caller.role().to_owned(),
+        },
+        deadline: Some(chrono::Utc::now() + wait + Duration::from_secs(5)),
+        trace: Trace {
+            correlation_id: submission.headers.correlation_id.clone(),
+            causation_id: command_id.clone(),
+            traceparent: submission.headers.traceparent.clone(),
+        },
+    };
+    let reply = app
+        .bus()
+        .send(submission.kind, &envelope, &submission.command, wait)
+        .await
+        .map_err(|error| match error {
+            BusError::Unavailable(source) => {
+                tracing::warn!(error = %source, "command not accepted by the broker");
+                ApiError::Unavailable("the event store is unavailable; nothing was appended".into())
+            }
+            BusError::Encode(source) => {
+                tracing::error!(error = %source, "command encoding failed");
+                ApiError::Internal
+            }
+        })?;
+    let Some(reply) = reply else {
+        return Ok(Submitted::Pending { command_id });
+    };
+    if reply.outcome != ReplyOutcome::Accepted {
+        return Err(ApiError::from_reply(&reply));
+    }
+    let mut token = ConsistencyToken::default();
+    for position in &reply.positions {
+        token.include(submission.kind, position.partition, position.offset);
+    }
+    Ok(Submitted::Done {
+        token: token.encode(),
+        reply: Box::new(reply),
+    })
+}
+
+/// Response headers for an accepted command.
+pub fn accepted_headers(token: &str, correlation_id: &str, location: Option<String>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(token) {
+        headers.insert("x-consistency-token", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(correlation_id) {
+        headers.insert("x-correlation-id", value);
+    }
+    if let Some(location) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        headers.insert(axum::http::header::LOCATION, location);
+    }
+    headers
+}

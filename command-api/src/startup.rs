@@ -1,0 +1,307 @@
+//! Builds the application (topics, producer, bus, writers, router) and runs it until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use domain::AggregateKind;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use platform::config::KafkaSettings;
+use platform::kafka::{ensure_topics, producer_config, KafkaSetupError};
+use platform::topics::Topics;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::auth::Auth;
+use crate::bus::CommandBus;
+use crate::config::Settings;
+use crate::processor::Processor;
+use crate::routes;
+
+/// Request bodies above this are refused with 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, Error)]
+pub enum StartupError {
+    #[error("could not bind {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Kafka set-up failed")]
+    Kafka(#[from] KafkaSetupError),
+    #[error("Kafka client failed")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("topics {events} and {commands} have different partition counts ({a} and {b}); they must match")]
+    PartitionMismatch {
+        events: String,
+        commands: String,
+        a: usize,
+        b: usize,
+    },
+    #[error("serving HTTP failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    bus: CommandBus,
+    auth: Arc<Auth>,
+    command_wait: Duration,
+    metrics: PrometheusHandle,
+    processor_ready: Box<dyn Fn() -> bool + Send + Sync>,
+    writers_serving: Box<dyn Fn() -> usize + Send + Sync>,
+    kafka: KafkaSettings,
+}
+
+impl AppState {
+    pub fn bus(&self) -> &CommandBus {
+        &self.0.bus
+    }
+    pub fn auth(&self) -> &Auth {
+        &self.0.auth
+    }
+    pub fn command_wait(&self) -> Duration {
+        self.0.command_wait
+    }
+    pub fn metrics(&self) -> &PrometheusHandle {
+        &self.0.metrics
+    }
+    pub fn processor_ready(&self) -> bool {
+        (self.0.processor_ready)()
+    }
+    pub fn writers_serving(&self) -> usize {
+        (self.0.writers_serving)()
+    }
+
+    /// A metadata request answered within two seconds.
+    pub async fn broker_reachable(&self) -> bool {
+        let brokers = self.0.kafka.brokers.clone();
+        tokio::task::spawn_blocking(move || {
+            let client: Result<BaseConsumer, _> = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create();
+            client.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// The process-wide Prometheus recorder (metrics macros write to one global recorder).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ])
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// A built, bound, not yet serving application.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    processor: Processor,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("addr", &self.listener.local_addr().ok())
+            .finish()
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let topics = Topics::new(settings.kafka.topic_prefix.clone());
+        let partitions = ensure_all_topics(&settings.kafka, &topics).await?;
+        let producer: FutureProducer = producer_config(&settings.kafka).create()?;
+        let shutdown = CancellationToken::new();
+        let reply_key = format!("command-api-{}", uuid::Uuid::now_v7());
+        let bus = CommandBus::start(
+            &settings.kafka,
+            partitions,
+            producer.clone(),
+            reply_key,
+            shutdown.clone(),
+        )
+        .await?;
+        let processor = Processor::start(
+            settings.kafka.clone(),
+            &settings.writer_group,
+            partitions,
+            producer,
+            shutdown.clone(),
+        )?;
+        let ready = processor.ready_flag();
+        let serving = processor.serving_counter();
+        let state = AppState(Arc::new(Inner {
+            bus,
+            auth: Auth::new(&settings.jwt_secret, settings.rate_limit_per_second),
+            command_wait: settings.command_wait,
+            metrics: metrics_handle(),
+            processor_ready: Box::new(ready),
+            writers_serving: Box::new(serving),
+            kafka: settings.kafka.clone(),
+        }));
+        let router = router(state);
+        let listener =
+            TcpListener::bind(settings.addr)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: settings.addr,
+                    source,
+                })?;
+        Ok(Self {
+            listener,
+            router,
+            processor,
+            shutdown,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `signal` resolves, then stops taking requests, lets in-flight ones finish,
+    /// stops the writers after their current batch and commits their offsets.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        info!(addr = ?self.local_addr(), "command-api serving");
+        let shutdown = self.shutdown.clone();
+        let http_done = CancellationToken::new();
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown({
+            let http_done = http_done.clone();
+            async move {
+                signal.await;
+                info!("shutting down: no new requests");
+                http_done.cancel();
+            }
+        });
+        let result = serve.await.map_err(StartupError::Serve);
+        shutdown.cancel();
+        self.processor.stopped().await;
+        info!("command-api stopped");
+        result
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/customers", post(routes::customers::register))
+        .route(
+            "/v1/inventory/{sku}/stock",
+            post(routes::inventory::add_stock),
+        )
+        .route("/v1/orders", post(routes::orders::place))
+        .route("/v1/orders/{order_id}/cancel", post(routes::orders::cancel))
+        .route("/healthz", get(routes::system::healthz))
+        .route("/readyz", get(routes::system::readyz))
+        .route("/metrics", get(routes::system::metrics))
+        .route("/openapi.json", get(routes::system::openapi))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_request,
+        ))
+        .with_state(state)
+}
+
+/// Request count and latency by route template and status.
+async fn record_request(State(_): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Creates every topic the write path uses and returns the partition count, refusing to start
+/// when an events topic and its commands topic disagree (writers map partition p to p).
+async fn ensure_all_topics(kafka: &KafkaSettings, topics: &Topics) -> Result<i32, StartupError> {
+    let mut names: Vec<String> = topics.all_events();
+    names.extend(
+        AggregateKind::ALL
+            .iter()
+            .filter(|k| **k != AggregateKind::OrderSaga)
+            .map(|k| topics.commands(*k)),
+    );
+    names.push(topics.replies());
+    ensure_topics(kafka, &names, kafka.partitions).await?;
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .create()?;
+    let count = |topic: &str| -> Result<usize, StartupError> {
+        for _ in 0..50 {
+            let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+            if let Some(t) = metadata
+                .topics()
+                .first()
+                .filter(|t| !t.partitions().is_empty())
+            {
+                return Ok(t.partitions().len());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(0)
+    };
+    let mut partitions = 0;
+    for kind in AggregateKind::ALL
+        .iter()
+        .filter(|k| **k != AggregateKind::OrderSaga)
+    {
+        let (events, commands) = (topics.events(*kind), topics.commands(*kind));
+        let (a, b) = (count(&events)?, count(&commands)?);
+        if a != b || a == 0 {
+            return Err(StartupError::PartitionMismatch {
+                events,
+                commands,
+                a,
+                b,
+            });
+        }
+        partitions = a;
+    }
+    Ok(i32::try_from(partitions).unwrap_or(i32::MAX))
+}
