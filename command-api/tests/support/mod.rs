@@ -1,0 +1,276 @@
+//! Spawns real `command-api` applications against the real broker, each test in its own topic
+//! namespace, and reads back what reached the topics.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use command_api::auth::Auth;
+use command_api::config::Settings;
+use command_api::startup::Application;
+use domain::AggregateKind;
+use platform::envelope::EventEnvelope;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+use serde_json::Value;
+use test_harness::TestKafka;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret-not-for-production";
+pub const PARTITIONS: i32 = 3;
+
+/// A running command-api.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub kafka: TestKafka,
+    pub client: reqwest::Client,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The response of a request.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+pub fn kafka() -> TestKafka {
+    let mut kafka = TestKafka::new();
+    kafka.settings.partitions = PARTITIONS;
+    kafka
+}
+
+pub fn settings(kafka: &TestKafka) -> Settings {
+    Settings {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        kafka: kafka.settings.clone(),
+        jwt_secret: SECRET.into(),
+        command_wait: Duration::from_secs(10),
+        rate_limit_per_second: 10_000,
+        writer_group: format!("{}.command-writers", kafka.settings.topic_prefix),
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_on(&kafka(), |_| {}).await
+    }
+
+    /// Starts an instance on `kafka`'s namespace (several instances may share it).
+    pub async fn spawn_on(kafka: &TestKafka, tweak: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = settings(kafka);
+        tweak(&mut settings);
+        let app = Application::build(settings)
+            .await
+            .expect("build command-api");
+        let addr = app.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let task = tokio::spawn(async move {
+            app.run_until(async move { signal.cancelled().await })
+                .await
+                .expect("serve");
+        });
+        let app = Self {
+            addr,
+            kafka: kafka.clone(),
+            client: reqwest::Client::new(),
+            stop,
+            task,
+        };
+        app.wait_ready().await;
+        app
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..300 {
+            if let Ok(response) = self.client.get(self.url("/readyz")).send().await {
+                if response.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("command-api did not become ready");
+    }
+
+    /// Graceful stop: returns once in-flight work is finished and offsets committed.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("app task");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        reply(request.send().await.expect("request")).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        reply(
+            self.client
+                .get(self.url(path))
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+}
+
+pub async fn reply(response: reqwest::Response) -> Reply {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn token(subject: &str, role: &str) -> String {
+    Auth::new(SECRET, 1).sign(subject, &[role], 3600).unwrap()
+}
+
+pub fn admin() -> String {
+    token("admin", "admin")
+}
+
+pub fn money(amount: i64) -> Value {
+    serde_json::json!({"amount_minor": amount, "currency": "USD"})
+}
+
+/// Registers a customer and adds stock, the usual set-up.
+pub async fn seed(app: &TestApp, customer: &str, sku: &str, stock: i64) {
+    let created = app
+        .post(
+            "/v1/customers",
+            Some(&admin()),
+            &serde_json::json!({"customer_id": customer, "name": "Ada", "credit_limit": money(100_000)}),
+            &[],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let stocked = app
+        .post(
+            &format!("/v1/inventory/{sku}/stock"),
+            Some(&admin()),
+            &serde_json::json!({"quantity": stock}),
+            &[],
+        )
+        .await;
+    assert_eq!(stocked.status, StatusCode::OK, "{:?}", stocked.body);
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub partition: i32,
+    pub offset: i64,
+    pub envelope: Option<EventEnvelope>,
+    pub payload: Vec<u8>,
+}
+
+/// Every record currently in `topic` (all partitions, up to the high watermarks).
+pub async fn read_all(kafka: &TestKafka, topic: &str) -> Vec<Stored> {
+    let consumer: StreamConsumer = kafka.consumer(
+        &kafka.group(&format!("reader-{}", uuid::Uuid::new_v4())),
+        &[],
+    );
+    let mut list = TopicPartitionList::new();
+    let mut expected = 0;
+    for p in 0..PARTITIONS {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        expected += high - low;
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut out = Vec::new();
+    while (out.len() as i64) < expected {
+        let message = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+            .await
+            .expect("records in time")
+            .expect("consume");
+        out.push(Stored {
+            partition: message.partition(),
+            offset: message.offset(),
+            envelope: EventEnvelope::from_headers(message.headers()).ok(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+        });
+    }
+    out.sort_by_key(|s| (s.partition, s.offset));
+    out
+}
+
+pub async fn events(kafka: &TestKafka, kind: AggregateKind) -> Vec<Stored> {
+    read_all(kafka, &kafka.topics().events(kind)).await
+}
+
+/// Records in a topic right now, without reading them.
+pub fn count(kafka: &TestKafka, topic: &str) -> i64 {
+    let consumer: StreamConsumer = kafka.consumer(&kafka.group("counter"), &[]);
+    (0..PARTITIONS)
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            high - low
+        })
+        .sum()
+}
+
+/// Events appended across every aggregate topic.
+pub fn all_events(kafka: &TestKafka) -> i64 {
+    AggregateKind::ALL
+        .iter()
+        .map(|k| count(kafka, &kafka.topics().events(*k)))
+        .sum()
+}
+
+/// Commands sent across every commands topic.
+pub fn all_commands(kafka: &TestKafka) -> i64 {
+    [
+        AggregateKind::Customer,
+        AggregateKind::InventoryItem,
+        AggregateKind::Order,
+    ]
+    .iter()
+    .map(|k| count(kafka, &kafka.topics().commands(*k)))
+    .sum()
+}
