@@ -20,9 +20,7 @@ use platform::config::KafkaSettings;
 use platform::envelope::{CommandEnvelope, EnvelopeError};
 use platform::topics::Topics;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::mpsc;
@@ -67,10 +65,9 @@ enum Change {
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    /// Writers commit every batch before answering, so nothing is left to commit here.
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            // Hand back cleanly: commit what the writers finished before the partitions move.
-            let _ = consumer.commit_consumer_state(CommitMode::Sync);
             let revoked = list
                 .elements()
                 .iter()
@@ -171,7 +168,6 @@ async fn dispatch(
 ) {
     let mut senders: Senders = HashMap::new();
     let mut writers = JoinSet::new();
-    let mut commit = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -217,18 +213,12 @@ async fn dispatch(
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             },
-            _ = commit.tick() => {
-                let _ = context.group.commit_consumer_state(CommitMode::Async);
-            }
             Some(_) = writers.join_next(), if !writers.is_empty() => {}
         }
     }
-    // Graceful stop: writers finish their current batch, then offsets are committed.
+    // Graceful stop: writers finish (and commit) their current batch, then we leave the group.
     senders.clear();
     while writers.join_next().await.is_some() {}
-    if let Err(error) = context.group.commit_consumer_state(CommitMode::Sync) {
-        warn!(%error, "final offset commit failed");
-    }
     context.group.unsubscribe();
     info!("command processor stopped");
 }

@@ -338,18 +338,7 @@ where
                                 .collect();
                             accepted(command, &aggregate_id, version, event_types, positions)
                         } else if outcomes.iter().any(|v| v == &Some(&false)) {
-                            let current = self
-                                .states
-                                .get(&aggregate_id)
-                                .map_or(0, |c| c.version.get());
-                            answer(
-                                command,
-                                ReplyOutcome::Conflict,
-                                &aggregate_id,
-                                current,
-                                Some("concurrent-append"),
-                                "another writer appended to this aggregate first; retry",
-                            )
+                            self.after_losing(command, &aggregate_id)
                         } else {
                             unavailable(
                                 command,
@@ -363,8 +352,53 @@ where
             metrics::counter!("commands_total", "aggregate" => A::KIND.as_str(), "outcome" => outcome_label(reply.outcome)).increment(1);
             replies.push(reply);
         }
+        // Answer only as the partition's owner: the commit carries the group generation, so a
+        // writer that lost the partition is refused here and stays silent. The new owner then
+        // handles these commands again and answers from the log, never contradicting us.
+        if let Err(error) = self.commit(&batch).await {
+            warn!(kind = %A::KIND, partition = self.partition, %error, "offset commit refused (partition moved?): replies withheld");
+            metrics::counter!("writer_replies_withheld_total", "aggregate" => A::KIND.as_str())
+                .increment(replies.len() as u64);
+            return;
+        }
         self.send_replies(&batch, &replies).await;
-        self.store_offsets(&batch);
+    }
+
+    /// Our event lost in log order. If the log nevertheless shows this command accepted (another
+    /// writer handled the same command first), that is its outcome; otherwise it had no effect.
+    fn after_losing(&self, command: &IncomingCommand, aggregate_id: &str) -> CommandReply {
+        let recorded = command
+            .envelope
+            .as_ref()
+            .ok()
+            .and_then(|e| self.log.command(&e.command_id));
+        match recorded {
+            Some(recorded) => accepted(
+                command,
+                &recorded.aggregate_id,
+                recorded.version,
+                recorded.event_types.clone(),
+                recorded
+                    .offsets
+                    .iter()
+                    .map(|offset| Position {
+                        partition: self.partition,
+                        offset: *offset,
+                    })
+                    .collect(),
+            ),
+            None => {
+                let current = self.states.get(aggregate_id).map_or(0, |c| c.version.get());
+                answer(
+                    command,
+                    ReplyOutcome::Conflict,
+                    aggregate_id,
+                    current,
+                    Some("concurrent-append"),
+                    "another writer appended to this aggregate first; nothing was applied, retry",
+                )
+            }
+        }
     }
 
     /// Decides one command against the state the batch has reached so far.
@@ -624,24 +658,24 @@ where
         join_all(sends).await;
     }
 
-    /// The commands are handled: the group may move past them.
-    fn store_offsets(&self, batch: &[IncomingCommand]) {
+    /// The commands are handled: commit synchronously so the group moves past them. Fails when
+    /// this process is no longer the partition's owner (stale group generation).
+    async fn commit(&self, batch: &[IncomingCommand]) -> Result<(), rdkafka::error::KafkaError> {
         let Some(last) = batch.iter().map(|c| c.offset).max() else {
-            return;
+            return Ok(());
         };
         let mut list = TopicPartitionList::new();
-        if list
-            .add_partition_offset(
-                &self.commands_topic,
-                self.partition,
-                Offset::Offset(last + 1),
-            )
-            .is_ok()
-        {
-            if let Err(error) = self.ctx.group.store_offsets(&list) {
-                debug!(%error, partition = self.partition, "offset not stored (partition revoked?)");
-            }
-        }
+        list.add_partition_offset(
+            &self.commands_topic,
+            self.partition,
+            Offset::Offset(last + 1),
+        )?;
+        let group = self.ctx.group.clone();
+        tokio::task::spawn_blocking(move || {
+            group.commit(&list, rdkafka::consumer::CommitMode::Sync)
+        })
+        .await
+        .map_err(|_| rdkafka::error::KafkaError::Canceled)?
     }
 }
 
