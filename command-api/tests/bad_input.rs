@@ -2,6 +2,9 @@
 //! nothing. One test per case; each asserts the response and that no event was appended (and,
 //! for requests refused at the HTTP edge, that no command even reached Kafka).
 
+// Test code: a failed expectation should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use reqwest::StatusCode;

@@ -3,6 +3,9 @@
 //! writer that appends from stale state (a zombie, or a second writer on the same partition)
 //! produces only inert events and never acknowledges a command whose events lost.
 
+// Test code: a failed expectation should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::{BTreeSet, HashMap};

@@ -2,6 +2,9 @@
 //! domain event to the aggregate's topic, keyed by aggregate id, and answers with the new
 //! version and a consistency token that points at the event.
 
+// Test code: a failed expectation should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use domain::AggregateKind;
