@@ -28,6 +28,9 @@ use crate::config::Settings;
 use crate::processor::Processor;
 use crate::routes;
 
+/// How long the broker may take to acknowledge a command before the caller gets a 503.
+pub const COMMAND_DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Request bodies above this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
@@ -149,10 +152,18 @@ impl Application {
         let producer: FutureProducer = producer_config(&settings.kafka).create()?;
         let shutdown = CancellationToken::new();
         let reply_key = format!("command-api-{}", uuid::Uuid::now_v7());
+        // The bus gets its own producer with a short delivery timeout: a caller facing a dead
+        // broker gets a 503 within seconds, and librdkafka drops (never sends later) what timed out.
+        let bus_producer: FutureProducer = producer_config(&settings.kafka)
+            .set(
+                "message.timeout.ms",
+                &COMMAND_DELIVERY_TIMEOUT.as_millis().to_string(),
+            )
+            .create()?;
         let bus = CommandBus::start(
             &settings.kafka,
             partitions,
-            producer.clone(),
+            bus_producer,
             reply_key,
             shutdown.clone(),
         )

@@ -1,0 +1,225 @@
+//! Guarantees 1 and 4 across process and broker failures: idempotency keys are derived from the
+//! log (so they survive a restart), a broker outage is a bounded 503 that appends nothing later,
+//! and a graceful stop finishes what it acknowledged.
+
+// Test code: a failed expectation should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use domain::AggregateKind;
+use futures::future::join_all;
+use platform::log_order::{LogOrder, Verdict};
+use reqwest::StatusCode;
+use serde_json::json;
+use support::*;
+use test_harness::{BrokerProcess, TestDatabase, TestKafka};
+
+fn order_body() -> serde_json::Value {
+    json!({"customer_id": "c-1", "lines": [{"sku": "apple", "quantity": 2, "unit_price": money(150)}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_keys_survive_a_restart_of_command_api() {
+    let kafka = kafka();
+    let customer = token("c-1", "customer");
+    let first_app = TestApp::spawn_on(&kafka, |_| {}).await;
+    let first = first_app
+        .post(
+            "/v1/orders",
+            Some(&customer),
+            &order_body(),
+            &[("idempotency-key", "order-42")],
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{:?}", first.body);
+    first_app.stop().await;
+
+    let second_app = TestApp::spawn_on(&kafka, |_| {}).await;
+    let retry = second_app
+        .post(
+            "/v1/orders",
+            Some(&customer),
+            &order_body(),
+            &[("idempotency-key", "order-42")],
+        )
+        .await;
+    assert_eq!(retry.status, StatusCode::ACCEPTED);
+    assert_eq!(retry.body, first.body, "the retry gets the first response");
+    assert_eq!(
+        count(&kafka, &kafka.topics().events(AggregateKind::Order)),
+        1,
+        "nothing new appended"
+    );
+
+    let mut other = order_body();
+    other["lines"][0]["quantity"] = json!(3);
+    let reused = second_app
+        .post(
+            "/v1/orders",
+            Some(&customer),
+            &other,
+            &[("idempotency-key", "order-42")],
+        )
+        .await;
+    assert_eq!(
+        reused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        reused.body
+    );
+    assert_eq!(
+        count(&kafka, &kafka.topics().events(AggregateKind::Order)),
+        1
+    );
+    // The key belongs to its caller: another customer's identical key is another command.
+    let someone_else = second_app
+        .post(
+            "/v1/orders",
+            Some(&token("c-2", "customer")),
+            &json!({"customer_id": "c-2", "lines": [{"sku": "apple", "quantity": 2, "unit_price": money(150)}]}),
+            &[("idempotency-key", "order-42")],
+        )
+        .await;
+    assert_eq!(someone_else.status, StatusCode::ACCEPTED);
+    assert_ne!(someone_else.body["order_id"], first.body["order_id"]);
+    second_app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_broker_is_a_bounded_503_and_nothing_is_appended_later() {
+    let storage = TestDatabase::create(None).await;
+    let mut broker = BrokerProcess::start(&storage.url).await;
+    let mut kafka = TestKafka::at(&broker.brokers());
+    kafka.settings.partitions = PARTITIONS;
+    let app = TestApp::spawn_on(&kafka, |_| {}).await;
+    let stocked = app
+        .post(
+            "/v1/inventory/apple/stock",
+            Some(&admin()),
+            &json!({"quantity": 1}),
+            &[],
+        )
+        .await;
+    assert_eq!(stocked.status, StatusCode::OK);
+
+    broker.kill().await;
+    let started = Instant::now();
+    let during = app
+        .post(
+            "/v1/inventory/apple/stock",
+            Some(&admin()),
+            &json!({"quantity": 1}),
+            &[("idempotency-key", "outage")],
+        )
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(
+        during.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        during.body
+    );
+    assert_eq!(during.headers["content-type"], "application/problem+json");
+    assert!(
+        waited < Duration::from_secs(15),
+        "answered within a bounded time, took {waited:?}"
+    );
+
+    broker.restart().await;
+    // Give every retry and writer a chance to act behind the user's back.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let stored = events(&kafka, AggregateKind::InventoryItem).await;
+    assert_eq!(
+        stored.len(),
+        1,
+        "only the event acknowledged before the outage"
+    );
+    // The client retries with the same key once the broker is back: it is applied exactly once.
+    let mut retry = None;
+    for _ in 0..30 {
+        let reply = app
+            .post(
+                "/v1/inventory/apple/stock",
+                Some(&admin()),
+                &json!({"quantity": 1}),
+                &[("idempotency-key", "outage")],
+            )
+            .await;
+        if reply.status == StatusCode::OK {
+            retry = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(retry.expect("succeeds after recovery").body["version"], 2);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_graceful_stop_finishes_what_it_acknowledged_and_nothing_applies_twice() {
+    let kafka = kafka();
+    let app = TestApp::spawn_on(&kafka, |_| {}).await;
+    let created = app
+        .post(
+            "/v1/inventory/apple/stock",
+            Some(&admin()),
+            &json!({"quantity": 1}),
+            &[],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK);
+    let client = app.client.clone();
+    let url = app.url("/v1/inventory/apple/stock");
+    let requests = (0..300).map(|i| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let response = client
+                .post(url)
+                .bearer_auth(admin())
+                .header("content-type", "application/json")
+                .header("idempotency-key", format!("k{i}"))
+                .body(json!({"quantity": 1}).to_string())
+                .send()
+                .await;
+            (format!("k{i}"), response.ok().map(|r| r.status()))
+        }
+    });
+    let load = tokio::spawn(join_all(requests));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.stop().await;
+    let results = load.await.unwrap();
+
+    let acknowledged: HashSet<String> = results
+        .iter()
+        .filter(|(_, status)| *status == Some(StatusCode::OK))
+        .map(|(key, _)| key.clone())
+        .collect();
+    let caller = command_api::auth::Caller {
+        subject: "admin".into(),
+        roles: vec!["admin".into()],
+    };
+    let mut log = LogOrder::default();
+    let mut applied = Vec::new();
+    for record in events(&kafka, AggregateKind::InventoryItem).await {
+        let envelope = record.envelope.unwrap();
+        if log.judge(&envelope, record.offset) == Verdict::Accepted {
+            applied.push(envelope.command_id);
+        }
+    }
+    let unique: HashSet<&String> = applied.iter().collect();
+    assert_eq!(unique.len(), applied.len(), "no command applied twice");
+    for key in &acknowledged {
+        let id =
+            command_api::routes::command_id(&caller, "POST /v1/inventory/apple/stock", Some(key));
+        assert!(applied.contains(&id), "acknowledged {key} is in the log");
+    }
+    assert!(
+        !acknowledged.is_empty(),
+        "the stop came while commands were in flight"
+    );
+    println!("{} of 300 acknowledged before the stop", acknowledged.len());
+}
