@@ -157,7 +157,7 @@ impl Application {
         let bus_producer: FutureProducer = producer_config(&settings.kafka)
             .set(
                 "message.timeout.ms",
-                &COMMAND_DELIVERY_TIMEOUT.as_millis().to_string(),
+                COMMAND_DELIVERY_TIMEOUT.as_millis().to_string(),
             )
             .create()?;
         let bus = CommandBus::start(
