@@ -175,7 +175,9 @@ async fn health_readiness_metrics_and_openapi_are_served() {
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"commands_total{aggregate="customers",outcome="accepted"}"#),
+        metrics.contains(
+            r#"commands_total{aggregate="customers",command="RegisterCustomer",outcome="accepted"}"#
+        ),
         "{metrics}"
     );
 

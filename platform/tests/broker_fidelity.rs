@@ -360,3 +360,40 @@ async fn keyed_records_land_on_the_java_clients_murmur2_partition() {
     }
     producer.flush(Duration::from_secs(5)).expect("flush");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_commit_from_a_member_left_behind_by_a_rebalance_is_refused() {
+    // Command writers rely on this to fence a former partition owner: it commits before it
+    // answers, and a refused commit makes it withhold its answers (docs/decisions/0002).
+    let kafka = TestKafka::new();
+    let topic = kafka.create_topic("fencing", 2).await;
+    let group = kafka.group("fencing");
+    let stalled = kafka.consumer(
+        &group,
+        &[
+            ("session.timeout.ms", "6000"),
+            ("max.poll.interval.ms", "6000"),
+        ],
+    );
+    stalled.subscribe(&[&topic]).expect("subscribe");
+    poll_until(&[&stalled], || assigned(&stalled).len() == 2).await;
+
+    // A new member joins; the stalled one stops polling, so the group moves on without it.
+    let newcomer = kafka.consumer(&group, &[]);
+    newcomer.subscribe(&[&topic]).expect("subscribe");
+    poll_until(&[&newcomer], || assigned(&newcomer).len() == 2).await;
+
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&topic, 0, Offset::Offset(1))
+        .expect("partition");
+    let result = stalled.commit(&offsets, CommitMode::Sync);
+    assert!(
+        result.is_err(),
+        "a member the group left behind could still commit: fencing by commit does not hold"
+    );
+    // The new owner's commit goes through.
+    newcomer
+        .commit(&offsets, CommitMode::Sync)
+        .expect("the owner commits");
+}

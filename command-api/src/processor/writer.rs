@@ -349,7 +349,17 @@ where
                     }
                 }
             };
-            metrics::counter!("commands_total", "aggregate" => A::KIND.as_str(), "outcome" => outcome_label(reply.outcome)).increment(1);
+            let command_type = command
+                .envelope
+                .as_ref()
+                .map_or_else(|_| "unknown".to_owned(), |e| e.command_type.clone());
+            metrics::counter!(
+                "commands_total",
+                "aggregate" => A::KIND.as_str(),
+                "command" => command_type,
+                "outcome" => outcome_label(reply.outcome)
+            )
+            .increment(1);
             replies.push(reply);
         }
         // Answer only as the partition's owner: the commit carries the group generation, so a
