@@ -1,7 +1,7 @@
 //! Builds the application (topics, producer, bus, writers, router) and runs it until shutdown.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use domain::AggregateKind;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use platform::config::KafkaSettings;
 use platform::kafka::{ensure_topics, producer_config, KafkaSetupError};
 use platform::topics::Topics;
@@ -111,23 +111,7 @@ impl AppState {
     }
 }
 
-/// The process-wide Prometheus recorder (metrics macros write to one global recorder).
-pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ])
-                .map(|b| b.build_recorder())
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-            let handle = recorder.handle();
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
+pub use platform::telemetry::metrics_handle;
 
 /// A built, bound, not yet serving application.
 pub struct Application {

@@ -1,7 +1,27 @@
-//! `projectors`: consumers that fold events into PostgreSQL read models.
+//! `projectors`: consumers that fold events into PostgreSQL read models with exactly-once
+//! effect.
+//!
+//! Each projection is a consumer group member on its events topic. A batch of events is applied
+//! in one transaction together with the projection's offsets, so a crash at any instant loses
+//! nothing and applies nothing twice. Every event is judged by the log-order rule against its
+//! row's chain head (version + last event id): inert events from a writer race are skipped and
+//! recorded, version gaps are reported. An event that cannot be decoded or folded goes to
+//! `<topic>.dlq`, and its aggregate is parked (later events recorded, not applied) while every
+//! other aggregate keeps flowing.
 //!
 //! # Layout
 //!
-//! Not built yet: issue #4 (read side) adds the projections, the exactly-once offset store,
-//! dead-letter topics and the `rebuild` / `dlq` / `status` CLI. Readers must apply
-//! `platform::log_order` so that inert events never reach a read model.
+//! - `migrations/`: the read-model schema (applied by sqlx migrations, never ad hoc).
+//! - [`projection`]: the `Projection` trait: load rows, pure fold, one UNNEST upsert.
+//! - [`projections`]: `customers`, `inventory`, `orders`.
+//! - [`runner`]: the consumer loop and the batch transaction.
+//! - [`dead_letters`]: publishing to `<topic>.dlq` with source headers.
+//! - [`app`]: `projectors run` (health and metrics on `PROJECTORS_ADDR`).
+//! - [`cli`]: `projectors status`, `projectors dlq list`.
+
+pub mod app;
+pub mod cli;
+pub mod dead_letters;
+pub mod projection;
+pub mod projections;
+pub mod runner;

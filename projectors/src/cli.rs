@@ -1,0 +1,129 @@
+//! `projectors status` and `projectors dlq list`: what operators ask first.
+#![allow(clippy::print_stdout)] // a CLI prints
+
+use std::time::Duration;
+
+use platform::config::KafkaSettings;
+use platform::topics::Topics;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sqlx::{PgPool, Row};
+
+use crate::dead_letters::names;
+use crate::projections;
+
+/// Checkpoint and lag per projection and partition, parked aggregates and anomalies.
+pub async fn status(pool: &PgPool, kafka: &KafkaSettings) -> anyhow::Result<()> {
+    let topics = Topics::new(kafka.topic_prefix.clone());
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .create()?;
+    println!(
+        "{:<12} {:<32} {:>9} {:>12} {:>12} {:>8}",
+        "PROJECTION", "TOPIC", "PARTITION", "CHECKPOINT", "HEAD", "LAG"
+    );
+    for (name, kind) in projections::ALL.iter().zip([
+        domain::AggregateKind::Customer,
+        domain::AggregateKind::InventoryItem,
+        domain::AggregateKind::Order,
+    ]) {
+        let topic = topics.events(kind);
+        let metadata = client.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len());
+        for partition in 0..i32::try_from(partitions).unwrap_or(0) {
+            let (_, head) = client.fetch_watermarks(&topic, partition, Duration::from_secs(5))?;
+            let checkpoint: i64 = sqlx::query("SELECT next_offset FROM projection_offsets WHERE projection = $1 AND topic = $2 AND partition = $3")
+                .bind(name)
+                .bind(&topic)
+                .bind(partition)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.try_get("next_offset"))
+                .transpose()?
+                .unwrap_or(0);
+            println!(
+                "{name:<12} {topic:<32} {partition:>9} {checkpoint:>12} {head:>12} {:>8}",
+                head - checkpoint
+            );
+        }
+    }
+    let parked: i64 = sqlx::query("SELECT count(*) AS n FROM parked_aggregates")
+        .fetch_one(pool)
+        .await?
+        .try_get("n")?;
+    let anomalies = sqlx::query(
+        "SELECT kind, count(*) AS n FROM projection_anomalies GROUP BY kind ORDER BY kind",
+    )
+    .fetch_all(pool)
+    .await?;
+    println!("\nparked aggregates: {parked}");
+    for row in anomalies {
+        println!(
+            "anomalies ({}): {}",
+            row.try_get::<String, _>("kind")?,
+            row.try_get::<i64, _>("n")?
+        );
+    }
+    Ok(())
+}
+
+/// Every record currently on the dead-letter topics (or one of them).
+pub fn dlq_list(kafka: &KafkaSettings, only: Option<&str>) -> anyhow::Result<()> {
+    let topics = Topics::new(kafka.topic_prefix.clone());
+    let consumer: BaseConsumer =
+        platform::kafka::consumer_config(kafka, &format!("{}.dlq-reader", kafka.topic_prefix))
+            .create()?;
+    println!(
+        "{:<36} {:>6} {:<32} {:>9} {:>8} {:>8}  ERROR",
+        "DLQ TOPIC", "OFFSET", "SOURCE", "PARTITION", "OFFSET", "ATTEMPTS"
+    );
+    for source in topics.all_events() {
+        let dlq = Topics::dead_letters(&source);
+        if only.is_some_and(|o| o != dlq && o != source) {
+            continue;
+        }
+        let Ok(metadata) = consumer.fetch_metadata(Some(&dlq), Duration::from_secs(5)) else {
+            continue;
+        };
+        let partitions = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len());
+        let mut list = TopicPartitionList::new();
+        let mut remaining = 0;
+        for partition in 0..i32::try_from(partitions).unwrap_or(0) {
+            let (low, high) = consumer.fetch_watermarks(&dlq, partition, Duration::from_secs(5))?;
+            remaining += high - low;
+            list.add_partition_offset(&dlq, partition, Offset::Beginning)?;
+        }
+        consumer.assign(&list)?;
+        while remaining > 0 {
+            let Some(message) = consumer.poll(Duration::from_secs(5)) else {
+                break;
+            };
+            let message = message?;
+            remaining -= 1;
+            let header = |name: &str| {
+                message
+                    .headers()
+                    .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            println!(
+                "{dlq:<36} {:>6} {:<32} {:>9} {:>8} {:>8}  {}",
+                message.offset(),
+                header(names::SOURCE_TOPIC),
+                header(names::SOURCE_PARTITION),
+                header(names::SOURCE_OFFSET),
+                header(names::ATTEMPTS),
+                header(names::ERROR)
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! The read models: one module per projection.
+
+pub mod customers;
+pub mod inventory;
+pub mod orders;
+
+/// Every projection's name, in the order `status` lists them.
+/// (`status` pairs them with their aggregate kinds.)
+pub const ALL: [&str; 3] = [
+    customers::Customers::NAME_STR,
+    inventory::Inventory::NAME_STR,
+    orders::Orders::NAME_STR,
+];
