@@ -1,0 +1,196 @@
+//! Writes events to the real broker exactly as a partition writer does (envelope headers, Avro
+//! single-object values, versions chained by predecessor), or deliberately broken ones, and
+//! runs projections against a fresh database.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::{AggregateKind, Version};
+use platform::envelope::{EventEnvelope, Trace};
+use platform::partitioner::partition_for;
+use projectors::app::MIGRATOR;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use schemas::WireRecord;
+use sqlx::PgPool;
+use test_harness::{TestDatabase, TestKafka};
+use uuid::Uuid;
+
+pub const PARTITIONS: i32 = 3;
+
+/// A test's broker namespace and database, with the read topics created.
+pub struct World {
+    pub kafka: TestKafka,
+    pub db: TestDatabase,
+    pub log: EventLog,
+}
+
+impl World {
+    pub async fn new() -> Self {
+        let mut kafka = TestKafka::new();
+        kafka.settings.partitions = PARTITIONS;
+        projectors::app::ensure_read_topics(&kafka.settings)
+            .await
+            .unwrap();
+        for topic in kafka.topics().all_events() {
+            test_harness::kafka::wait_for_partitions(&kafka.settings.brokers, &topic, PARTITIONS)
+                .await;
+        }
+        let db = TestDatabase::create(Some(&MIGRATOR)).await;
+        let log = EventLog::new(&kafka);
+        Self { kafka, db, log }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.db.pool
+    }
+
+    /// Waits until every projection has applied everything written so far.
+    pub async fn caught_up(&self) {
+        let topics = self.kafka.topics();
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka.settings.brokers)
+            .create()
+            .unwrap();
+        let projections = [
+            ("customers", AggregateKind::Customer),
+            ("inventory", AggregateKind::InventoryItem),
+            ("orders", AggregateKind::Order),
+        ];
+        for _ in 0..600 {
+            let mut behind = false;
+            for (name, kind) in projections {
+                let topic = topics.events(kind);
+                for partition in 0..PARTITIONS {
+                    let (_, high) = rdkafka::consumer::Consumer::fetch_watermarks(
+                        &consumer,
+                        &topic,
+                        partition,
+                        Duration::from_secs(5),
+                    )
+                    .unwrap();
+                    let stored: Option<i64> = sqlx::query_scalar("SELECT next_offset FROM projection_offsets WHERE projection = $1 AND topic = $2 AND partition = $3")
+                        .bind(name)
+                        .bind(&topic)
+                        .bind(partition)
+                        .fetch_optional(self.pool())
+                        .await
+                        .unwrap();
+                    behind |= stored.unwrap_or(0) < high;
+                }
+            }
+            if !behind {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("projections did not catch up");
+    }
+}
+
+/// Appends events as a writer would.
+pub struct EventLog {
+    producer: FutureProducer,
+    kafka: TestKafka,
+    heads: HashMap<(AggregateKind, String), (u64, Uuid)>,
+}
+
+impl EventLog {
+    fn new(kafka: &TestKafka) -> Self {
+        Self {
+            producer: kafka.producer(),
+            kafka: kafka.clone(),
+            heads: HashMap::new(),
+        }
+    }
+
+    /// The envelope the next event of this aggregate gets.
+    pub fn next_envelope<E: WireRecord>(
+        &mut self,
+        kind: AggregateKind,
+        id: &str,
+        event: &E,
+    ) -> EventEnvelope {
+        let head = self.heads.get(&(kind, id.to_owned())).copied();
+        let envelope = EventEnvelope {
+            event_id: Uuid::now_v7(),
+            event_type: event.event_type().to_owned(),
+            aggregate_kind: kind,
+            aggregate_id: id.to_owned(),
+            version: Version::new(head.map_or(1, |h| h.0 + 1)),
+            predecessor: head.map(|h| h.1),
+            command_id: Uuid::now_v7().to_string(),
+            request_hash: None,
+            occurred_at: Utc::now(),
+            trace: Trace {
+                correlation_id: "test".into(),
+                causation_id: "test".into(),
+                traceparent: None,
+            },
+        };
+        self.heads.insert(
+            (kind, id.to_owned()),
+            (envelope.version.get(), envelope.event_id),
+        );
+        envelope
+    }
+
+    pub async fn append<E: WireRecord>(&mut self, kind: AggregateKind, id: &str, event: E) -> i64 {
+        let envelope = self.next_envelope(kind, id, &event);
+        let payload = schemas::encode(&event).unwrap();
+        self.raw(kind, Some(id), Some(envelope.to_headers()), &payload)
+            .await
+    }
+
+    /// Any record at all, on the aggregate's partition (or partition 0 without a key).
+    pub async fn raw(
+        &self,
+        kind: AggregateKind,
+        key: Option<&str>,
+        headers: Option<OwnedHeaders>,
+        payload: &[u8],
+    ) -> i64 {
+        let topic = self.kafka.topics().events(kind);
+        let partition = key.map_or(0, |k| partition_for(k.as_bytes(), PARTITIONS));
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
+            .partition(partition)
+            .payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map(|d| d.offset)
+            .map_err(|(e, _)| e)
+            .unwrap()
+    }
+
+    /// Headers of a well-formed next event, for records whose value is then broken.
+    pub fn headers_for<E: WireRecord>(
+        &mut self,
+        kind: AggregateKind,
+        id: &str,
+        event: &E,
+    ) -> OwnedHeaders {
+        self.next_envelope(kind, id, event).to_headers()
+    }
+}
+
+pub fn header(headers: OwnedHeaders, key: &str, value: &str) -> OwnedHeaders {
+    headers.insert(Header {
+        key,
+        value: Some(value),
+    })
+}
