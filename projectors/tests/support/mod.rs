@@ -104,6 +104,11 @@ pub struct EventLog {
 }
 
 impl EventLog {
+    /// A second writer on the same namespace (its own version bookkeeping).
+    pub fn detached(kafka: &TestKafka) -> Self {
+        Self::new(kafka)
+    }
+
     fn new(kafka: &TestKafka) -> Self {
         Self {
             producer: kafka.producer(),
