@@ -15,7 +15,7 @@
 //! - [`config`]: typed settings from the environment.
 //! - [`routes`]: one module per endpoint group, and `submit`, the path every handler shares.
 //! - [`dto`]: request/response bodies and their validation into domain commands.
-//! - [`json`], [`auth`]: the JSON body extractor and the JWT + rate-limit extractor.
+//! - [`json`]: the JSON body extractor; `auth` is `platform::auth` (shared with query-api).
 //! - [`problem`]: the one place errors become problem+json.
 //! - [`bus`]: **the library API for other writers**: the saga orchestrator sends its commands
 //!   with `CommandBus::send` (its own reply key, deterministic command ids, `actor.role =
@@ -23,7 +23,7 @@
 //! - [`processor`]: the consumer group and the partition writers.
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
 
-pub mod auth;
+pub use platform::auth;
 pub mod bus;
 pub mod config;
 pub mod dto;

@@ -148,6 +148,17 @@ impl ApiError {
     }
 }
 
+impl From<platform::auth::AuthError> for ApiError {
+    fn from(error: platform::auth::AuthError) -> Self {
+        use platform::auth::AuthError;
+        match error {
+            AuthError::Unauthenticated(detail) => Self::Unauthorized(detail),
+            AuthError::Forbidden(detail) => Self::Forbidden(detail),
+            AuthError::RateLimited { retry_after_secs } => Self::RateLimited { retry_after_secs },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = self.parts();

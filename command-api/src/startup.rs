@@ -77,12 +77,16 @@ struct Inner {
     kafka: KafkaSettings,
 }
 
+impl platform::auth::AuthState for AppState {
+    type Rejection = crate::problem::ApiError;
+    fn auth(&self) -> &Auth {
+        &self.0.auth
+    }
+}
+
 impl AppState {
     pub fn bus(&self) -> &CommandBus {
         &self.0.bus
-    }
-    pub fn auth(&self) -> &Auth {
-        &self.0.auth
     }
     pub fn command_wait(&self) -> Duration {
         self.0.command_wait

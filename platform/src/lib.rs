@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`auth`]: bearer JWT (HS256), roles, per-subject rate limiting, the `Caller` extractor.
 //! - [`config`]: Kafka settings from the environment (`KAFKA_BROKERS`, `KAFKA_TOPIC_PREFIX`).
 //! - [`kafka`]: producer, consumer and admin client settings (acks=all, idempotence, murmur2
 //!   partitioning, manual offset store) and topic creation.
@@ -16,6 +17,7 @@
 //! - [`telemetry`]: structured JSON logs via `tracing`.
 //! - [`shutdown`]: the SIGTERM/SIGINT future every binary stops on.
 
+pub mod auth;
 pub mod config;
 pub mod consistency;
 pub mod envelope;

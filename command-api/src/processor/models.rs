@@ -10,8 +10,7 @@ use schemas::WireRecord;
 
 /// Roles the writer knows. HTTP checks the coarse rules (admin-only endpoints); the writer
 /// checks what needs the aggregate's state (whose order it is).
-pub const ROLE_ADMIN: &str = "admin";
-pub const ROLE_CUSTOMER: &str = "customer";
+pub use platform::auth::{ROLE_ADMIN, ROLE_CUSTOMER};
 /// Commands issued by the saga orchestrator.
 pub const ROLE_SYSTEM: &str = "system";
 

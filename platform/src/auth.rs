@@ -1,5 +1,8 @@
 //! Bearer JWT (HS256, secret from `AUTH_JWT_SECRET`) with roles `admin` and `customer`, and
 //! per-subject rate limiting (a token bucket per `sub`, answered 429 with Retry-After).
+//!
+//! Shared by both APIs. The [`Caller`] extractor rejects with the API's own error type (via
+//! [`AuthState::Rejection`]), so each API still maps errors to HTTP in exactly one place.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -12,9 +15,31 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::problem::ApiError;
-use crate::processor::{ROLE_ADMIN, ROLE_CUSTOMER};
-use crate::startup::AppState;
+/// The role that may do everything.
+pub const ROLE_ADMIN: &str = "admin";
+/// A customer acting for itself (`sub` = customer id).
+pub const ROLE_CUSTOMER: &str = "customer";
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// 401: no usable token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// 403: authenticated, not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 429.
+    #[error("too many requests")]
+    RateLimited { retry_after_secs: u64 },
+}
+
+/// An application state that can authenticate requests.
+pub trait AuthState: Send + Sync {
+    /// The API's own error type: every rejection goes through its one HTTP mapping.
+    type Rejection: From<AuthError> + axum::response::IntoResponse;
+    fn auth(&self) -> &Auth;
+}
 
 /// The claims of our tokens.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,23 +98,23 @@ impl Auth {
         )
     }
 
-    fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+    fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|error| match error.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                    ApiError::Unauthorized("the token has expired".into())
+                    AuthError::Unauthenticated("the token has expired".into())
                 }
-                _ => ApiError::Unauthorized("the token is not valid".into()),
+                _ => AuthError::Unauthenticated("the token is not valid".into()),
             })
     }
 
-    fn admit(&self, subject: &str) -> Result<(), ApiError> {
+    fn admit(&self, subject: &str) -> Result<(), AuthError> {
         self.limiter
             .check_key(&subject.to_owned())
             .map_err(|not_until| {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
-                ApiError::RateLimited {
+                AuthError::RateLimited {
                     retry_after_secs: wait.as_secs().max(1),
                 }
             })
@@ -117,55 +142,56 @@ impl Caller {
         }
     }
 
-    pub fn require_admin(&self) -> Result<(), ApiError> {
+    pub fn require_admin(&self) -> Result<(), AuthError> {
         if self.is_admin() {
             Ok(())
         } else {
-            Err(ApiError::Forbidden("this needs the admin role".into()))
+            Err(AuthError::Forbidden("this needs the admin role".into()))
         }
     }
 
     /// Admins act for anyone; a customer only for itself.
-    pub fn require_self_or_admin(&self, customer_id: &str) -> Result<(), ApiError> {
+    pub fn require_self_or_admin(&self, customer_id: &str) -> Result<(), AuthError> {
         let customer = self.roles.iter().any(|r| r == ROLE_CUSTOMER) && self.subject == customer_id;
         if self.is_admin() || customer {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(
-                "a customer may only act for itself".into(),
+            Err(AuthError::Forbidden(
+                "a customer may only act or read for itself".into(),
             ))
         }
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
+impl<S: AuthState> FromRequestParts<S> for Caller {
+    type Rejection = S::Rejection;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::Unauthorized("use the Bearer scheme".into()))?;
-        let claims = state.auth().verify(token.trim())?;
-        if !claims
-            .roles
-            .iter()
-            .any(|r| r == ROLE_ADMIN || r == ROLE_CUSTOMER)
-        {
-            return Err(ApiError::Forbidden("the token has no known role".into()));
-        }
-        state.auth().admit(&claims.sub)?;
-        Ok(Self {
-            subject: claims.sub,
-            roles: claims.roles,
-        })
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(authenticate(parts, state.auth())?)
     }
+}
+
+fn authenticate(parts: &Parts, auth: &Auth) -> Result<Caller, AuthError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| AuthError::Unauthenticated("a bearer token is required".into()))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| AuthError::Unauthenticated("use the Bearer scheme".into()))?;
+    let claims = auth.verify(token.trim())?;
+    if !claims
+        .roles
+        .iter()
+        .any(|r| r == ROLE_ADMIN || r == ROLE_CUSTOMER)
+    {
+        return Err(AuthError::Forbidden("the token has no known role".into()));
+    }
+    auth.admit(&claims.sub)?;
+    Ok(Caller {
+        subject: claims.sub,
+        roles: claims.roles,
+    })
 }
