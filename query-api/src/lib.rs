@@ -1,6 +1,21 @@
-//! `query-api`: HTTP read views over the read models, with consistency-token waits.
+//! `query-api`: HTTP read views over the projections' read models.
+//!
+//! Reads never wait unless asked: with `X-Consistency-Token` (from a command response) a request
+//! is answered only once the read models include that token's events, or 504 after
+//! `X-Consistency-Wait-Ms`. Listings are newest first with keyset cursors.
 //!
 //! # Layout
 //!
-//! Not built yet: issue #4 (read side). Tokens are `platform::consistency::ConsistencyToken`s
-//! issued by `command-api`.
+//! - [`startup`]: settings, state, router, server.
+//! - [`routes`]: one module per view (`orders`, `customers`, `inventory`, `system`).
+//! - [`consistency`]: the token wait against the projections' stored offsets.
+//! - [`views`]: response bodies.
+//! - [`problem`]: the one place errors become problem+json.
+//! - [`openapi`]: the document served at `/openapi.json`.
+
+pub mod consistency;
+pub mod openapi;
+pub mod problem;
+pub mod routes;
+pub mod startup;
+pub mod views;

@@ -1,0 +1,32 @@
+//! The OpenAPI document, generated from the handlers and views.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::{routes, views};
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "orderstream query API", description = "Read views. Send X-Consistency-Token (from a command response) to read your own writes; X-Consistency-Wait-Ms bounds the wait (default 5000, max 30000), after which the answer is 504. Errors are application/problem+json (RFC 9457)."),
+    paths(routes::orders::get, routes::orders::list, routes::customers::get, routes::inventory::get),
+    components(schemas(views::MoneyView, views::LineView, views::OrderView, views::OrderPage, views::CustomerView, views::InventoryView)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}

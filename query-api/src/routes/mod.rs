@@ -1,0 +1,6 @@
+//! One module per view.
+
+pub mod customers;
+pub mod inventory;
+pub mod orders;
+pub mod system;

@@ -1,0 +1,166 @@
+//! GET /v1/orders/{order_id} and GET /v1/orders (newest first, keyset cursor pagination: no
+//! duplicates or gaps across pages, whatever is inserted meanwhile).
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::consistency;
+use crate::problem::ApiError;
+use crate::startup::AppState;
+use crate::views::{LineView, MoneyView, OrderPage, OrderView};
+use platform::auth::Caller;
+
+const COLUMNS: &str = "order_id, customer_id, status, lines, total_minor, currency, rejection_reason, rejection_detail, version, created_at, updated_at";
+const STATUSES: [&str; 4] = ["PENDING", "APPROVED", "REJECTED", "CANCELLED"];
+pub const MAX_LIMIT: i64 = 100;
+
+fn view(row: &PgRow) -> Result<OrderView, ApiError> {
+    let lines: serde_json::Value = row.try_get("lines")?;
+    let lines: Vec<LineView> = serde_json::from_value(lines).map_err(|error| {
+        tracing::error!(%error, "order lines in the read model do not parse");
+        ApiError::Unavailable
+    })?;
+    let order_id: Uuid = row.try_get("order_id")?;
+    Ok(OrderView {
+        order_id: order_id.to_string(),
+        customer_id: row.try_get("customer_id")?,
+        status: row.try_get("status")?,
+        lines,
+        total: MoneyView {
+            amount_minor: row.try_get("total_minor")?,
+            currency: row.try_get("currency")?,
+        },
+        rejection_reason: row.try_get("rejection_reason")?,
+        rejection_detail: row.try_get("rejection_detail")?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+#[utoipa::path(get, path = "/v1/orders/{order_id}", params(("order_id" = String, Path)),
+    responses((status = 200, body = OrderView), (status = 400), (status = 401), (status = 403), (status = 404), (status = 504)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(order_id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("order {order_id} does not exist"));
+    let id = Uuid::parse_str(&order_id).map_err(|_| not_found())?;
+    consistency::wait_for(&headers, app.pool(), app.topics()).await?;
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1"))
+        .bind(id)
+        .fetch_optional(app.pool())
+        .await?
+        .ok_or_else(not_found)?;
+    let order = view(&row)?;
+    caller.require_self_or_admin(&order.customer_id)?;
+    Ok(Json(order))
+}
+
+/// Query string of the listing.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    pub customer_id: Option<String>,
+    pub status: Option<String>,
+    /// 1 to 100, default 20.
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+/// Where the previous page ended: (created_at, order_id) of its last item.
+fn encode_cursor(order: &OrderView) -> String {
+    URL_SAFE_NO_PAD.encode(format!(
+        "{}|{}",
+        order
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        order.order_id
+    ))
+}
+
+fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
+    let (at, id) = text.split_once('|')?;
+    Some((
+        DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
+        Uuid::parse_str(id).ok()?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/orders", params(ListQuery),
+    responses((status = 200, body = OrderPage), (status = 400), (status = 401), (status = 403), (status = 422), (status = 504)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<OrderPage>, ApiError> {
+    // A customer lists its own orders (the filter defaults to itself); admin lists anyone's.
+    let customer_id = match (&query.customer_id, caller.is_admin()) {
+        (Some(id), _) => {
+            caller.require_self_or_admin(id)?;
+            Some(id.clone())
+        }
+        (None, true) => None,
+        (None, false) => Some(caller.subject.clone()),
+    };
+    if let Some(status) = &query.status {
+        if !STATUSES.contains(&status.as_str()) {
+            return Err(ApiError::invalid(
+                "status",
+                format!("must be one of {}", STATUSES.join(", ")),
+            ));
+        }
+    }
+    let limit = match &query.limit {
+        None => 20,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid("limit", format!("must be a number from 1 to {MAX_LIMIT}"))
+            })?,
+    };
+    let after = match &query.cursor {
+        None => None,
+        Some(raw) => Some(
+            decode_cursor(raw)
+                .ok_or_else(|| ApiError::invalid("cursor", "not a cursor this API returned"))?,
+        ),
+    };
+    consistency::wait_for(&headers, app.pool(), app.topics()).await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM orders \
+         WHERE ($1::text IS NULL OR customer_id = $1) AND ($2::text IS NULL OR status = $2) \
+           AND ($3::timestamptz IS NULL OR (created_at, order_id) < ($3, $4)) \
+         ORDER BY created_at DESC, order_id DESC LIMIT $5"
+    ))
+    .bind(customer_id)
+    .bind(&query.status)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit + 1)
+    .fetch_all(app.pool())
+    .await?;
+    let mut items = rows.iter().map(view).collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(encode_cursor)
+    } else {
+        None
+    };
+    Ok(Json(OrderPage { items, next_cursor }))
+}

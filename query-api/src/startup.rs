@@ -1,0 +1,181 @@
+//! Settings, state and the server of query-api.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use platform::auth::Auth;
+use platform::topics::Topics;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::problem::ApiError;
+use crate::routes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0} is not set or invalid")]
+    Config(&'static str),
+    #[error("database")]
+    Database(#[from] sqlx::Error),
+    #[error("could not bind {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving HTTP failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Typed settings from the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `QUERY_API_ADDR` (default 127.0.0.1:8081).
+    pub addr: SocketAddr,
+    pub database_url: String,
+    pub jwt_secret: String,
+    /// `KAFKA_TOPIC_PREFIX`: names the topics whose positions tokens refer to.
+    pub topic_prefix: String,
+    pub rate_limit_per_second: u32,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, StartupError> {
+        let var = |name: &'static str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Ok(Self {
+            addr: var("QUERY_API_ADDR")
+                .unwrap_or_else(|| "127.0.0.1:8081".into())
+                .parse()
+                .map_err(|_| StartupError::Config("QUERY_API_ADDR"))?,
+            database_url: var("DATABASE_URL").ok_or(StartupError::Config("DATABASE_URL"))?,
+            jwt_secret: var("AUTH_JWT_SECRET").ok_or(StartupError::Config("AUTH_JWT_SECRET"))?,
+            topic_prefix: var("KAFKA_TOPIC_PREFIX")
+                .unwrap_or_else(|| platform::config::KafkaSettings::DEFAULT_PREFIX.into()),
+            rate_limit_per_second: var("RATE_LIMIT_PER_SECOND")
+                .map(|v| {
+                    v.parse()
+                        .map_err(|_| StartupError::Config("RATE_LIMIT_PER_SECOND"))
+                })
+                .transpose()?
+                .unwrap_or(2000),
+        })
+    }
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    pool: PgPool,
+    auth: Arc<Auth>,
+    topics: Topics,
+    metrics: PrometheusHandle,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+impl platform::auth::AuthState for AppState {
+    type Rejection = ApiError;
+    fn auth(&self) -> &Auth {
+        &self.0.auth
+    }
+}
+
+impl AppState {
+    pub fn pool(&self) -> &PgPool {
+        &self.0.pool
+    }
+    pub fn topics(&self) -> &Topics {
+        &self.0.topics
+    }
+    pub fn metrics(&self) -> &PrometheusHandle {
+        &self.0.metrics
+    }
+}
+
+/// A bound, not yet serving query-api.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy(&settings.database_url)?;
+        let state = AppState(Arc::new(Inner {
+            pool,
+            auth: Auth::new(&settings.jwt_secret, settings.rate_limit_per_second),
+            topics: Topics::new(settings.topic_prefix.clone()),
+            metrics: platform::telemetry::metrics_handle(),
+        }));
+        let router = Router::new()
+            .route("/v1/orders", get(routes::orders::list))
+            .route("/v1/orders/{order_id}", get(routes::orders::get))
+            .route("/v1/customers/{customer_id}", get(routes::customers::get))
+            .route("/v1/inventory/{sku}", get(routes::inventory::get))
+            .route("/healthz", get(routes::system::healthz))
+            .route("/readyz", get(routes::system::readyz))
+            .route("/metrics", get(routes::system::metrics))
+            .route("/openapi.json", get(routes::system::openapi))
+            .layer(middleware::from_fn(record_request))
+            .with_state(state);
+        let listener =
+            TcpListener::bind(settings.addr)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: settings.addr,
+                    source,
+                })?;
+        Ok(Self { listener, router })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `signal`; in-flight requests finish first.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        info!(addr = ?self.local_addr(), "query-api serving");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(signal)
+            .await
+            .map_err(StartupError::Serve)?;
+        info!("query-api stopped");
+        Ok(())
+    }
+}
+
+async fn record_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "method" => "GET", "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => "GET", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
