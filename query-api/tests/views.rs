@@ -429,7 +429,8 @@ async fn customers_read_only_their_own_orders_and_view() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_ids_are_404_and_bad_parameters_are_clear_errors() {
     let stack = Stack::start(true).await;
-    let cases: Vec<(String, Vec<(&str, &str)>, StatusCode)> = vec![
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, StatusCode);
+    let cases: Vec<Case<'_>> = vec![
         (
             format!("/v1/orders/{}", uuid::Uuid::now_v7()),
             vec![],
