@@ -36,7 +36,7 @@ pub async fn status(pool: &PgPool, kafka: &KafkaSettings) -> anyhow::Result<()> 
             .map_or(0, |t| t.partitions().len());
         for partition in 0..i32::try_from(partitions).unwrap_or(0) {
             let (_, head) = client.fetch_watermarks(&topic, partition, Duration::from_secs(5))?;
-            let checkpoint: i64 = sqlx::query("SELECT next_offset FROM projection_offsets WHERE projection = $1 AND topic = $2 AND partition = $3")
+            let checkpoint: i64 = sqlx::query("SELECT o.next_offset FROM projection_offsets o JOIN projection_generations g ON o.projection = projection_key(g.projection, g.generation) WHERE g.projection = $1 AND o.topic = $2 AND o.partition = $3")
                 .bind(name)
                 .bind(&topic)
                 .bind(partition)

@@ -17,6 +17,8 @@
 //! - [`runner`]: the consumer loop and the batch transaction.
 //! - [`dead_letters`]: publishing to `<topic>.dlq` with source headers.
 //! - [`app`]: `projectors run` (health and metrics on `PROJECTORS_ADDR`).
+//! - [`rebuild`]: blue/green `projectors rebuild <projection>`: fill the next generation from
+//!   offset 0 while the live one serves, then switch the view in one transaction.
 //! - [`cli`]: `projectors status`, `projectors dlq list`.
 
 pub mod app;
@@ -24,4 +26,5 @@ pub mod cli;
 pub mod dead_letters;
 pub mod projection;
 pub mod projections;
+pub mod rebuild;
 pub mod runner;

@@ -22,6 +22,9 @@ enum Command {
     Run,
     /// Each projection's checkpoint and lag per partition.
     Status,
+    /// Rebuild one projection (customers, inventory or orders) from offset 0 into fresh tables
+    /// while the live one keeps serving, then switch over atomically.
+    Rebuild { projection: String },
     /// Dead-letter records.
     Dlq {
         #[command(subcommand)]
@@ -61,9 +64,56 @@ async fn main() -> anyhow::Result<()> {
                 .context("connecting to the database")?;
             projectors::cli::status(&pool, &KafkaSettings::from_env()).await?;
         }
+        Command::Rebuild { projection } => rebuild(&projection).await?,
         Command::Dlq {
             command: DlqCommand::List { topic },
         } => projectors::cli::dlq_list(&KafkaSettings::from_env(), topic.as_deref())?,
+    }
+    Ok(())
+}
+
+async fn rebuild(projection: &str) -> anyhow::Result<()> {
+    use projectors::projections::{customers::Customers, inventory::Inventory, orders::Orders};
+    use projectors::rebuild::{rebuild, LogProgress, Progress, TerminalProgress};
+    use std::io::IsTerminal;
+    platform::telemetry::init("projectors");
+    let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
+    let pool = app::connect(&url)
+        .await
+        .context("connecting to the database")?;
+    app::MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying migrations")?;
+    let kafka = KafkaSettings::from_env();
+    let progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {
+        Box::new(TerminalProgress::new(projection))
+    } else {
+        Box::new(LogProgress)
+    };
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        platform::shutdown::signal().await;
+        signal.cancel();
+    });
+    let report = match projection {
+        "customers" => rebuild::<Customers>(&pool, &kafka, progress.as_ref(), &shutdown).await,
+        "inventory" => rebuild::<Inventory>(&pool, &kafka, progress.as_ref(), &shutdown).await,
+        "orders" => rebuild::<Orders>(&pool, &kafka, progress.as_ref(), &shutdown).await,
+        other => anyhow::bail!("unknown projection {other:?}: customers, inventory or orders"),
+    }
+    .context("rebuilding")?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "{}: rebuilt {} events into generation {} in {:.1}s ({:.0} events/s)",
+            report.projection,
+            report.events,
+            report.generation,
+            report.elapsed.as_secs_f64(),
+            report.events_per_second()
+        );
     }
     Ok(())
 }

@@ -44,7 +44,8 @@ impl Stamp {
 
 #[async_trait]
 pub trait Projection: Send + Sync + 'static {
-    /// Name of the projection (offsets, parking and metrics are keyed by it).
+    /// Name of the projection, and of the view that serves it (generation tables are
+    /// `<NAME>_g<N>`; offsets, parking and anomalies are keyed `<NAME>@g<N>`).
     const NAME: &'static str;
     /// The aggregate kind whose events topic it reads.
     const KIND: AggregateKind;
@@ -53,9 +54,10 @@ pub trait Projection: Send + Sync + 'static {
 
     fn head(row: &Self::Row) -> RowHead;
 
-    /// The current rows of these aggregates (absent ones are simply missing).
+    /// The current rows of these aggregates in `table` (absent ones are simply missing).
     async fn load(
         connection: &mut PgConnection,
+        table: &str,
         ids: &[String],
     ) -> Result<HashMap<String, Self::Row>, sqlx::Error>;
 
@@ -67,6 +69,10 @@ pub trait Projection: Send + Sync + 'static {
         stamp: Stamp,
     ) -> Result<Self::Row, FoldError>;
 
-    /// Writes the changed rows (one round trip, whatever the count).
-    async fn store(connection: &mut PgConnection, rows: &[Self::Row]) -> Result<(), sqlx::Error>;
+    /// Writes the changed rows to `table` (one round trip, whatever the count).
+    async fn store(
+        connection: &mut PgConnection,
+        table: &str,
+        rows: &[Self::Row],
+    ) -> Result<(), sqlx::Error>;
 }

@@ -65,6 +65,26 @@ impl ConsumerContext for AssignmentContext {
     }
 }
 
+/// Which generation of the read model a runner writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// Whatever generation is current, read in every batch under a share lock, so a rebuild's
+    /// switch waits for the batch in progress and the next batch follows the switch.
+    Live,
+    /// A rebuild's own generation.
+    Fixed(i32),
+}
+
+/// The key a generation's offsets, parking and anomalies are stored under.
+pub fn generation_key(projection: &str, generation: i32) -> String {
+    format!("{projection}@g{generation}")
+}
+
+/// The physical table of a generation.
+pub fn generation_table(projection: &str, generation: i32) -> String {
+    format!("{projection}_g{generation}")
+}
+
 /// One projection's consumer loop.
 pub struct Runner<P: Projection> {
     pool: PgPool,
@@ -73,6 +93,7 @@ pub struct Runner<P: Projection> {
     dead_letters: DeadLetters,
     topic: String,
     limits: BatchLimits,
+    generation: Generation,
     _projection: PhantomData<P>,
 }
 
@@ -120,21 +141,33 @@ struct Outcome {
 }
 
 impl<P: Projection> Runner<P> {
+    /// A live runner (the projection's consumer group, the current generation).
     pub fn new(
         pool: PgPool,
         kafka: &KafkaSettings,
         producer: FutureProducer,
         limits: BatchLimits,
     ) -> Result<Self, rdkafka::error::KafkaError> {
+        let group = format!("{}.projector.{}", kafka.topic_prefix, P::NAME);
+        Self::with_generation(pool, kafka, producer, limits, Generation::Live, &group)
+    }
+
+    /// A runner for one generation with its own consumer group (a rebuild).
+    pub fn with_generation(
+        pool: PgPool,
+        kafka: &KafkaSettings,
+        producer: FutureProducer,
+        limits: BatchLimits,
+        generation: Generation,
+        group: &str,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
         let topics = Topics::new(kafka.topic_prefix.clone());
         let topic = topics.events(P::KIND);
         let (tx, rx) = mpsc::unbounded_channel();
-        let consumer: StreamConsumer<AssignmentContext> = platform::kafka::consumer_config(
-            kafka,
-            &format!("{}.projector.{}", kafka.topic_prefix, P::NAME),
-        )
-        .set("fetch.wait.max.ms", "20")
-        .create_with_context(AssignmentContext { assigned: tx })?;
+        let consumer: StreamConsumer<AssignmentContext> =
+            platform::kafka::consumer_config(kafka, group)
+                .set("fetch.wait.max.ms", "20")
+                .create_with_context(AssignmentContext { assigned: tx })?;
         consumer.subscribe(&[&topic])?;
         Ok(Self {
             pool,
@@ -143,6 +176,7 @@ impl<P: Projection> Runner<P> {
             dead_letters: DeadLetters::new(producer, P::NAME),
             topic,
             limits,
+            generation,
             _projection: PhantomData,
         })
     }
@@ -166,12 +200,48 @@ impl<P: Projection> Runner<P> {
                     }
                 },
             };
-            let batch = self.collect(first).await;
-            self.apply_with_retries(&batch, &shutdown).await;
-            self.commit_to_kafka(&batch);
+            self.process(first, &shutdown).await;
         }
         self.consumer.unsubscribe();
         info!(projection = P::NAME, "projection stopped");
+    }
+
+    /// Applies the batch that starts with `first`, however long it takes.
+    async fn process(&self, first: OwnedMessage, shutdown: &CancellationToken) {
+        let batch = self.collect(first).await;
+        self.apply_with_retries(&batch, shutdown).await;
+        self.commit_to_kafka(&batch);
+    }
+
+    /// One batch, or nothing if none arrives within `wait` (rebuilds drive themselves with this).
+    pub async fn step(&self, wait: Duration, shutdown: &CancellationToken) -> bool {
+        match tokio::time::timeout(wait, self.consumer.recv()).await {
+            Ok(Ok(message)) => {
+                self.process(message.detach(), shutdown).await;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The events topic this runner reads.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The generation a batch writes: fixed, or the current one under a share lock.
+    async fn generation_in(&self, connection: &mut PgConnection) -> Result<i32, sqlx::Error> {
+        match self.generation {
+            Generation::Fixed(generation) => Ok(generation),
+            Generation::Live => {
+                sqlx::query_scalar(
+                    "SELECT generation FROM projection_generations WHERE projection = $1 FOR SHARE",
+                )
+                .bind(P::NAME)
+                .fetch_one(connection)
+                .await
+            }
+        }
     }
 
     /// Kafka's committed offsets only speed up a restart; the stored offsets are the truth.
@@ -201,11 +271,10 @@ impl<P: Projection> Runner<P> {
     }
 
     async fn stored_offsets(&self, partitions: &[i32]) -> Result<HashMap<i32, i64>, sqlx::Error> {
+        let mut connection = self.pool.acquire().await?;
+        let key = generation_key(P::NAME, self.generation_in(&mut connection).await?);
         let rows = sqlx::query("SELECT partition, next_offset FROM projection_offsets WHERE projection = $1 AND topic = $2 AND partition = ANY($3)")
-            .bind(P::NAME)
-            .bind(&self.topic)
-            .bind(partitions)
-            .fetch_all(&self.pool)
+            .bind(&key).bind(&self.topic).bind(partitions).fetch_all(&mut *connection)
             .await?;
         rows.iter()
             .map(|r| {
@@ -291,13 +360,18 @@ impl<P: Projection> Runner<P> {
     async fn apply(&self, batch: &[OwnedMessage], attempts: u32) -> Result<(), sqlx::Error> {
         let started = Instant::now();
         let mut tx = self.pool.begin().await?;
+        let generation = self.generation_in(&mut tx).await?;
+        let (key, table) = (
+            generation_key(P::NAME, generation),
+            generation_table(P::NAME, generation),
+        );
         let partitions: Vec<i32> = batch
             .iter()
             .map(Message::partition)
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let stored = lock_offsets(&mut tx, P::NAME, &self.topic, &partitions).await?;
+        let stored = lock_offsets(&mut tx, &key, &self.topic, &partitions).await?;
         let fresh: Vec<Incoming<'_>> = batch
             .iter()
             .filter(|m| m.offset() >= stored.get(&m.partition()).copied().unwrap_or(0))
@@ -318,8 +392,8 @@ impl<P: Projection> Runner<P> {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let mut parked = parked_aggregates(&mut tx, P::NAME, &ids).await?;
-        let mut rows = P::load(&mut tx, &ids).await?;
+        let mut parked = parked_aggregates(&mut tx, &key, &ids).await?;
+        let mut rows = P::load(&mut tx, &table, &ids).await?;
         let mut changed: HashSet<String> = HashSet::new();
         let mut outcome = Outcome::default();
         for incoming in &fresh {
@@ -336,14 +410,14 @@ impl<P: Projection> Runner<P> {
             .iter()
             .filter_map(|id| rows.get(id).cloned())
             .collect();
-        P::store(&mut tx, &changed_rows).await?;
-        record(&mut tx, P::NAME, &self.topic, &outcome).await?;
+        P::store(&mut tx, &table, &changed_rows).await?;
+        record(&mut tx, &key, &self.topic, &outcome).await?;
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         for incoming in &fresh {
             let entry = next.entry(incoming.message.partition()).or_insert(0);
             *entry = (*entry).max(incoming.message.offset() + 1);
         }
-        store_offsets(&mut tx, P::NAME, &self.topic, &next).await?;
+        store_offsets(&mut tx, &key, &self.topic, &next).await?;
         // Dead letters must be durable before the offsets move past them.
         self.dead_letters
             .publish(&outcome.dead)
@@ -461,7 +535,8 @@ impl<P: Projection> Runner<P> {
         attempts: u32,
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let stored = lock_offsets(&mut tx, P::NAME, &self.topic, &[message.partition()]).await?;
+        let key = generation_key(P::NAME, self.generation_in(&mut tx).await?);
+        let stored = lock_offsets(&mut tx, &key, &self.topic, &[message.partition()]).await?;
         if message.offset() < stored.get(&message.partition()).copied().unwrap_or(0) {
             return tx.commit().await;
         }
@@ -477,10 +552,10 @@ impl<P: Projection> Runner<P> {
                 .new_parks
                 .push((key.to_owned(), format!("handler failed: {error}")));
         }
-        record(&mut tx, P::NAME, &self.topic, &outcome).await?;
+        record(&mut tx, &key, &self.topic, &outcome).await?;
         store_offsets(
             &mut tx,
-            P::NAME,
+            &key,
             &self.topic,
             &BTreeMap::from([(message.partition(), message.offset() + 1)]),
         )

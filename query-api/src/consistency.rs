@@ -72,7 +72,7 @@ async fn caught_up(
             continue;
         };
         let next: Option<i64> = sqlx::query_scalar(
-            "SELECT next_offset FROM projection_offsets WHERE projection = $1 AND topic = $2 AND partition = $3",
+            "SELECT o.next_offset FROM projection_offsets o JOIN projection_generations g ON o.projection = projection_key(g.projection, g.generation) WHERE g.projection = $1 AND o.topic = $2 AND o.partition = $3",
         )
         .bind(projection)
         .bind(topics.events(kind))

@@ -46,12 +46,12 @@ impl Projection for Customers {
 
     async fn load(
         connection: &mut PgConnection,
+        table: &str,
         ids: &[String],
     ) -> Result<HashMap<String, CustomerRow>, sqlx::Error> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "SELECT customer_id, name, currency, credit_limit_minor, credit_reserved_minor, version, last_event_id, updated_at \
-             FROM customers WHERE customer_id = ANY($1)",
-        )
+             FROM {table} WHERE customer_id = ANY($1)"))
         .bind(ids)
         .fetch_all(connection)
         .await?;
@@ -124,18 +124,21 @@ impl Projection for Customers {
         Ok(row)
     }
 
-    async fn store(connection: &mut PgConnection, rows: &[CustomerRow]) -> Result<(), sqlx::Error> {
+    async fn store(
+        connection: &mut PgConnection,
+        table: &str,
+        rows: &[CustomerRow],
+    ) -> Result<(), sqlx::Error> {
         if rows.is_empty() {
             return Ok(());
         }
         let column = |f: fn(&CustomerRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
-        sqlx::query(
-            "INSERT INTO customers (customer_id, name, currency, credit_limit_minor, credit_reserved_minor, version, last_event_id, updated_at) \
+        sqlx::query(&format!(
+            "INSERT INTO {table} (customer_id, name, currency, credit_limit_minor, credit_reserved_minor, version, last_event_id, updated_at) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::uuid[], $8::timestamptz[]) \
              ON CONFLICT (customer_id) DO UPDATE SET name = EXCLUDED.name, currency = EXCLUDED.currency, \
                credit_limit_minor = EXCLUDED.credit_limit_minor, credit_reserved_minor = EXCLUDED.credit_reserved_minor, \
-               version = EXCLUDED.version, last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at",
-        )
+               version = EXCLUDED.version, last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at"))
         .bind(column(|r| r.customer_id.clone()))
         .bind(column(|r| r.name.clone()))
         .bind(column(|r| r.currency.clone()))

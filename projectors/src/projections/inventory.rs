@@ -44,9 +44,10 @@ impl Projection for Inventory {
 
     async fn load(
         connection: &mut PgConnection,
+        table: &str,
         ids: &[String],
     ) -> Result<HashMap<String, InventoryRow>, sqlx::Error> {
-        let rows = sqlx::query("SELECT sku, on_hand, reserved, version, last_event_id, updated_at FROM inventory WHERE sku = ANY($1)")
+        let rows = sqlx::query(&format!("SELECT sku, on_hand, reserved, version, last_event_id, updated_at FROM {table} WHERE sku = ANY($1)"))
             .bind(ids)
             .fetch_all(connection)
             .await?;
@@ -104,17 +105,17 @@ impl Projection for Inventory {
 
     async fn store(
         connection: &mut PgConnection,
+        table: &str,
         rows: &[InventoryRow],
     ) -> Result<(), sqlx::Error> {
         if rows.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO inventory (sku, on_hand, reserved, version, last_event_id, updated_at) \
+        sqlx::query(&format!(
+            "INSERT INTO {table} (sku, on_hand, reserved, version, last_event_id, updated_at) \
              SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::uuid[], $6::timestamptz[]) \
              ON CONFLICT (sku) DO UPDATE SET on_hand = EXCLUDED.on_hand, reserved = EXCLUDED.reserved, \
-               version = EXCLUDED.version, last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at",
-        )
+               version = EXCLUDED.version, last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at"))
         .bind(rows.iter().map(|r| r.sku.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.on_hand).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.reserved).collect::<Vec<_>>())

@@ -52,16 +52,16 @@ impl Projection for Orders {
 
     async fn load(
         connection: &mut PgConnection,
+        table: &str,
         ids: &[String],
     ) -> Result<HashMap<String, OrderRow>, sqlx::Error> {
         let uuids: Vec<Uuid> = ids
             .iter()
             .filter_map(|id| Uuid::parse_str(id).ok())
             .collect();
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "SELECT order_id, customer_id, status, lines, total_minor, currency, rejection_reason, rejection_detail, \
-                    version, last_event_id, created_at, updated_at FROM orders WHERE order_id = ANY($1)",
-        )
+                    version, last_event_id, created_at, updated_at FROM {table} WHERE order_id = ANY($1)"))
         .bind(uuids)
         .fetch_all(connection)
         .await?;
@@ -147,19 +147,22 @@ impl Projection for Orders {
         Ok(row)
     }
 
-    async fn store(connection: &mut PgConnection, rows: &[OrderRow]) -> Result<(), sqlx::Error> {
+    async fn store(
+        connection: &mut PgConnection,
+        table: &str,
+        rows: &[OrderRow],
+    ) -> Result<(), sqlx::Error> {
         if rows.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO orders (order_id, customer_id, status, lines, total_minor, currency, rejection_reason, rejection_detail, \
+        sqlx::query(&format!(
+            "INSERT INTO {table} (order_id, customer_id, status, lines, total_minor, currency, rejection_reason, rejection_detail, \
                                  version, last_event_id, created_at, updated_at) \
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int8[], $6::text[], $7::text[], $8::text[], \
                                   $9::int8[], $10::uuid[], $11::timestamptz[], $12::timestamptz[]) \
              ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, rejection_reason = EXCLUDED.rejection_reason, \
                rejection_detail = EXCLUDED.rejection_detail, version = EXCLUDED.version, \
-               last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at",
-        )
+               last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at"))
         .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.customer_id.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>())

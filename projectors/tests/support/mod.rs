@@ -24,6 +24,8 @@ use sqlx::PgPool;
 use test_harness::{TestDatabase, TestKafka};
 use uuid::Uuid;
 
+pub mod workload;
+
 pub const PARTITIONS: i32 = 3;
 
 /// A test's broker namespace and database, with the read topics created.
@@ -77,7 +79,7 @@ impl World {
                         Duration::from_secs(5),
                     )
                     .unwrap();
-                    let stored: Option<i64> = sqlx::query_scalar("SELECT next_offset FROM projection_offsets WHERE projection = $1 AND topic = $2 AND partition = $3")
+                    let stored: Option<i64> = sqlx::query_scalar("SELECT o.next_offset FROM projection_offsets o JOIN projection_generations g ON o.projection = projection_key(g.projection, g.generation) WHERE g.projection = $1 AND o.topic = $2 AND o.partition = $3")
                         .bind(name)
                         .bind(&topic)
                         .bind(partition)

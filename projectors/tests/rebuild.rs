@@ -1,0 +1,96 @@
+//! Guarantee 7: blue/green rebuild. While commands keep arriving and the live projection keeps
+//! serving, a rebuild replays every topic from offset 0 into fresh tables, catches up, switches
+//! the views atomically and drops the old tables; the result equals a fold of the whole log.
+
+// Test code: a failed expectation should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use projectors::projections::{customers::Customers, inventory::Inventory, orders::Orders};
+use projectors::rebuild::{rebuild, Progress, RebuildReport};
+use support::workload::{assert_read_models_equal, stream_events};
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+/// Records what the rebuild reported.
+#[derive(Default)]
+struct Recorder {
+    updates: AtomicI64,
+}
+
+impl Progress for Recorder {
+    fn update(&self, applied: i64, head: i64, _: f64) {
+        assert!(applied >= 0 && head >= 0);
+        self.updates.fetch_add(1, Ordering::SeqCst);
+    }
+    fn finish(&self, report: &RebuildReport) {
+        assert!(report.events > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_while_commands_keep_arriving_ends_equal_to_the_live_read_models() {
+    let mut world = World::new().await;
+    let live = CancellationToken::new();
+    let settings = projectors::app::Settings {
+        database_url: world.db.url.clone(),
+        kafka: world.kafka.settings.clone(),
+        addr: "127.0.0.1:0".parse().unwrap(),
+        limits: projectors::runner::BatchLimits::default(),
+    };
+    let token = live.clone();
+    tokio::spawn(async move { projectors::app::run(settings, token).await.unwrap() });
+
+    let log = std::mem::replace(&mut world.log, EventLog::detached(&world.kafka));
+    let writer = tokio::spawn(stream_events(log, 3000));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let recorder = Recorder::default();
+    let stop = CancellationToken::new();
+    let reports = [
+        rebuild::<Inventory>(world.pool(), &world.kafka.settings, &recorder, &stop)
+            .await
+            .unwrap(),
+        rebuild::<Customers>(world.pool(), &world.kafka.settings, &recorder, &stop)
+            .await
+            .unwrap(),
+        rebuild::<Orders>(world.pool(), &world.kafka.settings, &recorder, &stop)
+            .await
+            .unwrap(),
+    ];
+    assert!(
+        reports.iter().all(|r| r.generation == 2 && r.events > 0),
+        "{reports:?}"
+    );
+    assert!(
+        recorder.updates.load(Ordering::SeqCst) > 0,
+        "progress was reported"
+    );
+
+    let (_, truth) = writer.await.unwrap();
+    world.caught_up().await;
+    let orders = assert_read_models_equal(world.pool(), &truth).await;
+    assert!(orders > 0);
+    for name in ["customers", "inventory", "orders"] {
+        let generation: i32 = sqlx::query_scalar(
+            "SELECT generation FROM projection_generations WHERE projection = $1",
+        )
+        .bind(name)
+        .fetch_one(world.pool())
+        .await
+        .unwrap();
+        assert_eq!(generation, 2);
+        let old: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(format!("{name}_g1"))
+            .fetch_one(world.pool())
+            .await
+            .unwrap();
+        assert_eq!(old, None, "the old generation's table was dropped");
+    }
+    live.cancel();
+    println!("{reports:?}");
+}
