@@ -127,3 +127,154 @@ pub fn dlq_list(kafka: &KafkaSettings, only: Option<&str>) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// The records on a dead-letter topic, oldest first.
+fn read_dead_letters(
+    kafka: &KafkaSettings,
+    dlq: &str,
+) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>> {
+    let consumer: BaseConsumer =
+        platform::kafka::consumer_config(kafka, &format!("{}.dlq-reader", kafka.topic_prefix))
+            .create()?;
+    let metadata = consumer.fetch_metadata(Some(dlq), Duration::from_secs(5))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    let mut list = TopicPartitionList::new();
+    let mut remaining = 0;
+    for partition in 0..i32::try_from(partitions).unwrap_or(0) {
+        let (low, high) = consumer.fetch_watermarks(dlq, partition, Duration::from_secs(5))?;
+        remaining += high - low;
+        list.add_partition_offset(dlq, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&list)?;
+    let mut out = Vec::new();
+    while remaining > 0 {
+        let Some(message) = consumer.poll(Duration::from_secs(5)) else {
+            break;
+        };
+        out.push(message?.detach());
+        remaining -= 1;
+    }
+    Ok(out)
+}
+
+/// A dead letter turned back into the record it was: original key, value and headers, at its
+/// source partition and offset.
+fn original(
+    letter: &rdkafka::message::OwnedMessage,
+    source_topic: &str,
+) -> Option<(String, rdkafka::message::OwnedMessage)> {
+    let header = |name: &str| {
+        letter
+            .headers()
+            .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let mut headers = rdkafka::message::OwnedHeaders::new();
+    if let Some(all) = letter.headers() {
+        for h in all.iter().filter(|h| !h.key.starts_with("dlq-")) {
+            headers = headers.insert(rdkafka::message::Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    let message = rdkafka::message::OwnedMessage::new(
+        letter.payload().map(<[u8]>::to_vec),
+        letter.key().map(<[u8]>::to_vec),
+        source_topic.to_owned(),
+        rdkafka::Timestamp::NotAvailable,
+        header(names::SOURCE_PARTITION)?.parse().ok()?,
+        header(names::SOURCE_OFFSET)?.parse().ok()?,
+        Some(headers),
+    );
+    Some((header(names::PROJECTION)?, message))
+}
+
+/// Re-applies the dead letters of `topic` (a source or `.dlq` topic; one record with `offset`)
+/// and what is parked behind them, once whatever made them fail is fixed.
+pub async fn dlq_redrive(
+    pool: &PgPool,
+    kafka: &KafkaSettings,
+    topic: &str,
+    offset: Option<i64>,
+) -> anyhow::Result<()> {
+    use crate::projections::{customers::Customers, inventory::Inventory, orders::Orders};
+    let source = topic.strip_suffix(".dlq").unwrap_or(topic).to_owned();
+    let dlq = Topics::dead_letters(&source);
+    let letters: Vec<_> = read_dead_letters(kafka, &dlq)?
+        .into_iter()
+        .filter(|m| offset.is_none_or(|o| m.offset() == o))
+        .filter_map(|m| original(&m, &source))
+        .collect();
+    if letters.is_empty() {
+        println!("no dead letters to redrive on {dlq}");
+        return Ok(());
+    }
+    let producer: rdkafka::producer::FutureProducer =
+        platform::kafka::producer_config(kafka).create()?;
+    let group = format!("{}.redrive-{}", kafka.topic_prefix, uuid::Uuid::now_v7());
+    let limits = crate::runner::BatchLimits::default();
+    let live = crate::runner::Generation::Live;
+    for projection in ["customers", "inventory", "orders"] {
+        let mine: Vec<_> = letters
+            .iter()
+            .filter(|(p, _)| p == projection)
+            .map(|(_, m)| m.clone())
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let results = match projection {
+            "customers" => {
+                crate::runner::Runner::<Customers>::with_generation(
+                    pool.clone(),
+                    kafka,
+                    producer.clone(),
+                    limits,
+                    live,
+                    &group,
+                )?
+                .redrive(&mine)
+                .await?
+            }
+            "inventory" => {
+                crate::runner::Runner::<Inventory>::with_generation(
+                    pool.clone(),
+                    kafka,
+                    producer.clone(),
+                    limits,
+                    live,
+                    &group,
+                )?
+                .redrive(&mine)
+                .await?
+            }
+            _ => {
+                crate::runner::Runner::<Orders>::with_generation(
+                    pool.clone(),
+                    kafka,
+                    producer.clone(),
+                    limits,
+                    live,
+                    &group,
+                )?
+                .redrive(&mine)
+                .await?
+            }
+        };
+        for (aggregate, result) in results {
+            match result {
+                Ok(applied) => println!(
+                    "{projection} {aggregate}: redriven, {applied} events applied, unparked"
+                ),
+                Err(error) => {
+                    println!("{projection} {aggregate}: still failing, left parked: {error}")
+                }
+            }
+        }
+    }
+    Ok(())
+}

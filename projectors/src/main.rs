@@ -39,6 +39,14 @@ enum DlqCommand {
         #[arg(long)]
         topic: Option<String>,
     },
+    /// Re-apply the dead letters of a topic (and what is parked behind them) once fixed.
+    Redrive {
+        /// The source topic or its `.dlq` topic.
+        topic: String,
+        /// Only the dead-letter record at this offset.
+        #[arg(long)]
+        offset: Option<i64>,
+    },
 }
 
 #[tokio::main]
@@ -68,6 +76,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Dlq {
             command: DlqCommand::List { topic },
         } => projectors::cli::dlq_list(&KafkaSettings::from_env(), topic.as_deref())?,
+        Command::Dlq {
+            command: DlqCommand::Redrive { topic, offset },
+        } => {
+            let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
+            let pool = app::connect(&url)
+                .await
+                .context("connecting to the database")?;
+            projectors::cli::dlq_redrive(&pool, &KafkaSettings::from_env(), &topic, offset).await?;
+        }
     }
     Ok(())
 }

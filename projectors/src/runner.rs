@@ -527,6 +527,106 @@ impl<P: Projection> Runner<P> {
         }
     }
 
+    /// Re-applies dead-lettered events (rebuilt from their DLQ records) and everything parked
+    /// behind them, on the current generation, in one transaction per aggregate. An aggregate is
+    /// unparked only if all of it now applies; otherwise nothing changes and the error is returned.
+    pub async fn redrive(
+        &self,
+        letters: &[OwnedMessage],
+    ) -> Result<Vec<(String, Result<usize, String>)>, sqlx::Error> {
+        let mut by_aggregate: BTreeMap<String, Vec<&OwnedMessage>> = BTreeMap::new();
+        for letter in letters {
+            if let Some(key) = letter.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                by_aggregate.entry(key.to_owned()).or_default().push(letter);
+            }
+        }
+        let mut results = Vec::new();
+        for (aggregate, mut dead) in by_aggregate {
+            dead.sort_by_key(|m| (m.partition(), m.offset()));
+            let mut tx = self.pool.begin().await?;
+            let generation = self.generation_in(&mut tx).await?;
+            let (key, table) = (
+                generation_key(P::NAME, generation),
+                generation_table(P::NAME, generation),
+            );
+            let still_parked: Option<String> = sqlx::query_scalar("SELECT aggregate_id FROM parked_aggregates WHERE projection = $1 AND aggregate_id = $2 FOR UPDATE")
+                .bind(&key)
+                .bind(&aggregate)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if still_parked.is_none() {
+                results.push((aggregate, Ok(0)));
+                continue;
+            }
+            let parked_rows = sqlx::query("SELECT partition, \"offset\", payload, headers FROM parked_events WHERE projection = $1 AND aggregate_id = $2 ORDER BY partition, \"offset\"")
+                .bind(&key)
+                .bind(&aggregate)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut messages: Vec<OwnedMessage> = dead.iter().map(|m| (*m).clone()).collect();
+            for row in &parked_rows {
+                let headers: serde_json::Value = row.try_get("headers")?;
+                messages.push(OwnedMessage::new(
+                    row.try_get::<Option<Vec<u8>>, _>("payload")?,
+                    Some(aggregate.as_bytes().to_vec()),
+                    self.topic.clone(),
+                    rdkafka::Timestamp::NotAvailable,
+                    row.try_get("partition")?,
+                    row.try_get("offset")?,
+                    Some(headers_from_json(&headers)),
+                ));
+            }
+            let mut rows = P::load(&mut tx, &table, std::slice::from_ref(&aggregate)).await?;
+            let (mut changed, mut parked, mut outcome) =
+                (HashSet::new(), HashSet::new(), Outcome::default());
+            for message in &messages {
+                let incoming = Incoming {
+                    message,
+                    key: Some(aggregate.clone()),
+                };
+                self.decide(
+                    &incoming,
+                    &mut rows,
+                    &mut changed,
+                    &mut parked,
+                    &mut outcome,
+                    1,
+                );
+            }
+            if let Some(failure) = outcome.dead.first() {
+                tx.rollback().await?;
+                results.push((aggregate, Err(failure.error.clone())));
+                continue;
+            }
+            let changed_rows: Vec<P::Row> = changed
+                .iter()
+                .filter_map(|id| rows.get(id).cloned())
+                .collect();
+            match P::store(&mut tx, &table, &changed_rows).await {
+                Ok(()) => {}
+                Err(error) if is_statement_failure(&error) => {
+                    tx.rollback().await?;
+                    results.push((aggregate, Err(error.to_string())));
+                    continue;
+                }
+                Err(error) => return Err(error),
+            }
+            for statement in [
+                "DELETE FROM parked_events WHERE projection = $1 AND aggregate_id = $2",
+                "DELETE FROM parked_aggregates WHERE projection = $1 AND aggregate_id = $2",
+            ] {
+                sqlx::query(statement)
+                    .bind(&key)
+                    .bind(&aggregate)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            results.push((aggregate, Ok(outcome.applied as usize)));
+        }
+        Ok(results)
+    }
+
     /// Dead-letters one event on its own (after it failed every attempt) and moves past it.
     async fn dead_letter_alone(
         &self,
@@ -592,6 +692,20 @@ fn is_statement_failure(error: &sqlx::Error) -> bool {
         error,
         sqlx::Error::Database(_) | sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)
     )
+}
+
+/// Headers as parked (JSON), back into Kafka headers.
+fn headers_from_json(json: &serde_json::Value) -> rdkafka::message::OwnedHeaders {
+    let mut headers = rdkafka::message::OwnedHeaders::new();
+    if let Some(map) = json.as_object() {
+        for (key, value) in map {
+            headers = headers.insert(rdkafka::message::Header {
+                key: key.as_str(),
+                value: value.as_str(),
+            });
+        }
+    }
+    headers
 }
 
 fn headers_json(message: &OwnedMessage) -> serde_json::Value {

@@ -1,0 +1,147 @@
+//! Guarantee 6 end to end: a handler that keeps failing (the database refuses the row) is retried
+//! a bounded number of times, then dead-lettered with its attempt count; its aggregate's later
+//! events wait, parked; once the cause is fixed, `projectors dlq redrive` applies the dead letter
+//! and everything parked behind it, in order, and the aggregate flows again.
+
+// Test code: a failed expectation should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use domain::inventory::InventoryEvent;
+use domain::values::{Quantity, Sku};
+use domain::AggregateKind;
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+fn add(sku: &str, n: i64) -> InventoryEvent {
+    InventoryEvent::StockAdded {
+        sku: Sku::try_from(sku).unwrap(),
+        quantity: Quantity::try_from(n).unwrap(),
+    }
+}
+
+fn cli(world: &World, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_projectors"))
+        .args(args)
+        .env("DATABASE_URL", &world.db.url)
+        .env("KAFKA_BROKERS", &world.kafka.settings.brokers)
+        .env("KAFKA_TOPIC_PREFIX", &world.kafka.settings.topic_prefix)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+async fn on_hand(world: &World, sku: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT on_hand FROM inventory WHERE sku = $1")
+        .bind(sku)
+        .fetch_optional(world.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_handler_is_dead_lettered_after_bounded_retries_and_redriven_once_fixed() {
+    let mut world = World::new().await;
+    // The cause: a rule the database enforces that this data breaks (fixed later by the operator).
+    sqlx::query(
+        "ALTER TABLE inventory_g1 ADD CONSTRAINT stock_below_a_hundred CHECK (on_hand <= 100)",
+    )
+    .execute(world.pool())
+    .await
+    .unwrap();
+    let live = CancellationToken::new();
+    let settings = projectors::app::Settings {
+        database_url: world.db.url.clone(),
+        kafka: world.kafka.settings.clone(),
+        addr: "127.0.0.1:0".parse().unwrap(),
+        limits: projectors::runner::BatchLimits::default(),
+    };
+    let token = live.clone();
+    tokio::spawn(async move { projectors::app::run(settings, token).await.unwrap() });
+
+    world
+        .log
+        .append(AggregateKind::InventoryItem, "apple", add("apple", 200))
+        .await;
+    world
+        .log
+        .append(AggregateKind::InventoryItem, "apple", add("apple", 5))
+        .await;
+    world
+        .log
+        .append(AggregateKind::InventoryItem, "pear", add("pear", 7))
+        .await;
+    world.caught_up().await;
+
+    assert_eq!(
+        on_hand(&world, "pear").await,
+        Some(7),
+        "other aggregates flow"
+    );
+    assert_eq!(
+        on_hand(&world, "apple").await,
+        None,
+        "the failing one and what follows it wait"
+    );
+    let listed = cli(&world, &["dlq", "list"]);
+    let row = listed
+        .lines()
+        .find(|l| l.contains(".dlq"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        row.contains("handler failed") && row.contains("stock_below_a_hundred"),
+        "{row}"
+    );
+    assert!(
+        row.split_whitespace().nth(5) == Some("3"),
+        "three attempts: {row}"
+    );
+
+    let topic = world.kafka.topics().events(AggregateKind::InventoryItem);
+    let early = cli(&world, &["dlq", "redrive", &topic]);
+    assert!(early.contains("still failing"), "{early}");
+    assert_eq!(
+        on_hand(&world, "apple").await,
+        None,
+        "a failed redrive changes nothing"
+    );
+
+    sqlx::query("ALTER TABLE inventory_g1 DROP CONSTRAINT stock_below_a_hundred")
+        .execute(world.pool())
+        .await
+        .unwrap();
+    let redriven = cli(&world, &["dlq", "redrive", &format!("{topic}.dlq")]);
+    assert!(
+        redriven.contains("apple: redriven, 2 events applied"),
+        "{redriven}"
+    );
+    assert_eq!(
+        on_hand(&world, "apple").await,
+        Some(205),
+        "the dead letter, then the parked event, in order"
+    );
+    let again = cli(&world, &["dlq", "redrive", &topic]);
+    assert!(
+        again.contains("apple: redriven, 0 events applied"),
+        "redriving twice applies nothing twice: {again}"
+    );
+    assert_eq!(on_hand(&world, "apple").await, Some(205));
+
+    world
+        .log
+        .append(AggregateKind::InventoryItem, "apple", add("apple", 1))
+        .await;
+    world.caught_up().await;
+    assert_eq!(
+        on_hand(&world, "apple").await,
+        Some(206),
+        "the aggregate flows again"
+    );
+    live.cancel();
+}
