@@ -52,9 +52,22 @@ const ATTEMPTS: u32 = 3;
 #[derive(Debug)]
 pub struct AssignmentContext {
     assigned: mpsc::UnboundedSender<Vec<i32>>,
+    projection: &'static str,
 }
 
-impl ClientContext for AssignmentContext {}
+impl ClientContext for AssignmentContext {
+    /// librdkafka's statistics carry each partition's consumer lag: published as a gauge.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!("projector_consumer_lag", "projection" => self.projection, "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for AssignmentContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -167,7 +180,11 @@ impl<P: Projection> Runner<P> {
         let consumer: StreamConsumer<AssignmentContext> =
             platform::kafka::consumer_config(kafka, group)
                 .set("fetch.wait.max.ms", "20")
-                .create_with_context(AssignmentContext { assigned: tx })?;
+                .set("statistics.interval.ms", "5000")
+                .create_with_context(AssignmentContext {
+                    assigned: tx,
+                    projection: P::NAME,
+                })?;
         consumer.subscribe(&[&topic])?;
         Ok(Self {
             pool,

@@ -91,6 +91,18 @@ async fn a_rebuild_while_commands_keep_arriving_ends_equal_to_the_live_read_mode
             .unwrap();
         assert_eq!(old, None, "the old generation's table was dropped");
     }
+    // The live projection publishes what operators watch.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = platform::telemetry::metrics_handle().render();
+        if metrics.contains("projector_consumer_lag") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for name in ["projector_events_applied_total", "projector_batch_size", "projector_consumer_lag"] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
     live.cancel();
     println!("{reports:?}");
 }
