@@ -100,7 +100,11 @@ async fn a_rebuild_while_commands_keep_arriving_ends_equal_to_the_live_read_mode
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for name in ["projector_events_applied_total", "projector_batch_size", "projector_consumer_lag"] {
+    for name in [
+        "projector_events_applied_total",
+        "projector_batch_size",
+        "projector_consumer_lag",
+    ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
     live.cancel();
