@@ -115,7 +115,8 @@ pub fn dlq_list(kafka: &KafkaSettings, only: Option<&str>) -> anyhow::Result<()>
                     .unwrap_or_default()
             };
             println!(
-                "{dlq:<36} {:>6} {:<32} {:>9} {:>8} {:>8}  {}",
+                "{dlq:<36} {:>9} {:>6} {:<32} {:>9} {:>8} {:>8}  {}",
+                message.partition(),
                 message.offset(),
                 header(names::SOURCE_TOPIC),
                 header(names::SOURCE_PARTITION),
@@ -199,6 +200,7 @@ pub async fn dlq_redrive(
     pool: &PgPool,
     kafka: &KafkaSettings,
     topic: &str,
+    partition: Option<i32>,
     offset: Option<i64>,
 ) -> anyhow::Result<()> {
     use crate::projections::{customers::Customers, inventory::Inventory, orders::Orders};
@@ -206,7 +208,9 @@ pub async fn dlq_redrive(
     let dlq = Topics::dead_letters(&source);
     let letters: Vec<_> = read_dead_letters(kafka, &dlq)?
         .into_iter()
-        .filter(|m| offset.is_none_or(|o| m.offset() == o))
+        .filter(|m| {
+            offset.is_none_or(|o| m.offset() == o) && partition.is_none_or(|p| m.partition() == p)
+        })
         .filter_map(|m| original(&m, &source))
         .collect();
     if letters.is_empty() {
@@ -275,6 +279,85 @@ pub async fn dlq_redrive(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Skips one dead letter (`--offset`, and `--partition` when offsets repeat across partitions):
+/// its aggregate's read model moves past it without its effect, then what was parked behind it
+/// is applied. Recorded as a `skipped` anomaly.
+pub async fn dlq_skip(
+    pool: &PgPool,
+    kafka: &KafkaSettings,
+    topic: &str,
+    partition: Option<i32>,
+    offset: i64,
+) -> anyhow::Result<()> {
+    use crate::projections::{customers::Customers, inventory::Inventory, orders::Orders};
+    let source = topic.strip_suffix(".dlq").unwrap_or(topic).to_owned();
+    let dlq = Topics::dead_letters(&source);
+    let matching: Vec<_> = read_dead_letters(kafka, &dlq)?
+        .into_iter()
+        .filter(|m| m.offset() == offset && partition.is_none_or(|p| m.partition() == p))
+        .collect();
+    let letter = match matching.as_slice() {
+        [one] => one,
+        [] => anyhow::bail!("no dead letter at offset {offset} on {dlq}"),
+        _ => {
+            anyhow::bail!("offset {offset} exists on several partitions of {dlq}: add --partition")
+        }
+    };
+    let (projection, message) = original(letter, &source)
+        .ok_or_else(|| anyhow::anyhow!("the dead letter lacks its source headers"))?;
+    let producer: rdkafka::producer::FutureProducer =
+        platform::kafka::producer_config(kafka).create()?;
+    let group = format!("{}.skip-{}", kafka.topic_prefix, uuid::Uuid::now_v7());
+    let (limits, live) = (
+        crate::runner::BatchLimits::default(),
+        crate::runner::Generation::Live,
+    );
+    let result = match projection.as_str() {
+        "customers" => {
+            crate::runner::Runner::<Customers>::with_generation(
+                pool.clone(),
+                kafka,
+                producer,
+                limits,
+                live,
+                &group,
+            )?
+            .skip(&message)
+            .await?
+        }
+        "inventory" => {
+            crate::runner::Runner::<Inventory>::with_generation(
+                pool.clone(),
+                kafka,
+                producer,
+                limits,
+                live,
+                &group,
+            )?
+            .skip(&message)
+            .await?
+        }
+        "orders" => {
+            crate::runner::Runner::<Orders>::with_generation(
+                pool.clone(),
+                kafka,
+                producer,
+                limits,
+                live,
+                &group,
+            )?
+            .skip(&message)
+            .await?
+        }
+        other => anyhow::bail!("unknown projection {other:?} in the dead letter"),
+    };
+    match result {
+        Ok(applied) => println!("skipped; {applied} parked events applied, unparked"),
+        Err(reason) => anyhow::bail!("not skipped: {reason}"),
     }
     Ok(())
 }

@@ -43,9 +43,22 @@ enum DlqCommand {
     Redrive {
         /// The source topic or its `.dlq` topic.
         topic: String,
+        /// Only dead letters on this partition of the `.dlq` topic.
+        #[arg(long)]
+        partition: Option<i32>,
         /// Only the dead-letter record at this offset.
         #[arg(long)]
         offset: Option<i64>,
+    },
+    /// Give up on one dead letter: its aggregate moves past it and what was parked behind it is
+    /// applied.
+    Skip {
+        /// The source topic or its `.dlq` topic.
+        topic: String,
+        #[arg(long)]
+        partition: Option<i32>,
+        #[arg(long)]
+        offset: i64,
     },
 }
 
@@ -77,16 +90,44 @@ async fn main() -> anyhow::Result<()> {
             command: DlqCommand::List { topic },
         } => projectors::cli::dlq_list(&KafkaSettings::from_env(), topic.as_deref())?,
         Command::Dlq {
-            command: DlqCommand::Redrive { topic, offset },
+            command:
+                DlqCommand::Redrive {
+                    topic,
+                    partition,
+                    offset,
+                },
         } => {
-            let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
-            let pool = app::connect(&url)
-                .await
-                .context("connecting to the database")?;
-            projectors::cli::dlq_redrive(&pool, &KafkaSettings::from_env(), &topic, offset).await?;
+            let pool = connect_from_env().await?;
+            projectors::cli::dlq_redrive(
+                &pool,
+                &KafkaSettings::from_env(),
+                &topic,
+                partition,
+                offset,
+            )
+            .await?;
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Skip {
+                    topic,
+                    partition,
+                    offset,
+                },
+        } => {
+            let pool = connect_from_env().await?;
+            projectors::cli::dlq_skip(&pool, &KafkaSettings::from_env(), &topic, partition, offset)
+                .await?;
         }
     }
     Ok(())
+}
+
+async fn connect_from_env() -> anyhow::Result<sqlx::PgPool> {
+    let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
+    app::connect(&url)
+        .await
+        .context("connecting to the database")
 }
 
 async fn rebuild(projection: &str) -> anyhow::Result<()> {

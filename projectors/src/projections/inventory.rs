@@ -42,6 +42,12 @@ impl Projection for Inventory {
         }
     }
 
+    fn with_head(mut row: InventoryRow, head: RowHead) -> InventoryRow {
+        row.version = head.version;
+        row.last_event_id = head.last_event_id;
+        row
+    }
+
     async fn load(
         connection: &mut PgConnection,
         table: &str,
