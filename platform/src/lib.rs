@@ -14,6 +14,7 @@
 //! - [`log_order`]: the rule every reader applies to decide which events count: an event is
 //!   accepted only if it extends its aggregate's accepted chain.
 //! - [`consistency`]: the consistency token (Kafka positions) that gives read-your-writes.
+//! - [`http`]: request metrics middleware and the OpenAPI bearer scheme, shared by both APIs.
 //! - [`telemetry`]: structured JSON logs via `tracing`.
 //! - [`shutdown`]: the SIGTERM/SIGINT future every binary stops on.
 
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod consistency;
 pub mod envelope;
+pub mod http;
 pub mod kafka;
 pub mod log_order;
 pub mod partitioner;

@@ -9,23 +9,6 @@ use domain::inventory::InventoryEvent;
 use domain::values::{Quantity, Sku};
 use domain::AggregateKind;
 use support::*;
-use tokio_util::sync::CancellationToken;
-
-fn cli(world: &World, args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_projectors"))
-        .args(args)
-        .env("DATABASE_URL", &world.db.url)
-        .env("KAFKA_BROKERS", &world.kafka.settings.brokers)
-        .env("KAFKA_TOPIC_PREFIX", &world.kafka.settings.topic_prefix)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn status_shows_checkpoint_and_lag_per_partition_and_dlq_list_shows_dead_letters() {
@@ -67,15 +50,7 @@ async fn status_shows_checkpoint_and_lag_per_partition_and_dlq_list_shows_dead_l
     };
     assert_eq!(line(&before)[3..], ["0", "2", "2"], "{before}");
 
-    let stop = CancellationToken::new();
-    let settings = projectors::app::Settings {
-        database_url: world.db.url.clone(),
-        kafka: world.kafka.settings.clone(),
-        addr: "127.0.0.1:0".parse().unwrap(),
-        limits: projectors::runner::BatchLimits::default(),
-    };
-    let token = stop.clone();
-    tokio::spawn(async move { projectors::app::run(settings, token).await.unwrap() });
+    let stop = run_projectors(&world);
     world.caught_up().await;
     stop.cancel();
 

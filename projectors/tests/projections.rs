@@ -16,14 +16,11 @@ use domain::order::{OrderEvent, OrderLine, RejectionReason};
 use domain::values::{Currency, CustomerId, CustomerName, Money, OrderId, Quantity, Sku};
 use domain::AggregateKind;
 use platform::partitioner::partition_for;
-use projectors::app::Settings;
-use projectors::runner::BatchLimits;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::Row;
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 fn usd(n: i64) -> Money {
     Money::new(n, Currency::try_from("USD").unwrap()).unwrap()
@@ -36,20 +33,6 @@ fn qty(n: i64) -> Quantity {
 }
 fn cid(s: &str) -> CustomerId {
     CustomerId::try_from(s).unwrap()
-}
-
-/// Runs all projections in this process until the returned token is cancelled.
-fn run_projectors(world: &World) -> CancellationToken {
-    let settings = Settings {
-        database_url: world.db.url.clone(),
-        kafka: world.kafka.settings.clone(),
-        addr: "127.0.0.1:0".parse().unwrap(),
-        limits: BatchLimits::default(),
-    };
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    tokio::spawn(async move { projectors::app::run(settings, token).await.unwrap() });
-    stop
 }
 
 fn registered(id: &str, limit: i64) -> CustomerEvent {

@@ -35,15 +35,7 @@ impl Progress for Recorder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebuild_while_commands_keep_arriving_ends_equal_to_the_live_read_models() {
     let mut world = World::new().await;
-    let live = CancellationToken::new();
-    let settings = projectors::app::Settings {
-        database_url: world.db.url.clone(),
-        kafka: world.kafka.settings.clone(),
-        addr: "127.0.0.1:0".parse().unwrap(),
-        limits: projectors::runner::BatchLimits::default(),
-    };
-    let token = live.clone();
-    tokio::spawn(async move { projectors::app::run(settings, token).await.unwrap() });
+    let live = run_projectors(&world);
 
     let log = std::mem::replace(&mut world.log, EventLog::detached(&world.kafka));
     let writer = tokio::spawn(stream_events(log, 3000));

@@ -12,29 +12,12 @@ use domain::inventory::InventoryEvent;
 use domain::values::{Quantity, Sku};
 use domain::AggregateKind;
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 fn add(sku: &str, n: i64) -> InventoryEvent {
     InventoryEvent::StockAdded {
         sku: Sku::try_from(sku).unwrap(),
         quantity: Quantity::try_from(n).unwrap(),
     }
-}
-
-fn cli(world: &World, args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_projectors"))
-        .args(args)
-        .env("DATABASE_URL", &world.db.url)
-        .env("KAFKA_BROKERS", &world.kafka.settings.brokers)
-        .env("KAFKA_TOPIC_PREFIX", &world.kafka.settings.topic_prefix)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 async fn on_hand(world: &World, sku: &str) -> Option<i64> {
@@ -55,15 +38,7 @@ async fn a_failing_handler_is_dead_lettered_after_bounded_retries_and_redriven_o
     .execute(world.pool())
     .await
     .unwrap();
-    let live = CancellationToken::new();
-    let settings = projectors::app::Settings {
-        database_url: world.db.url.clone(),
-        kafka: world.kafka.settings.clone(),
-        addr: "127.0.0.1:0".parse().unwrap(),
-        limits: projectors::runner::BatchLimits::default(),
-    };
-    let token = live.clone();
-    tokio::spawn(async move { projectors::app::run(settings, token).await.unwrap() });
+    let live = run_projectors(&world);
 
     world
         .log
@@ -146,22 +121,6 @@ async fn a_failing_handler_is_dead_lettered_after_bounded_retries_and_redriven_o
     live.cancel();
 }
 
-fn cli_result(world: &World, args: &[&str]) -> (bool, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_projectors"))
-        .args(args)
-        .env("DATABASE_URL", &world.db.url)
-        .env("KAFKA_BROKERS", &world.kafka.settings.brokers)
-        .env("KAFKA_TOPIC_PREFIX", &world.kafka.settings.topic_prefix)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
 /// (dlq partition, dlq offset) of the dead letter of `sku`'s event at `source_offset`.
 fn dead_letter_of(world: &World, sku: &str, source_offset: i64) -> (String, String) {
     let listed = cli(world, &["dlq", "list"]);
@@ -184,15 +143,7 @@ async fn a_dead_letter_can_be_skipped_explicitly_and_its_aggregate_flows_on() {
     .execute(world.pool())
     .await
     .unwrap();
-    let live = CancellationToken::new();
-    let settings = projectors::app::Settings {
-        database_url: world.db.url.clone(),
-        kafka: world.kafka.settings.clone(),
-        addr: "127.0.0.1:0".parse().unwrap(),
-        limits: projectors::runner::BatchLimits::default(),
-    };
-    let token = live.clone();
-    tokio::spawn(async move { projectors::app::run(settings, token).await.unwrap() });
+    let live = run_projectors(&world);
     world
         .log
         .append(AggregateKind::InventoryItem, "apple", add("apple", 10))

@@ -2,11 +2,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware;
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -135,7 +133,7 @@ impl Application {
             .route("/readyz", get(routes::system::readyz))
             .route("/metrics", get(routes::system::metrics))
             .route("/openapi.json", get(routes::system::openapi))
-            .layer(middleware::from_fn(record_request))
+            .layer(middleware::from_fn(platform::http::record_request))
             .with_state(state);
         let listener =
             TcpListener::bind(settings.addr)
@@ -164,18 +162,4 @@ impl Application {
         info!("query-api stopped");
         Ok(())
     }
-}
-
-async fn record_request(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("http_requests_total", "method" => "GET", "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("http_request_duration_seconds", "method" => "GET", "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
 }

@@ -22,6 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::WireRecord;
 use sqlx::PgPool;
 use test_harness::{TestDatabase, TestKafka};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod workload;
@@ -200,4 +201,42 @@ pub fn header(headers: OwnedHeaders, key: &str, value: &str) -> OwnedHeaders {
         key,
         value: Some(value),
     })
+}
+
+/// Runs every projection in this process until the returned token is cancelled.
+pub fn run_projectors(world: &World) -> CancellationToken {
+    let settings = projectors::app::Settings {
+        database_url: world.db.url.clone(),
+        kafka: world.kafka.settings.clone(),
+        addr: "127.0.0.1:0".parse().unwrap(),
+        limits: projectors::runner::BatchLimits::default(),
+    };
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move { projectors::app::run(settings, token).await.unwrap() });
+    stop
+}
+
+/// Runs the `projectors` CLI against this world: (succeeded, stdout + stderr).
+pub fn cli_result(world: &World, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_projectors"))
+        .args(args)
+        .env("DATABASE_URL", &world.db.url)
+        .env("KAFKA_BROKERS", &world.kafka.settings.brokers)
+        .env("KAFKA_TOPIC_PREFIX", &world.kafka.settings.topic_prefix)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Runs the `projectors` CLI and returns its output; it must succeed.
+pub fn cli(world: &World, args: &[&str]) -> String {
+    let (ok, output) = cli_result(world, args);
+    assert!(ok, "{output}");
+    output
 }
