@@ -63,3 +63,39 @@ async fn a_projector_killed_at_random_points_ends_equal_to_a_fold_of_the_log() {
         truth.items.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_projector_processes_sharing_partitions_through_rebalances_and_kills_end_equal_to_the_fold(
+) {
+    // Partitions move between two live processes while either may be killed mid-batch: the
+    // offsets lock and the stored offsets keep every batch applied exactly once.
+    let mut world = World::new().await;
+    let log = std::mem::replace(&mut world.log, EventLog::detached(&world.kafka));
+    let writer = tokio::spawn(stream_events(log, 3000));
+    let mut rng = Rng(0xfeed_beef);
+    let mut pair = [spawn_projector(&world), spawn_projector(&world)];
+    let mut kills = 0;
+    while !writer.is_finished() || kills < 6 {
+        tokio::time::sleep(Duration::from_millis(400 + rng.next(900))).await;
+        let victim = rng.next(2) as usize;
+        pair[victim].kill().await.unwrap(); // SIGKILL; the survivor takes its partitions
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(rng.next(600))).await;
+        pair[victim] = spawn_projector(&world); // and gives some back
+    }
+    let (_, truth) = writer.await.unwrap();
+    world.caught_up().await;
+    for mut projector in pair {
+        projector.kill().await.unwrap();
+    }
+    let orders = assert_read_models_equal(world.pool(), &truth).await;
+    let anomalies: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_anomalies")
+        .fetch_one(world.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        anomalies, 0,
+        "no event was applied twice (it would show up as an inert loser)"
+    );
+    println!("{kills} kills across two processes, {orders} orders");
+}
