@@ -10,6 +10,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::{PgPool, Row};
 
+use crate::applier::{Applier, Generation};
 use crate::dead_letters::names;
 use crate::projections;
 
@@ -194,6 +195,86 @@ fn original(
     Some((header(names::PROJECTION)?, message))
 }
 
+/// The dead letters of `topic` (a source topic or its `.dlq`), filtered to one partition or
+/// offset when given, as (projection, original record).
+fn select_dead_letters(
+    kafka: &KafkaSettings,
+    topic: &str,
+    partition: Option<i32>,
+    offset: Option<i64>,
+) -> anyhow::Result<(String, Vec<(String, rdkafka::message::OwnedMessage)>)> {
+    let source = topic.strip_suffix(".dlq").unwrap_or(topic).to_owned();
+    let dlq = Topics::dead_letters(&source);
+    let letters = read_dead_letters(kafka, &dlq)?
+        .into_iter()
+        .filter(|m| {
+            offset.is_none_or(|o| m.offset() == o) && partition.is_none_or(|p| m.partition() == p)
+        })
+        .map(|m| {
+            original(&m, &source).ok_or_else(|| {
+                anyhow::anyhow!("dead letter at {} lacks its source headers", m.offset())
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((dlq, letters))
+}
+
+/// An operator's action on the live generation of one projection.
+enum Action<'a> {
+    Redrive(&'a [rdkafka::message::OwnedMessage]),
+    Skip(&'a rdkafka::message::OwnedMessage),
+}
+
+/// Per aggregate: how many events were applied, or why not.
+type ActionResults = Vec<(String, Result<usize, String>)>;
+
+async fn act<P: crate::projection::Projection>(
+    applier: Applier<P>,
+    action: Action<'_>,
+) -> Result<ActionResults, sqlx::Error> {
+    match action {
+        Action::Redrive(letters) => applier.redrive(letters).await,
+        Action::Skip(letter) => {
+            let aggregate = letter
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            Ok(vec![(aggregate, applier.skip(letter).await?)])
+        }
+    }
+}
+
+/// Runs `action` with the applier of the projection named in the dead letters.
+async fn act_on(
+    pool: &PgPool,
+    kafka: &KafkaSettings,
+    projection: &str,
+    action: Action<'_>,
+) -> anyhow::Result<ActionResults> {
+    use crate::projections::{customers::Customers, inventory::Inventory, orders::Orders};
+    let producer: rdkafka::producer::FutureProducer =
+        platform::kafka::producer_config(kafka).create()?;
+    let (pool, live) = (pool.clone(), Generation::Live);
+    Ok(match projection {
+        "customers" => {
+            act(
+                Applier::<Customers>::new(pool, kafka, producer, live),
+                action,
+            )
+            .await?
+        }
+        "inventory" => {
+            act(
+                Applier::<Inventory>::new(pool, kafka, producer, live),
+                action,
+            )
+            .await?
+        }
+        "orders" => act(Applier::<Orders>::new(pool, kafka, producer, live), action).await?,
+        other => anyhow::bail!("unknown projection {other:?} in the dead letter"),
+    })
+}
+
 /// Re-applies the dead letters of `topic` (a source or `.dlq` topic; one record with `offset`)
 /// and what is parked behind them, once whatever made them fail is fixed.
 pub async fn dlq_redrive(
@@ -203,25 +284,11 @@ pub async fn dlq_redrive(
     partition: Option<i32>,
     offset: Option<i64>,
 ) -> anyhow::Result<()> {
-    use crate::projections::{customers::Customers, inventory::Inventory, orders::Orders};
-    let source = topic.strip_suffix(".dlq").unwrap_or(topic).to_owned();
-    let dlq = Topics::dead_letters(&source);
-    let letters: Vec<_> = read_dead_letters(kafka, &dlq)?
-        .into_iter()
-        .filter(|m| {
-            offset.is_none_or(|o| m.offset() == o) && partition.is_none_or(|p| m.partition() == p)
-        })
-        .filter_map(|m| original(&m, &source))
-        .collect();
+    let (dlq, letters) = select_dead_letters(kafka, topic, partition, offset)?;
     if letters.is_empty() {
         println!("no dead letters to redrive on {dlq}");
         return Ok(());
     }
-    let producer: rdkafka::producer::FutureProducer =
-        platform::kafka::producer_config(kafka).create()?;
-    let group = format!("{}.redrive-{}", kafka.topic_prefix, uuid::Uuid::now_v7());
-    let limits = crate::runner::BatchLimits::default();
-    let live = crate::runner::Generation::Live;
     for projection in ["customers", "inventory", "orders"] {
         let mine: Vec<_> = letters
             .iter()
@@ -231,45 +298,7 @@ pub async fn dlq_redrive(
         if mine.is_empty() {
             continue;
         }
-        let results = match projection {
-            "customers" => {
-                crate::runner::Runner::<Customers>::with_generation(
-                    pool.clone(),
-                    kafka,
-                    producer.clone(),
-                    limits,
-                    live,
-                    &group,
-                )?
-                .redrive(&mine)
-                .await?
-            }
-            "inventory" => {
-                crate::runner::Runner::<Inventory>::with_generation(
-                    pool.clone(),
-                    kafka,
-                    producer.clone(),
-                    limits,
-                    live,
-                    &group,
-                )?
-                .redrive(&mine)
-                .await?
-            }
-            _ => {
-                crate::runner::Runner::<Orders>::with_generation(
-                    pool.clone(),
-                    kafka,
-                    producer.clone(),
-                    limits,
-                    live,
-                    &group,
-                )?
-                .redrive(&mine)
-                .await?
-            }
-        };
-        for (aggregate, result) in results {
+        for (aggregate, result) in act_on(pool, kafka, projection, Action::Redrive(&mine)).await? {
             match result {
                 Ok(applied) => println!(
                     "{projection} {aggregate}: redriven, {applied} events applied, unparked"
@@ -293,71 +322,19 @@ pub async fn dlq_skip(
     partition: Option<i32>,
     offset: i64,
 ) -> anyhow::Result<()> {
-    use crate::projections::{customers::Customers, inventory::Inventory, orders::Orders};
-    let source = topic.strip_suffix(".dlq").unwrap_or(topic).to_owned();
-    let dlq = Topics::dead_letters(&source);
-    let matching: Vec<_> = read_dead_letters(kafka, &dlq)?
-        .into_iter()
-        .filter(|m| m.offset() == offset && partition.is_none_or(|p| m.partition() == p))
-        .collect();
-    let letter = match matching.as_slice() {
+    let (dlq, letters) = select_dead_letters(kafka, topic, partition, Some(offset))?;
+    let (projection, letter) = match letters.as_slice() {
         [one] => one,
         [] => anyhow::bail!("no dead letter at offset {offset} on {dlq}"),
         _ => {
             anyhow::bail!("offset {offset} exists on several partitions of {dlq}: add --partition")
         }
     };
-    let (projection, message) = original(letter, &source)
-        .ok_or_else(|| anyhow::anyhow!("the dead letter lacks its source headers"))?;
-    let producer: rdkafka::producer::FutureProducer =
-        platform::kafka::producer_config(kafka).create()?;
-    let group = format!("{}.skip-{}", kafka.topic_prefix, uuid::Uuid::now_v7());
-    let (limits, live) = (
-        crate::runner::BatchLimits::default(),
-        crate::runner::Generation::Live,
-    );
-    let result = match projection.as_str() {
-        "customers" => {
-            crate::runner::Runner::<Customers>::with_generation(
-                pool.clone(),
-                kafka,
-                producer,
-                limits,
-                live,
-                &group,
-            )?
-            .skip(&message)
-            .await?
-        }
-        "inventory" => {
-            crate::runner::Runner::<Inventory>::with_generation(
-                pool.clone(),
-                kafka,
-                producer,
-                limits,
-                live,
-                &group,
-            )?
-            .skip(&message)
-            .await?
-        }
-        "orders" => {
-            crate::runner::Runner::<Orders>::with_generation(
-                pool.clone(),
-                kafka,
-                producer,
-                limits,
-                live,
-                &group,
-            )?
-            .skip(&message)
-            .await?
-        }
-        other => anyhow::bail!("unknown projection {other:?} in the dead letter"),
-    };
-    match result {
-        Ok(applied) => println!("skipped; {applied} parked events applied, unparked"),
-        Err(reason) => anyhow::bail!("not skipped: {reason}"),
+    let results = act_on(pool, kafka, projection, Action::Skip(letter)).await?;
+    match results.into_iter().next().map(|(_, result)| result) {
+        Some(Ok(applied)) => println!("skipped; {applied} parked events applied, unparked"),
+        Some(Err(reason)) => anyhow::bail!("not skipped: {reason}"),
+        None => anyhow::bail!("not skipped: nothing happened"),
     }
     Ok(())
 }

@@ -14,7 +14,9 @@
 //! - `migrations/`: the read-model schema (applied by sqlx migrations, never ad hoc).
 //! - [`projection`]: the `Projection` trait: load rows, pure fold, one UNNEST upsert.
 //! - [`projections`]: `customers`, `inventory`, `orders`.
-//! - [`runner`]: the consumer loop and the batch transaction.
+//! - [`applier`]: the batch transaction (offsets, log-order rule, fold, parking, dead letters),
+//!   and the operators' `redrive` / `skip`. Needs no consumer.
+//! - [`runner`]: the consumer loop around an applier: batching, retries, resuming from offsets.
 //! - [`dead_letters`]: publishing to `<topic>.dlq` with source headers.
 //! - [`app`]: `projectors run` (health and metrics on `PROJECTORS_ADDR`).
 //! - [`rebuild`]: blue/green `projectors rebuild <projection>`: fill the next generation from
@@ -22,6 +24,7 @@
 //! - [`cli`]: `projectors status`, `projectors dlq list`.
 
 pub mod app;
+pub mod applier;
 pub mod cli;
 pub mod dead_letters;
 pub mod projection;

@@ -16,8 +16,9 @@ use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::applier::{generation_key, generation_table, Generation};
 use crate::projection::Projection;
-use crate::runner::{generation_key, generation_table, BatchLimits, Generation, Runner};
+use crate::runner::{BatchLimits, Runner};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {

@@ -1,0 +1,382 @@
+//! Applies batches of one projection's events in single Postgres transactions. Needs no
+//! consumer: the [`crate::runner::Runner`] feeds it what it consumes, and operators' commands
+//! (`dlq redrive`, `dlq skip`) use it directly.
+//!
+//! Per batch, in one transaction: lock the projection's offsets, skip what is below them, apply
+//! the log-order rule against each row's chain head, fold the events, store the changed rows
+//! (one UNNEST upsert), record anomalies and parked events, move the offsets. Dead letters are
+//! acknowledged by Kafka before the transaction commits. A projector killed at any instant
+//! therefore loses nothing and applies nothing twice: the offsets and the effects are one commit.
+
+mod operator;
+mod sql;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::marker::PhantomData;
+use std::time::Instant;
+
+use platform::config::KafkaSettings;
+use platform::envelope::EventEnvelope;
+use platform::topics::Topics;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use sqlx::{PgConnection, PgPool, Row};
+use tracing::error;
+
+use crate::dead_letters::{DeadLetter, DeadLetters};
+use crate::projection::{Projection, Stamp};
+use sql::{headers_json, lock_offsets, parked_aggregates, record, store_offsets};
+
+/// Which generation of the read model a runner writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// Whatever generation is current, read in every batch under a share lock, so a rebuild's
+    /// switch waits for the batch in progress and the next batch follows the switch.
+    Live,
+    /// A rebuild's own generation.
+    Fixed(i32),
+}
+
+/// The key a generation's offsets, parking and anomalies are stored under.
+pub fn generation_key(projection: &str, generation: i32) -> String {
+    format!("{projection}@g{generation}")
+}
+
+/// The physical table of a generation.
+pub fn generation_table(projection: &str, generation: i32) -> String {
+    format!("{projection}_g{generation}")
+}
+
+/// A message with what the batch needs to know about it.
+struct Incoming<'a> {
+    message: &'a OwnedMessage,
+    key: Option<String>,
+}
+
+/// An event not applied because it does not extend its aggregate's chain.
+struct Anomaly {
+    partition: i32,
+    offset: i64,
+    aggregate_id: String,
+    kind: &'static str,
+    detail: String,
+}
+
+/// An event held back because an earlier event of its aggregate was dead-lettered.
+struct ParkedEvent {
+    partition: i32,
+    offset: i64,
+    aggregate_id: String,
+    payload: Option<Vec<u8>>,
+    headers: serde_json::Value,
+}
+
+/// Everything one batch decided, written in its transaction.
+#[derive(Default)]
+struct Outcome {
+    applied: u64,
+    anomalies: Vec<Anomaly>,
+    parked_events: Vec<ParkedEvent>,
+    /// (aggregate id, reason)
+    new_parks: Vec<(String, String)>,
+    dead: Vec<DeadLetter>,
+}
+
+/// A statement the database refused (a constraint, a type): retrying the same input will fail
+/// again, unlike a lost connection.
+pub(crate) fn is_statement_failure(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Database(_) | sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)
+    )
+}
+
+/// Applies one projection's events to one generation (or the live one).
+pub struct Applier<P: Projection> {
+    pool: PgPool,
+    dead_letters: DeadLetters,
+    topic: String,
+    generation: Generation,
+    _projection: PhantomData<P>,
+}
+
+impl<P: Projection> std::fmt::Debug for Applier<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applier")
+            .field("projection", &P::NAME)
+            .finish()
+    }
+}
+
+impl<P: Projection> Applier<P> {
+    pub fn new(
+        pool: PgPool,
+        kafka: &KafkaSettings,
+        producer: FutureProducer,
+        generation: Generation,
+    ) -> Self {
+        Self {
+            pool,
+            dead_letters: DeadLetters::new(producer, P::NAME),
+            topic: Topics::new(kafka.topic_prefix.clone()).events(P::KIND),
+            generation,
+            _projection: PhantomData,
+        }
+    }
+
+    /// The events topic this projection reads.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The generation a batch writes: fixed, or the current one under a share lock.
+    async fn generation_in(&self, connection: &mut PgConnection) -> Result<i32, sqlx::Error> {
+        match self.generation {
+            Generation::Fixed(generation) => Ok(generation),
+            Generation::Live => {
+                sqlx::query_scalar(
+                    "SELECT generation FROM projection_generations WHERE projection = $1 FOR SHARE",
+                )
+                .bind(P::NAME)
+                .fetch_one(connection)
+                .await
+            }
+        }
+    }
+
+    pub(crate) async fn stored_offsets(
+        &self,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, i64>, sqlx::Error> {
+        let mut connection = self.pool.acquire().await?;
+        let key = generation_key(P::NAME, self.generation_in(&mut connection).await?);
+        let rows = sqlx::query("SELECT partition, next_offset FROM projection_offsets WHERE projection = $1 AND topic = $2 AND partition = ANY($3)")
+            .bind(&key).bind(&self.topic).bind(partitions).fetch_all(&mut *connection)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i32, _>("partition")?,
+                    r.try_get::<i64, _>("next_offset")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// One batch, one transaction.
+    pub(crate) async fn apply(
+        &self,
+        batch: &[OwnedMessage],
+        attempts: u32,
+    ) -> Result<(), sqlx::Error> {
+        let started = Instant::now();
+        let mut tx = self.pool.begin().await?;
+        let generation = self.generation_in(&mut tx).await?;
+        let (key, table) = (
+            generation_key(P::NAME, generation),
+            generation_table(P::NAME, generation),
+        );
+        let partitions: Vec<i32> = batch
+            .iter()
+            .map(Message::partition)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let stored = lock_offsets(&mut tx, &key, &self.topic, &partitions).await?;
+        let fresh: Vec<Incoming<'_>> = batch
+            .iter()
+            .filter(|m| m.offset() >= stored.get(&m.partition()).copied().unwrap_or(0))
+            .map(|m| Incoming {
+                message: m,
+                key: m
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .map(str::to_owned),
+            })
+            .collect();
+        if fresh.is_empty() {
+            return tx.commit().await;
+        }
+        let ids: Vec<String> = fresh
+            .iter()
+            .filter_map(|i| i.key.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut parked = parked_aggregates(&mut tx, &key, &ids).await?;
+        let mut rows = P::load(&mut tx, &table, &ids).await?;
+        let mut changed: HashSet<String> = HashSet::new();
+        let mut outcome = Outcome::default();
+        for incoming in &fresh {
+            self.decide(
+                incoming,
+                &mut rows,
+                &mut changed,
+                &mut parked,
+                &mut outcome,
+                attempts,
+            );
+        }
+        let changed_rows: Vec<P::Row> = changed
+            .iter()
+            .filter_map(|id| rows.get(id).cloned())
+            .collect();
+        P::store(&mut tx, &table, &changed_rows).await?;
+        record(&mut tx, &key, &self.topic, &outcome).await?;
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for incoming in &fresh {
+            let entry = next.entry(incoming.message.partition()).or_insert(0);
+            *entry = (*entry).max(incoming.message.offset() + 1);
+        }
+        store_offsets(&mut tx, &key, &self.topic, &next).await?;
+        // Dead letters must be durable before the offsets move past them.
+        self.dead_letters
+            .publish(&outcome.dead)
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("dead-letter topic unavailable: {e}")))?;
+        tx.commit().await?;
+        metrics::counter!("projector_events_applied_total", "projection" => P::NAME)
+            .increment(outcome.applied);
+        metrics::histogram!("projector_batch_size", "projection" => P::NAME)
+            .record(fresh.len() as f64);
+        metrics::histogram!("projector_batch_seconds", "projection" => P::NAME)
+            .record(started.elapsed().as_secs_f64());
+        if !outcome.dead.is_empty() {
+            metrics::counter!("projector_dead_letters_total", "projection" => P::NAME)
+                .increment(outcome.dead.len() as u64);
+        }
+        for anomaly in &outcome.anomalies {
+            metrics::counter!("projector_anomalies_total", "projection" => P::NAME, "kind" => anomaly.kind).increment(1);
+        }
+        Ok(())
+    }
+
+    /// What to do with one event: apply, park, report or dead-letter.
+    fn decide(
+        &self,
+        incoming: &Incoming<'_>,
+        rows: &mut HashMap<String, P::Row>,
+        changed: &mut HashSet<String>,
+        parked: &mut HashSet<String>,
+        outcome: &mut Outcome,
+        attempts: u32,
+    ) {
+        let message = incoming.message;
+        let (partition, offset) = (message.partition(), message.offset());
+        let dead = |reason: String| {
+            DeadLetter::from_message(&self.topic, message, reason, attempts.max(1))
+        };
+        let Some(key) = incoming.key.clone() else {
+            outcome
+                .dead
+                .push(dead("record has no key: its aggregate is unknown".into()));
+            return;
+        };
+        if parked.contains(&key) {
+            outcome.parked_events.push(ParkedEvent {
+                partition,
+                offset,
+                aggregate_id: key,
+                payload: message.payload().map(<[u8]>::to_vec),
+                headers: headers_json(message),
+            });
+            return;
+        }
+        let mut park = |reason: String, outcome: &mut Outcome| {
+            outcome.dead.push(dead(reason.clone()));
+            outcome.new_parks.push((key.clone(), reason));
+            parked.insert(key.clone());
+        };
+        let envelope = match EventEnvelope::from_headers(message.headers().map(|h| h.as_borrowed()))
+        {
+            Ok(envelope) if envelope.aggregate_id == key => envelope,
+            Ok(_) => {
+                return park(
+                    "envelope names another aggregate than the record key".into(),
+                    outcome,
+                )
+            }
+            Err(error) => return park(format!("invalid envelope: {error}"), outcome),
+        };
+        let head = rows.get(&key).map(P::head);
+        let expected = head.map_or(1, |h| h.version + 1);
+        let version = i64::try_from(envelope.version.get()).unwrap_or(i64::MAX);
+        if version != expected || envelope.predecessor != head.map(|h| h.last_event_id) {
+            let kind = if version > expected {
+                "version-gap"
+            } else {
+                "inert-loser"
+            };
+            let detail = format!("version {version}, expected {expected}");
+            if kind == "version-gap" {
+                error!(projection = P::NAME, aggregate_id = %key, %detail, "version gap: event not applied");
+            }
+            outcome.anomalies.push(Anomaly {
+                partition,
+                offset,
+                aggregate_id: key,
+                kind,
+                detail,
+            });
+            return;
+        }
+        let event = match message
+            .payload()
+            .ok_or(schemas::DecodeError::TooShort { len: 0 })
+            .and_then(schemas::decode::<P::Event>)
+        {
+            Ok(event) => event,
+            Err(error) => return park(format!("cannot decode: {error}"), outcome),
+        };
+        match P::fold(rows.get(&key).cloned(), &key, event, Stamp::of(&envelope)) {
+            Ok(row) => {
+                rows.insert(key.clone(), row);
+                changed.insert(key);
+                outcome.applied += 1;
+            }
+            Err(error) => park(format!("handler failed: {error}"), outcome),
+        }
+    }
+
+    /// Dead-letters one event on its own (after it failed every attempt) and moves past it.
+    pub(crate) async fn dead_letter_alone(
+        &self,
+        message: &OwnedMessage,
+        error: &str,
+        attempts: u32,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let key = generation_key(P::NAME, self.generation_in(&mut tx).await?);
+        let stored = lock_offsets(&mut tx, &key, &self.topic, &[message.partition()]).await?;
+        if message.offset() < stored.get(&message.partition()).copied().unwrap_or(0) {
+            return tx.commit().await;
+        }
+        let mut outcome = Outcome::default();
+        outcome.dead.push(DeadLetter::from_message(
+            &self.topic,
+            message,
+            format!("handler failed: {error}"),
+            attempts,
+        ));
+        if let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) {
+            outcome
+                .new_parks
+                .push((key.to_owned(), format!("handler failed: {error}")));
+        }
+        record(&mut tx, &key, &self.topic, &outcome).await?;
+        store_offsets(
+            &mut tx,
+            &key,
+            &self.topic,
+            &BTreeMap::from([(message.partition(), message.offset() + 1)]),
+        )
+        .await?;
+        self.dead_letters
+            .publish(&outcome.dead)
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("dead-letter topic unavailable: {e}")))?;
+        tx.commit().await?;
+        metrics::counter!("projector_dead_letters_total", "projection" => P::NAME).increment(1);
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! The statements of the batch transaction.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use platform::topics::Topics;
+use rdkafka::message::{Message, OwnedMessage};
+use sqlx::{PgConnection, Row};
+
+use super::Outcome;
+
+/// Headers as parked (JSON), back into Kafka headers.
+pub(super) fn headers_from_json(json: &serde_json::Value) -> rdkafka::message::OwnedHeaders {
+    let mut headers = rdkafka::message::OwnedHeaders::new();
+    if let Some(map) = json.as_object() {
+        for (key, value) in map {
+            headers = headers.insert(rdkafka::message::Header {
+                key: key.as_str(),
+                value: value.as_str(),
+            });
+        }
+    }
+    headers
+}
+
+pub(super) fn headers_json(message: &OwnedMessage) -> serde_json::Value {
+    use rdkafka::message::Headers;
+    let mut map = serde_json::Map::new();
+    if let Some(headers) = message.headers() {
+        for header in headers.iter() {
+            let value = header
+                .value
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            map.insert(
+                header.key.to_owned(),
+                value.map_or(serde_json::Value::Null, serde_json::Value::String),
+            );
+        }
+    }
+    serde_json::Value::Object(map)
+}
+
+pub(super) async fn lock_offsets(
+    connection: &mut PgConnection,
+    projection: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<i32, i64>, sqlx::Error> {
+    // Make sure the rows exist, so FOR UPDATE serialises concurrent batches on a partition.
+    sqlx::query(
+        "INSERT INTO projection_offsets (projection, topic, partition, next_offset, updated_at) \
+         SELECT $1, $2, p, 0, now() FROM UNNEST($3::int4[]) AS p ON CONFLICT DO NOTHING",
+    )
+    .bind(projection)
+    .bind(topic)
+    .bind(partitions)
+    .execute(&mut *connection)
+    .await?;
+    let rows = sqlx::query(
+        "SELECT partition, next_offset FROM projection_offsets \
+         WHERE projection = $1 AND topic = $2 AND partition = ANY($3) FOR UPDATE",
+    )
+    .bind(projection)
+    .bind(topic)
+    .bind(partitions)
+    .fetch_all(&mut *connection)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<i32, _>("partition")?,
+                r.try_get::<i64, _>("next_offset")?,
+            ))
+        })
+        .collect()
+}
+
+pub(super) async fn store_offsets(
+    connection: &mut PgConnection,
+    projection: &str,
+    topic: &str,
+    next: &BTreeMap<i32, i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projection_offsets o SET next_offset = GREATEST(o.next_offset, n.next), updated_at = now() \
+         FROM UNNEST($3::int4[], $4::int8[]) AS n(partition, next) \
+         WHERE o.projection = $1 AND o.topic = $2 AND o.partition = n.partition",
+    )
+    .bind(projection)
+    .bind(topic)
+    .bind(next.keys().copied().collect::<Vec<_>>())
+    .bind(next.values().copied().collect::<Vec<_>>())
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn parked_aggregates(
+    connection: &mut PgConnection,
+    projection: &str,
+    ids: &[String],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let rows = sqlx::query("SELECT aggregate_id FROM parked_aggregates WHERE projection = $1 AND aggregate_id = ANY($2)")
+        .bind(projection)
+        .bind(ids)
+        .fetch_all(connection)
+        .await?;
+    rows.iter().map(|r| r.try_get("aggregate_id")).collect()
+}
+
+pub(super) async fn record(
+    connection: &mut PgConnection,
+    projection: &str,
+    topic: &str,
+    outcome: &Outcome,
+) -> Result<(), sqlx::Error> {
+    if !outcome.anomalies.is_empty() {
+        sqlx::query(
+            "INSERT INTO projection_anomalies (projection, topic, partition, \"offset\", aggregate_id, kind, detail, seen_at) \
+             SELECT $1, $2, p, o, a, k, d, now() FROM UNNEST($3::int4[], $4::int8[], $5::text[], $6::text[], $7::text[]) AS t(p, o, a, k, d) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(projection)
+        .bind(topic)
+        .bind(outcome.anomalies.iter().map(|a| a.partition).collect::<Vec<_>>())
+        .bind(outcome.anomalies.iter().map(|a| a.offset).collect::<Vec<_>>())
+        .bind(outcome.anomalies.iter().map(|a| a.aggregate_id.clone()).collect::<Vec<_>>())
+        .bind(outcome.anomalies.iter().map(|a| a.kind.to_owned()).collect::<Vec<_>>())
+        .bind(outcome.anomalies.iter().map(|a| a.detail.clone()).collect::<Vec<_>>())
+        .execute(&mut *connection)
+        .await?;
+    }
+    for (aggregate_id, reason) in &outcome.new_parks {
+        sqlx::query(
+            "INSERT INTO parked_aggregates (projection, aggregate_id, dlq_topic, reason, parked_at) VALUES ($1, $2, $3, $4, now()) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(projection)
+        .bind(aggregate_id)
+        .bind(Topics::dead_letters(topic))
+        .bind(reason)
+        .execute(&mut *connection)
+        .await?;
+    }
+    for parked in &outcome.parked_events {
+        sqlx::query(
+            "INSERT INTO parked_events (projection, topic, partition, \"offset\", aggregate_id, payload, headers, parked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now()) ON CONFLICT DO NOTHING",
+        )
+        .bind(projection)
+        .bind(topic)
+        .bind(parked.partition)
+        .bind(parked.offset)
+        .bind(&parked.aggregate_id)
+        .bind(&parked.payload)
+        .bind(&parked.headers)
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
+}
