@@ -73,7 +73,8 @@ struct Inner {
     metrics: PrometheusHandle,
     processor_ready: Box<dyn Fn() -> bool + Send + Sync>,
     writers_serving: Box<dyn Fn() -> usize + Send + Sync>,
-    kafka: KafkaSettings,
+    /// One client for readiness probes (a new librdkafka client per probe is costly).
+    metadata: Arc<BaseConsumer>,
 }
 
 impl platform::auth::AuthState for AppState {
@@ -102,12 +103,9 @@ impl AppState {
 
     /// A metadata request answered within two seconds.
     pub async fn broker_reachable(&self) -> bool {
-        let brokers = self.0.kafka.brokers.clone();
+        let client = self.0.metadata.clone();
         tokio::task::spawn_blocking(move || {
-            let client: Result<BaseConsumer, _> = ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .create();
-            client.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
+            client.fetch_metadata(None, Duration::from_secs(2)).is_ok()
         })
         .await
         .unwrap_or(false)
@@ -171,7 +169,11 @@ impl Application {
             metrics: metrics_handle(),
             processor_ready: Box::new(ready),
             writers_serving: Box::new(serving),
-            kafka: settings.kafka.clone(),
+            metadata: Arc::new(
+                ClientConfig::new()
+                    .set("bootstrap.servers", &settings.kafka.brokers)
+                    .create()?,
+            ),
         }));
         let router = router(state);
         let listener =

@@ -6,6 +6,7 @@
 //! and bumps the generation; the live runner then continues on the new generation, skipping
 //! everything at or below the rebuild's offsets. The old table is dropped afterwards.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use platform::config::KafkaSettings;
@@ -116,6 +117,11 @@ pub async fn rebuild<P: Projection>(
         &group,
     )?;
     let topic = runner.topic().to_owned();
+    let client: Arc<BaseConsumer> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .create()?,
+    );
     let started = Instant::now();
     let mut last_report = Instant::now();
     loop {
@@ -127,7 +133,7 @@ pub async fn rebuild<P: Projection>(
             continue;
         }
         last_report = Instant::now();
-        let heads = heads(kafka, &topic).await?;
+        let heads = heads(&client, &topic).await?;
         let applied = applied(pool, &key, &topic).await?;
         let (done, head): (i64, i64) = (applied.iter().sum(), heads.iter().sum());
         progress.update(
@@ -135,7 +141,7 @@ pub async fn rebuild<P: Projection>(
             head,
             done as f64 / started.elapsed().as_secs_f64().max(0.001),
         );
-        if caught_up(&applied, &heads) && switch::<P>(pool, kafka, &topic, &key, next).await? {
+        if caught_up(&applied, &heads) && switch::<P>(pool, &client, &topic, &key, next).await? {
             break;
         }
     }
@@ -170,7 +176,7 @@ fn caught_up(applied: &[i64], heads: &[i64]) -> bool {
 /// Switches atomically if, under the generation lock, the new generation is still caught up.
 async fn switch<P: Projection>(
     pool: &PgPool,
-    kafka: &KafkaSettings,
+    client: &Arc<BaseConsumer>,
     topic: &str,
     key: &str,
     next: i32,
@@ -180,7 +186,7 @@ async fn switch<P: Projection>(
         .bind(P::NAME)
         .fetch_one(&mut *tx)
         .await?;
-    let heads = heads(kafka, topic).await?;
+    let heads = heads(client, topic).await?;
     let applied = applied(&mut *tx, key, topic).await?;
     if !caught_up(&applied, &heads) {
         tx.rollback().await?;
@@ -203,13 +209,10 @@ async fn switch<P: Projection>(
 }
 
 /// High watermark of every partition of `topic`.
-async fn heads(kafka: &KafkaSettings, topic: &str) -> Result<Vec<i64>, RebuildError> {
-    let (brokers, topic) = (kafka.brokers.clone(), topic.to_owned());
+async fn heads(client: &Arc<BaseConsumer>, topic: &str) -> Result<Vec<i64>, RebuildError> {
+    let (client, topic) = (client.clone(), topic.to_owned());
     let result =
         tokio::task::spawn_blocking(move || -> Result<Vec<i64>, rdkafka::error::KafkaError> {
-            let client: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .create()?;
             let metadata = client.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
             let partitions = metadata
                 .topics()
