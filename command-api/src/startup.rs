@@ -8,7 +8,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
-use domain::AggregateKind;
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::config::KafkaSettings;
 use platform::kafka::{ensure_topics, producer_config, KafkaSetupError};
@@ -24,7 +23,7 @@ use tracing::info;
 use crate::auth::Auth;
 use crate::bus::CommandBus;
 use crate::config::Settings;
-use crate::processor::Processor;
+use crate::processor::{Processor, COMMAND_KINDS};
 use crate::routes;
 
 /// How long the broker may take to acknowledge a command before the caller gets a 503.
@@ -242,38 +241,21 @@ fn router(state: AppState) -> Router {
 /// when an events topic and its commands topic disagree (writers map partition p to p).
 async fn ensure_all_topics(kafka: &KafkaSettings, topics: &Topics) -> Result<i32, StartupError> {
     let mut names: Vec<String> = topics.all_events();
-    names.extend(
-        AggregateKind::ALL
-            .iter()
-            .filter(|k| **k != AggregateKind::OrderSaga)
-            .map(|k| topics.commands(*k)),
-    );
+    names.extend(COMMAND_KINDS.iter().map(|k| topics.commands(*k)));
     names.push(topics.replies());
     ensure_topics(kafka, &names, kafka.partitions).await?;
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .create()?;
-    let count = |topic: &str| -> Result<usize, StartupError> {
-        for _ in 0..50 {
-            let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-            if let Some(t) = metadata
-                .topics()
-                .first()
-                .filter(|t| !t.partitions().is_empty())
-            {
-                return Ok(t.partitions().len());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(0)
-    };
+    let client: Arc<BaseConsumer> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .create()?,
+    );
     let mut partitions = 0;
-    for kind in AggregateKind::ALL
-        .iter()
-        .filter(|k| **k != AggregateKind::OrderSaga)
-    {
-        let (events, commands) = (topics.events(*kind), topics.commands(*kind));
-        let (a, b) = (count(&events)?, count(&commands)?);
+    for kind in COMMAND_KINDS {
+        let (events, commands) = (topics.events(kind), topics.commands(kind));
+        let (a, b) = (
+            partition_count(&client, &events).await?,
+            partition_count(&client, &commands).await?,
+        );
         if a != b || a == 0 {
             return Err(StartupError::PartitionMismatch {
                 events,
@@ -285,4 +267,23 @@ async fn ensure_all_topics(kafka: &KafkaSettings, topics: &Topics) -> Result<i32
         partitions = a;
     }
     Ok(i32::try_from(partitions).unwrap_or(i32::MAX))
+}
+
+/// Partitions of `topic` once metadata shows them (freshly created topics take a moment).
+async fn partition_count(client: &Arc<BaseConsumer>, topic: &str) -> Result<usize, StartupError> {
+    for _ in 0..50 {
+        let (client, name) = (client.clone(), topic.to_owned());
+        let count = tokio::task::spawn_blocking(move || {
+            client
+                .fetch_metadata(Some(&name), Duration::from_secs(5))
+                .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+        })
+        .await
+        .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
+        if count > 0 {
+            return Ok(count);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(0)
 }

@@ -7,6 +7,7 @@
 mod models;
 mod writer;
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,6 +31,13 @@ use tracing::{info, warn};
 
 pub use models::{rejection_code, ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SYSTEM};
 use writer::Writer;
+
+/// The aggregate kinds that take commands (each has a commands topic and partition writers).
+pub const COMMAND_KINDS: [AggregateKind; 3] = [
+    AggregateKind::Customer,
+    AggregateKind::InventoryItem,
+    AggregateKind::Order,
+];
 
 /// The consumer group of command writers.
 pub const GROUP_SUFFIX: &str = "command-writers";
@@ -118,11 +126,8 @@ impl Processor {
             changes,
             assigned_once: ready.clone(),
         })?;
-        let command_topics: Vec<String> = AggregateKind::ALL
-            .iter()
-            .filter(|k| **k != AggregateKind::OrderSaga)
-            .map(|k| topics.commands(*k))
-            .collect();
+        let command_topics: Vec<String> =
+            COMMAND_KINDS.iter().map(|k| topics.commands(*k)).collect();
         let names: Vec<&str> = command_topics.iter().map(String::as_str).collect();
         group.subscribe(&names)?;
         let context = Arc::new(WriterContext {
@@ -176,9 +181,7 @@ async fn dispatch(
                 Change::Assigned(assigned) => {
                     for (topic, partition) in assigned {
                         if let Some(kind) = context.topics.kind_of_commands(&topic) {
-                            senders
-                                .entry((kind, partition))
-                                .or_insert_with(|| spawn_writer(&mut writers, context.clone(), kind, partition));
+                            writer(&mut senders, &mut writers, &context, kind, partition);
                         }
                     }
                 }
@@ -200,9 +203,7 @@ async fn dispatch(
                         envelope: CommandEnvelope::from_headers(message.headers()),
                         payload: message.payload().map(<[u8]>::to_vec),
                     };
-                    let sender = senders
-                        .entry((kind, partition))
-                        .or_insert_with(|| spawn_writer(&mut writers, context.clone(), kind, partition));
+                    let Some(sender) = writer(&mut senders, &mut writers, &context, kind, partition) else { continue };
                     if sender.send(incoming).await.is_err() {
                         warn!(%kind, partition, "writer ended unexpectedly; restarting it");
                         senders.remove(&(kind, partition));
@@ -223,12 +224,28 @@ async fn dispatch(
     info!("command processor stopped");
 }
 
+/// The sender of a partition's writer, started on first use; `None` for a kind without writers.
+fn writer<'a>(
+    senders: &'a mut Senders,
+    writers: &mut JoinSet<()>,
+    context: &Arc<WriterContext>,
+    kind: AggregateKind,
+    partition: i32,
+) -> Option<&'a mut mpsc::Sender<IncomingCommand>> {
+    match senders.entry((kind, partition)) {
+        Entry::Occupied(entry) => Some(entry.into_mut()),
+        Entry::Vacant(entry) => {
+            spawn_writer(writers, context.clone(), kind, partition).map(|tx| entry.insert(tx))
+        }
+    }
+}
+
 fn spawn_writer(
     writers: &mut JoinSet<()>,
     context: Arc<WriterContext>,
     kind: AggregateKind,
     partition: i32,
-) -> mpsc::Sender<IncomingCommand> {
+) -> Option<mpsc::Sender<IncomingCommand>> {
     let (tx, rx) = mpsc::channel(1024);
     match kind {
         AggregateKind::Customer => {
@@ -237,9 +254,11 @@ fn spawn_writer(
         AggregateKind::InventoryItem => {
             writers.spawn(Writer::<InventoryItem>::run(context, partition, rx))
         }
-        AggregateKind::Order | AggregateKind::OrderSaga => {
+        AggregateKind::Order => {
             writers.spawn(Writer::<OrderAggregate>::run(context, partition, rx))
         }
+        // Not in COMMAND_KINDS: no commands topic is subscribed for it.
+        AggregateKind::OrderSaga => return None,
     };
-    tx
+    Some(tx)
 }
