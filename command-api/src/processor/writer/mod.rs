@@ -1,0 +1,220 @@
+//! The writer of one partition of one aggregate kind: the only process that normally appends to
+//! events partition p. It rebuilds state by reading the partition (applying the log-order rule),
+//! then handles commands in batches: decide on the current state, append, read its own events
+//! back, and answer only once the log shows them accepted. Its state is always what the log
+//! says: decisions within a batch use a scratch overlay that is thrown away afterwards.
+//!
+//! Layout: this file holds the partition's lifecycle (rebuild, reading the tail); `batch` the
+//! handling of a batch of commands; `plan` the decision for one command; `replies` the answers.
+
+mod batch;
+mod plan;
+mod replies;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::{Current, Versioned};
+use platform::envelope::EventEnvelope;
+use platform::log_order::{LogOrder, Verdict};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use super::models::WriteModel;
+use super::{IncomingCommand, WriterContext};
+
+/// At most this many commands are decided and appended together.
+const MAX_BATCH: usize = 256;
+
+pub(super) struct Writer<A: WriteModel>
+where
+    A::Event: schemas::WireRecord + Send + Sync,
+    A::Command: schemas::WireRecord + Clone + Send + Sync,
+    A::State: Send + Sync,
+{
+    ctx: Arc<WriterContext>,
+    partition: i32,
+    events_topic: String,
+    commands_topic: String,
+    tail: Arc<StreamConsumer>,
+    next_offset: i64,
+    log: LogOrder,
+    states: HashMap<String, Current<A>>,
+    /// Aggregates with an accepted event this build cannot decode: refused until fixed.
+    unreadable: std::collections::HashSet<String>,
+}
+
+impl<A: WriteModel> Writer<A>
+where
+    A::Event: schemas::WireRecord + Send + Sync,
+    A::Command: schemas::WireRecord + Clone + Send + Sync,
+    A::State: Send + Sync,
+{
+    /// Serves commands for one partition until the channel closes (partition revoked or shutdown).
+    pub(super) async fn run(
+        ctx: Arc<WriterContext>,
+        partition: i32,
+        mut commands: mpsc::Receiver<IncomingCommand>,
+    ) {
+        let kind = A::KIND;
+        let mut writer = loop {
+            match Self::start(ctx.clone(), partition).await {
+                Ok(writer) => break writer,
+                Err(error) => {
+                    warn!(%kind, partition, %error, "could not rebuild partition state; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        closed = commands.recv() => if closed.is_none() { return },
+                    }
+                }
+            }
+        };
+        ctx.writers_ready
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        while let Some(first) = commands.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match commands.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            writer.handle(batch).await;
+        }
+        ctx.writers_ready
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        debug!(%kind, partition, "writer stopped");
+    }
+
+    async fn start(ctx: Arc<WriterContext>, partition: i32) -> Result<Self, WriterError> {
+        let events_topic = ctx.topics.events(A::KIND);
+        let commands_topic = ctx.topics.commands(A::KIND);
+        let tail: StreamConsumer = platform::kafka::consumer_config(
+            &ctx.kafka,
+            &format!("{}.writer-tail", ctx.kafka.topic_prefix),
+        )
+        .create()
+        .map_err(WriterError::Kafka)?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&events_topic, partition, Offset::Beginning)
+            .map_err(WriterError::Kafka)?;
+        tail.assign(&assignment).map_err(WriterError::Kafka)?;
+        let mut writer = Self {
+            ctx,
+            partition,
+            events_topic,
+            commands_topic,
+            tail: Arc::new(tail),
+            next_offset: 0,
+            log: LogOrder::default(),
+            states: HashMap::new(),
+            unreadable: Default::default(),
+        };
+        let started = std::time::Instant::now();
+        let high = writer.high_watermark().await?;
+        writer.read_until(high, Duration::from_secs(60)).await?;
+        info!(kind = %A::KIND, partition, events = high, elapsed_ms = started.elapsed().as_millis() as u64, "partition state rebuilt");
+        Ok(writer)
+    }
+
+    async fn high_watermark(&self) -> Result<i64, WriterError> {
+        let (tail, topic, partition) =
+            (self.tail.clone(), self.events_topic.clone(), self.partition);
+        tokio::task::spawn_blocking(move || {
+            tail.fetch_watermarks(&topic, partition, Duration::from_secs(5))
+        })
+        .await
+        .map_err(|_| WriterError::Timeout)?
+        .map(|(_, high)| high)
+        .map_err(WriterError::Kafka)
+    }
+
+    /// Reads the partition until `next_offset >= target`, applying the log-order rule.
+    /// Returns the verdict on every event read, by event id.
+    async fn read_until(
+        &mut self,
+        target: i64,
+        timeout: Duration,
+    ) -> Result<HashMap<Uuid, bool>, WriterError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut verdicts = HashMap::new();
+        while self.next_offset < target {
+            let tail = self.tail.clone();
+            let message = tokio::time::timeout_at(deadline, tail.recv())
+                .await
+                .map_err(|_| WriterError::Timeout)?
+                .map_err(WriterError::Kafka)?;
+            if let Some((event_id, accepted)) = self.absorb(&message) {
+                verdicts.insert(event_id, accepted);
+            }
+        }
+        Ok(verdicts)
+    }
+
+    fn absorb(&mut self, message: &BorrowedMessage<'_>) -> Option<(Uuid, bool)> {
+        self.next_offset = message.offset() + 1;
+        let envelope = match EventEnvelope::from_headers(message.headers()) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                warn!(topic = %self.events_topic, partition = self.partition, offset = message.offset(), %error, "event without a valid envelope ignored");
+                return None;
+            }
+        };
+        let verdict = self.log.judge(&envelope, message.offset());
+        let accepted = verdict == Verdict::Accepted;
+        if let Verdict::Loser(reason) = verdict {
+            metrics::counter!("log_order_losers_total", "aggregate" => A::KIND.as_str())
+                .increment(1);
+            warn!(aggregate_id = %envelope.aggregate_id, version = %envelope.version, offset = message.offset(), ?reason, "inert event (lost in log order)");
+        } else {
+            let decoded = message
+                .payload()
+                .ok_or(schemas::DecodeError::TooShort { len: 0 })
+                .and_then(schemas::decode::<A::Event>);
+            match decoded {
+                Ok(event) => {
+                    let current = self
+                        .states
+                        .entry(envelope.aggregate_id.clone())
+                        .or_default();
+                    let _ = current.apply(&Versioned {
+                        version: envelope.version,
+                        event,
+                    });
+                }
+                Err(error) => {
+                    error!(aggregate_id = %envelope.aggregate_id, offset = message.offset(), %error, "accepted event cannot be decoded; aggregate refused until fixed");
+                    self.unreadable.insert(envelope.aggregate_id.clone());
+                }
+            }
+        }
+        Some((envelope.event_id, accepted))
+    }
+
+    /// Whatever the tail already has (foreign appends since the last batch), without waiting.
+    async fn absorb_pending(&mut self) {
+        loop {
+            let tail = self.tail.clone();
+            match tokio::time::timeout(Duration::from_millis(0), tail.recv()).await {
+                Ok(Ok(message)) => {
+                    self.absorb(&message);
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WriterError {
+    #[error("kafka")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+    #[error("timed out reading the partition")]
+    Timeout,
+}
