@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use platform::http::Problem;
 use schemas::{CommandReply, ReplyOutcome};
-use serde::Serialize;
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -41,19 +41,6 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error")]
     Internal,
-}
-
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a BTreeMap<String, Vec<String>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    current_version: Option<i64>,
 }
 
 impl ApiError {
@@ -162,38 +149,16 @@ impl From<platform::auth::AuthError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = self.parts();
-        let (errors, current_version) = match &self {
-            Self::Invalid { errors, .. } => (Some(errors), None),
+        let detail = self.to_string();
+        let problem = Problem::new(status, slug, title, detail);
+        match self {
+            Self::Invalid { errors, .. } => problem.errors(errors),
             Self::Conflict {
                 current_version, ..
-            } => (None, *current_version),
-            _ => (None, None),
-        };
-        let body = Problem {
-            kind: format!("https://orderstream.dev/problems/{slug}"),
-            title,
-            status: status.as_u16(),
-            detail: self.to_string(),
-            errors,
-            current_version,
-        };
-        let mut response = (status, axum::Json(&body)).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        match &self {
-            Self::RateLimited { retry_after_secs } => {
-                if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
-                    headers.insert(header::RETRY_AFTER, value);
-                }
-            }
-            Self::Unauthorized(_) => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            _ => {}
+            } => problem.current_version(current_version),
+            Self::RateLimited { retry_after_secs } => problem.retry_after(retry_after_secs),
+            _ => problem,
         }
-        response
+        .into_response()
     }
 }

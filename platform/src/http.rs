@@ -1,10 +1,13 @@
-//! What both HTTP APIs share beyond auth: request metrics, and the OpenAPI bearer scheme.
+//! What both HTTP APIs share beyond auth: request metrics, the OpenAPI bearer scheme, and the
+//! rendering of problem+json responses.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 /// Middleware: request count and latency by method, route template and status.
@@ -39,5 +42,80 @@ impl utoipa::Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// An RFC 9457 problem+json response. Each API decides status, slug and title for its own
+/// errors (its one mapping); this only renders them the same way everywhere.
+#[derive(Debug, serde::Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<BTreeMap<String, Vec<String>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_version: Option<i64>,
+    #[serde(skip)]
+    http_status: StatusCode,
+    #[serde(skip)]
+    retry_after_secs: Option<u64>,
+    #[serde(skip)]
+    bearer_challenge: bool,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &str, title: &'static str, detail: String) -> Self {
+        Self {
+            kind: format!("https://orderstream.dev/problems/{slug}"),
+            title,
+            status: status.as_u16(),
+            detail,
+            errors: None,
+            current_version: None,
+            http_status: status,
+            retry_after_secs: None,
+            bearer_challenge: status == StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// Per-field messages (422).
+    pub fn errors(mut self, errors: BTreeMap<String, Vec<String>>) -> Self {
+        self.errors = Some(errors);
+        self
+    }
+
+    /// The aggregate's current version (409).
+    pub fn current_version(mut self, version: Option<i64>) -> Self {
+        self.current_version = version;
+        self
+    }
+
+    /// `Retry-After` (429).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut response = (self.http_status, axum::Json(&self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after_secs {
+            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                headers.insert(header::RETRY_AFTER, value);
+            }
+        }
+        if self.bearer_challenge {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use platform::auth::AuthError;
-use serde::Serialize;
+use platform::http::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -58,17 +58,6 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a BTreeMap<String, Vec<String>>>,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = match &self {
@@ -97,31 +86,13 @@ impl IntoResponse for ApiError {
                 "Service unavailable",
             ),
         };
-        let errors = match &self {
-            Self::Invalid { errors, .. } => Some(errors),
-            _ => None,
-        };
-        let body = Problem {
-            kind: format!("https://orderstream.dev/problems/{slug}"),
-            title,
-            status: status.as_u16(),
-            detail: self.to_string(),
-            errors,
-        };
-        let mut response = (status, axum::Json(&body)).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let Self::RateLimited { retry_after_secs } = &self {
-            if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
-                headers.insert(header::RETRY_AFTER, value);
-            }
+        let detail = self.to_string();
+        let problem = Problem::new(status, slug, title, detail);
+        match self {
+            Self::Invalid { errors, .. } => problem.errors(errors),
+            Self::RateLimited { retry_after_secs } => problem.retry_after(retry_after_secs),
+            _ => problem,
         }
-        if let Self::Unauthorized(_) = &self {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
+        .into_response()
     }
 }
