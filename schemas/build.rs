@@ -56,8 +56,9 @@ fn main() {
                     file.display()
                 ));
             }
+            // Versions are numbered per family: two families may both have a `StockReserved`.
             versions.push(compat::SchemaVersion {
-                event_type: event_type.clone(),
+                event_type: format!("{aggregate}/{event_type}"),
                 version,
                 schema,
             });

@@ -46,6 +46,9 @@ pub enum DomainError {
 
     #[error("saga input refers to line {line}, but the order has {lines} lines")]
     UnknownLine { line: usize, lines: usize },
+
+    #[error("saga input is addressed to saga {addressed} but starts saga {started}")]
+    MisaddressedSaga { addressed: String, started: String },
 }
 
 impl From<MoneyError> for DomainError {

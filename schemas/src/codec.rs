@@ -14,7 +14,7 @@ const HEADER_LEN: usize = 10;
 pub fn encode<E: WireRecord>(event: &E) -> Result<Vec<u8>, EncodeError> {
     let event_type = event.event_type();
     let entry = registry()
-        .latest(event_type)
+        .latest(E::FAMILY, event_type)
         .ok_or(EncodeError::NoSchema(event_type))?;
     let avro = |source: apache_avro::Error| EncodeError::Avro {
         event_type,
@@ -57,7 +57,9 @@ pub fn decode<E: WireRecord>(bytes: &[u8]) -> Result<E, DecodeError> {
             found: writer.family,
         });
     }
-    let reader = registry().latest(writer.event_type).unwrap_or(writer);
+    let reader = registry()
+        .latest(writer.family, writer.event_type)
+        .unwrap_or(writer);
     let body_error = |source: apache_avro::Error| DecodeError::Body {
         event_type: writer.event_type,
         version: writer.version,

@@ -26,7 +26,7 @@ pub struct SchemaEntry {
 pub struct Registry {
     entries: Vec<SchemaEntry>,
     by_fingerprint: HashMap<[u8; 8], usize>,
-    latest: HashMap<&'static str, usize>,
+    latest: HashMap<(&'static str, &'static str), usize>,
 }
 
 impl Registry {
@@ -52,13 +52,14 @@ impl Registry {
             .enumerate()
             .map(|(i, e)| (e.fingerprint, i))
             .collect();
-        let mut latest: HashMap<&'static str, usize> = HashMap::new();
+        let mut latest: HashMap<(&'static str, &'static str), usize> = HashMap::new();
         for (i, entry) in entries.iter().enumerate() {
+            let key = (entry.family, entry.event_type);
             let newer = latest
-                .get(entry.event_type)
+                .get(&key)
                 .is_none_or(|&j| entries[j].version < entry.version);
             if newer {
-                latest.insert(entry.event_type, i);
+                latest.insert(key, i);
             }
         }
         Self {
@@ -74,9 +75,12 @@ impl Registry {
             .map(|&i| &self.entries[i])
     }
 
-    /// The newest version of an event type's schema: what writers use and readers resolve to.
-    pub fn latest(&self, event_type: &str) -> Option<&SchemaEntry> {
-        self.latest.get(event_type).map(|&i| &self.entries[i])
+    /// The newest version of a family's record type: what writers use and readers resolve to.
+    /// Names are unique within a family only (inventory and the saga both have `StockReserved`).
+    pub fn latest(&self, family: &str, event_type: &str) -> Option<&SchemaEntry> {
+        self.latest
+            .get(&(family, event_type))
+            .map(|&i| &self.entries[i])
     }
 
     pub fn entries(&self) -> &[SchemaEntry] {

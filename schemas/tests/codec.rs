@@ -129,7 +129,10 @@ fn round_trip<E: WireRecord + PartialEq + std::fmt::Debug>(events: Vec<E>) {
         assert_eq!(entry.event_type, event.event_type());
         assert_eq!(
             entry.version,
-            registry().latest(event.event_type()).unwrap().version
+            registry()
+                .latest(E::FAMILY, event.event_type())
+                .unwrap()
+                .version
         );
         assert_eq!(decode::<E>(&bytes).unwrap(), event);
     }
@@ -144,10 +147,10 @@ fn every_event_round_trips_through_its_newest_schema() {
 
 #[test]
 fn every_event_type_has_exactly_one_schema_per_version() {
-    let mut names: Vec<(&str, u32)> = registry()
+    let mut names: Vec<(&str, &str, u32)> = registry()
         .entries()
         .iter()
-        .map(|e| (e.event_type, e.version))
+        .map(|e| (e.family, e.event_type, e.version))
         .collect();
     let before = names.len();
     names.sort_unstable();
@@ -155,8 +158,8 @@ fn every_event_type_has_exactly_one_schema_per_version() {
     assert_eq!(names.len(), before);
     assert_eq!(
         registry().entries().len(),
-        26,
-        "13 events (OrderRejected in two versions), 11 commands, 1 reply"
+        55,
+        "13 events (OrderRejected in two versions), 11 commands, 1 reply, 19 saga events, 10 saga inputs"
     );
 }
 
@@ -394,7 +397,7 @@ fn versions() -> Vec<SchemaVersion> {
         .entries()
         .iter()
         .map(|e| SchemaVersion {
-            event_type: e.event_type.to_owned(),
+            event_type: format!("{}/{}", e.family, e.event_type),
             version: e.version,
             schema: e.schema.clone(),
         })
@@ -416,7 +419,7 @@ fn the_compatibility_check_catches_a_field_added_without_a_default() {
     .unwrap();
     let mut all = versions();
     all.push(SchemaVersion {
-        event_type: "OrderRejected".into(),
+        event_type: "orders/OrderRejected".into(),
         version: 3,
         schema: broken_v3,
     });
@@ -424,7 +427,7 @@ fn the_compatibility_check_catches_a_field_added_without_a_default() {
     assert_eq!(problems.len(), 2, "v3 cannot read v1 nor v2: {problems:?}");
     assert!(problems
         .iter()
-        .all(|p| p.starts_with("OrderRejected v3 cannot read")));
+        .all(|p| p.starts_with("orders/OrderRejected v3 cannot read")));
 }
 
 #[test]

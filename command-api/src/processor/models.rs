@@ -108,5 +108,6 @@ pub fn rejection_code(error: &DomainError) -> (&'static str, Option<String>) {
         DomainError::InvalidTransition { .. } => ("invalid-transition", None),
         DomainError::CancellationPending { .. } => ("cancellation-pending", None),
         DomainError::UnknownLine { .. } => ("unknown-line", None),
+        DomainError::MisaddressedSaga { .. } => ("misaddressed-saga", None),
     }
 }

@@ -8,12 +8,16 @@
 //! outstanding), then asks the order to reject or to confirm its cancellation. A reservation that
 //! succeeds after its release was requested is released again, so nothing leaks.
 
+mod addressed;
 mod decide;
 mod evolve;
+mod names;
 mod replies;
 #[cfg(test)]
 mod tests;
 
+pub use addressed::{OrderSagaAggregate, SagaMessage};
+pub use names::UnknownName;
 pub use replies::{reply_for, ParticipantOutcome};
 
 use crate::aggregate::{Aggregate, AggregateKind};

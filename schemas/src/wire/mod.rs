@@ -7,6 +7,7 @@ mod customers;
 mod inventory;
 mod orders;
 pub mod reply;
+mod saga;
 
 use apache_avro::types::Value;
 use domain::values::{Currency, InvalidValue, Money, OrderId, Quantity};

@@ -11,11 +11,36 @@ use super::{
 };
 use crate::error::DecodeError;
 
+/// An order line as `OrderPlaced` (and the saga's start) carry it.
 #[derive(Serialize, Deserialize)]
-struct OrderLineRecord {
+pub(super) struct OrderLineRecord {
     sku: String,
     quantity: i32,
     unit_price: MoneyRecord,
+}
+
+pub(super) fn line_records(lines: &[OrderLine]) -> Vec<OrderLineRecord> {
+    lines
+        .iter()
+        .map(|line| OrderLineRecord {
+            sku: line.sku.to_string(),
+            quantity: quantity_out(line.quantity),
+            unit_price: (&line.unit_price).into(),
+        })
+        .collect()
+}
+
+pub(super) fn lines_from(records: &[OrderLineRecord]) -> Result<Vec<OrderLine>, DecodeError> {
+    records
+        .iter()
+        .map(|line| {
+            Ok(OrderLine {
+                sku: parse::<Sku>("lines.sku", &line.sku)?,
+                quantity: quantity("lines.quantity", line.quantity)?,
+                unit_price: money("lines.unit_price", &line.unit_price)?,
+            })
+        })
+        .collect()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -69,14 +94,7 @@ impl WireRecord for OrderEvent {
             } => to_record(OrderPlaced {
                 order_id: order_id.to_string(),
                 customer_id: customer_id.to_string(),
-                lines: lines
-                    .iter()
-                    .map(|line| OrderLineRecord {
-                        sku: line.sku.to_string(),
-                        quantity: quantity_out(line.quantity),
-                        unit_price: (&line.unit_price).into(),
-                    })
-                    .collect(),
+                lines: line_records(lines),
                 total: total.into(),
             }),
             Self::OrderApproved { order_id } | Self::OrderCancelled { order_id } => {
@@ -106,17 +124,7 @@ impl WireRecord for OrderEvent {
         Ok(match event_type {
             "OrderPlaced" => {
                 let r: OrderPlaced = from_record(event_type, value)?;
-                let lines = r
-                    .lines
-                    .iter()
-                    .map(|line| {
-                        Ok(OrderLine {
-                            sku: parse::<Sku>("lines.sku", &line.sku)?,
-                            quantity: quantity("lines.quantity", line.quantity)?,
-                            unit_price: money("lines.unit_price", &line.unit_price)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, DecodeError>>()?;
+                let lines = lines_from(&r.lines)?;
                 Self::OrderPlaced {
                     order_id: order_id(&r.order_id)?,
                     customer_id: parse::<CustomerId>("customer_id", &r.customer_id)?,

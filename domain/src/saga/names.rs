@@ -1,0 +1,127 @@
+//! Stable names of steps and replies, for the wire, views and metrics. Each name parses back to
+//! what it names, so the names are the contract and the enums stay free to change shape.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::{CreditReply, SagaStep, StockReply};
+
+/// A name that is not a step or reply this version knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown saga name {0:?}")]
+pub struct UnknownName(pub String);
+
+impl fmt::Display for SagaStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl FromStr for SagaStep {
+    type Err = UnknownName;
+
+    fn from_str(raw: &str) -> Result<Self, UnknownName> {
+        let unknown = || UnknownName(raw.to_owned());
+        let line = |n: &str| n.parse::<usize>().map_err(|_| unknown());
+        Ok(match raw.split_once('/') {
+            Some(("reserve-stock", n)) => Self::ReserveStock { line: line(n)? },
+            Some(("release-stock", n)) => Self::ReleaseStock { line: line(n)? },
+            Some(_) => return Err(unknown()),
+            None => match raw {
+                "reserve-credit" => Self::ReserveCredit,
+                "approve" => Self::Approve,
+                "release-credit" => Self::ReleaseCredit,
+                "reject" => Self::Reject,
+                "confirm-cancellation" => Self::ConfirmCancellation,
+                _ => return Err(unknown()),
+            },
+        })
+    }
+}
+
+impl SagaStep {
+    /// Compensating steps undo or finish after a failure; the view lists them apart.
+    pub fn is_compensation(&self) -> bool {
+        matches!(
+            self,
+            Self::ReleaseStock { .. }
+                | Self::ReleaseCredit
+                | Self::Reject
+                | Self::ConfirmCancellation
+        )
+    }
+}
+
+impl StockReply {
+    pub const ALL: [StockReply; 3] = [Self::Reserved, Self::OutOfStock, Self::UnknownSku];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Reserved => "RESERVED",
+            Self::OutOfStock => "OUT_OF_STOCK",
+            Self::UnknownSku => "UNKNOWN_SKU",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+impl CreditReply {
+    pub const ALL: [CreditReply; 3] = [Self::Reserved, Self::LimitExceeded, Self::UnknownCustomer];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Reserved => "RESERVED",
+            Self::LimitExceeded => "CREDIT_LIMIT_EXCEEDED",
+            Self::UnknownCustomer => "UNKNOWN_CUSTOMER",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_step_name_parses_back_to_its_step() {
+        let steps = [
+            SagaStep::ReserveStock { line: 0 },
+            SagaStep::ReserveStock { line: 12 },
+            SagaStep::ReserveCredit,
+            SagaStep::Approve,
+            SagaStep::ReleaseStock { line: 3 },
+            SagaStep::ReleaseCredit,
+            SagaStep::Reject,
+            SagaStep::ConfirmCancellation,
+        ];
+        for step in steps {
+            assert_eq!(step.name().parse::<SagaStep>(), Ok(step));
+        }
+        for bad in [
+            "",
+            "reserve-stock",
+            "reserve-stock/x",
+            "approve/1",
+            "launch",
+        ] {
+            assert!(bad.parse::<SagaStep>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_reply_code_parses_back() {
+        for reply in StockReply::ALL {
+            assert_eq!(StockReply::from_code(reply.code()), Some(reply));
+        }
+        for reply in CreditReply::ALL {
+            assert_eq!(CreditReply::from_code(reply.code()), Some(reply));
+        }
+        assert_eq!(StockReply::from_code("MAYBE"), None);
+    }
+}
