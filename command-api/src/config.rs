@@ -3,7 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use domain::AggregateKind;
 use platform::config::KafkaSettings;
+
+use crate::processor::COMMAND_KINDS;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -31,6 +34,10 @@ pub struct Settings {
     /// `<prefix>.command-writers`). Every instance of one deployment must share it; tests give
     /// two instances different groups to force two writers onto one partition.
     pub writer_group: String,
+    /// `COMMAND_WRITER_KINDS`: comma-separated aggregate kinds this instance writes (default:
+    /// all of them, `customers,inventory,orders,order-sagas`). Lets a deployment isolate a
+    /// participant's writers, and tests take a participant away to see the saga time out.
+    pub writer_kinds: Vec<AggregateKind>,
 }
 
 impl Settings {
@@ -49,6 +56,7 @@ impl Settings {
                 )
             }),
             kafka: KafkaSettings::from_env(),
+            writer_kinds: writer_kinds()?,
             jwt_secret: std::env::var("AUTH_JWT_SECRET")
                 .ok()
                 .filter(|s| !s.is_empty())
@@ -64,6 +72,31 @@ impl Settings {
             )?,
         })
     }
+}
+
+fn writer_kinds() -> Result<Vec<AggregateKind>, ConfigError> {
+    let Ok(raw) = std::env::var("COMMAND_WRITER_KINDS") else {
+        return Ok(COMMAND_KINDS.to_vec());
+    };
+    let invalid = || ConfigError::Invalid {
+        name: "COMMAND_WRITER_KINDS",
+        value: raw.clone(),
+    };
+    let kinds = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            name.parse::<AggregateKind>()
+                .ok()
+                .filter(|kind| COMMAND_KINDS.contains(kind))
+                .ok_or_else(invalid)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if kinds.is_empty() {
+        return Err(invalid());
+    }
+    Ok(kinds)
 }
 
 fn var_or(name: &str, default: &str) -> String {

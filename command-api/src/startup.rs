@@ -155,6 +155,7 @@ impl Application {
         let processor = Processor::start(
             settings.kafka.clone(),
             &settings.writer_group,
+            &settings.writer_kinds,
             partitions,
             producer,
             shutdown.clone(),

@@ -14,6 +14,8 @@
 //! - [`log_order`]: the rule every reader applies to decide which events count: an event is
 //!   accepted only if it extends its aggregate's accepted chain.
 //! - [`consistency`]: the consistency token (Kafka positions) that gives read-your-writes.
+//! - [`dead_letters`]: `<topic>.dlq` records with headers naming the source and the error,
+//!   for every consumer (projections, the saga orchestrator).
 //! - [`http`]: request metrics middleware and the OpenAPI bearer scheme, shared by both APIs.
 //! - [`telemetry`]: structured JSON logs via `tracing`.
 //! - [`shutdown`]: the SIGTERM/SIGINT future every binary stops on.
@@ -21,6 +23,7 @@
 pub mod auth;
 pub mod config;
 pub mod consistency;
+pub mod dead_letters;
 pub mod envelope;
 pub mod http;
 pub mod kafka;

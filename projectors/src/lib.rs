@@ -17,7 +17,7 @@
 //! - [`applier`]: the batch transaction (offsets, log-order rule, fold, parking, dead letters),
 //!   and the operators' `redrive` / `skip`. Needs no consumer.
 //! - [`runner`]: the consumer loop around an applier: batching, retries, resuming from offsets.
-//! - [`dead_letters`]: publishing to `<topic>.dlq` with source headers.
+//! - [`dead_letters`]: re-exported from `platform` (shared with the saga orchestrator).
 //! - [`app`]: `projectors run` (health and metrics on `PROJECTORS_ADDR`).
 //! - [`rebuild`]: blue/green `projectors rebuild <projection>`: fill the next generation from
 //!   offset 0 while the live one serves, then switch the view in one transaction.
@@ -26,7 +26,7 @@
 pub mod app;
 pub mod applier;
 pub mod cli;
-pub mod dead_letters;
+pub use platform::dead_letters;
 pub mod projection;
 pub mod projections;
 pub mod rebuild;

@@ -39,6 +39,7 @@ impl Stack {
             command_wait: Duration::from_secs(10),
             rate_limit_per_second: 10_000,
             writer_group: format!("{}.command-writers", kafka.settings.topic_prefix),
+            writer_kinds: command_api::processor::COMMAND_KINDS.to_vec(),
         };
         let command_app = command_api::startup::Application::build(command_settings)
             .await

@@ -16,6 +16,7 @@ use std::time::Duration;
 use domain::customer::CustomerAggregate;
 use domain::inventory::InventoryItem;
 use domain::order::OrderAggregate;
+use domain::saga::OrderSagaAggregate;
 use domain::AggregateKind;
 use platform::config::KafkaSettings;
 use platform::envelope::{CommandEnvelope, EnvelopeError};
@@ -33,10 +34,12 @@ pub use models::{rejection_code, ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SYSTEM};
 use writer::Writer;
 
 /// The aggregate kinds that take commands (each has a commands topic and partition writers).
-pub const COMMAND_KINDS: [AggregateKind; 3] = [
+/// The order saga is one of them: the orchestrator records its inputs through the same path.
+pub const COMMAND_KINDS: [AggregateKind; 4] = [
     AggregateKind::Customer,
     AggregateKind::InventoryItem,
     AggregateKind::Order,
+    AggregateKind::OrderSaga,
 ];
 
 /// The consumer group of command writers.
@@ -108,10 +111,12 @@ pub struct Processor {
 }
 
 impl Processor {
-    /// Joins the writers' group and starts dispatching. Stops when `shutdown` is cancelled.
+    /// Joins the writers' group for the commands topics of `kinds` and starts dispatching.
+    /// Stops when `shutdown` is cancelled.
     pub fn start(
         kafka: KafkaSettings,
         group_id: &str,
+        kinds: &[AggregateKind],
         partitions: i32,
         producer: FutureProducer,
         shutdown: CancellationToken,
@@ -126,8 +131,7 @@ impl Processor {
             changes,
             assigned_once: ready.clone(),
         })?;
-        let command_topics: Vec<String> =
-            COMMAND_KINDS.iter().map(|k| topics.commands(*k)).collect();
+        let command_topics: Vec<String> = kinds.iter().map(|k| topics.commands(*k)).collect();
         let names: Vec<&str> = command_topics.iter().map(String::as_str).collect();
         group.subscribe(&names)?;
         let context = Arc::new(WriterContext {
@@ -257,8 +261,9 @@ fn spawn_writer(
         AggregateKind::Order => {
             writers.spawn(Writer::<OrderAggregate>::run(context, partition, rx))
         }
-        // Not in COMMAND_KINDS: no commands topic is subscribed for it.
-        AggregateKind::OrderSaga => return None,
+        AggregateKind::OrderSaga => {
+            writers.spawn(Writer::<OrderSagaAggregate>::run(context, partition, rx))
+        }
     };
     Some(tx)
 }

@@ -4,6 +4,7 @@
 use domain::customer::{CustomerAggregate, CustomerCommand};
 use domain::inventory::{InventoryCommand, InventoryItem};
 use domain::order::{OrderAggregate, OrderCommand, OrderState};
+use domain::saga::{OrderSagaAggregate, SagaMessage};
 use domain::{Aggregate, DomainError};
 use platform::envelope::Actor;
 use schemas::WireRecord;
@@ -86,6 +87,17 @@ impl WriteModel for OrderAggregate {
             (OrderCommand::RequestCancellation { .. }, OrderState::NotPlaced) => true,
             _ => false,
         }
+    }
+}
+
+/// Only the orchestrator moves a saga: its inputs are participants' answers and deadlines.
+impl WriteModel for OrderSagaAggregate {
+    fn aggregate_id(message: &SagaMessage) -> String {
+        message.saga_id.to_string()
+    }
+
+    fn authorize(_: &Self::State, _: &SagaMessage, actor: &Actor) -> bool {
+        actor.role == ROLE_SYSTEM
     }
 }
 

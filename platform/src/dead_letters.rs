@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures::future::try_join_all;
-use platform::topics::Topics;
+use crate::topics::Topics;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -14,6 +14,7 @@ pub mod names {
     pub const SOURCE_OFFSET: &str = "dlq-source-offset";
     pub const ERROR: &str = "dlq-error";
     pub const ATTEMPTS: &str = "dlq-attempts";
+    /// The consumer that gave up on the record (a projection, or `saga-orchestrator`).
     pub const PROJECTION: &str = "dlq-projection";
     pub const AT: &str = "dlq-at";
 }
