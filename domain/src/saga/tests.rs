@@ -390,8 +390,8 @@ impl World {
                 if let Ok(events) = &result {
                     apply_all(item, events.clone());
                 }
-                ParticipantOutcome::Inventory(
-                    result.map(|v| v.into_iter().map(|e| e.event).collect()),
+                ParticipantOutcome::of_inventory(
+                    &result.map(|v| v.into_iter().map(|e| e.event).collect()),
                 )
             }
             ParticipantCommand::Customer(c) => {
@@ -399,8 +399,8 @@ impl World {
                 if let Ok(events) = &result {
                     apply_all(&mut self.customer, events.clone());
                 }
-                ParticipantOutcome::Customer(
-                    result.map(|v| v.into_iter().map(|e| e.event).collect()),
+                ParticipantOutcome::of_customer(
+                    &result.map(|v| v.into_iter().map(|e| e.event).collect()),
                 )
             }
             ParticipantCommand::Order(c) => {
@@ -408,7 +408,9 @@ impl World {
                 if let Ok(events) = &result {
                     apply_all(&mut self.order, events.clone());
                 }
-                ParticipantOutcome::Order(result.map(|_| ()))
+                ParticipantOutcome::of_order(
+                    &result.map(|v| v.into_iter().map(|e| e.event).collect()),
+                )
             }
         }
     }
