@@ -240,7 +240,11 @@ fn router(state: AppState) -> Router {
 
 /// Creates every topic the write path uses and returns the partition count, refusing to start
 /// when an events topic and its commands topic disagree (writers map partition p to p).
-async fn ensure_all_topics(kafka: &KafkaSettings, topics: &Topics) -> Result<i32, StartupError> {
+/// Shared with the saga orchestrator, which sends commands down the same path.
+pub async fn ensure_all_topics(
+    kafka: &KafkaSettings,
+    topics: &Topics,
+) -> Result<i32, StartupError> {
     let mut names: Vec<String> = topics.all_events();
     names.extend(COMMAND_KINDS.iter().map(|k| topics.commands(*k)));
     names.push(topics.replies());

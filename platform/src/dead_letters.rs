@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use futures::future::try_join_all;
 use crate::topics::Topics;
+use futures::future::try_join_all;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 

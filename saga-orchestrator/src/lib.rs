@@ -1,7 +1,37 @@
-//! `saga-orchestrator`: runs the order saga.
+//! `saga-orchestrator`: runs the order saga (issue #5, guarantee 8).
+//!
+//! The saga is an event-sourced aggregate hosted by the command path like any other
+//! (`order-sagas.commands` -> `order-sagas.events`, one writer per partition, the log-order
+//! rule): its decisions are `domain::saga`, pure and tested. This process only translates:
+//!
+//! - `OrderPlaced` / `OrderCancellationRequested` (orders.events) -> saga inputs;
+//! - saga events that request a step -> participant commands (reserve / release stock and
+//!   credit, approve / reject / cancel the order) through `command_api::bus::CommandBus`;
+//! - participants' replies -> saga inputs (`domain::saga::reply_for`);
+//! - steps awaited past `SAGA_STEP_TIMEOUT_MS` -> `DeadlinePassed` inputs.
+//!
+//! Durability: saga state is the saga's topic; offsets are committed only once everything an
+//! event caused is done, and every command id is derived from what caused it (saga id + step +
+//! attempt, see [`ids`]), so a killed orchestrator redoes unfinished work and the writers answer
+//! repeats from the log: nothing is reserved or released twice.
 //!
 //! # Layout
 //!
-//! Not built yet: issue #5. The decisions are already in `domain::saga` (pure, tested); this
-//! crate will record saga events, send the `SagaCommand`s through `command_api::bus::CommandBus`
-//! with their deterministic keys, and turn replies into saga inputs with `domain::saga::reply_for`.
+//! - [`app`]: start-up (topics, bus, group, health and metrics server).
+//! - [`config`]: settings from the environment.
+//! - `group`: group membership; a worker per partition.
+//! - `partition`: one partition's sagas: replay, act, deadlines, commits, metrics.
+//! - `sender`: participant commands and saga inputs through the command path, with retries.
+//! - [`translate`]: what order events and replies mean to the saga (pure).
+//! - [`ids`]: deterministic command ids.
+
+pub mod app;
+pub mod config;
+mod group;
+pub mod ids;
+mod partition;
+mod sender;
+mod shared;
+pub mod translate;
+
+pub use sender::ACTOR_SUBJECT;

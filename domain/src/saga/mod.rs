@@ -232,6 +232,32 @@ pub enum SagaEvent {
     SagaCancelled,
 }
 
+impl SagaEvent {
+    /// Events that ask a participant for something (each names one [`SagaCommand`]).
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            Self::StockReservationRequested { .. }
+                | Self::CreditReservationRequested
+                | Self::ApprovalRequested
+                | Self::StockReleaseRequested { .. }
+                | Self::CreditReleaseRequested { .. }
+                | Self::RejectionRequested { .. }
+                | Self::CancellationConfirmationRequested
+        )
+    }
+
+    /// Whether this event (after `previous`) is progress: a participant answered or the saga
+    /// moved on. A timeout and the re-request right after it are not, so a saga whose
+    /// participant never answers is told apart from a slow one (it is *stuck*).
+    pub fn is_progress(&self, previous: Option<&SagaEvent>) -> bool {
+        match self {
+            Self::StepTimedOut { .. } => false,
+            event => !(event.is_request() && matches!(previous, Some(Self::StepTimedOut { .. }))),
+        }
+    }
+}
+
 /// A command the saga sends, with the step and attempt that make its id deterministic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SagaCommand {

@@ -39,7 +39,9 @@ impl ParticipantOutcome {
     }
 
     pub fn of_customer(result: &Result<Vec<CustomerEvent>, DomainError>) -> Self {
-        Self::of(result, |e| matches!(e, CustomerEvent::CreditLimitExceeded { .. }))
+        Self::of(result, |e| {
+            matches!(e, CustomerEvent::CreditLimitExceeded { .. })
+        })
     }
 
     pub fn of_order(result: &Result<Vec<OrderEvent>, DomainError>) -> Self {

@@ -1,0 +1,593 @@
+//! One partition's sagas. `orders.events` p and `order-sagas.events` p hold the same order ids
+//! (same key, same partition count), so one worker owns both. It reads both from offset 0 to
+//! rebuild every saga (applying the log-order rule), then acts on what it reads past the
+//! group's committed offsets:
+//!
+//! - an accepted `OrderPlaced` / `OrderCancellationRequested` becomes a saga input;
+//! - an accepted saga event that requests a step becomes the participant command, whose reply
+//!   becomes the saga's next input (`domain::saga::reply_for`);
+//! - every step awaited longer than the step timeout gets a `DeadlinePassed` input.
+//!
+//! An offset is committed only once everything it caused is done, so a killed orchestrator
+//! redoes exactly the unfinished work, with the same command ids, which the command path
+//! answers from the log instead of acting twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use domain::order::OrderEvent;
+use domain::saga::{reply_for, OrderSaga, OrderSagaAggregate, SagaEvent, SagaState};
+use domain::values::OrderId;
+use domain::{Current, Version, Versioned};
+use platform::dead_letters::DeadLetter;
+use platform::envelope::{EventEnvelope, Trace};
+use platform::log_order::{LogOrder, Verdict};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::ids;
+use crate::shared::Shared;
+use crate::translate::{order_event_input, outcome_of, ORDER_EVENTS_OF_INTEREST};
+
+/// The two topics a worker reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Orders = 0,
+    Sagas = 1,
+}
+
+/// What the worker knows of one saga.
+struct Tracked {
+    current: Current<OrderSagaAggregate>,
+    last_event: Option<SagaEvent>,
+    /// When the saga last recorded anything (deadlines count from here).
+    last_event_at: DateTime<Utc>,
+    /// When it last made progress (stuck sagas are told by this).
+    last_progress_at: DateTime<Utc>,
+    /// The version at which deadlines were last sent, so each is sent once per version.
+    deadlines_sent_at: Option<Version>,
+    stuck_reported: bool,
+    /// An accepted event of this saga cannot be decoded: hands off until fixed (dead-lettered).
+    unreadable: bool,
+}
+
+impl Tracked {
+    fn saga(&self) -> Option<&OrderSaga> {
+        match &self.current.state {
+            SagaState::Running(saga) => Some(saga),
+            SagaState::NotStarted => None,
+        }
+    }
+}
+
+pub(crate) struct PartitionWorker {
+    shared: Arc<Shared>,
+    partition: i32,
+    topics: [String; 2],
+    tail: Arc<StreamConsumer>,
+    logs: [LogOrder; 2],
+    /// Offsets below these were handled before this worker started: fold only, do not act.
+    replay_until: [i64; 2],
+    committed: [i64; 2],
+    next: [i64; 2],
+    /// Offsets whose effects are still running, per source (offset -> running actions).
+    pending: [BTreeMap<i64, usize>; 2],
+    sagas: HashMap<String, Tracked>,
+    started_at: DateTime<Utc>,
+    actions: JoinSet<Option<(Source, i64)>>,
+    stop: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WorkerError {
+    #[error("kafka")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("a blocking kafka call did not finish")]
+    Join,
+}
+
+impl PartitionWorker {
+    pub(crate) async fn run(shared: Arc<Shared>, partition: i32, stop: CancellationToken) {
+        let mut worker = loop {
+            match Self::start(shared.clone(), partition, stop.clone()).await {
+                Ok(worker) => break worker,
+                Err(error) => {
+                    warn!(partition, %error, "could not start the saga partition; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        info!(
+            partition,
+            replay_orders = worker.replay_until[0],
+            replay_sagas = worker.replay_until[1],
+            "saga partition started"
+        );
+        worker.serve().await;
+    }
+
+    async fn start(
+        shared: Arc<Shared>,
+        partition: i32,
+        stop: CancellationToken,
+    ) -> Result<Self, WorkerError> {
+        let topics = [shared.orders_topic.clone(), shared.sagas_topic.clone()];
+        let mut wanted = TopicPartitionList::new();
+        for topic in &topics {
+            wanted.add_partition(topic, partition);
+        }
+        let group = shared.group.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            group.committed_offsets(wanted, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|_| WorkerError::Join)??;
+        let mut replay_until = [0i64; 2];
+        for (i, topic) in topics.iter().enumerate() {
+            if let Some(Offset::Offset(n)) = committed
+                .find_partition(topic, partition)
+                .map(|e| e.offset())
+            {
+                replay_until[i] = n;
+            }
+        }
+        let tail: StreamConsumer = platform::kafka::consumer_config(
+            &shared.settings.kafka,
+            &format!("{}.saga-tail", shared.settings.kafka.topic_prefix),
+        )
+        .create()?;
+        let mut assignment = TopicPartitionList::new();
+        for topic in &topics {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+        tail.assign(&assignment)?;
+        Ok(Self {
+            shared,
+            partition,
+            topics,
+            tail: Arc::new(tail),
+            logs: Default::default(),
+            replay_until,
+            committed: replay_until,
+            next: [0, 0],
+            pending: Default::default(),
+            sagas: HashMap::new(),
+            started_at: Utc::now(),
+            actions: JoinSet::new(),
+            stop,
+        })
+    }
+
+    async fn serve(&mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let tail = self.tail.clone();
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                received = tail.recv() => match received {
+                    Ok(message) => self.absorb(&message).await,
+                    Err(error) => {
+                        warn!(partition = self.partition, %error, "saga tail error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+                Some(done) = self.actions.join_next(), if !self.actions.is_empty() => {
+                    if let Ok(Some((source, offset))) = done {
+                        self.finish(source, offset);
+                    }
+                }
+                _ = tick.tick() => {
+                    self.check_deadlines();
+                    self.commit().await;
+                    self.report();
+                }
+            }
+        }
+        self.stop_gracefully().await;
+    }
+
+    /// Lets running actions finish for a moment, commits what is done, and leaves.
+    async fn stop_gracefully(&mut self) {
+        let grace = tokio::time::sleep(Duration::from_secs(3));
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                _ = &mut grace => break,
+                done = self.actions.join_next() => match done {
+                    Some(Ok(Some((source, offset)))) => self.finish(source, offset),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        }
+        self.actions.abort_all();
+        self.commit().await;
+        for state in STATES {
+            metrics::gauge!("sagas", "state" => state, "partition" => self.partition.to_string())
+                .set(0.0);
+        }
+        metrics::gauge!("sagas_stuck", "partition" => self.partition.to_string()).set(0.0);
+        debug!(partition = self.partition, "saga partition stopped");
+    }
+
+    fn source_of(&self, topic: &str) -> Option<Source> {
+        if topic == self.topics[0] {
+            Some(Source::Orders)
+        } else if topic == self.topics[1] {
+            Some(Source::Sagas)
+        } else {
+            None
+        }
+    }
+
+    async fn absorb(&mut self, message: &BorrowedMessage<'_>) {
+        let Some(source) = self.source_of(message.topic()) else {
+            return;
+        };
+        let offset = message.offset();
+        self.next[source as usize] = offset + 1;
+        let live = offset >= self.replay_until[source as usize];
+        let envelope = match EventEnvelope::from_headers(message.headers()) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                if live {
+                    self.dead_letter(source, message, format!("invalid envelope: {error}"))
+                        .await;
+                }
+                return;
+            }
+        };
+        if let Verdict::Loser(reason) = self.logs[source as usize].judge(&envelope, offset) {
+            metrics::counter!("log_order_losers_total", "aggregate" => envelope.aggregate_kind.as_str())
+                .increment(1);
+            debug!(aggregate_id = %envelope.aggregate_id, ?reason, "inert event (lost in log order)");
+            return;
+        }
+        match source {
+            Source::Orders => self.on_order_event(message, &envelope, live).await,
+            Source::Sagas => self.on_saga_event(message, &envelope, live).await,
+        }
+    }
+
+    async fn on_order_event(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        envelope: &EventEnvelope,
+        live: bool,
+    ) {
+        if !live || !ORDER_EVENTS_OF_INTEREST.contains(&envelope.event_type.as_str()) {
+            return;
+        }
+        let event = match message
+            .payload()
+            .ok_or(schemas::DecodeError::TooShort { len: 0 })
+            .and_then(schemas::decode::<OrderEvent>)
+        {
+            Ok(event) => event,
+            Err(error) => {
+                self.dead_letter(Source::Orders, message, error.to_string())
+                    .await;
+                return;
+            }
+        };
+        let Some(input) = order_event_input(event) else {
+            return;
+        };
+        let command_id = ids::from_order_event(envelope.event_id);
+        let trace = caused_by(envelope);
+        let (sender, stop) = (self.shared.sender.clone(), self.stop.clone());
+        let offset = message.offset();
+        self.begin(Source::Orders, offset);
+        self.actions.spawn(async move {
+            match sender.record(command_id, &input, trace, &stop).await {
+                Some(reply) if reply.outcome != schemas::ReplyOutcome::Accepted => {
+                    warn!(saga_id = %input.saga_id, code = ?reply.error_code, detail = %reply.detail, "saga refused an order event's input");
+                }
+                Some(_) => {}
+                None => return None,
+            }
+            Some((Source::Orders, offset))
+        });
+    }
+
+    async fn on_saga_event(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        envelope: &EventEnvelope,
+        live: bool,
+    ) {
+        let saga_id = envelope.aggregate_id.clone();
+        let started_at = self.started_at;
+        let tracked = self
+            .sagas
+            .entry(saga_id.clone())
+            .or_insert_with(|| Tracked {
+                current: Current::default(),
+                last_event: None,
+                last_event_at: envelope.occurred_at,
+                last_progress_at: envelope.occurred_at,
+                deadlines_sent_at: None,
+                stuck_reported: false,
+                unreadable: false,
+            });
+        if tracked.unreadable {
+            return;
+        }
+        let event = match message
+            .payload()
+            .ok_or(schemas::DecodeError::TooShort { len: 0 })
+            .and_then(schemas::decode::<SagaEvent>)
+        {
+            Ok(event) => event,
+            Err(error) => {
+                tracked.unreadable = true;
+                error!(%saga_id, offset = message.offset(), %error, "accepted saga event cannot be decoded; saga parked");
+                if live {
+                    self.dead_letter(Source::Sagas, message, error.to_string())
+                        .await;
+                }
+                return;
+            }
+        };
+        if let Err(gap) = tracked.current.apply(&Versioned {
+            version: envelope.version,
+            event: event.clone(),
+        }) {
+            error!(%saga_id, ?gap, "saga event out of order; saga parked");
+            tracked.unreadable = true;
+            return;
+        }
+        if event.is_progress(tracked.last_event.as_ref()) {
+            tracked.last_progress_at = envelope.occurred_at;
+            tracked.stuck_reported = false;
+        }
+        tracked.last_event_at = envelope.occurred_at;
+        tracked.last_event = Some(event.clone());
+        observe(&event, envelope, started_at);
+        if !live {
+            return;
+        }
+        let Some(command) = tracked.saga().and_then(|saga| saga.command_for(&event)) else {
+            return;
+        };
+        let trace = caused_by(envelope);
+        let (sender, stop, offset) = (
+            self.shared.sender.clone(),
+            self.stop.clone(),
+            message.offset(),
+        );
+        let step = command.step.name();
+        self.begin(Source::Sagas, offset);
+        self.actions.spawn(async move {
+            let sent_at = std::time::Instant::now();
+            let command_id = ids::participant_command(&saga_id, &command);
+            let reply = sender.perform(command_id, &command, trace.clone(), &stop).await;
+            let Some(reply) = reply else {
+                if stop.is_cancelled() {
+                    return None;
+                }
+                metrics::counter!("saga_commands_total", "step" => step_kind(&step), "outcome" => "no-reply").increment(1);
+                return Some((Source::Sagas, offset));
+            };
+            metrics::histogram!("saga_step_duration_seconds", "step" => step_kind(&step))
+                .record(sent_at.elapsed().as_secs_f64());
+            metrics::counter!("saga_commands_total", "step" => step_kind(&step), "outcome" => outcome_label(reply.outcome)).increment(1);
+            let input = outcome_of(&reply).and_then(|outcome| reply_for(&command, &outcome));
+            if let Some(input) = input {
+                let message = domain::saga::SagaMessage {
+                    saga_id: OrderId::try_from(saga_id.as_str()).ok()?,
+                    input,
+                };
+                sender
+                    .record(ids::answer(&saga_id, &command), &message, trace, &stop)
+                    .await?;
+            } else {
+                debug!(%saga_id, %step, outcome = ?reply.outcome, code = ?reply.error_code, "reply means nothing to the saga");
+            }
+            Some((Source::Sagas, offset))
+        });
+    }
+
+    fn begin(&mut self, source: Source, offset: i64) {
+        *self.pending[source as usize].entry(offset).or_default() += 1;
+    }
+
+    fn finish(&mut self, source: Source, offset: i64) {
+        let pending = &mut self.pending[source as usize];
+        if let Some(count) = pending.get_mut(&offset) {
+            *count -= 1;
+            if *count == 0 {
+                pending.remove(&offset);
+            }
+        }
+    }
+
+    /// Sends `DeadlinePassed` for every step awaited longer than the step timeout. Time counts
+    /// from the saga's last event, or from this worker's start if later (a restarted
+    /// orchestrator first re-sends what was in flight).
+    fn check_deadlines(&mut self) {
+        let now = Utc::now();
+        let timeout = chrono::Duration::from_std(self.shared.settings.step_timeout)
+            .unwrap_or(chrono::Duration::MAX);
+        for (saga_id, tracked) in &mut self.sagas {
+            if tracked.unreadable {
+                continue;
+            }
+            let version = tracked.current.version;
+            let Some(saga) = tracked.saga() else { continue };
+            let awaiting = saga.awaiting();
+            let since = tracked.last_event_at.max(self.started_at);
+            if awaiting.is_empty()
+                || now - since < timeout
+                || tracked.deadlines_sent_at == Some(version)
+            {
+                continue;
+            }
+            tracked.deadlines_sent_at = Some(version);
+            for step in awaiting {
+                let Ok(order_id) = OrderId::try_from(saga_id.as_str()) else {
+                    continue;
+                };
+                let message = domain::saga::SagaMessage {
+                    saga_id: order_id,
+                    input: domain::saga::SagaInput::DeadlinePassed { step },
+                };
+                let command_id = ids::deadline(saga_id, step, version);
+                let trace = Trace {
+                    correlation_id: saga_id.clone(),
+                    causation_id: command_id.clone(),
+                    traceparent: None,
+                };
+                info!(%saga_id, step = %step, "step deadline passed");
+                metrics::counter!("saga_deadlines_total", "step" => step_kind(&step.name()))
+                    .increment(1);
+                let (sender, stop) = (self.shared.sender.clone(), self.stop.clone());
+                self.actions.spawn(async move {
+                    sender.record(command_id, &message, trace, &stop).await;
+                    None
+                });
+            }
+        }
+    }
+
+    /// Commits, per topic, the lowest offset whose effects are not all done.
+    async fn commit(&mut self) {
+        let mut list = TopicPartitionList::new();
+        let mut positions = self.committed;
+        for (i, position) in positions.iter_mut().enumerate() {
+            let done_below = self.pending[i]
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(self.next[i]);
+            *position = done_below.max(self.committed[i]);
+            if *position > self.committed[i] {
+                let _ = list.add_partition_offset(
+                    &self.topics[i],
+                    self.partition,
+                    Offset::Offset(*position),
+                );
+            }
+        }
+        if list.count() == 0 {
+            return;
+        }
+        let group = self.shared.group.clone();
+        let result =
+            tokio::task::spawn_blocking(move || group.commit(&list, CommitMode::Sync)).await;
+        match result {
+            Ok(Ok(())) => self.committed = positions,
+            Ok(Err(error)) => {
+                warn!(partition = self.partition, %error, "offset commit refused (partition moving?)")
+            }
+            Err(_) => warn!(partition = self.partition, "offset commit did not finish"),
+        }
+    }
+
+    /// Publishes saga counts by state and the stuck ones.
+    fn report(&mut self) {
+        let now = Utc::now();
+        let stuck_after = chrono::Duration::from_std(self.shared.settings.stuck_after)
+            .unwrap_or(chrono::Duration::MAX);
+        let mut counts: HashMap<&'static str, u64> = HashMap::new();
+        let mut stuck = 0u64;
+        for (saga_id, tracked) in &mut self.sagas {
+            let Some(saga) = (match &tracked.current.state {
+                SagaState::Running(saga) => Some(saga),
+                SagaState::NotStarted => None,
+            }) else {
+                continue;
+            };
+            *counts.entry(saga.phase.as_str()).or_default() += 1;
+            let since = tracked.last_progress_at.max(self.started_at);
+            if !saga.phase.is_terminal() && now - since > stuck_after {
+                stuck += 1;
+                if !tracked.stuck_reported {
+                    tracked.stuck_reported = true;
+                    warn!(%saga_id, state = saga.phase.as_str(), awaiting = ?saga.awaiting().iter().map(|s| s.name()).collect::<Vec<_>>(), since = %since, "saga is stuck: no progress past its timeouts");
+                }
+            }
+        }
+        let partition = self.partition.to_string();
+        for state in STATES {
+            metrics::gauge!("sagas", "state" => state, "partition" => partition.clone())
+                .set(counts.get(state).copied().unwrap_or(0) as f64);
+        }
+        metrics::gauge!("sagas_stuck", "partition" => partition).set(stuck as f64);
+    }
+
+    async fn dead_letter(&self, source: Source, message: &BorrowedMessage<'_>, error: String) {
+        let letter = DeadLetter::from_message(
+            &self.topics[source as usize],
+            &message.detach(),
+            error.clone(),
+            1,
+        );
+        metrics::counter!("dead_letters_total", "consumer" => "saga-orchestrator").increment(1);
+        error!(topic = %self.topics[source as usize], offset = message.offset(), %error, "poison record dead-lettered");
+        if let Err(error) = self.shared.dead_letters.publish(&[letter]).await {
+            error!(%error, "could not publish a dead letter");
+        }
+    }
+}
+
+/// Every phase name, so a gauge drops to 0 when its last saga leaves it.
+const STATES: [&str; 8] = [
+    "RESERVING_STOCK",
+    "RESERVING_CREDIT",
+    "APPROVING",
+    "APPROVED",
+    "COMPENSATING",
+    "FINISHING",
+    "REJECTED",
+    "CANCELLED",
+];
+
+fn outcome_label(outcome: schemas::ReplyOutcome) -> &'static str {
+    use schemas::ReplyOutcome as O;
+    match outcome {
+        O::Accepted => "accepted",
+        O::Rejected => "rejected",
+        O::Conflict => "conflict",
+        O::Forbidden => "forbidden",
+        O::Unavailable => "unavailable",
+    }
+}
+
+/// Step names without the line number, to keep metric labels bounded.
+fn step_kind(step: &str) -> String {
+    step.split('/').next().unwrap_or(step).to_owned()
+}
+
+/// Trace context for whatever an event causes.
+fn caused_by(envelope: &EventEnvelope) -> Trace {
+    Trace {
+        correlation_id: envelope.trace.correlation_id.clone(),
+        causation_id: envelope.event_id.to_string(),
+        traceparent: envelope.trace.traceparent.clone(),
+    }
+}
+
+/// Counts sagas that end after this worker started (terminal events).
+fn observe(event: &SagaEvent, envelope: &EventEnvelope, started_at: DateTime<Utc>) {
+    if envelope.occurred_at < started_at {
+        return;
+    }
+    let ended = match event {
+        SagaEvent::SagaApproved => "APPROVED",
+        SagaEvent::SagaRejected { .. } => "REJECTED",
+        SagaEvent::SagaCancelled => "CANCELLED",
+        _ => return,
+    };
+    metrics::counter!("sagas_finished_total", "state" => ended).increment(1);
+}

@@ -1,0 +1,20 @@
+//! What every partition worker of this process shares.
+
+use std::sync::Arc;
+
+use platform::dead_letters::DeadLetters;
+use rdkafka::consumer::StreamConsumer;
+
+use crate::config::Settings;
+use crate::group::GroupContext;
+use crate::sender::Sender;
+
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) orders_topic: String,
+    pub(crate) sagas_topic: String,
+    /// The group member: partition ownership and (generation-fenced) offset commits.
+    pub(crate) group: Arc<StreamConsumer<GroupContext>>,
+    pub(crate) sender: Sender,
+    pub(crate) dead_letters: DeadLetters,
+}
