@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::projection::Projection;
-use crate::projections::{customers::Customers, inventory::Inventory, orders::Orders};
+use crate::projections::{
+    customers::Customers, inventory::Inventory, order_sagas::OrderSagas, orders::Orders,
+};
 use crate::runner::{BatchLimits, Runner};
 
 /// The read-model schema, applied by every process that owns it before it starts.
@@ -90,6 +92,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     spawn::<Customers>(&mut runners, &pool, &settings, &producer, &shutdown)?;
     spawn::<Inventory>(&mut runners, &pool, &settings, &producer, &shutdown)?;
     spawn::<Orders>(&mut runners, &pool, &settings, &producer, &shutdown)?;
+    spawn::<OrderSagas>(&mut runners, &pool, &settings, &producer, &shutdown)?;
 
     let metrics = platform::telemetry::metrics_handle();
     let ready_pool = pool.clone();

@@ -28,6 +28,7 @@ pub async fn status(pool: &PgPool, kafka: &KafkaSettings) -> anyhow::Result<()> 
         domain::AggregateKind::Customer,
         domain::AggregateKind::InventoryItem,
         domain::AggregateKind::Order,
+        domain::AggregateKind::OrderSaga,
     ]) {
         let topic = topics.events(kind);
         let metadata = client.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
@@ -251,7 +252,9 @@ async fn act_on(
     projection: &str,
     action: Action<'_>,
 ) -> anyhow::Result<ActionResults> {
-    use crate::projections::{customers::Customers, inventory::Inventory, orders::Orders};
+    use crate::projections::{
+        customers::Customers, inventory::Inventory, order_sagas::OrderSagas, orders::Orders,
+    };
     let producer: rdkafka::producer::FutureProducer =
         platform::kafka::producer_config(kafka).create()?;
     let (pool, live) = (pool.clone(), Generation::Live);
@@ -271,7 +274,16 @@ async fn act_on(
             .await?
         }
         "orders" => act(Applier::<Orders>::new(pool, kafka, producer, live), action).await?,
-        other => anyhow::bail!("unknown projection {other:?} in the dead letter"),
+        "order_sagas" => {
+            act(
+                Applier::<OrderSagas>::new(pool, kafka, producer, live),
+                action,
+            )
+            .await?
+        }
+        other => anyhow::bail!(
+            "the dead letter belongs to {other:?}, which `projectors dlq` does not re-drive"
+        ),
     })
 }
 

@@ -131,7 +131,9 @@ async fn connect_from_env() -> anyhow::Result<sqlx::PgPool> {
 }
 
 async fn rebuild(projection: &str) -> anyhow::Result<()> {
-    use projectors::projections::{customers::Customers, inventory::Inventory, orders::Orders};
+    use projectors::projections::{
+        customers::Customers, inventory::Inventory, order_sagas::OrderSagas, orders::Orders,
+    };
     use projectors::rebuild::{rebuild, LogProgress, Progress, TerminalProgress};
     use std::io::IsTerminal;
     platform::telemetry::init("projectors");
@@ -159,7 +161,10 @@ async fn rebuild(projection: &str) -> anyhow::Result<()> {
         "customers" => rebuild::<Customers>(&pool, &kafka, progress.as_ref(), &shutdown).await,
         "inventory" => rebuild::<Inventory>(&pool, &kafka, progress.as_ref(), &shutdown).await,
         "orders" => rebuild::<Orders>(&pool, &kafka, progress.as_ref(), &shutdown).await,
-        other => anyhow::bail!("unknown projection {other:?}: customers, inventory or orders"),
+        "order_sagas" => rebuild::<OrderSagas>(&pool, &kafka, progress.as_ref(), &shutdown).await,
+        other => anyhow::bail!(
+            "unknown projection {other:?}: customers, inventory, orders or order_sagas"
+        ),
     }
     .context("rebuilding")?;
     #[allow(clippy::print_stdout)]

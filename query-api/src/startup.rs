@@ -44,6 +44,9 @@ pub struct Settings {
     /// `KAFKA_TOPIC_PREFIX`: names the topics whose positions tokens refer to.
     pub topic_prefix: String,
     pub rate_limit_per_second: u32,
+    /// `SAGA_STUCK_AFTER_MS`: a running saga without progress for this long shows `stuck`
+    /// (default 60000, the orchestrator's default too).
+    pub saga_stuck_after: Duration,
 }
 
 impl Settings {
@@ -65,6 +68,15 @@ impl Settings {
                 })
                 .transpose()?
                 .unwrap_or(2000),
+            saga_stuck_after: Duration::from_millis(
+                var("SAGA_STUCK_AFTER_MS")
+                    .map(|v| {
+                        v.parse()
+                            .map_err(|_| StartupError::Config("SAGA_STUCK_AFTER_MS"))
+                    })
+                    .transpose()?
+                    .unwrap_or(60_000),
+            ),
         })
     }
 }
@@ -78,6 +90,7 @@ struct Inner {
     auth: Arc<Auth>,
     topics: Topics,
     metrics: PrometheusHandle,
+    saga_stuck_after: Duration,
 }
 
 impl std::fmt::Debug for AppState {
@@ -103,6 +116,9 @@ impl AppState {
     pub fn metrics(&self) -> &PrometheusHandle {
         &self.0.metrics
     }
+    pub fn saga_stuck_after(&self) -> Duration {
+        self.0.saga_stuck_after
+    }
 }
 
 /// A bound, not yet serving query-api.
@@ -123,10 +139,12 @@ impl Application {
             auth: Auth::new(&settings.jwt_secret, settings.rate_limit_per_second),
             topics: Topics::new(settings.topic_prefix.clone()),
             metrics: platform::telemetry::metrics_handle(),
+            saga_stuck_after: settings.saga_stuck_after,
         }));
         let router = Router::new()
             .route("/v1/orders", get(routes::orders::list))
             .route("/v1/orders/{order_id}", get(routes::orders::get))
+            .route("/v1/orders/{order_id}/saga", get(routes::sagas::get))
             .route("/v1/customers/{customer_id}", get(routes::customers::get))
             .route("/v1/inventory/{sku}", get(routes::inventory::get))
             .route("/healthz", get(routes::system::healthz))

@@ -58,6 +58,7 @@ impl Stack {
             jwt_secret: SECRET.into(),
             topic_prefix: kafka.settings.topic_prefix.clone(),
             rate_limit_per_second: 10_000,
+            saga_stuck_after: Duration::from_secs(60),
         })
         .await
         .unwrap();

@@ -3,4 +3,5 @@
 pub mod customers;
 pub mod inventory;
 pub mod orders;
+pub mod sagas;
 pub mod system;
