@@ -112,6 +112,21 @@ impl Orchestrator {
     }
 }
 
+/// The process: settings from the environment, run until SIGTERM / SIGINT, stop cleanly.
+pub async fn run_from_env() -> anyhow::Result<()> {
+    use anyhow::Context;
+    platform::telemetry::init("saga-orchestrator");
+    let settings = Settings::from_env().context("reading configuration")?;
+    let shutdown = CancellationToken::new();
+    let orchestrator = Orchestrator::start(settings, shutdown.clone())
+        .await
+        .context("starting the saga orchestrator")?;
+    platform::shutdown::signal().await;
+    shutdown.cancel();
+    orchestrator.stopped().await;
+    Ok(())
+}
+
 fn health_router(assigned: Arc<AtomicBool>) -> Router {
     let metrics = platform::telemetry::metrics_handle();
     Router::new()

@@ -1,10 +1,6 @@
 //! `saga-orchestrator [run]`: runs the order saga until SIGTERM / SIGINT.
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use saga_orchestrator::app::Orchestrator;
-use saga_orchestrator::config::Settings;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -25,17 +21,6 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command.unwrap_or(Command::Run) {
-        Command::Run => {
-            platform::telemetry::init("saga-orchestrator");
-            let settings = Settings::from_env().context("reading configuration")?;
-            let shutdown = CancellationToken::new();
-            let orchestrator = Orchestrator::start(settings, shutdown.clone())
-                .await
-                .context("starting the saga orchestrator")?;
-            platform::shutdown::signal().await;
-            shutdown.cancel();
-            orchestrator.stopped().await;
-        }
+        Command::Run => saga_orchestrator::app::run_from_env().await,
     }
-    Ok(())
 }

@@ -1,0 +1,256 @@
+//! The order saga, scenario by scenario (API.md "Order saga", guarantee 8): every outcome,
+//! both cancellations, a participant that does not answer, and contention for the last units.
+//! Everything goes through the HTTP APIs of running services on the real broker and Postgres.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use domain::AggregateKind;
+use reqwest::StatusCode;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn happy_path_reserves_stock_then_credit_then_approves() {
+    let stack = Stack::start().await;
+    stack.given_customer("ada", 10_000).await;
+    stack.given_stock("apple", 5).await;
+    stack.given_stock("pear", 5).await;
+
+    let order = stack
+        .place_order("ada", &[line("apple", 2, 150), line("pear", 1, 400)])
+        .await;
+
+    let view = stack.settled(&order, APPROVED).await;
+    assert_eq!(view["total"]["amount_minor"], 700);
+    assert_eq!(stack.stock_of("apple", 2).await, (5, 2, 3));
+    assert_eq!(stack.stock_of("pear", 1).await, (5, 1, 4));
+    assert_eq!(stack.credit_reserved("ada", 700).await, 700);
+    let saga = stack.saga(&order).await;
+    assert_eq!(
+        Stack::steps(&saga),
+        [
+            "reserve-stock/0=SUCCEEDED",
+            "reserve-stock/1=SUCCEEDED",
+            "reserve-credit=SUCCEEDED",
+            "approve=SUCCEEDED"
+        ]
+    );
+    assert_eq!(saga["saga_id"], order.as_str());
+    assert!(saga["finished_at"].is_string());
+    assert_eq!(saga["stuck"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn out_of_stock_on_the_second_line_releases_the_first_and_rejects() {
+    let stack = Stack::start().await;
+    stack.given_customer("ada", 10_000).await;
+    stack.given_stock("apple", 5).await;
+    stack.given_stock("pear", 1).await;
+
+    let order = stack
+        .place_order("ada", &[line("apple", 2, 150), line("pear", 3, 400)])
+        .await;
+
+    let view = stack.settled(&order, REJECTED).await;
+    assert_eq!(view["rejection_reason"], "OUT_OF_STOCK");
+    assert_eq!(
+        stack.stock_of("apple", 0).await,
+        (5, 0, 5),
+        "line 1 released"
+    );
+    assert_eq!(stack.stock_of("pear", 0).await, (1, 0, 1));
+    assert_eq!(
+        stack.credit_reserved("ada", 0).await,
+        0,
+        "credit never asked"
+    );
+    assert_eq!(
+        Stack::steps(&stack.saga(&order).await),
+        [
+            "reserve-stock/0=SUCCEEDED",
+            "reserve-stock/1=FAILED",
+            "release-stock/0=SUCCEEDED",
+            "reject=SUCCEEDED"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credit_limit_exceeded_releases_all_stock_and_rejects() {
+    let stack = Stack::start().await;
+    stack.given_customer("ada", 500).await;
+    stack.given_stock("apple", 5).await;
+    stack.given_stock("pear", 5).await;
+
+    let order = stack
+        .place_order("ada", &[line("apple", 2, 150), line("pear", 1, 400)])
+        .await;
+
+    let view = stack.settled(&order, REJECTED).await;
+    assert_eq!(view["rejection_reason"], "CREDIT_LIMIT_EXCEEDED");
+    assert_eq!(stack.stock_of("apple", 0).await, (5, 0, 5));
+    assert_eq!(stack.stock_of("pear", 0).await, (5, 0, 5));
+    assert_eq!(stack.credit_reserved("ada", 0).await, 0);
+    let saga = stack.saga(&order).await;
+    assert_eq!(saga["rejection_reason"], "CREDIT_LIMIT_EXCEEDED");
+    let steps = Stack::steps(&saga);
+    assert!(
+        steps.contains(&"reserve-credit=FAILED".to_owned()),
+        "{steps:?}"
+    );
+    assert!(
+        steps.contains(&"release-stock/0=SUCCEEDED".to_owned()),
+        "{steps:?}"
+    );
+    assert!(
+        steps.contains(&"release-stock/1=SUCCEEDED".to_owned()),
+        "{steps:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unknown_sku_rejects_after_releasing_the_lines_before_it() {
+    let stack = Stack::start().await;
+    stack.given_customer("ada", 10_000).await;
+    stack.given_stock("apple", 5).await;
+
+    let order = stack
+        .place_order("ada", &[line("apple", 1, 150), line("no-such-sku", 1, 100)])
+        .await;
+
+    let view = stack.settled(&order, REJECTED).await;
+    assert_eq!(view["rejection_reason"], "UNKNOWN_SKU");
+    assert_eq!(stack.stock_of("apple", 0).await, (5, 0, 5));
+    assert_eq!(stack.credit_reserved("ada", 0).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unknown_customer_rejects_after_releasing_all_stock() {
+    let stack = Stack::start().await;
+    stack.given_stock("apple", 5).await;
+
+    let order = stack.place_order("ghost", &[line("apple", 2, 150)]).await;
+
+    let view = stack.settled(&order, REJECTED).await;
+    assert_eq!(view["rejection_reason"], "UNKNOWN_CUSTOMER");
+    assert_eq!(stack.stock_of("apple", 0).await, (5, 0, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_an_approved_order_releases_its_stock_and_credit() {
+    let stack = Stack::start().await;
+    stack.given_customer("ada", 10_000).await;
+    stack.given_stock("apple", 5).await;
+    let order = stack.place_order("ada", &[line("apple", 2, 150)]).await;
+    stack.settled(&order, APPROVED).await;
+
+    assert_eq!(stack.cancel(&order).await, StatusCode::ACCEPTED);
+
+    stack.settled(&order, CANCELLED).await;
+    assert_eq!(stack.stock_of("apple", 0).await, (5, 0, 5));
+    assert_eq!(stack.credit_reserved("ada", 0).await, 0);
+    let steps = Stack::steps(&stack.saga(&order).await);
+    assert!(
+        steps.ends_with(&[
+            "release-stock/0=SUCCEEDED".to_owned(),
+            "release-credit=SUCCEEDED".to_owned(),
+            "confirm-cancellation=SUCCEEDED".to_owned()
+        ]),
+        "{steps:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_a_pending_order_releases_what_it_holds_even_a_reservation_in_flight() {
+    let mut stack = Stack::start().await;
+    stack.given_customer("ada", 10_000).await;
+    stack.given_stock("apple", 5).await;
+    // The inventory stops answering: the saga waits on the stock reservation, order PENDING.
+    stack.stop_inventory_writers().await;
+    let order = stack.place_order("ada", &[line("apple", 2, 150)]).await;
+    stack
+        .eventually(&order, |order, saga| {
+            order["status"] == PENDING && saga["state"] == "RESERVING_STOCK"
+        })
+        .await;
+
+    assert_eq!(stack.cancel(&order).await, StatusCode::ACCEPTED);
+    // The inventory comes back: the reservation lands first, then its release.
+    stack.start_inventory_writers().await;
+
+    stack.settled(&order, CANCELLED).await;
+    assert_eq!(
+        stack.stock_of("apple", 0).await,
+        (5, 0, 5),
+        "nothing leaked"
+    );
+    assert_eq!(stack.credit_reserved("ada", 0).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_participant_that_does_not_answer_times_out_and_its_late_answer_is_compensated() {
+    let mut stack = Stack::start_with(Options {
+        step_timeout: Duration::from_secs(2),
+        ..Options::default()
+    })
+    .await;
+    stack.given_customer("ada", 10_000).await;
+    stack.given_stock("apple", 5).await;
+    stack.stop_inventory_writers().await;
+
+    let order = stack.place_order("ada", &[line("apple", 2, 150)]).await;
+
+    // The reservation times out: the saga compensates (releasing the line, in case the
+    // reservation lands later) and waits for the release.
+    let (_, saga) = stack
+        .eventually(&order, |_, saga| saga["state"] == "COMPENSATING")
+        .await;
+    assert_eq!(Stack::steps(&saga)[0], "reserve-stock/0=TIMED_OUT");
+    // The inventory comes back and handles the late reservation, then the release.
+    stack.start_inventory_writers().await;
+
+    let view = stack.settled(&order, REJECTED).await;
+    assert_eq!(view["rejection_reason"], "TIMEOUT");
+    assert_eq!(
+        stack.stock_of("apple", 0).await,
+        (5, 0, 5),
+        "late reservation released"
+    );
+    let stock_events = stack.events_of(AggregateKind::InventoryItem, "apple").await;
+    assert_eq!(count(&stock_events, "StockReserved"), 1);
+    assert_eq!(count(&stock_events, "StockReleased"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_orders_for_ten_units_approve_exactly_ten() {
+    let stack = Stack::start().await;
+    stack.given_customer("ada", 1_000_000).await;
+    stack.given_stock("last-units", 10).await;
+
+    let one_unit = [line("last-units", 1, 100)];
+    let orders: Vec<String> =
+        futures::future::join_all((0..50).map(|_| stack.place_order("ada", &one_unit))).await;
+
+    let mut approved = 0;
+    let mut rejected = 0;
+    for order in &orders {
+        let (view, _) = stack
+            .eventually(order, |order, saga| {
+                (order["status"] == APPROVED || order["status"] == REJECTED)
+                    && saga["state"] == order["status"]
+            })
+            .await;
+        if view["status"] == APPROVED {
+            approved += 1;
+        } else {
+            assert_eq!(view["rejection_reason"], "OUT_OF_STOCK");
+            rejected += 1;
+        }
+    }
+    assert_eq!((approved, rejected), (10, 40));
+    assert_eq!(stack.stock_of("last-units", 10).await, (10, 10, 0));
+    assert_eq!(stack.credit_reserved("ada", 1000).await, 1000, "10 x 100");
+}

@@ -1,0 +1,481 @@
+//! The stack a scenario runs against, and given/when/then helpers over HTTP.
+//!
+//! ```ignore
+//! let stack = Stack::start().await;
+//! stack.given_customer("ada", usd(10_000)).await;        // given
+//! stack.given_stock("apple", 5).await;
+//! let order = stack.place_order("ada", &[line("apple", 2, 150)]).await;   // when
+//! stack.then_order(&order).is(APPROVED).await;           // then
+//! ```
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use domain::AggregateKind;
+use platform::auth::Auth;
+use platform::envelope::EventEnvelope;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use test_harness::{TestDatabase, TestKafka};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "scenario-test-secret";
+const PARTITIONS: i32 = 3;
+/// How long a scenario waits for the saga to settle before it fails with what it saw.
+const SETTLE: Duration = Duration::from_secs(60);
+
+pub const APPROVED: &str = "APPROVED";
+pub const REJECTED: &str = "REJECTED";
+pub const CANCELLED: &str = "CANCELLED";
+pub const PENDING: &str = "PENDING";
+
+/// One order line: sku, quantity, unit price in cents (USD).
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub sku: String,
+    pub quantity: i64,
+    pub unit_price: i64,
+}
+
+pub fn line(sku: &str, quantity: i64, unit_price: i64) -> Line {
+    Line {
+        sku: sku.into(),
+        quantity,
+        unit_price,
+    }
+}
+
+/// How a stack is started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `SAGA_STEP_TIMEOUT_MS` of the orchestrator. Long by default, so a busy test machine
+    /// never times a step out by accident.
+    pub step_timeout: Duration,
+    /// Whether the inventory's writers run with the rest (a test may take them away).
+    pub inventory_writers: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            step_timeout: Duration::from_secs(30),
+            inventory_writers: true,
+        }
+    }
+}
+
+/// command-api, projectors and query-api in this process; the orchestrator as a process.
+pub struct Stack {
+    pub kafka: TestKafka,
+    pub db: TestDatabase,
+    commands: SocketAddr,
+    queries: SocketAddr,
+    client: reqwest::Client,
+    auth: std::sync::Arc<Auth>,
+    admin: String,
+    stop: CancellationToken,
+    inventory: Option<CancellationToken>,
+    orchestrator: Option<Child>,
+    options: Options,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn command_settings(kafka: &TestKafka, kinds: Vec<AggregateKind>) -> command_api::config::Settings {
+    command_api::config::Settings {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        kafka: kafka.settings.clone(),
+        jwt_secret: SECRET.into(),
+        command_wait: Duration::from_secs(10),
+        rate_limit_per_second: 10_000,
+        writer_group: format!("{}.command-writers", kafka.settings.topic_prefix),
+        writer_kinds: kinds,
+    }
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
+        let mut kafka = TestKafka::new();
+        kafka.settings.partitions = PARTITIONS;
+        let db = TestDatabase::create(Some(&projectors::app::MIGRATOR)).await;
+        let stop = CancellationToken::new();
+        let kinds = vec![
+            AggregateKind::Customer,
+            AggregateKind::Order,
+            AggregateKind::OrderSaga,
+        ];
+        let command_app = command_api::startup::Application::build(command_settings(&kafka, kinds))
+            .await
+            .unwrap();
+        let commands = command_app.local_addr().unwrap();
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            let _ = command_app
+                .run_until(async move { signal.cancelled().await })
+                .await;
+        });
+        let query_app = query_api::startup::Application::build(query_api::startup::Settings {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            database_url: db.url.clone(),
+            jwt_secret: SECRET.into(),
+            topic_prefix: kafka.settings.topic_prefix.clone(),
+            rate_limit_per_second: 10_000,
+            saga_stuck_after: options.step_timeout * 3,
+        })
+        .await
+        .unwrap();
+        let queries = query_app.local_addr().unwrap();
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            let _ = query_app
+                .run_until(async move { signal.cancelled().await })
+                .await;
+        });
+        let projector_settings = projectors::app::Settings {
+            database_url: db.url.clone(),
+            kafka: kafka.settings.clone(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            limits: projectors::runner::BatchLimits::default(),
+        };
+        let signal = stop.child_token();
+        tokio::spawn(async move {
+            let _ = projectors::app::run(projector_settings, signal).await;
+        });
+        let auth = Auth::new(SECRET, 1_000_000);
+        let admin = auth.sign("operator", &["admin"], 3600).unwrap();
+        let mut stack = Self {
+            kafka,
+            db,
+            commands,
+            queries,
+            client: reqwest::Client::new(),
+            auth,
+            admin,
+            stop,
+            inventory: None,
+            orchestrator: None,
+            options: options.clone(),
+        };
+        if options.inventory_writers {
+            stack.start_inventory_writers().await;
+        }
+        stack.start_orchestrator().await;
+        stack.wait_ready().await;
+        stack
+    }
+
+    /// The inventory's partition writers, as their own command-api instance (so a test can
+    /// take the inventory away and bring it back).
+    pub async fn start_inventory_writers(&mut self) {
+        let token = self.stop.child_token();
+        let app = command_api::startup::Application::build(command_settings(
+            &self.kafka,
+            vec![AggregateKind::InventoryItem],
+        ))
+        .await
+        .unwrap();
+        let signal = token.clone();
+        tokio::spawn(async move {
+            let _ = app.run_until(async move { signal.cancelled().await }).await;
+        });
+        self.inventory = Some(token);
+    }
+
+    /// Stops the inventory's writers: stock commands wait on their topic, unanswered.
+    pub async fn stop_inventory_writers(&mut self) {
+        if let Some(token) = self.inventory.take() {
+            token.cancel();
+        }
+        // Let the group hand the partitions back before the scenario goes on.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    pub async fn start_orchestrator(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_orchestrator-under-test"))
+            .env("KAFKA_BROKERS", &self.kafka.settings.brokers)
+            .env("KAFKA_TOPIC_PREFIX", &self.kafka.settings.topic_prefix)
+            .env("KAFKA_PARTITIONS", PARTITIONS.to_string())
+            .env("SAGA_ORCHESTRATOR_ADDR", "127.0.0.1:0")
+            .env(
+                "SAGA_STEP_TIMEOUT_MS",
+                self.options.step_timeout.as_millis().to_string(),
+            )
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.orchestrator = Some(child);
+    }
+
+    /// SIGKILL: no goodbye, no last commit.
+    pub async fn kill_orchestrator(&mut self) {
+        if let Some(mut child) = self.orchestrator.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..300 {
+            let command = self
+                .client
+                .get(format!("http://{}/readyz", self.commands))
+                .send()
+                .await;
+            let query = self
+                .client
+                .get(format!("http://{}/readyz", self.queries))
+                .send()
+                .await;
+            if command.is_ok_and(|r| r.status() == StatusCode::OK)
+                && query.is_ok_and(|r| r.status() == StatusCode::OK)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("stack not ready");
+    }
+
+    pub fn token_for_customer(&self, customer_id: &str) -> String {
+        self.auth.sign(customer_id, &["customer"], 3600).unwrap()
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("http://{}{path}", self.commands))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// GET on query-api as admin: the status and the body.
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(format!("http://{}{path}", self.queries))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    // ---- given ----
+
+    pub async fn given_customer(&self, customer_id: &str, credit_limit_cents: i64) {
+        let (status, body) = self
+            .post(
+                "/v1/customers",
+                &self.admin,
+                json!({"customer_id": customer_id, "name": customer_id,
+                       "credit_limit": {"amount_minor": credit_limit_cents, "currency": "USD"}}),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "register {customer_id}: {body}"
+        );
+    }
+
+    pub async fn given_stock(&self, sku: &str, quantity: i64) {
+        let (status, body) = self
+            .post(
+                &format!("/v1/inventory/{sku}/stock"),
+                &self.admin,
+                json!({"quantity": quantity}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "stock {sku}: {body}");
+    }
+
+    // ---- when ----
+
+    /// Places an order as the customer; returns its id (the saga runs on).
+    pub async fn place_order(&self, customer_id: &str, lines: &[Line]) -> String {
+        let lines: Vec<Value> = lines
+            .iter()
+            .map(|l| {
+                json!({"sku": l.sku, "quantity": l.quantity,
+                       "unit_price": {"amount_minor": l.unit_price, "currency": "USD"}})
+            })
+            .collect();
+        let token = self.token_for_customer(customer_id);
+        let (status, body) = self
+            .post(
+                "/v1/orders",
+                &token,
+                json!({"customer_id": customer_id, "lines": lines}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "place order: {body}");
+        body["order_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Asks for the order's cancellation, as an admin; returns the HTTP status.
+    pub async fn cancel(&self, order_id: &str) -> StatusCode {
+        let (status, _) = self
+            .post(
+                &format!("/v1/orders/{order_id}/cancel"),
+                &self.admin,
+                json!({"reason": "changed my mind"}),
+            )
+            .await;
+        status
+    }
+
+    // ---- then ----
+
+    pub async fn order(&self, order_id: &str) -> Value {
+        self.get(&format!("/v1/orders/{order_id}")).await.1
+    }
+
+    pub async fn saga(&self, order_id: &str) -> Value {
+        self.get(&format!("/v1/orders/{order_id}/saga")).await.1
+    }
+
+    /// Waits until the order and its saga both show `status` (the saga's terminal state has the
+    /// same name), and returns the order view. Fails with both views if they never do.
+    pub async fn settled(&self, order_id: &str, status: &str) -> Value {
+        self.eventually(order_id, |order, saga| {
+            order["status"] == status && saga["state"] == status
+        })
+        .await
+        .0
+    }
+
+    /// Waits until `done(order view, saga view)` holds; returns both views.
+    pub async fn eventually(
+        &self,
+        order_id: &str,
+        done: impl Fn(&Value, &Value) -> bool,
+    ) -> (Value, Value) {
+        let started = Instant::now();
+        loop {
+            let (order, saga) = (self.order(order_id).await, self.saga(order_id).await);
+            if done(&order, &saga) {
+                return (order, saga);
+            }
+            if started.elapsed() > SETTLE {
+                panic!(
+                    "order {order_id} did not get there in {SETTLE:?}\norder: {order:#}\nsaga: {saga:#}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    /// (on_hand, reserved, available) of a SKU, once the read model shows `reserved` settled
+    /// at `expect_reserved`.
+    pub async fn stock_of(&self, sku: &str, expect_reserved: i64) -> (i64, i64, i64) {
+        let started = Instant::now();
+        loop {
+            let (status, item) = self.get(&format!("/v1/inventory/{sku}")).await;
+            if status == StatusCode::OK && item["reserved"] == expect_reserved
+                || started.elapsed() > SETTLE
+            {
+                return (
+                    item["on_hand"].as_i64().unwrap_or(-1),
+                    item["reserved"].as_i64().unwrap_or(-1),
+                    item["available"].as_i64().unwrap_or(-1),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    /// Credit reserved for a customer (cents), once the read model shows `expect` (or the
+    /// wait runs out and the caller's assertion reports what it shows).
+    pub async fn credit_reserved(&self, customer_id: &str, expect: i64) -> i64 {
+        let started = Instant::now();
+        loop {
+            let (_, customer) = self.get(&format!("/v1/customers/{customer_id}")).await;
+            let reserved = customer["credit_reserved"]["amount_minor"]
+                .as_i64()
+                .unwrap_or(-1);
+            if reserved == expect || started.elapsed() > SETTLE {
+                return reserved;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    /// The event types one aggregate's stream holds, in order, read straight from its topic
+    /// (with the log-order rule, as every reader applies it): the proof that a step acted once.
+    pub async fn events_of(&self, kind: AggregateKind, aggregate_id: &str) -> Vec<String> {
+        let topic = self.kafka.topics().events(kind);
+        let consumer = self.kafka.consumer(&self.kafka.group("events-of"), &[]);
+        let partition = platform::partitioner::partition_for(aggregate_id.as_bytes(), PARTITIONS);
+        let (_, high) = consumer
+            .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+            .unwrap();
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&topic, partition, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&assignment).unwrap();
+        let mut judge = platform::log_order::LogOrder::default();
+        let mut types = vec![];
+        let mut next = 0;
+        while next < high {
+            let message = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            next = message.offset() + 1;
+            let envelope = EventEnvelope::from_headers(message.headers()).unwrap();
+            let accepted =
+                judge.judge(&envelope, message.offset()) == platform::log_order::Verdict::Accepted;
+            if accepted && envelope.aggregate_id == aggregate_id {
+                types.push(envelope.event_type);
+            }
+        }
+        types
+    }
+
+    /// The saga's steps as `name=status` strings, in order.
+    pub fn steps(saga: &Value) -> Vec<String> {
+        saga["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}={}",
+                    s["name"].as_str().unwrap(),
+                    s["status"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+}
+
+/// Counts how often `event_type` occurs.
+pub fn count(events: &[String], event_type: &str) -> usize {
+    events.iter().filter(|e| *e == event_type).count()
+}
