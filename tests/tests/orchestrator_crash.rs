@@ -1,0 +1,134 @@
+//! Guarantee 8 under crashes: the orchestrator is killed with SIGKILL right after every step
+//! the saga records and restarted each time; every saga still reaches the terminal state it
+//! reaches without crashes, and every reservation, release, approval and rejection acted
+//! exactly once (counted in the participants' own event streams).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use domain::AggregateKind;
+use platform::envelope::EventEnvelope;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use reqwest::StatusCode;
+use support::*;
+
+/// Saga events as they are appended, for every saga of the stack.
+struct SagaWatch(StreamConsumer);
+
+impl SagaWatch {
+    fn new(stack: &Stack) -> Self {
+        let topic = stack.kafka.topics().events(AggregateKind::OrderSaga);
+        let consumer = stack.kafka.consumer(&stack.kafka.group("saga-watch"), &[]);
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..stack.kafka.settings.partitions {
+            assignment
+                .add_partition_offset(&topic, partition, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&assignment).unwrap();
+        Self(consumer)
+    }
+
+    /// The next event the saga of `order_id` records: (version, event type).
+    async fn next_of(&self, order_id: &str) -> (u64, String) {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(60), self.0.recv())
+                .await
+                .expect("the saga made no progress for a minute")
+                .unwrap();
+            let envelope = EventEnvelope::from_headers(message.headers()).unwrap();
+            if envelope.aggregate_id == order_id {
+                return (envelope.version.get(), envelope.event_type);
+            }
+        }
+    }
+}
+
+/// Kills the orchestrator after each event the saga records until it records one of `until`;
+/// returns the versions it was killed at.
+async fn kill_after_every_step(
+    stack: &mut Stack,
+    watch: &SagaWatch,
+    order_id: &str,
+    until: &[&str],
+) -> Vec<u64> {
+    let mut killed_at = vec![];
+    loop {
+        let (version, event_type) = watch.next_of(order_id).await;
+        if until.contains(&event_type.as_str()) {
+            return killed_at;
+        }
+        stack.kill_orchestrator().await;
+        killed_at.push(version);
+        stack.start_orchestrator().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_orchestrator_killed_after_every_step_finishes_every_saga_exactly_once() {
+    let mut stack = Stack::start().await;
+    let watch = SagaWatch::new(&stack);
+    stack.given_customer("ada", 1_000).await;
+    stack.given_stock("apple", 5).await;
+    stack.given_stock("pear", 5).await;
+    stack.given_stock("plum", 5).await;
+
+    // An approval (2 lines, credit), killed after each step.
+    let approved = stack
+        .place_order("ada", &[line("apple", 2, 100), line("pear", 1, 100)])
+        .await;
+    let kills = kill_after_every_step(&mut stack, &watch, &approved, &["SagaApproved"]).await;
+    println!("approval: killed after versions {kills:?}");
+    stack.settled(&approved, APPROVED).await;
+
+    // A rejection with compensation (credit exceeded: 300 reserved of 1000, 800 asked).
+    let rejected = stack.place_order("ada", &[line("plum", 2, 400)]).await;
+    let more = kill_after_every_step(&mut stack, &watch, &rejected, &["SagaRejected"]).await;
+    println!("rejection: killed after versions {more:?}");
+    let view = stack.settled(&rejected, REJECTED).await;
+    assert_eq!(view["rejection_reason"], "CREDIT_LIMIT_EXCEEDED");
+
+    // The approved order's cancellation, killed after each compensation step.
+    assert_eq!(stack.cancel(&approved).await, StatusCode::ACCEPTED);
+    let cancel = kill_after_every_step(&mut stack, &watch, &approved, &["SagaCancelled"]).await;
+    println!("cancellation: killed after versions {cancel:?}");
+    stack.settled(&approved, CANCELLED).await;
+
+    let total_kills = kills.len() + more.len() + cancel.len();
+    assert!(
+        total_kills >= 8,
+        "the test should kill the orchestrator between most steps, not {total_kills} times"
+    );
+
+    // Nothing held any more, and every effect happened once.
+    for sku in ["apple", "pear", "plum"] {
+        assert_eq!(stack.stock_of(sku, 0).await, (5, 0, 5), "{sku}");
+        let events = stack.events_of(AggregateKind::InventoryItem, sku).await;
+        assert_eq!(count(&events, "StockReserved"), 1, "{sku}: {events:?}");
+        assert_eq!(count(&events, "StockReleased"), 1, "{sku}: {events:?}");
+    }
+    assert_eq!(stack.credit_reserved("ada", 0).await, 0);
+    let credit = stack.events_of(AggregateKind::Customer, "ada").await;
+    assert_eq!(count(&credit, "CreditReserved"), 1, "{credit:?}");
+    assert_eq!(count(&credit, "CreditLimitExceeded"), 1, "{credit:?}");
+    assert_eq!(count(&credit, "CreditReleased"), 1, "{credit:?}");
+    let approved_events = stack.events_of(AggregateKind::Order, &approved).await;
+    assert_eq!(
+        approved_events,
+        [
+            "OrderPlaced",
+            "OrderApproved",
+            "OrderCancellationRequested",
+            "OrderCancelled"
+        ]
+    );
+    let rejected_events = stack.events_of(AggregateKind::Order, &rejected).await;
+    assert_eq!(rejected_events, ["OrderPlaced", "OrderRejected"]);
+    let saga_events = stack.events_of(AggregateKind::OrderSaga, &approved).await;
+    assert_eq!(count(&saga_events, "SagaStarted"), 1, "{saga_events:?}");
+}
