@@ -254,3 +254,87 @@ async fn fifty_concurrent_orders_for_ten_units_approve_exactly_ten() {
     assert_eq!(stack.stock_of("last-units", 10).await, (10, 10, 0));
     assert_eq!(stack.credit_reserved("ada", 1000).await, 1000, "10 x 100");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_saga_without_progress_past_its_timeouts_is_reported_stuck_until_it_moves() {
+    let mut stack = Stack::start_with(Options {
+        step_timeout: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    stack.given_customer("ada", 10_000).await;
+    stack.given_stock("apple", 5).await;
+    stack.stop_inventory_writers().await;
+    let order = stack.place_order("ada", &[line("apple", 1, 150)]).await;
+
+    // The reservation times out, and so does its release, again and again: stuck.
+    let (_, saga) = stack
+        .eventually(&order, |_, saga| saga["stuck"] == true)
+        .await;
+    assert_eq!(saga["state"], "COMPENSATING");
+    let release = &saga["steps"][1];
+    assert_eq!(release["name"], "release-stock/0");
+    assert!(release["retries"].as_u64().unwrap() >= 1, "{saga:#}");
+    let metrics = stack
+        .orchestrator_metrics_when(|m| metric(m, "sagas_stuck", &[]) == 1.0)
+        .await;
+    assert_eq!(metric(&metrics, "sagas_stuck", &[]), 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, "sagas", &["state=\"COMPENSATING\""]), 1.0);
+    assert!(
+        metric(
+            &metrics,
+            "saga_deadlines_total",
+            &["step=\"reserve-stock\""]
+        ) >= 1.0
+    );
+
+    stack.start_inventory_writers().await;
+    let (_, saga) = stack
+        .eventually(&order, |_, saga| saga["state"] == REJECTED)
+        .await;
+    assert_eq!(saga["stuck"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_orchestrator_counts_sagas_by_state_and_times_each_step() {
+    let stack = Stack::start().await;
+    stack.given_customer("ada", 10_000).await;
+    stack.given_stock("apple", 5).await;
+    let approved = stack.place_order("ada", &[line("apple", 1, 150)]).await;
+    let rejected = stack.place_order("ada", &[line("apple", 9, 150)]).await;
+    stack.settled(&approved, APPROVED).await;
+    stack.settled(&rejected, REJECTED).await;
+
+    let metrics = stack
+        .orchestrator_metrics_when(|m| metric(m, "sagas", &["state=\"APPROVED\""]) == 1.0)
+        .await;
+    assert_eq!(
+        metric(&metrics, "sagas", &["state=\"APPROVED\""]),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "sagas", &["state=\"REJECTED\""]), 1.0);
+    assert_eq!(
+        metric(&metrics, "sagas", &["state=\"RESERVING_STOCK\""]),
+        0.0
+    );
+    assert_eq!(
+        metric(&metrics, "sagas_finished_total", &["state=\"APPROVED\""]),
+        1.0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "saga_step_duration_seconds_count",
+            &["step=\"reserve-stock\""]
+        ) >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "saga_step_duration_seconds_count",
+            &["step=\"approve\""]
+        ) >= 1.0
+    );
+}

@@ -82,6 +82,8 @@ pub struct Stack {
     stop: CancellationToken,
     inventory: Option<CancellationToken>,
     orchestrator: Option<Child>,
+    /// Where the orchestrator serves `/metrics` (the same port across restarts).
+    pub orchestrator_addr: SocketAddr,
     options: Options,
 }
 
@@ -168,6 +170,10 @@ impl Stack {
             stop,
             inventory: None,
             orchestrator: None,
+            orchestrator_addr: SocketAddr::from((
+                [127, 0, 0, 1],
+                test_harness::broker::free_port(),
+            )),
             options: options.clone(),
         };
         if options.inventory_writers {
@@ -209,7 +215,11 @@ impl Stack {
             .env("KAFKA_BROKERS", &self.kafka.settings.brokers)
             .env("KAFKA_TOPIC_PREFIX", &self.kafka.settings.topic_prefix)
             .env("KAFKA_PARTITIONS", PARTITIONS.to_string())
-            .env("SAGA_ORCHESTRATOR_ADDR", "127.0.0.1:0")
+            .env("SAGA_ORCHESTRATOR_ADDR", self.orchestrator_addr.to_string())
+            .env(
+                "SAGA_STUCK_AFTER_MS",
+                (self.options.step_timeout * 3).as_millis().to_string(),
+            )
             .env(
                 "SAGA_STEP_TIMEOUT_MS",
                 self.options.step_timeout.as_millis().to_string(),
@@ -458,6 +468,34 @@ impl Stack {
         types
     }
 
+    /// The orchestrator's Prometheus text.
+    pub async fn orchestrator_metrics(&self) -> String {
+        for _ in 0..100 {
+            if let Ok(response) = self
+                .client
+                .get(format!("http://{}/metrics", self.orchestrator_addr))
+                .send()
+                .await
+            {
+                return response.text().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the orchestrator serves no metrics");
+    }
+
+    /// The orchestrator's metrics once `ready` holds for them (gauges move on a short tick).
+    pub async fn orchestrator_metrics_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            let text = self.orchestrator_metrics().await;
+            if ready(&text) || started.elapsed() > Duration::from_secs(10) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The saga's steps as `name=status` strings, in order.
     pub fn steps(saga: &Value) -> Vec<String> {
         saga["steps"]
@@ -473,6 +511,18 @@ impl Stack {
             })
             .collect()
     }
+}
+
+/// The sum of a metric's samples whose labels contain every one of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && l[name.len()..].starts_with(['{', ' '])
+                && labels.iter().all(|want| l.contains(want))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Counts how often `event_type` occurs.
