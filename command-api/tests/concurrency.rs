@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use command_api::auth::Caller;
+use command_api::processor::COMMAND_KINDS;
 use domain::{AggregateKind, Version};
 use futures::future::join_all;
 use platform::envelope::{EventEnvelope, Trace};
@@ -37,7 +38,7 @@ async fn settled(apps: &[&TestApp]) {
             all_have_some &= n > 0;
             serving += n;
         }
-        if serving == 3 * PARTITIONS as u64 && all_have_some {
+        if serving == COMMAND_KINDS.len() as u64 * PARTITIONS as u64 && all_have_some {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
