@@ -115,6 +115,23 @@ mod tests {
     }
 
     #[test]
+    fn a_timeout_and_its_re_request_are_not_progress_but_an_answer_is() {
+        use super::super::SagaEvent;
+        let timed_out = SagaEvent::StepTimedOut {
+            step: SagaStep::Approve,
+        };
+        assert!(!timed_out.is_progress(Some(&SagaEvent::ApprovalRequested)));
+        assert!(!SagaEvent::ApprovalRequested.is_progress(Some(&timed_out)));
+        assert!(SagaEvent::ApprovalRequested.is_progress(Some(&SagaEvent::CreditReserved)));
+        assert!(SagaEvent::SagaApproved.is_progress(Some(&timed_out)));
+        // A timed-out reservation starts a compensation: that is the saga moving on.
+        let compensation = SagaEvent::CompensationStarted {
+            outcome: super::super::SagaOutcome::Cancel,
+        };
+        assert!(compensation.is_progress(Some(&timed_out)));
+    }
+
+    #[test]
     fn every_reply_code_parses_back() {
         for reply in StockReply::ALL {
             assert_eq!(StockReply::from_code(reply.code()), Some(reply));

@@ -343,3 +343,123 @@ impl Projection for OrderSagas {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use domain::order::OrderLine;
+    use domain::saga::SagaOutcome;
+    use domain::values::{Currency, CustomerId, Money, OrderId, Quantity, Sku};
+
+    fn fold_all(events: Vec<SagaEvent>) -> SagaRow {
+        let mut row = None;
+        for (i, event) in events.into_iter().enumerate() {
+            let stamp = Stamp {
+                version: i as i64 + 1,
+                event_id: Uuid::now_v7(),
+                at: Utc::now() + chrono::Duration::milliseconds(i as i64),
+            };
+            row = Some(OrderSagas::fold(row, "saga-1", event, stamp).unwrap());
+        }
+        row.unwrap()
+    }
+
+    fn started() -> SagaEvent {
+        let usd = Currency::try_from("USD").unwrap();
+        SagaEvent::SagaStarted {
+            order_id: OrderId::from_uuid(Uuid::from_u128(1)),
+            customer_id: CustomerId::try_from("ada").unwrap(),
+            lines: vec![OrderLine {
+                sku: Sku::try_from("apple").unwrap(),
+                quantity: Quantity::try_from(1).unwrap(),
+                unit_price: Money::new(100, usd).unwrap(),
+            }],
+            total: Money::new(100, usd).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_reservation_that_lands_after_its_timeout_shows_as_late_and_its_release_as_a_new_attempt() {
+        let reserve = SagaStep::ReserveStock { line: 0 };
+        let row = fold_all(vec![
+            started(),
+            SagaEvent::StockReservationRequested { line: 0 },
+            SagaEvent::StepTimedOut { step: reserve },
+            SagaEvent::CompensationStarted {
+                outcome: SagaOutcome::Cancel,
+            },
+            SagaEvent::StockReleaseRequested {
+                line: 0,
+                attempt: 1,
+            },
+            SagaEvent::StockReleased { line: 0 },
+            SagaEvent::StockReserved { line: 0 },
+            SagaEvent::StockReleaseRequested {
+                line: 0,
+                attempt: 2,
+            },
+        ]);
+        let steps: Vec<(String, u32, String)> = row
+            .steps
+            .iter()
+            .map(|s| (s.name.clone(), s.attempt, s.status.clone()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("reserve-stock/0".into(), 1, "LATE".into()),
+                ("release-stock/0".into(), 1, "SUCCEEDED".into()),
+                ("release-stock/0".into(), 2, "REQUESTED".into()),
+            ]
+        );
+        assert_eq!(row.state, "COMPENSATING");
+        assert_eq!(row.finished_at, None);
+    }
+
+    #[test]
+    fn a_step_asked_again_after_a_timeout_counts_a_retry_and_no_progress() {
+        let row = fold_all(vec![
+            started(),
+            SagaEvent::CreditReservationRequested,
+            SagaEvent::CreditReserved,
+            SagaEvent::ApprovalRequested,
+        ]);
+        let progress = row.last_progress_at;
+        let row = {
+            let mut row = Some(row);
+            for (i, event) in [
+                SagaEvent::StepTimedOut {
+                    step: SagaStep::Approve,
+                },
+                SagaEvent::ApprovalRequested,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let stamp = Stamp {
+                    version: 5 + i as i64,
+                    event_id: Uuid::now_v7(),
+                    at: progress + chrono::Duration::seconds(10),
+                };
+                row = Some(OrderSagas::fold(row, "saga-1", event, stamp).unwrap());
+            }
+            row.unwrap()
+        };
+        let approve = row.steps.last().unwrap();
+        assert_eq!((approve.status.as_str(), approve.retries), ("REQUESTED", 1));
+        assert_eq!(row.last_progress_at, progress, "a retry is not progress");
+        assert!(OrderSagas::fold(
+            None,
+            "saga-2",
+            SagaEvent::SagaApproved,
+            Stamp {
+                version: 1,
+                event_id: Uuid::now_v7(),
+                at: Utc::now(),
+            }
+        )
+        .is_err());
+    }
+}
