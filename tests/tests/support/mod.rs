@@ -210,26 +210,49 @@ impl Stack {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 
+    /// Starts the orchestrator process and waits for its health endpoint. The port was free a
+    /// moment ago; if another process took it meanwhile, the orchestrator exits and we pick
+    /// another one.
     pub async fn start_orchestrator(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_orchestrator-under-test"))
-            .env("KAFKA_BROKERS", &self.kafka.settings.brokers)
-            .env("KAFKA_TOPIC_PREFIX", &self.kafka.settings.topic_prefix)
-            .env("KAFKA_PARTITIONS", PARTITIONS.to_string())
-            .env("SAGA_ORCHESTRATOR_ADDR", self.orchestrator_addr.to_string())
-            .env(
-                "SAGA_STUCK_AFTER_MS",
-                (self.options.step_timeout * 3).as_millis().to_string(),
-            )
-            .env(
-                "SAGA_STEP_TIMEOUT_MS",
-                self.options.step_timeout.as_millis().to_string(),
-            )
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        self.orchestrator = Some(child);
+        for _ in 0..5 {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator-under-test"))
+                .env("KAFKA_BROKERS", &self.kafka.settings.brokers)
+                .env("KAFKA_TOPIC_PREFIX", &self.kafka.settings.topic_prefix)
+                .env("KAFKA_PARTITIONS", PARTITIONS.to_string())
+                .env("SAGA_ORCHESTRATOR_ADDR", self.orchestrator_addr.to_string())
+                .env(
+                    "SAGA_STEP_TIMEOUT_MS",
+                    self.options.step_timeout.as_millis().to_string(),
+                )
+                .env(
+                    "SAGA_STUCK_AFTER_MS",
+                    (self.options.step_timeout * 3).as_millis().to_string(),
+                )
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            for _ in 0..200 {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                let health = self
+                    .client
+                    .get(format!("http://{}/healthz", self.orchestrator_addr))
+                    .send()
+                    .await;
+                if health.is_ok_and(|r| r.status() == StatusCode::OK) {
+                    self.orchestrator = Some(child);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = child.kill().await;
+            self.orchestrator_addr =
+                SocketAddr::from(([127, 0, 0, 1], test_harness::broker::free_port()));
+        }
+        panic!("the orchestrator did not start");
     }
 
     /// SIGKILL: no goodbye, no last commit.
