@@ -1,0 +1,236 @@
+//! HTTP load through the services: closed-loop throughput, open-loop latency at a fixed
+//! offered rate, read-your-write visibility, and order sagas end to end.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// p50 and p99 of latencies in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+}
+
+pub(crate) fn percentiles(mut samples: Vec<f64>) -> Option<Percentiles> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    Some(Percentiles {
+        p50: at(0.50),
+        p99: at(0.99),
+    })
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Api {
+    pub(crate) client: reqwest::Client,
+    pub(crate) commands: String,
+    pub(crate) queries: String,
+    pub(crate) admin: String,
+}
+
+impl Api {
+    /// POST with the admin token; the status and body.
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        token: &str,
+    ) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .client
+            .post(format!("http://{}{path}", self.commands))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn add_stock(&self, sku: &str) -> anyhow::Result<(u16, Value)> {
+        self.post(
+            &format!("/v1/inventory/{sku}/stock"),
+            &json!({"quantity": 1}),
+            &self.admin,
+        )
+        .await
+    }
+}
+
+/// Commands accepted per second with `clients` concurrent clients for `duration`.
+pub(crate) async fn commands_per_s(
+    api: &Api,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, usize)> {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let (api, accepted, failed) = (api.clone(), accepted.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            while started.elapsed() < duration {
+                let sku = format!("tput-{client:03}-{:02}", i % 32);
+                i += 1;
+                match api.add_stock(&sku).await {
+                    Ok((200, _)) => accepted.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok((
+        accepted.load(Ordering::Relaxed) as f64 / elapsed,
+        failed.load(Ordering::Relaxed),
+    ))
+}
+
+/// Open loop: one command every `1/rate` s for `duration`, whatever the answers do. Returns
+/// the latency percentiles of accepted commands and the rate actually completed.
+pub(crate) async fn latency_at(
+    api: &Api,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<(Option<Percentiles>, f64)> {
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let mut i = 0usize;
+    while started.elapsed() < duration {
+        ticker.tick().await;
+        let api = api.clone();
+        let sku = format!("lat-{:04}", i % 2000);
+        i += 1;
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            match api.add_stock(&sku).await {
+                Ok((200, _)) => Some(sent.elapsed().as_secs_f64() * 1000.0),
+                _ => None,
+            }
+        }));
+    }
+    let mut samples = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        if let Some(ms) = task.await? {
+            samples.push(ms);
+        }
+    }
+    let completed = samples.len() as f64 / started.elapsed().as_secs_f64();
+    Ok((percentiles(samples), completed))
+}
+
+/// From a command's acknowledgement to query-api returning the change (no consistency token:
+/// how long a reader that does not wait sees the old value).
+pub(crate) async fn visibility(api: &Api, samples: usize) -> anyhow::Result<Option<Percentiles>> {
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let sku = format!("vis-{i:05}");
+        let (status, body) = api.add_stock(&sku).await?;
+        let acknowledged = Instant::now();
+        if status != 200 {
+            continue;
+        }
+        let version = body["version"].as_i64().unwrap_or(1);
+        loop {
+            let response = api
+                .client
+                .get(format!("http://{}/v1/inventory/{sku}", api.queries))
+                .bearer_auth(&api.admin)
+                .send()
+                .await?;
+            if response.status().is_success() {
+                let view: Value = response.json().await?;
+                if view["version"].as_i64().unwrap_or(0) >= version {
+                    break;
+                }
+            }
+            if acknowledged.elapsed() > Duration::from_secs(30) {
+                anyhow::bail!("a change did not become visible in 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        latencies.push(acknowledged.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(percentiles(latencies))
+}
+
+/// Places `orders` one-line orders with `clients` concurrent clients and waits until every
+/// saga finished; sagas per second from the first order to the last approval.
+pub(crate) async fn sagas_per_s(
+    api: &Api,
+    pool: &sqlx::PgPool,
+    customer_token: &str,
+    orders: usize,
+    clients: usize,
+) -> anyhow::Result<(f64, i64)> {
+    let (status, body) = api
+        .post(
+            "/v1/customers",
+            &json!({"customer_id": "bench-customer", "name": "Bench",
+                    "credit_limit": {"amount_minor": 1_000_000_000_000i64, "currency": "USD"}}),
+            &api.admin,
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "registering the customer: {status} {body}");
+    for n in 0..64 {
+        let (status, body) = api
+            .post(
+                &format!("/v1/inventory/saga-{n:02}/stock"),
+                &json!({"quantity": 1_000_000}),
+                &api.admin,
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "adding stock: {status} {body}");
+    }
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (api, next, token) = (api.clone(), next.clone(), customer_token.to_owned());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= orders {
+                    return;
+                }
+                let body = json!({"customer_id": "bench-customer", "lines": [{"sku": format!("saga-{:02}", i % 64),
+                    "quantity": 1, "unit_price": {"amount_minor": 100, "currency": "USD"}}]});
+                let _ = api.post("/v1/orders", &body, &token).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let target = i64::try_from(orders)?;
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status <> 'PENDING'")
+            .fetch_one(pool)
+            .await?;
+        if done >= target {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("sagas did not finish in 10 minutes ({done} of {orders})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let approved: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'APPROVED'")
+        .fetch_one(pool)
+        .await?;
+    Ok((orders as f64 / elapsed, approved))
+}

@@ -1,0 +1,105 @@
+//! The services under test, as the release binaries `scripts/bench` built: started with the
+//! bench's settings, waited for, and measured (peak resident memory from /proc).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+/// Settings every service gets.
+#[derive(Debug, Clone)]
+pub(crate) struct Env {
+    pub(crate) brokers: String,
+    pub(crate) prefix: String,
+    pub(crate) database_url: String,
+    pub(crate) secret: String,
+    pub(crate) partitions: i32,
+    pub(crate) bin_dir: std::path::PathBuf,
+}
+
+/// A running service process.
+#[derive(Debug)]
+pub(crate) struct Service {
+    pub(crate) name: &'static str,
+    pub(crate) addr: String,
+    child: Child,
+}
+
+impl Service {
+    pub(crate) async fn start(
+        env: &Env,
+        name: &'static str,
+        addr_var: &str,
+        port: u16,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let addr = format!("127.0.0.1:{port}");
+        let mut command = Command::new(env.bin_dir.join(name));
+        command
+            .env("KAFKA_BROKERS", &env.brokers)
+            .env("KAFKA_TOPIC_PREFIX", &env.prefix)
+            .env("KAFKA_PARTITIONS", env.partitions.to_string())
+            .env("DATABASE_URL", &env.database_url)
+            .env("AUTH_JWT_SECRET", &env.secret)
+            .env("RATE_LIMIT_PER_SECOND", "10000000")
+            .env("RUST_LOG", "warn")
+            .env(addr_var, &addr)
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let service = Self { name, addr, child };
+        service.wait_ready().await?;
+        Ok(service)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        for _ in 0..600 {
+            let ready = client
+                .get(format!("http://{}/readyz", self.addr))
+                .send()
+                .await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("{} did not become ready", self.name)
+    }
+
+    /// Peak resident set size so far (VmHWM), in MiB.
+    pub(crate) fn peak_rss_mib(&self) -> Option<f64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub(crate) async fn stop(mut self, rss: &mut BTreeMap<String, f64>) {
+        if let Some(mib) = self.peak_rss_mib() {
+            let entry = rss.entry(self.name.to_owned()).or_insert(0.0);
+            *entry = entry.max(mib);
+        }
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
+        let _ = self.child.kill().await;
+    }
+}
