@@ -94,6 +94,10 @@ fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
+fn ratio(a: f64, b: f64) -> f64 {
+    (a / b * 1000.0).round() / 1000.0
+}
+
 fn step(what: &str) {
     println!("\x1b[1m[bench]\x1b[0m {what}");
 }
@@ -273,8 +277,8 @@ async fn main() -> anyhow::Result<()> {
             .collect::<BTreeMap<_, _>>()),
     );
     report.insert("ratios".into(), json!({
-        "commands_per_s / raw_produce_per_s": round(commands_per_s / raw_produce * 1000.0) / 1000.0,
-        "projector_events_per_s / raw_insert_rows_per_s": round(projector_events_per_s / raw_insert * 1000.0) / 1000.0,
+        "commands_per_s / raw_produce_per_s": ratio(commands_per_s, raw_produce),
+        "projector_events_per_s / raw_insert_rows_per_s": ratio(projector_events_per_s, raw_insert),
     }));
     report.insert("volumes".into(), json!({
         "raw_records": plan.raw_records, "record_payload_bytes": record_size, "raw_rows": plan.raw_rows,

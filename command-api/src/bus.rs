@@ -64,7 +64,7 @@ impl CommandBus {
         let replies = topics.replies();
         let partition = partition_for(reply_key.as_bytes(), partitions);
         let consumer: Arc<StreamConsumer> = Arc::new(
-            platform::kafka::consumer_config(
+            platform::kafka::latency_consumer_config(
                 kafka,
                 &format!("{}.reply-listener", kafka.topic_prefix),
             )

@@ -140,7 +140,7 @@ impl PartitionWorker {
                 replay_until[i] = n;
             }
         }
-        let tail: StreamConsumer = platform::kafka::consumer_config(
+        let tail: StreamConsumer = platform::kafka::latency_consumer_config(
             &shared.settings.kafka,
             &format!("{}.saga-tail", shared.settings.kafka.topic_prefix),
         )

@@ -124,7 +124,7 @@ impl Processor {
         let topics = Topics::new(kafka.topic_prefix.clone());
         let (changes, change_rx) = mpsc::unbounded_channel();
         let ready = Arc::new(AtomicBool::new(false));
-        let group: StreamConsumer<GroupContext> = platform::kafka::consumer_config(
+        let group: StreamConsumer<GroupContext> = platform::kafka::latency_consumer_config(
             &kafka, group_id,
         )
         .create_with_context(GroupContext {

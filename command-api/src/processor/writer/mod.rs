@@ -94,7 +94,7 @@ where
     async fn start(ctx: Arc<WriterContext>, partition: i32) -> Result<Self, WriterError> {
         let events_topic = ctx.topics.events(A::KIND);
         let commands_topic = ctx.topics.commands(A::KIND);
-        let tail: StreamConsumer = platform::kafka::consumer_config(
+        let tail: StreamConsumer = platform::kafka::latency_consumer_config(
             &ctx.kafka,
             &format!("{}.writer-tail", ctx.kafka.topic_prefix),
         )
