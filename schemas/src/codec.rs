@@ -1,5 +1,8 @@
 //! Avro single-object encoding: `C3 01`, the writer schema's 8-byte fingerprint, the body.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 
@@ -9,6 +12,39 @@ use crate::wire::WireRecord;
 
 pub const MARKER: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
+
+/// Resolved readers (writer version -> newest version of its type) and writers, built once per
+/// schema version: resolving names per record showed up in the projectors' profile.
+struct Codecs {
+    readers: HashMap<[u8; 8], GenericDatumReader<'static>>,
+    writers: HashMap<[u8; 8], GenericDatumWriter<'static>>,
+}
+
+fn codecs() -> &'static Codecs {
+    static CODECS: OnceLock<Codecs> = OnceLock::new();
+    CODECS.get_or_init(|| {
+        let registry = registry();
+        let mut readers = HashMap::new();
+        let mut writers = HashMap::new();
+        for entry in registry.entries() {
+            let newest = registry
+                .latest(entry.family, entry.event_type)
+                .unwrap_or(entry);
+            // build.rs checked every version resolves against the newest; a failure here
+            // leaves that version to the uncached path, which reports it per record.
+            if let Ok(reader) = GenericDatumReader::builder(&entry.schema)
+                .reader_schema(&newest.schema)
+                .build()
+            {
+                readers.insert(entry.fingerprint, reader);
+            }
+            if let Ok(writer) = GenericDatumWriter::builder(&entry.schema).build() {
+                writers.insert(entry.fingerprint, writer);
+            }
+        }
+        Codecs { readers, writers }
+    })
+}
 
 /// Encodes with the newest schema version of the event's type.
 pub fn encode<E: WireRecord>(event: &E) -> Result<Vec<u8>, EncodeError> {
@@ -24,10 +60,14 @@ pub fn encode<E: WireRecord>(event: &E) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(96);
     out.extend_from_slice(&MARKER);
     out.extend_from_slice(&entry.fingerprint);
-    GenericDatumWriter::builder(&entry.schema)
-        .build()
-        .and_then(|writer| writer.write_value(&mut out, value))
-        .map_err(avro)?;
+    match codecs().writers.get(&entry.fingerprint) {
+        Some(writer) => writer.write_value(&mut out, value).map(|_| ()),
+        None => GenericDatumWriter::builder(&entry.schema)
+            .build()
+            .and_then(|writer| writer.write_value(&mut out, value))
+            .map(|_| ()),
+    }
+    .map_err(avro)?;
     Ok(out)
 }
 
@@ -66,11 +106,14 @@ pub fn decode<E: WireRecord>(bytes: &[u8]) -> Result<E, DecodeError> {
         source: Box::new(source),
     };
     let mut body = &bytes[HEADER_LEN..];
-    let value = GenericDatumReader::builder(&writer.schema)
-        .reader_schema(&reader.schema)
-        .build()
-        .and_then(|r| r.read_value(&mut body))
-        .map_err(body_error)?;
+    let value = match codecs().readers.get(&writer.fingerprint) {
+        Some(cached) => cached.read_value(&mut body),
+        None => GenericDatumReader::builder(&writer.schema)
+            .reader_schema(&reader.schema)
+            .build()
+            .and_then(|r| r.read_value(&mut body)),
+    }
+    .map_err(body_error)?;
     if !body.is_empty() {
         return Err(DecodeError::TrailingBytes { count: body.len() });
     }
