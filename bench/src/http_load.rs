@@ -53,6 +53,30 @@ impl Api {
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
+    /// Set-up POSTs: retried with one Idempotency-Key until they are done (a slow broker can
+    /// turn the answer into 202 "queued", which is not a failure).
+    pub(crate) async fn post_until_done(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let key = uuid::Uuid::new_v4().to_string();
+        for _ in 0..60 {
+            let response = self
+                .client
+                .post(format!("http://{}{path}", self.commands))
+                .bearer_auth(&self.admin)
+                .header("Idempotency-Key", &key)
+                .json(body)
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            let answer: Value = response.json().await.unwrap_or(Value::Null);
+            match status {
+                200 | 201 => return Ok(answer),
+                202 => tokio::time::sleep(Duration::from_millis(500)).await,
+                _ => anyhow::bail!("{path}: {status} {answer}"),
+            }
+        }
+        anyhow::bail!("{path}: still queued after a minute")
+    }
+
     async fn add_stock(&self, sku: &str) -> anyhow::Result<(u16, Value)> {
         self.post(
             &format!("/v1/inventory/{sku}/stock"),
@@ -176,24 +200,18 @@ pub(crate) async fn sagas_per_s(
     orders: usize,
     clients: usize,
 ) -> anyhow::Result<(f64, i64)> {
-    let (status, body) = api
-        .post(
-            "/v1/customers",
-            &json!({"customer_id": "bench-customer", "name": "Bench",
-                    "credit_limit": {"amount_minor": 1_000_000_000_000i64, "currency": "USD"}}),
-            &api.admin,
+    api.post_until_done(
+        "/v1/customers",
+        &json!({"customer_id": "bench-customer", "name": "Bench",
+                "credit_limit": {"amount_minor": 1_000_000_000_000i64, "currency": "USD"}}),
+    )
+    .await?;
+    for n in 0..64 {
+        api.post_until_done(
+            &format!("/v1/inventory/saga-{n:02}/stock"),
+            &json!({"quantity": 1_000_000}),
         )
         .await?;
-    anyhow::ensure!(status == 201, "registering the customer: {status} {body}");
-    for n in 0..64 {
-        let (status, body) = api
-            .post(
-                &format!("/v1/inventory/saga-{n:02}/stock"),
-                &json!({"quantity": 1_000_000}),
-                &api.admin,
-            )
-            .await?;
-        anyhow::ensure!(status == 200, "adding stock: {status} {body}");
     }
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
