@@ -104,12 +104,8 @@ fn var_or(name: &str, default: &str) -> String {
 }
 
 fn number(name: &'static str, default: u64) -> Result<u64, ConfigError> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(raw) => raw
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or(ConfigError::Invalid { name, value: raw }),
-    }
+    platform::config::positive_number(name, default).map_err(|e| ConfigError::Invalid {
+        name: e.name,
+        value: e.value,
+    })
 }

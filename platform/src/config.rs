@@ -31,3 +31,33 @@ impl KafkaSettings {
         }
     }
 }
+
+/// A setting whose value is not what it must be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name} is invalid: {value:?}")]
+pub struct InvalidSetting {
+    pub name: &'static str,
+    pub value: String,
+}
+
+/// A positive whole number from `name`, or `default` when unset (0 and garbage are refused:
+/// every such setting is a count, a rate or a duration).
+pub fn positive_number(name: &'static str, default: u64) -> Result<u64, InvalidSetting> {
+    match env::var(name) {
+        Err(_) => Ok(default),
+        Ok(raw) => raw
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or(InvalidSetting { name, value: raw }),
+    }
+}
+
+/// [`positive_number`] read as milliseconds.
+pub fn positive_millis(
+    name: &'static str,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, InvalidSetting> {
+    let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+    positive_number(name, default).map(std::time::Duration::from_millis)
+}

@@ -68,15 +68,12 @@ impl Settings {
                 })
                 .transpose()?
                 .unwrap_or(2000),
-            saga_stuck_after: Duration::from_millis(
-                var("SAGA_STUCK_AFTER_MS")
-                    .map(|v| {
-                        v.parse()
-                            .map_err(|_| StartupError::Config("SAGA_STUCK_AFTER_MS"))
-                    })
-                    .transpose()?
-                    .unwrap_or(60_000),
-            ),
+            // Read as the orchestrator reads it, so both agree on what is stuck.
+            saga_stuck_after: platform::config::positive_millis(
+                "SAGA_STUCK_AFTER_MS",
+                Duration::from_secs(60),
+            )
+            .map_err(|e| StartupError::Config(e.name))?,
         })
     }
 }

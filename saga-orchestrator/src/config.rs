@@ -5,12 +5,8 @@ use std::time::Duration;
 
 use platform::config::KafkaSettings;
 
-#[derive(Debug, thiserror::Error)]
-#[error("{name} is invalid: {value:?}")]
-pub struct ConfigError {
-    pub name: &'static str,
-    pub value: String,
-}
+use platform::config::positive_millis as millis;
+pub use platform::config::InvalidSetting as ConfigError;
 
 /// Everything the orchestrator needs to start.
 #[derive(Debug, Clone)]
@@ -47,18 +43,5 @@ impl Settings {
             group: format!("{}.saga-orchestrator", kafka.topic_prefix),
             kafka,
         })
-    }
-}
-
-/// A positive number of milliseconds from `name`, or `default` when unset.
-pub fn millis(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(raw) => raw
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n > 0)
-            .map(Duration::from_millis)
-            .ok_or(ConfigError { name, value: raw }),
     }
 }
