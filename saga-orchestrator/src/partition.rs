@@ -19,7 +19,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use domain::order::OrderEvent;
 use domain::saga::{reply_for, OrderSaga, OrderSagaAggregate, SagaEvent, SagaState};
-use domain::values::OrderId;
 use domain::{Current, Version, Versioned};
 use platform::dead_letters::DeadLetter;
 use platform::envelope::{EventEnvelope, Trace};
@@ -57,12 +56,11 @@ struct Tracked {
     unreadable: bool,
 }
 
-impl Tracked {
-    fn saga(&self) -> Option<&OrderSaga> {
-        match &self.current.state {
-            SagaState::Running(saga) => Some(saga),
-            SagaState::NotStarted => None,
-        }
+/// The saga, once started (a free function, so callers can borrow other fields mutably).
+fn running(current: &Current<OrderSagaAggregate>) -> Option<&OrderSaga> {
+    match &current.state {
+        SagaState::Running(saga) => Some(saga),
+        SagaState::NotStarted => None,
     }
 }
 
@@ -357,7 +355,9 @@ impl PartitionWorker {
         if !live {
             return;
         }
-        let Some(command) = tracked.saga().and_then(|saga| saga.command_for(&event)) else {
+        let Some((order_id, command)) = running(&tracked.current)
+            .and_then(|saga| Some((saga.order_id, saga.command_for(&event)?)))
+        else {
             return;
         };
         let trace = caused_by(envelope);
@@ -385,7 +385,7 @@ impl PartitionWorker {
             let input = outcome_of(&reply).and_then(|outcome| reply_for(&command, &outcome));
             if let Some(input) = input {
                 let message = domain::saga::SagaMessage {
-                    saga_id: OrderId::try_from(saga_id.as_str()).ok()?,
+                    saga_id: order_id,
                     input,
                 };
                 sender
@@ -424,8 +424,10 @@ impl PartitionWorker {
                 continue;
             }
             let version = tracked.current.version;
-            let Some(saga) = tracked.saga() else { continue };
-            let awaiting = saga.awaiting();
+            let Some(saga) = running(&tracked.current) else {
+                continue;
+            };
+            let (order_id, awaiting) = (saga.order_id, saga.awaiting());
             let since = tracked.last_event_at.max(self.started_at);
             if awaiting.is_empty()
                 || now - since < timeout
@@ -435,9 +437,6 @@ impl PartitionWorker {
             }
             tracked.deadlines_sent_at = Some(version);
             for step in awaiting {
-                let Ok(order_id) = OrderId::try_from(saga_id.as_str()) else {
-                    continue;
-                };
                 let message = domain::saga::SagaMessage {
                     saga_id: order_id,
                     input: domain::saga::SagaInput::DeadlinePassed { step },
@@ -502,10 +501,7 @@ impl PartitionWorker {
         let mut counts: HashMap<&'static str, u64> = HashMap::new();
         let mut stuck = 0u64;
         for (saga_id, tracked) in &mut self.sagas {
-            let Some(saga) = (match &tracked.current.state {
-                SagaState::Running(saga) => Some(saga),
-                SagaState::NotStarted => None,
-            }) else {
+            let Some(saga) = running(&tracked.current) else {
                 continue;
             };
             *counts.entry(saga.phase.as_str()).or_default() += 1;
