@@ -415,3 +415,41 @@ async fn a_poison_order_event_is_dead_lettered_and_the_sagas_move_on() {
     consumers_that_gave_up.sort();
     assert_eq!(consumers_that_gave_up, ["orders", "saga-orchestrator"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_saga_view_answers_bad_requests_with_problem_json() {
+    let stack = Stack::start().await;
+    stack.given_customer("ada", 10_000).await;
+    stack.given_stock("apple", 5).await;
+    let order = stack.place_order("ada", &[line("apple", 1, 150)]).await;
+    stack.settled(&order, APPROVED).await;
+    let path = format!("/v1/orders/{order}/saga");
+    let ada = stack.token_for_customer("ada");
+    let eve = stack.token_for_customer("eve");
+
+    let cases = [
+        (
+            "/v1/orders/not-a-uuid/saga".to_owned(),
+            Some(ada.as_str()),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/v1/orders/{}/saga", uuid::Uuid::now_v7()),
+            Some(ada.as_str()),
+            StatusCode::NOT_FOUND,
+        ),
+        (path.clone(), None, StatusCode::UNAUTHORIZED),
+        (path.clone(), Some("garbage"), StatusCode::UNAUTHORIZED),
+        (path.clone(), Some(eve.as_str()), StatusCode::FORBIDDEN),
+    ];
+    for (path, token, status) in cases {
+        let (got, content_type, body) = stack.get_as(&path, token).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert_eq!(content_type, "application/problem+json", "{path}");
+        assert_eq!(body["status"], status.as_u16(), "{path}");
+    }
+    // The owner still reads it, unchanged.
+    let (status, _, saga) = stack.get_as(&path, Some(&ada)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(saga["state"], APPROVED);
+}

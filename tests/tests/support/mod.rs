@@ -318,6 +318,26 @@ impl Stack {
         )
     }
 
+    /// GET on query-api with any token (or none): status, content type, body.
+    pub async fn get_as(&self, path: &str, token: Option<&str>) -> (StatusCode, String, Value) {
+        let mut request = self.client.get(format!("http://{}{path}", self.queries));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (
+            response.status(),
+            content_type,
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
     // ---- given ----
 
     pub async fn given_customer(&self, customer_id: &str, credit_limit_cents: i64) {
