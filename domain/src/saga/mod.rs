@@ -60,6 +60,9 @@ impl SagaPhase {
         )
     }
 
+    /// The names (`as_str`) of the terminal phases, for readers that keep only the name.
+    pub const TERMINAL_NAMES: [&'static str; 3] = ["APPROVED", "REJECTED", "CANCELLED"];
+
     /// Stable names for views and metrics.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -245,6 +248,24 @@ impl SagaEvent {
                 | Self::RejectionRequested { .. }
                 | Self::CancellationConfirmationRequested
         )
+    }
+
+    /// The name of the phase this event moves the saga to (`SagaPhase::as_str`), for readers
+    /// that keep the phase without the whole saga (the saga view); `None`: the phase stays.
+    pub fn phase_after(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::SagaStarted { .. } | Self::StockReservationRequested { .. } => "RESERVING_STOCK",
+            Self::CreditReservationRequested => "RESERVING_CREDIT",
+            Self::ApprovalRequested => "APPROVING",
+            Self::SagaApproved => "APPROVED",
+            Self::CompensationStarted { .. } => "COMPENSATING",
+            Self::RejectionRequested { .. } | Self::CancellationConfirmationRequested => {
+                "FINISHING"
+            }
+            Self::SagaRejected { .. } => "REJECTED",
+            Self::SagaCancelled => "CANCELLED",
+            _ => return None,
+        })
     }
 
     /// Whether this event (after `previous`) is progress: a participant answered or the saga

@@ -132,6 +132,78 @@ mod tests {
     }
 
     #[test]
+    fn the_phase_named_after_each_event_is_the_phase_evolve_reaches() {
+        use super::super::evolve::evolve;
+        use super::super::{OrderSagaDecider, SagaInput, SagaState};
+        use crate::aggregate::Aggregate;
+        use crate::fixtures::{customer_id, order_id, qty, sku, usd};
+        use crate::order::OrderLine;
+        // Walk every path the decider takes (approval, a refusal with compensation, a
+        // cancellation after approval) and compare after each event.
+        let placed = SagaInput::OrderPlaced {
+            order_id: order_id(1),
+            customer_id: customer_id("c-1"),
+            lines: vec![OrderLine {
+                sku: sku("apple"),
+                quantity: qty(1),
+                unit_price: usd(100),
+            }],
+            total: usd(100),
+        };
+        let paths = [
+            vec![
+                placed.clone(),
+                SagaInput::StockReservation {
+                    line: 0,
+                    reply: StockReply::Reserved,
+                },
+                SagaInput::CreditReservation {
+                    reply: CreditReply::Reserved,
+                },
+                SagaInput::OrderApproved,
+                SagaInput::CancellationRequested,
+                SagaInput::StockReleased { line: 0 },
+                SagaInput::CreditReleased,
+                SagaInput::OrderCancelled,
+            ],
+            vec![
+                placed,
+                SagaInput::StockReservation {
+                    line: 0,
+                    reply: StockReply::Reserved,
+                },
+                SagaInput::CreditReservation {
+                    reply: CreditReply::LimitExceeded,
+                },
+                SagaInput::StockReleased { line: 0 },
+                SagaInput::OrderRejected,
+            ],
+        ];
+        let mut seen = 0;
+        for path in paths {
+            let mut state = SagaState::NotStarted;
+            for input in path {
+                for event in OrderSagaDecider::decide(&state, input).unwrap() {
+                    state = evolve(state, &event);
+                    let SagaState::Running(saga) = &state else {
+                        panic!("not started")
+                    };
+                    if let Some(name) = event.phase_after() {
+                        assert_eq!(name, saga.phase.as_str(), "after {event:?}");
+                        seen += 1;
+                    }
+                }
+            }
+            let SagaState::Running(saga) = &state else {
+                panic!()
+            };
+            assert!(saga.phase.is_terminal());
+            assert!(super::super::SagaPhase::TERMINAL_NAMES.contains(&saga.phase.as_str()));
+        }
+        assert!(seen >= 12);
+    }
+
+    #[test]
     fn every_reply_code_parses_back() {
         for reply in StockReply::ALL {
             assert_eq!(StockReply::from_code(reply.code()), Some(reply));

@@ -104,25 +104,6 @@ impl SagaRow {
     }
 }
 
-/// The phase an event moves the saga to, if it moves it (the same names as the domain's).
-fn phase_after(event: &SagaEvent) -> Option<&'static str> {
-    Some(match event {
-        SagaEvent::SagaStarted { .. } | SagaEvent::StockReservationRequested { .. } => {
-            "RESERVING_STOCK"
-        }
-        SagaEvent::CreditReservationRequested => "RESERVING_CREDIT",
-        SagaEvent::ApprovalRequested => "APPROVING",
-        SagaEvent::SagaApproved => "APPROVED",
-        SagaEvent::CompensationStarted { .. } => "COMPENSATING",
-        SagaEvent::RejectionRequested { .. } | SagaEvent::CancellationConfirmationRequested => {
-            "FINISHING"
-        }
-        SagaEvent::SagaRejected { .. } => "REJECTED",
-        SagaEvent::SagaCancelled => "CANCELLED",
-        _ => return None,
-    })
-}
-
 #[async_trait]
 impl Projection for OrderSagas {
     const NAME: &'static str = Self::NAME_STR;
@@ -220,7 +201,7 @@ impl Projection for OrderSagas {
             .any(|s| s.status == "TIMED_OUT" && s.at == row.updated_at);
         let retry = matches!(event, SagaEvent::StepTimedOut { .. })
             || (event.is_request() && after_timeout);
-        if let Some(phase) = phase_after(&event) {
+        if let Some(phase) = event.phase_after() {
             row.state = phase.into();
         }
         match &event {

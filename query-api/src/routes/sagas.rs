@@ -42,7 +42,7 @@ pub async fn get(
     })?;
     let state: String = row.try_get("state")?;
     let last_progress_at = row.try_get("last_progress_at")?;
-    let running = !matches!(state.as_str(), "APPROVED" | "REJECTED" | "CANCELLED");
+    let running = !domain::saga::SagaPhase::TERMINAL_NAMES.contains(&state.as_str());
     let stuck = running
         && chrono::Duration::from_std(app.saga_stuck_after())
             .is_ok_and(|limit| Utc::now() - last_progress_at > limit);
