@@ -11,6 +11,7 @@ use domain::AggregateKind;
 use platform::config::KafkaSettings;
 use platform::envelope::CommandEnvelope;
 use platform::partitioner::partition_for;
+use platform::telemetry::propagation as telemetry;
 use platform::topics::Topics;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -20,7 +21,7 @@ use schemas::{CommandReply, WireRecord};
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 /// Why a command could not be handed over.
 #[derive(Debug, Error)]
@@ -118,14 +119,29 @@ impl CommandBus {
         wait: Duration,
     ) -> Result<Option<CommandReply>, BusError> {
         let payload = schemas::encode(command)?;
+        let span = telemetry::send_span(
+            &format!("send {}", envelope.command_type),
+            &envelope.aggregate_id,
+        );
+        let headers = {
+            let mut envelope = envelope.clone();
+            envelope.trace.traceparent =
+                telemetry::outgoing(&span, envelope.trace.traceparent.as_deref());
+            envelope.to_headers()
+        };
         let (tx, rx) = oneshot::channel();
         self.lock().insert(envelope.command_id.clone(), tx);
         let topic = self.topics.commands(kind);
         let record = FutureRecord::to(&topic)
             .key(envelope.aggregate_id.as_bytes())
             .payload(&payload)
-            .headers(envelope.to_headers());
-        if let Err((error, _)) = self.producer.send(record, self.send_timeout).await {
+            .headers(headers);
+        let sent = self
+            .producer
+            .send(record, self.send_timeout)
+            .instrument(span)
+            .await;
+        if let Err((error, _)) = sent {
             self.lock().remove(&envelope.command_id);
             return Err(BusError::Unavailable(error));
         }

@@ -34,14 +34,14 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            platform::telemetry::init("command-api");
+            let telemetry = platform::telemetry::init("command-api");
             let settings = Settings::from_env().context("reading configuration")?;
             let app = Application::build(settings)
                 .await
                 .context("starting command-api")?;
-            app.run_until(platform::shutdown::signal())
-                .await
-                .context("serving")?;
+            let served = app.run_until(platform::shutdown::signal()).await;
+            telemetry.shutdown().await;
+            served.context("serving")?;
         }
         Command::Token { sub, roles, ttl } => {
             let secret = std::env::var("AUTH_JWT_SECRET").context("AUTH_JWT_SECRET is not set")?;

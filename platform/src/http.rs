@@ -8,9 +8,15 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-/// Middleware: request count and latency by method, route template and status.
+/// Routes probed by machines every few seconds: measured, but not traced.
+const UNTRACED_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Middleware: request count and latency by method, route template and status, and the
+/// request's span (continuing the caller's `traceparent`), which everything the handler sends
+/// to Kafka descends from.
 pub async fn record_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -18,7 +24,14 @@ pub async fn record_request(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().to_string();
-    let response = next.run(request).await;
+    let response = if UNTRACED_ROUTES.contains(&route.as_str()) {
+        next.run(request).await
+    } else {
+        let span = crate::telemetry::propagation::http_span(&method, &route, request.headers());
+        let response = next.run(request).instrument(span.clone()).await;
+        span.record("http.response.status_code", response.status().as_u16());
+        response
+    };
     let status = response.status().as_u16().to_string();
     metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)

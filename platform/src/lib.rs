@@ -17,7 +17,8 @@
 //! - [`dead_letters`]: `<topic>.dlq` records with headers naming the source and the error,
 //!   for every consumer (projections, the saga orchestrator).
 //! - [`http`]: request metrics middleware and the OpenAPI bearer scheme, shared by both APIs.
-//! - [`telemetry`]: structured JSON logs via `tracing`.
+//! - [`telemetry`]: JSON logs, OpenTelemetry traces over OTLP with the W3C context carried in
+//!   Kafka headers, and the Prometheus recorder.
 //! - [`shutdown`]: the SIGTERM/SIGINT future every binary stops on.
 
 pub mod auth;

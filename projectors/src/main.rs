@@ -66,7 +66,7 @@ enum DlqCommand {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command.unwrap_or(Command::Run) {
         Command::Run => {
-            platform::telemetry::init("projectors");
+            let telemetry = platform::telemetry::init("projectors");
             let settings = Settings::from_env().context("reading configuration")?;
             let shutdown = CancellationToken::new();
             let signal = shutdown.clone();
@@ -74,9 +74,9 @@ async fn main() -> anyhow::Result<()> {
                 platform::shutdown::signal().await;
                 signal.cancel();
             });
-            app::run(settings, shutdown)
-                .await
-                .context("running projections")?;
+            let ran = app::run(settings, shutdown).await;
+            telemetry.shutdown().await;
+            ran.context("running projections")?;
         }
         Command::Status => {
             let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
@@ -136,7 +136,7 @@ async fn rebuild(projection: &str) -> anyhow::Result<()> {
     };
     use projectors::rebuild::{rebuild, LogProgress, Progress, TerminalProgress};
     use std::io::IsTerminal;
-    platform::telemetry::init("projectors");
+    let _telemetry = platform::telemetry::init("projectors");
     let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
     let pool = app::connect(&url)
         .await

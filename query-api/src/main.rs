@@ -5,13 +5,13 @@ use query_api::startup::{Application, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    platform::telemetry::init("query-api");
+    let telemetry = platform::telemetry::init("query-api");
     let settings = Settings::from_env().context("reading configuration")?;
     let app = Application::build(settings)
         .await
         .context("starting query-api")?;
-    app.run_until(platform::shutdown::signal())
-        .await
-        .context("serving")?;
+    let served = app.run_until(platform::shutdown::signal()).await;
+    telemetry.shutdown().await;
+    served.context("serving")?;
     Ok(())
 }

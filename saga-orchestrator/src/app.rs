@@ -115,7 +115,7 @@ impl Orchestrator {
 /// The process: settings from the environment, run until SIGTERM / SIGINT, stop cleanly.
 pub async fn run_from_env() -> anyhow::Result<()> {
     use anyhow::Context;
-    platform::telemetry::init("saga-orchestrator");
+    let telemetry = platform::telemetry::init("saga-orchestrator");
     let settings = Settings::from_env().context("reading configuration")?;
     let shutdown = CancellationToken::new();
     let orchestrator = Orchestrator::start(settings, shutdown.clone())
@@ -124,6 +124,7 @@ pub async fn run_from_env() -> anyhow::Result<()> {
     platform::shutdown::signal().await;
     shutdown.cancel();
     orchestrator.stopped().await;
+    telemetry.shutdown().await;
     Ok(())
 }
 

@@ -23,12 +23,13 @@ use domain::{Current, Version, Versioned};
 use platform::dead_letters::DeadLetter;
 use platform::envelope::{EventEnvelope, Trace};
 use platform::log_order::{LogOrder, Verdict};
+use platform::telemetry::propagation::{self as telemetry, SpanRole};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::ids;
 use crate::shared::Shared;
@@ -54,6 +55,8 @@ struct Tracked {
     stuck_reported: bool,
     /// An accepted event of this saga cannot be decoded: hands off until fixed (dead-lettered).
     unreadable: bool,
+    /// The trace context of its latest event, so a deadline continues the saga's trace.
+    last_traceparent: Option<String>,
 }
 
 /// The saga, once started (a free function, so callers can borrow other fields mutably).
@@ -283,6 +286,12 @@ impl PartitionWorker {
         };
         let command_id = ids::from_order_event(envelope.event_id);
         let trace = caused_by(envelope);
+        let span = telemetry::record_span(
+            &format!("saga on {}", envelope.event_type),
+            SpanRole::Consumer,
+            &envelope.aggregate_id,
+            &envelope.trace,
+        );
         let (sender, stop) = (self.shared.sender.clone(), self.stop.clone());
         let offset = message.offset();
         self.begin(Source::Orders, offset);
@@ -295,7 +304,7 @@ impl PartitionWorker {
                 None => return None,
             }
             Some((Source::Orders, offset))
-        });
+        }.instrument(span));
     }
 
     async fn on_saga_event(
@@ -317,6 +326,7 @@ impl PartitionWorker {
                 deadlines_sent_at: None,
                 stuck_reported: false,
                 unreadable: false,
+                last_traceparent: None,
             });
         if tracked.unreadable {
             return;
@@ -351,6 +361,7 @@ impl PartitionWorker {
         }
         tracked.last_event_at = envelope.occurred_at;
         tracked.last_event = Some(event.clone());
+        tracked.last_traceparent = envelope.trace.traceparent.clone();
         observe(&event, envelope, started_at);
         if !live {
             return;
@@ -367,6 +378,12 @@ impl PartitionWorker {
             message.offset(),
         );
         let step = command.step.name();
+        let span = telemetry::record_span(
+            &format!("saga step {step}"),
+            SpanRole::Consumer,
+            &saga_id,
+            &envelope.trace,
+        );
         self.begin(Source::Sagas, offset);
         self.actions.spawn(async move {
             let sent_at = std::time::Instant::now();
@@ -395,7 +412,7 @@ impl PartitionWorker {
                 debug!(%saga_id, %step, outcome = ?reply.outcome, code = ?reply.error_code, "reply means nothing to the saga");
             }
             Some((Source::Sagas, offset))
-        });
+        }.instrument(span));
     }
 
     fn begin(&mut self, source: Source, offset: i64) {
@@ -445,16 +462,25 @@ impl PartitionWorker {
                 let trace = Trace {
                     correlation_id: saga_id.clone(),
                     causation_id: command_id.clone(),
-                    traceparent: None,
+                    traceparent: tracked.last_traceparent.clone(),
                 };
-                info!(%saga_id, step = %step, "step deadline passed");
+                let span = telemetry::record_span(
+                    &format!("saga deadline {step}"),
+                    SpanRole::Consumer,
+                    saga_id,
+                    &trace,
+                );
+                span.in_scope(|| info!(%saga_id, step = %step, "step deadline passed"));
                 metrics::counter!("saga_deadlines_total", "step" => step_kind(&step.name()))
                     .increment(1);
                 let (sender, stop) = (self.shared.sender.clone(), self.stop.clone());
-                self.actions.spawn(async move {
-                    sender.record(command_id, &message, trace, &stop).await;
-                    None
-                });
+                self.actions.spawn(
+                    async move {
+                        sender.record(command_id, &message, trace, &stop).await;
+                        None
+                    }
+                    .instrument(span),
+                );
             }
         }
     }

@@ -68,6 +68,7 @@ impl CommandHeaders {
         let correlation_id = text("x-correlation-id")?
             .filter(|id| !id.is_empty() && id.len() <= 128)
             .unwrap_or_else(|| Uuid::now_v7().to_string());
+        tracing::Span::current().record("correlation_id", correlation_id.as_str());
         Ok(Self {
             idempotency_key,
             expected_version,

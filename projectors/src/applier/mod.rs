@@ -11,6 +11,8 @@
 mod operator;
 mod sql;
 
+use platform::telemetry::exporting_traces;
+use platform::telemetry::propagation::{record_span, SpanRole};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::marker::PhantomData;
 use std::time::Instant;
@@ -80,6 +82,9 @@ struct Outcome {
     /// (aggregate id, reason)
     new_parks: Vec<(String, String)>,
     dead: Vec<DeadLetter>,
+    /// One span per applied event while traces are exported, continuing the event's trace and
+    /// held until the batch's transaction ends.
+    spans: Vec<tracing::Span>,
 }
 
 /// A statement the database refused (a constraint, a type): retrying the same input will fail
@@ -330,6 +335,14 @@ impl<P: Projection> Applier<P> {
         };
         match P::fold(rows.get(&key).cloned(), &key, event, Stamp::of(&envelope)) {
             Ok(row) => {
+                if exporting_traces() {
+                    outcome.spans.push(record_span(
+                        &format!("project {} {}", P::NAME, envelope.event_type),
+                        SpanRole::Consumer,
+                        &key,
+                        &envelope.trace,
+                    ));
+                }
                 rows.insert(key.clone(), row);
                 changed.insert(key);
                 outcome.applied += 1;

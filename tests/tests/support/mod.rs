@@ -59,6 +59,11 @@ pub struct Options {
     pub step_timeout: Duration,
     /// Whether the inventory's writers run with the rest (a test may take them away).
     pub inventory_writers: bool,
+    /// Run the orchestrator in this process (so its spans reach this process's exporter)
+    /// instead of as a process a test can SIGKILL.
+    pub orchestrator_in_process: bool,
+    /// Extra environment for the orchestrator process.
+    pub orchestrator_env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -66,6 +71,8 @@ impl Default for Options {
         Self {
             step_timeout: Duration::from_secs(30),
             inventory_writers: true,
+            orchestrator_in_process: false,
+            orchestrator_env: Vec::new(),
         }
     }
 }
@@ -179,7 +186,11 @@ impl Stack {
         if options.inventory_writers {
             stack.start_inventory_writers().await;
         }
-        stack.start_orchestrator().await;
+        if options.orchestrator_in_process {
+            stack.start_orchestrator_in_process().await;
+        } else {
+            stack.start_orchestrator().await;
+        }
         stack.wait_ready().await;
         stack
     }
@@ -229,6 +240,7 @@ impl Stack {
                     (self.options.step_timeout * 3).as_millis().to_string(),
                 )
                 .env("RUST_LOG", "warn")
+                .envs(self.options.orchestrator_env.iter().cloned())
                 .stdout(std::process::Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
@@ -253,6 +265,20 @@ impl Stack {
                 SocketAddr::from(([127, 0, 0, 1], test_harness::broker::free_port()));
         }
         panic!("the orchestrator did not start");
+    }
+
+    /// The orchestrator as a task of this process, stopped with the stack.
+    async fn start_orchestrator_in_process(&mut self) {
+        let settings = saga_orchestrator::config::Settings {
+            kafka: self.kafka.settings.clone(),
+            addr: self.orchestrator_addr,
+            step_timeout: self.options.step_timeout,
+            stuck_after: self.options.step_timeout * 3,
+            group: format!("{}.saga-orchestrator", self.kafka.settings.topic_prefix),
+        };
+        saga_orchestrator::app::Orchestrator::start(settings, self.stop.child_token())
+            .await
+            .unwrap();
     }
 
     /// SIGKILL: no goodbye, no last commit.
@@ -289,14 +315,25 @@ impl Stack {
     }
 
     async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
+        self.post_with(path, token, body, &[]).await
+    }
+
+    async fn post_with(
+        &self,
+        path: &str,
+        token: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut request = self
             .client
             .post(format!("http://{}{path}", self.commands))
             .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .json(&body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
         (
             response.status(),
             response.json().await.unwrap_or(Value::Null),
@@ -371,6 +408,16 @@ impl Stack {
 
     /// Places an order as the customer; returns its id (the saga runs on).
     pub async fn place_order(&self, customer_id: &str, lines: &[Line]) -> String {
+        self.place_order_with(customer_id, lines, &[]).await
+    }
+
+    /// Places an order with extra request headers (a `traceparent`, say).
+    pub async fn place_order_with(
+        &self,
+        customer_id: &str,
+        lines: &[Line],
+        headers: &[(&str, &str)],
+    ) -> String {
         let lines: Vec<Value> = lines
             .iter()
             .map(|l| {
@@ -380,10 +427,11 @@ impl Stack {
             .collect();
         let token = self.token_for_customer(customer_id);
         let (status, body) = self
-            .post(
+            .post_with(
                 "/v1/orders",
                 &token,
                 json!({"customer_id": customer_id, "lines": lines}),
+                headers,
             )
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "place order: {body}");

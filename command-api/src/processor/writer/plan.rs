@@ -6,6 +6,7 @@ use chrono::Utc;
 use domain::Current;
 use platform::envelope::{EventEnvelope, Trace};
 use platform::partitioner::partition_for;
+use platform::telemetry::propagation::{self as telemetry, SpanRole};
 use schemas::wire::reply::Position;
 use schemas::ReplyOutcome;
 use tracing::error;
@@ -55,6 +56,14 @@ where
             }
         };
         let aggregate_id = envelope.aggregate_id.as_str();
+        // The command's span continues the sender's trace; the events' spans are its children.
+        let span = telemetry::record_span(
+            &format!("handle {}", envelope.command_type),
+            SpanRole::Consumer,
+            aggregate_id,
+            &envelope.trace,
+        );
+        let _handling = span.enter();
         if let Some(&first) = seen.get(&envelope.command_id) {
             return Plan::SameAs(first);
         }
@@ -220,9 +229,11 @@ where
                     );
                 }
             };
+            let event_type = schemas::WireRecord::event_type(&event.event);
+            let append = telemetry::send_span(&format!("append {event_type}"), aggregate_id);
             let envelope = EventEnvelope {
                 event_id: Uuid::now_v7(),
-                event_type: schemas::WireRecord::event_type(&event.event).to_owned(),
+                event_type: event_type.to_owned(),
                 aggregate_kind: A::KIND,
                 aggregate_id: aggregate_id.to_owned(),
                 version: event.version,
@@ -233,7 +244,10 @@ where
                 trace: Trace {
                     correlation_id: envelope.trace.correlation_id.clone(),
                     causation_id: envelope.command_id.clone(),
-                    traceparent: envelope.trace.traceparent.clone(),
+                    traceparent: telemetry::outgoing(
+                        &append,
+                        envelope.trace.traceparent.as_deref(),
+                    ),
                 },
             };
             *head = Some(envelope.event_id);
