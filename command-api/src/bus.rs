@@ -61,6 +61,7 @@ impl CommandBus {
         reply_key: String,
         shutdown: CancellationToken,
     ) -> Result<Self, rdkafka::error::KafkaError> {
+        platform::kafka::register_producer("command-bus");
         let topics = Topics::new(kafka.topic_prefix.clone());
         let replies = topics.replies();
         let partition = partition_for(reply_key.as_bytes(), partitions);
@@ -142,6 +143,7 @@ impl CommandBus {
             .instrument(span)
             .await;
         if let Err((error, _)) = sent {
+            platform::kafka::count_producer_error("command-bus");
             self.lock().remove(&envelope.command_id);
             return Err(BusError::Unavailable(error));
         }

@@ -33,3 +33,22 @@ pub mod problem;
 pub mod processor;
 pub mod routes;
 pub mod startup;
+
+/// The service as its binary runs it: settings from the environment, serve until SIGTERM or
+/// SIGINT, stop cleanly (finish in-flight requests and batches, commit), flush telemetry.
+pub async fn run_from_env() -> anyhow::Result<()> {
+    use anyhow::Context;
+    let telemetry = platform::telemetry::init("command-api");
+    let served = async {
+        let settings = config::Settings::from_env().context("reading configuration")?;
+        let app = startup::Application::build(settings)
+            .await
+            .context("starting command-api")?;
+        app.run_until(platform::shutdown::signal())
+            .await
+            .context("serving")
+    }
+    .await;
+    telemetry.shutdown().await;
+    served
+}

@@ -3,8 +3,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use command_api::auth::Auth;
-use command_api::config::Settings;
-use command_api::startup::Application;
 
 #[derive(Parser)]
 #[command(name = "command-api", about = "orderstream command API")]
@@ -34,14 +32,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let telemetry = platform::telemetry::init("command-api");
-            let settings = Settings::from_env().context("reading configuration")?;
-            let app = Application::build(settings)
-                .await
-                .context("starting command-api")?;
-            let served = app.run_until(platform::shutdown::signal()).await;
-            telemetry.shutdown().await;
-            served.context("serving")?;
+            command_api::run_from_env().await?;
         }
         Command::Token { sub, roles, ttl } => {
             let secret = std::env::var("AUTH_JWT_SECRET").context("AUTH_JWT_SECRET is not set")?;

@@ -128,6 +128,13 @@ async fn an_unreachable_broker_is_a_bounded_503_and_nothing_is_appended_later() 
         waited < Duration::from_secs(15),
         "answered within a bounded time, took {waited:?}"
     );
+    let metrics = platform::telemetry::metrics_handle().render();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with(r#"kafka_producer_errors_total{producer="command-bus"}"#)
+            && !l.ends_with(" 0")),
+        "the refused produce is counted: {metrics}"
+    );
 
     broker.restart().await;
     // Give every retry and writer a chance to act behind the user's back.

@@ -73,6 +73,7 @@ impl std::fmt::Debug for DeadLetters {
 
 impl DeadLetters {
     pub fn new(producer: FutureProducer, projection: &'static str) -> Self {
+        crate::kafka::register_producer("dead-letters");
         Self {
             producer,
             projection,
@@ -126,6 +127,8 @@ impl DeadLetters {
                     .map_err(|(error, _)| error)
             }
         });
-        try_join_all(sends).await.map(|_| ())
+        try_join_all(sends).await.map(|_| ()).inspect_err(|_| {
+            crate::kafka::count_producer_error("dead-letters");
+        })
     }
 }

@@ -54,8 +54,59 @@ pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("partition.assignment.strategy", "range,roundrobin");
+        .set("partition.assignment.strategy", "range,roundrobin")
+        // Statistics carry each partition's lag; contexts publish it (see [`publish_lag`]).
+        .set("statistics.interval.ms", "5000");
     config
+}
+
+/// Publishes every partition's consumer lag from librdkafka's statistics as the gauge
+/// `kafka_consumer_lag{consumer, topic, partition}`: the log end minus the committed offset
+/// for group consumers, minus the position handed to the application for consumers that
+/// assign partitions themselves (writers, saga workers) and commit elsewhere.
+pub fn publish_lag(consumer: &'static str, statistics: &rdkafka::Statistics) {
+    for (topic, stats) in &statistics.topics {
+        for (partition, p) in &stats.partitions {
+            if *partition < 0 || p.hi_offset < 0 {
+                continue;
+            }
+            let lag = if p.consumer_lag >= 0 {
+                p.consumer_lag
+            } else if p.app_offset >= 0 {
+                (p.hi_offset - p.app_offset).max(0)
+            } else {
+                continue;
+            };
+            metrics::gauge!("kafka_consumer_lag", "consumer" => consumer, "topic" => topic.clone(), "partition" => partition.to_string())
+                .set(lag as f64);
+        }
+    }
+}
+
+/// A client context that only publishes consumer lag, for consumers needing nothing else.
+#[derive(Debug, Clone, Copy)]
+pub struct LagContext {
+    /// The `consumer` label: which part of which service reads.
+    pub consumer: &'static str,
+}
+
+impl rdkafka::ClientContext for LagContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        publish_lag(self.consumer, &statistics);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LagContext {}
+
+/// Counts a record the broker did not take (`kafka_producer_errors_total{producer}`).
+pub fn count_producer_error(producer: &'static str) {
+    metrics::counter!("kafka_producer_errors_total", "producer" => producer).increment(1);
+}
+
+/// Shows `kafka_producer_errors_total{producer}` at 0 from the start, so alerts and dashboards
+/// see the series before the first error.
+pub fn register_producer(producer: &'static str) {
+    metrics::counter!("kafka_producer_errors_total", "producer" => producer).increment(0);
 }
 
 /// A group consumer on a request/response path (commands, a writer reading its own events back,

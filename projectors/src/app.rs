@@ -83,6 +83,26 @@ pub async fn ensure_read_topics(kafka: &KafkaSettings) -> Result<(), AppError> {
 }
 
 /// Runs every projection until `shutdown` resolves.
+/// `projectors run` as the binary runs it: settings from the environment, every projection
+/// until SIGTERM or SIGINT, then each commits what it applied and stops; telemetry flushed.
+pub async fn run_from_env() -> anyhow::Result<()> {
+    use anyhow::Context;
+    let telemetry = platform::telemetry::init("projectors");
+    let ran = async {
+        let settings = Settings::from_env().context("reading configuration")?;
+        let shutdown = CancellationToken::new();
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            platform::shutdown::signal().await;
+            signal.cancel();
+        });
+        run(settings, shutdown).await.context("running projections")
+    }
+    .await;
+    telemetry.shutdown().await;
+    ran
+}
+
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
     let pool = connect(&settings.database_url).await?;
     MIGRATOR.run(&pool).await?;

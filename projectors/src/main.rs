@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use platform::config::KafkaSettings;
-use projectors::app::{self, Settings};
+use projectors::app;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -66,17 +66,7 @@ enum DlqCommand {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command.unwrap_or(Command::Run) {
         Command::Run => {
-            let telemetry = platform::telemetry::init("projectors");
-            let settings = Settings::from_env().context("reading configuration")?;
-            let shutdown = CancellationToken::new();
-            let signal = shutdown.clone();
-            tokio::spawn(async move {
-                platform::shutdown::signal().await;
-                signal.cancel();
-            });
-            let ran = app::run(settings, shutdown).await;
-            telemetry.shutdown().await;
-            ran.context("running projections")?;
+            app::run_from_env().await?;
         }
         Command::Status => {
             let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;

@@ -50,14 +50,7 @@ pub struct AssignmentContext {
 impl ClientContext for AssignmentContext {
     /// librdkafka's statistics carry each partition's consumer lag: published as a gauge.
     fn stats(&self, statistics: rdkafka::Statistics) {
-        for (topic, stats) in &statistics.topics {
-            for (partition, p) in &stats.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    metrics::gauge!("projector_consumer_lag", "projection" => self.projection, "topic" => topic.clone(), "partition" => partition.to_string())
-                        .set(p.consumer_lag as f64);
-                }
-            }
-        }
+        platform::kafka::publish_lag(self.projection, &statistics);
     }
 }
 
@@ -112,7 +105,6 @@ impl<P: Projection> Runner<P> {
         let consumer: StreamConsumer<AssignmentContext> =
             platform::kafka::consumer_config(kafka, group)
                 .set("fetch.wait.max.ms", "20")
-                .set("statistics.interval.ms", "5000")
                 .create_with_context(AssignmentContext {
                     assigned: tx,
                     projection: P::NAME,

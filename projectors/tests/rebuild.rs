@@ -87,7 +87,7 @@ async fn a_rebuild_while_commands_keep_arriving_ends_equal_to_the_live_read_mode
     let mut metrics = String::new();
     for _ in 0..100 {
         metrics = platform::telemetry::metrics_handle().render();
-        if metrics.contains("projector_consumer_lag") {
+        if metrics.contains("kafka_consumer_lag") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -95,7 +95,8 @@ async fn a_rebuild_while_commands_keep_arriving_ends_equal_to_the_live_read_mode
     for name in [
         "projector_events_applied_total",
         "projector_batch_size",
-        "projector_consumer_lag",
+        "kafka_consumer_lag",
+        "projection_checkpoint",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }

@@ -19,3 +19,22 @@ pub mod problem;
 pub mod routes;
 pub mod startup;
 pub mod views;
+
+/// The service as its binary runs it: settings from the environment, serve until SIGTERM or
+/// SIGINT, stop cleanly, flush telemetry.
+pub async fn run_from_env() -> anyhow::Result<()> {
+    use anyhow::Context;
+    let telemetry = platform::telemetry::init("query-api");
+    let served = async {
+        let settings = startup::Settings::from_env().context("reading configuration")?;
+        let app = startup::Application::build(settings)
+            .await
+            .context("starting query-api")?;
+        app.run_until(platform::shutdown::signal())
+            .await
+            .context("serving")
+    }
+    .await;
+    telemetry.shutdown().await;
+    served
+}

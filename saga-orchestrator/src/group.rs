@@ -44,7 +44,12 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// Lag behind the committed offsets (what the saga has not acted on yet).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        platform::kafka::publish_lag("saga-orchestrator-group", &statistics);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

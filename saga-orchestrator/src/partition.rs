@@ -22,6 +22,7 @@ use domain::saga::{reply_for, OrderSaga, OrderSagaAggregate, SagaEvent, SagaStat
 use domain::{Current, Version, Versioned};
 use platform::dead_letters::DeadLetter;
 use platform::envelope::{EventEnvelope, Trace};
+use platform::kafka::LagContext;
 use platform::log_order::{LogOrder, Verdict};
 use platform::telemetry::propagation::{self as telemetry, SpanRole};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -71,7 +72,7 @@ pub(crate) struct PartitionWorker {
     shared: Arc<Shared>,
     partition: i32,
     topics: [String; 2],
-    tail: Arc<StreamConsumer>,
+    tail: Arc<StreamConsumer<LagContext>>,
     logs: [LogOrder; 2],
     /// Offsets below these were handled before this worker started: fold only, do not act.
     replay_until: [i64; 2],
@@ -141,11 +142,13 @@ impl PartitionWorker {
                 replay_until[i] = n;
             }
         }
-        let tail: StreamConsumer = platform::kafka::latency_consumer_config(
+        let tail: StreamConsumer<LagContext> = platform::kafka::latency_consumer_config(
             &shared.settings.kafka,
             &format!("{}.saga-tail", shared.settings.kafka.topic_prefix),
         )
-        .create()?;
+        .create_with_context(LagContext {
+            consumer: "saga-orchestrator",
+        })?;
         let mut assignment = TopicPartitionList::new();
         for topic in &topics {
             assignment.add_partition_offset(topic, partition, Offset::Beginning)?;

@@ -73,7 +73,12 @@ enum Change {
     Revoked(Vec<(String, i32)>),
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// Lag of the commands topics: what the writers have not handled yet.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        platform::kafka::publish_lag("command-writers", &statistics);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     /// Writers commit every batch before answering, so nothing is left to commit here.
@@ -134,6 +139,8 @@ impl Processor {
         let command_topics: Vec<String> = kinds.iter().map(|k| topics.commands(*k)).collect();
         let names: Vec<&str> = command_topics.iter().map(String::as_str).collect();
         group.subscribe(&names)?;
+        platform::kafka::register_producer("command-writer");
+        platform::kafka::register_producer("command-replies");
         let context = Arc::new(WriterContext {
             kafka,
             topics,

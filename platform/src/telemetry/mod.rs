@@ -73,6 +73,8 @@ pub fn init(service: &'static str) -> Telemetry {
 
 /// Installs logs and the given tracer provider (tests pass one with an in-memory exporter).
 pub fn install(service: &'static str, provider: Option<SdkTracerProvider>) -> Telemetry {
+    // The recorder first: metrics recorded before it exists would go nowhere.
+    let _ = metrics_handle();
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );

@@ -240,6 +240,12 @@ impl<P: Projection> Applier<P> {
             .await
             .map_err(|e| sqlx::Error::Protocol(format!("dead-letter topic unavailable: {e}")))?;
         tx.commit().await?;
+        if self.generation == Generation::Live {
+            for (partition, next_offset) in &next {
+                metrics::gauge!("projection_checkpoint", "projection" => P::NAME, "topic" => self.topic.clone(), "partition" => partition.to_string())
+                    .set(*next_offset as f64);
+            }
+        }
         metrics::counter!("projector_events_applied_total", "projection" => P::NAME)
             .increment(outcome.applied);
         metrics::histogram!("projector_batch_size", "projection" => P::NAME)
@@ -247,7 +253,7 @@ impl<P: Projection> Applier<P> {
         metrics::histogram!("projector_batch_seconds", "projection" => P::NAME)
             .record(started.elapsed().as_secs_f64());
         if !outcome.dead.is_empty() {
-            metrics::counter!("projector_dead_letters_total", "projection" => P::NAME)
+            metrics::counter!("dead_letters_total", "consumer" => P::NAME)
                 .increment(outcome.dead.len() as u64);
         }
         for anomaly in &outcome.anomalies {
@@ -389,7 +395,7 @@ impl<P: Projection> Applier<P> {
             .await
             .map_err(|e| sqlx::Error::Protocol(format!("dead-letter topic unavailable: {e}")))?;
         tx.commit().await?;
-        metrics::counter!("projector_dead_letters_total", "projection" => P::NAME).increment(1);
+        metrics::counter!("dead_letters_total", "consumer" => P::NAME).increment(1);
         Ok(())
     }
 }

@@ -10,19 +10,21 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use domain::AggregateKind;
 use platform::auth::Auth;
 use platform::envelope::EventEnvelope;
+use process::ServiceProcess;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use test_harness::{TestDatabase, TestKafka};
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "scenario-test-secret";
@@ -64,6 +66,9 @@ pub struct Options {
     pub orchestrator_in_process: bool,
     /// Extra environment for the orchestrator process.
     pub orchestrator_env: Vec<(String, String)>,
+    /// Run command-api, query-api and projectors as processes too (each exactly as its binary
+    /// runs), so a test can scrape each one's `/metrics` or stop it with SIGTERM.
+    pub all_processes: bool,
 }
 
 impl Default for Options {
@@ -73,11 +78,13 @@ impl Default for Options {
             inventory_writers: true,
             orchestrator_in_process: false,
             orchestrator_env: Vec::new(),
+            all_processes: false,
         }
     }
 }
 
-/// command-api, projectors and query-api in this process; the orchestrator as a process.
+/// command-api, projectors and query-api in this process (or as processes, see
+/// [`Options::all_processes`]); the orchestrator as a process.
 pub struct Stack {
     pub kafka: TestKafka,
     pub db: TestDatabase,
@@ -88,9 +95,12 @@ pub struct Stack {
     admin: String,
     stop: CancellationToken,
     inventory: Option<CancellationToken>,
-    orchestrator: Option<Child>,
-    /// Where the orchestrator serves `/metrics` (the same port across restarts).
-    pub orchestrator_addr: SocketAddr,
+    /// The orchestrator's process (`None` when it runs in this process).
+    pub orchestrator: Option<ServiceProcess>,
+    /// The other services' processes, with [`Options::all_processes`].
+    pub command_api: Option<ServiceProcess>,
+    pub query_api: Option<ServiceProcess>,
+    pub projectors: Option<ServiceProcess>,
     options: Options,
 }
 
@@ -121,70 +131,28 @@ impl Stack {
         let mut kafka = TestKafka::new();
         kafka.settings.partitions = PARTITIONS;
         let db = TestDatabase::create(Some(&projectors::app::MIGRATOR)).await;
-        let stop = CancellationToken::new();
-        let kinds = vec![
-            AggregateKind::Customer,
-            AggregateKind::Order,
-            AggregateKind::OrderSaga,
-        ];
-        let command_app = command_api::startup::Application::build(command_settings(&kafka, kinds))
-            .await
-            .unwrap();
-        let commands = command_app.local_addr().unwrap();
-        let signal = stop.clone();
-        tokio::spawn(async move {
-            let _ = command_app
-                .run_until(async move { signal.cancelled().await })
-                .await;
-        });
-        let query_app = query_api::startup::Application::build(query_api::startup::Settings {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            database_url: db.url.clone(),
-            jwt_secret: SECRET.into(),
-            topic_prefix: kafka.settings.topic_prefix.clone(),
-            rate_limit_per_second: 10_000,
-            saga_stuck_after: options.step_timeout * 3,
-        })
-        .await
-        .unwrap();
-        let queries = query_app.local_addr().unwrap();
-        let signal = stop.clone();
-        tokio::spawn(async move {
-            let _ = query_app
-                .run_until(async move { signal.cancelled().await })
-                .await;
-        });
-        let projector_settings = projectors::app::Settings {
-            database_url: db.url.clone(),
-            kafka: kafka.settings.clone(),
-            addr: "127.0.0.1:0".parse().unwrap(),
-            limits: projectors::runner::BatchLimits::default(),
-        };
-        let signal = stop.child_token();
-        tokio::spawn(async move {
-            let _ = projectors::app::run(projector_settings, signal).await;
-        });
         let auth = Auth::new(SECRET, 1_000_000);
         let admin = auth.sign("operator", &["admin"], 3600).unwrap();
         let mut stack = Self {
             kafka,
             db,
-            commands,
-            queries,
+            commands: SocketAddr::from(([127, 0, 0, 1], 0)),
+            queries: SocketAddr::from(([127, 0, 0, 1], 0)),
             client: reqwest::Client::new(),
             auth,
             admin,
-            stop,
+            stop: CancellationToken::new(),
             inventory: None,
             orchestrator: None,
-            orchestrator_addr: SocketAddr::from((
-                [127, 0, 0, 1],
-                test_harness::broker::free_port(),
-            )),
+            command_api: None,
+            query_api: None,
+            projectors: None,
             options: options.clone(),
         };
-        if options.inventory_writers {
-            stack.start_inventory_writers().await;
+        if options.all_processes {
+            stack.start_processes().await;
+        } else {
+            stack.start_in_process().await;
         }
         if options.orchestrator_in_process {
             stack.start_orchestrator_in_process().await;
@@ -193,6 +161,95 @@ impl Stack {
         }
         stack.wait_ready().await;
         stack
+    }
+
+    /// command-api (customers, orders, sagas; inventory separately), query-api and projectors
+    /// as tasks of this process.
+    async fn start_in_process(&mut self) {
+        let kinds = vec![
+            AggregateKind::Customer,
+            AggregateKind::Order,
+            AggregateKind::OrderSaga,
+        ];
+        let command_app =
+            command_api::startup::Application::build(command_settings(&self.kafka, kinds))
+                .await
+                .unwrap();
+        self.commands = command_app.local_addr().unwrap();
+        let signal = self.stop.clone();
+        tokio::spawn(async move {
+            let _ = command_app
+                .run_until(async move { signal.cancelled().await })
+                .await;
+        });
+        let query_app = query_api::startup::Application::build(query_api::startup::Settings {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            database_url: self.db.url.clone(),
+            jwt_secret: SECRET.into(),
+            topic_prefix: self.kafka.settings.topic_prefix.clone(),
+            rate_limit_per_second: 10_000,
+            saga_stuck_after: self.options.step_timeout * 3,
+        })
+        .await
+        .unwrap();
+        self.queries = query_app.local_addr().unwrap();
+        let signal = self.stop.clone();
+        tokio::spawn(async move {
+            let _ = query_app
+                .run_until(async move { signal.cancelled().await })
+                .await;
+        });
+        let projector_settings = projectors::app::Settings {
+            database_url: self.db.url.clone(),
+            kafka: self.kafka.settings.clone(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            limits: projectors::runner::BatchLimits::default(),
+        };
+        let signal = self.stop.child_token();
+        tokio::spawn(async move {
+            let _ = projectors::app::run(projector_settings, signal).await;
+        });
+        if self.options.inventory_writers {
+            self.start_inventory_writers().await;
+        }
+    }
+
+    /// The environment every service process gets (12-factor: the same names everywhere).
+    pub fn service_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("KAFKA_BROKERS".into(), self.kafka.settings.brokers.clone()),
+            (
+                "KAFKA_TOPIC_PREFIX".into(),
+                self.kafka.settings.topic_prefix.clone(),
+            ),
+            ("KAFKA_PARTITIONS".into(), PARTITIONS.to_string()),
+            ("DATABASE_URL".into(), self.db.url.clone()),
+            ("AUTH_JWT_SECRET".into(), SECRET.into()),
+            ("RATE_LIMIT_PER_SECOND".into(), "10000".into()),
+            (
+                "SAGA_STEP_TIMEOUT_MS".into(),
+                self.options.step_timeout.as_millis().to_string(),
+            ),
+            (
+                "SAGA_STUCK_AFTER_MS".into(),
+                (self.options.step_timeout * 3).as_millis().to_string(),
+            ),
+            ("RUST_LOG".into(), "warn".into()),
+        ]
+    }
+
+    /// command-api (every aggregate's writers), query-api and projectors as processes.
+    async fn start_processes(&mut self) {
+        let env = self.service_env();
+        // command-api first: it creates the topics the others read.
+        let command_api = ServiceProcess::start(process::COMMAND_API, env.clone()).await;
+        let query_api = ServiceProcess::start(process::QUERY_API, env.clone()).await;
+        let projectors = ServiceProcess::start(process::PROJECTORS, env).await;
+        self.commands = command_api.addr;
+        self.queries = query_api.addr;
+        self.command_api = Some(command_api);
+        self.query_api = Some(query_api);
+        self.projectors = Some(projectors);
     }
 
     /// The inventory's partition writers, as their own command-api instance (so a test can
@@ -221,57 +278,23 @@ impl Stack {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 
-    /// Starts the orchestrator process and waits for its health endpoint. The port was free a
-    /// moment ago; if another process took it meanwhile, the orchestrator exits and we pick
-    /// another one.
+    /// Starts the orchestrator process (again, on the same port, after a kill).
     pub async fn start_orchestrator(&mut self) {
-        for _ in 0..5 {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator-under-test"))
-                .env("KAFKA_BROKERS", &self.kafka.settings.brokers)
-                .env("KAFKA_TOPIC_PREFIX", &self.kafka.settings.topic_prefix)
-                .env("KAFKA_PARTITIONS", PARTITIONS.to_string())
-                .env("SAGA_ORCHESTRATOR_ADDR", self.orchestrator_addr.to_string())
-                .env(
-                    "SAGA_STEP_TIMEOUT_MS",
-                    self.options.step_timeout.as_millis().to_string(),
-                )
-                .env(
-                    "SAGA_STUCK_AFTER_MS",
-                    (self.options.step_timeout * 3).as_millis().to_string(),
-                )
-                .env("RUST_LOG", "warn")
-                .envs(self.options.orchestrator_env.iter().cloned())
-                .stdout(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap();
-            for _ in 0..200 {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                let health = self
-                    .client
-                    .get(format!("http://{}/healthz", self.orchestrator_addr))
-                    .send()
-                    .await;
-                if health.is_ok_and(|r| r.status() == StatusCode::OK) {
-                    self.orchestrator = Some(child);
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        match &mut self.orchestrator {
+            Some(orchestrator) => orchestrator.restart().await,
+            None => {
+                let mut env = self.service_env();
+                env.extend(self.options.orchestrator_env.iter().cloned());
+                self.orchestrator = Some(ServiceProcess::start(process::ORCHESTRATOR, env).await);
             }
-            let _ = child.kill().await;
-            self.orchestrator_addr =
-                SocketAddr::from(([127, 0, 0, 1], test_harness::broker::free_port()));
         }
-        panic!("the orchestrator did not start");
     }
 
     /// The orchestrator as a task of this process, stopped with the stack.
     async fn start_orchestrator_in_process(&mut self) {
         let settings = saga_orchestrator::config::Settings {
             kafka: self.kafka.settings.clone(),
-            addr: self.orchestrator_addr,
+            addr: "127.0.0.1:0".parse().unwrap(),
             step_timeout: self.options.step_timeout,
             stuck_after: self.options.step_timeout * 3,
             group: format!("{}.saga-orchestrator", self.kafka.settings.topic_prefix),
@@ -283,8 +306,8 @@ impl Stack {
 
     /// SIGKILL: no goodbye, no last commit.
     pub async fn kill_orchestrator(&mut self) {
-        if let Some(mut child) = self.orchestrator.take() {
-            child.kill().await.unwrap();
+        if let Some(orchestrator) = &mut self.orchestrator {
+            orchestrator.kill().await;
         }
     }
 
@@ -308,6 +331,23 @@ impl Stack {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("stack not ready");
+    }
+
+    /// For requests the helpers do not cover: the client, an admin token, the APIs' URLs.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin
+    }
+
+    pub fn command_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.commands)
+    }
+
+    pub fn query_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.queries)
     }
 
     pub fn token_for_customer(&self, customer_id: &str) -> String {
@@ -529,6 +569,19 @@ impl Stack {
     /// The event types one aggregate's stream holds, in order, read straight from its topic
     /// (with the log-order rule, as every reader applies it): the proof that a step acted once.
     pub async fn events_of(&self, kind: AggregateKind, aggregate_id: &str) -> Vec<String> {
+        self.accepted_events(kind, aggregate_id)
+            .await
+            .into_iter()
+            .map(|envelope| envelope.event_type)
+            .collect()
+    }
+
+    /// The envelopes of the aggregate's events that count (log order), oldest first.
+    pub async fn accepted_events(
+        &self,
+        kind: AggregateKind,
+        aggregate_id: &str,
+    ) -> Vec<EventEnvelope> {
         let topic = self.kafka.topics().events(kind);
         let consumer = self.kafka.consumer(&self.kafka.group("events-of"), &[]);
         let partition = platform::partitioner::partition_for(aggregate_id.as_bytes(), PARTITIONS);
@@ -541,7 +594,7 @@ impl Stack {
             .unwrap();
         consumer.assign(&assignment).unwrap();
         let mut judge = platform::log_order::LogOrder::default();
-        let mut types = vec![];
+        let mut accepted_events = vec![];
         let mut next = 0;
         while next < high {
             let message = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
@@ -553,10 +606,17 @@ impl Stack {
             let accepted =
                 judge.judge(&envelope, message.offset()) == platform::log_order::Verdict::Accepted;
             if accepted && envelope.aggregate_id == aggregate_id {
-                types.push(envelope.event_type);
+                accepted_events.push(envelope);
             }
         }
-        types
+        accepted_events
+    }
+
+    /// The orchestrator's process.
+    pub fn orchestrator(&self) -> &ServiceProcess {
+        self.orchestrator
+            .as_ref()
+            .expect("the orchestrator runs as a process")
     }
 
     /// The orchestrator's Prometheus text.
@@ -564,7 +624,7 @@ impl Stack {
         for _ in 0..100 {
             if let Ok(response) = self
                 .client
-                .get(format!("http://{}/metrics", self.orchestrator_addr))
+                .get(self.orchestrator().url("/metrics"))
                 .send()
                 .await
             {

@@ -97,6 +97,7 @@ where
             match offset {
                 Some(offset) => offsets.entry(index).or_default().push(offset),
                 None => {
+                    platform::kafka::count_producer_error("command-writer");
                     failed.insert(index);
                 }
             }
@@ -255,6 +256,7 @@ where
                     .key(reply_to.as_bytes())
                     .payload(&payload);
                 if let Err((error, _)) = producer.send(record, Duration::from_secs(5)).await {
+                    platform::kafka::count_producer_error("command-replies");
                     warn!(%error, "reply not delivered; the requester will time out");
                 }
             });

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use domain::{Current, Versioned};
 use platform::envelope::EventEnvelope;
+use platform::kafka::LagContext;
 use platform::log_order::{LogOrder, Verdict};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -41,7 +42,7 @@ where
     partition: i32,
     events_topic: String,
     commands_topic: String,
-    tail: Arc<StreamConsumer>,
+    tail: Arc<StreamConsumer<LagContext>>,
     next_offset: i64,
     log: LogOrder,
     states: HashMap<String, Current<A>>,
@@ -94,11 +95,13 @@ where
     async fn start(ctx: Arc<WriterContext>, partition: i32) -> Result<Self, WriterError> {
         let events_topic = ctx.topics.events(A::KIND);
         let commands_topic = ctx.topics.commands(A::KIND);
-        let tail: StreamConsumer = platform::kafka::latency_consumer_config(
+        let tail: StreamConsumer<LagContext> = platform::kafka::latency_consumer_config(
             &ctx.kafka,
             &format!("{}.writer-tail", ctx.kafka.topic_prefix),
         )
-        .create()
+        .create_with_context(LagContext {
+            consumer: "command-writer-tail",
+        })
         .map_err(WriterError::Kafka)?;
         let mut assignment = TopicPartitionList::new();
         assignment

@@ -1,0 +1,6 @@
+//! `projectors` exactly as its binary serves (cargo gives a package's tests only its own binaries).
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    projectors::app::run_from_env().await
+}
