@@ -11,6 +11,7 @@ use domain::AggregateKind;
 use platform::config::KafkaSettings;
 use platform::envelope::CommandEnvelope;
 use platform::partitioner::partition_for;
+use platform::resilience::{Breaker, BreakerPolicy};
 use platform::telemetry::propagation as telemetry;
 use platform::topics::Topics;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -28,6 +29,9 @@ use tracing::{debug, warn, Instrument};
 pub enum BusError {
     #[error("the broker did not accept the command")]
     Unavailable(#[source] rdkafka::error::KafkaError),
+    /// The broker failed the last few sends: refused at once until a trial send succeeds.
+    #[error("the broker is failing; not tried")]
+    CircuitOpen,
     #[error("the command could not be encoded")]
     Encode(#[from] schemas::EncodeError),
 }
@@ -41,6 +45,7 @@ pub struct CommandBus {
     partitions: i32,
     send_timeout: Duration,
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<CommandReply>>>>,
+    broker: Breaker,
 }
 
 impl std::fmt::Debug for CommandBus {
@@ -97,6 +102,7 @@ impl CommandBus {
             partitions,
             send_timeout: Duration::from_secs(5),
             pending,
+            broker: Breaker::new("kafka", BreakerPolicy::default()),
         })
     }
 
@@ -120,6 +126,9 @@ impl CommandBus {
         wait: Duration,
     ) -> Result<Option<CommandReply>, BusError> {
         let payload = schemas::encode(command)?;
+        if !self.broker.permits() {
+            return Err(BusError::CircuitOpen);
+        }
         let span = telemetry::send_span(
             &format!("send {}", envelope.command_type),
             &envelope.aggregate_id,
@@ -143,10 +152,12 @@ impl CommandBus {
             .instrument(span)
             .await;
         if let Err((error, _)) = sent {
+            self.broker.failed();
             platform::kafka::count_producer_error("command-bus");
             self.lock().remove(&envelope.command_id);
             return Err(BusError::Unavailable(error));
         }
+        self.broker.succeeded();
         let reply = tokio::time::timeout(wait, rx)
             .await
             .ok()

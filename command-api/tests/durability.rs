@@ -90,7 +90,8 @@ async fn idempotency_keys_survive_a_restart_of_command_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_unreachable_broker_is_a_bounded_503_and_nothing_is_appended_later() {
+async fn an_unreachable_broker_is_a_bounded_503_then_a_fast_one_from_the_breaker_and_nothing_is_appended_later(
+) {
     let storage = TestDatabase::create(None).await;
     let mut broker = BrokerProcess::start(&storage.url).await;
     let mut kafka = TestKafka::at(&broker.brokers());
@@ -135,6 +136,42 @@ async fn an_unreachable_broker_is_a_bounded_503_and_nothing_is_appended_later() 
             && !l.ends_with(" 0")),
         "the refused produce is counted: {metrics}"
     );
+    // Two more failures open the broker's circuit breaker: then commands are refused at once,
+    // without waiting for a produce timeout each.
+    for _ in 0..2 {
+        let failed = app
+            .post(
+                "/v1/inventory/apple/stock",
+                Some(&admin()),
+                &json!({"quantity": 1}),
+                &[],
+            )
+            .await;
+        assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let refused = app
+        .post(
+            "/v1/inventory/apple/stock",
+            Some(&admin()),
+            &json!({"quantity": 1}),
+            &[],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers["content-type"], "application/problem+json");
+    let metrics = platform::telemetry::metrics_handle().render();
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(
+        value(r#"circuit_breaker_open{dependency="kafka"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(value(r#"circuit_breaker_rejections_total{dependency="kafka"}"#) >= Some(1.0));
 
     broker.restart().await;
     // Give every retry and writer a chance to act behind the user's back.

@@ -106,6 +106,7 @@ pub fn count_producer_error(producer: &'static str) {
 /// Shows `kafka_producer_errors_total{producer}` at 0 from the start, so alerts and dashboards
 /// see the series before the first error.
 pub fn register_producer(producer: &'static str) {
+    let _ = crate::telemetry::metrics_handle();
     metrics::counter!("kafka_producer_errors_total", "producer" => producer).increment(0);
 }
 

@@ -19,6 +19,7 @@
 //! - [`http`]: request metrics middleware and the OpenAPI bearer scheme, shared by both APIs.
 //! - [`telemetry`]: JSON logs, OpenTelemetry traces over OTLP with the W3C context carried in
 //!   Kafka headers, and the Prometheus recorder.
+//! - [`resilience`]: circuit breakers and retry backoff with jitter for outbound calls.
 //! - [`shutdown`]: the SIGTERM/SIGINT future every binary stops on.
 
 pub mod auth;
@@ -30,6 +31,7 @@ pub mod http;
 pub mod kafka;
 pub mod log_order;
 pub mod partitioner;
+pub mod resilience;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topics;

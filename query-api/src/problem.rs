@@ -28,9 +28,17 @@ pub enum ApiError {
         "the read models did not include the consistency token's events within {waited_ms} ms"
     )]
     NotCaughtUp { waited_ms: u64 },
+    /// The database could not be reached or did not answer in time.
+    #[error("the database is unavailable")]
+    DatabaseDown,
+    /// A database error that says nothing about its health, or the breaker is open.
     #[error("the database is unavailable")]
     Unavailable,
 }
+
+/// Marks a response caused by an unreachable database, for the circuit breaker.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseDown;
 
 impl ApiError {
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
@@ -54,7 +62,25 @@ impl From<AuthError> for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         tracing::error!(%error, "database error");
-        Self::Unavailable
+        // Statement timeout (57014) and the server going away (57P01..57P03) are the
+        // database's health too, like a connection that cannot be had.
+        let down = match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|code| code == "57014" || code.starts_with("57P")),
+            _ => false,
+        };
+        if down {
+            Self::DatabaseDown
+        } else {
+            Self::Unavailable
+        }
     }
 }
 
@@ -80,19 +106,25 @@ impl IntoResponse for ApiError {
                 "not-caught-up",
                 "Read models not caught up",
             ),
-            Self::Unavailable => (
+            Self::Unavailable | Self::DatabaseDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
             ),
         };
+        let database_down = matches!(self, Self::DatabaseDown);
         let detail = self.to_string();
         let problem = Problem::new(status, slug, title, detail);
-        match self {
+        let mut response = match self {
             Self::Invalid { errors, .. } => problem.errors(errors),
             Self::RateLimited { retry_after_secs } => problem.retry_after(retry_after_secs),
+            Self::Unavailable | Self::DatabaseDown => problem.retry_after(1),
             _ => problem,
         }
-        .into_response()
+        .into_response();
+        if database_down {
+            response.extensions_mut().insert(DatabaseDown);
+        }
+        response
     }
 }

@@ -1,21 +1,26 @@
 //! Settings, state and the server of query-api.
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{Request, State};
 use axum::middleware;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::auth::Auth;
+use platform::resilience::{Breaker, BreakerPolicy};
 use platform::topics::Topics;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::problem::ApiError;
+use crate::problem::{ApiError, DatabaseDown};
 use crate::routes;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +89,8 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     pool: PgPool,
+    /// Fails fast while Postgres is down instead of holding every request for a pool timeout.
+    database: Breaker,
     auth: Arc<Auth>,
     topics: Topics,
     metrics: PrometheusHandle,
@@ -104,6 +111,9 @@ impl platform::auth::AuthState for AppState {
 }
 
 impl AppState {
+    pub fn database_breaker(&self) -> &Breaker {
+        &self.0.database
+    }
     pub fn pool(&self) -> &PgPool {
         &self.0.pool
     }
@@ -127,12 +137,17 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        // Every outbound call is bounded: 3 s for a connection, 5 s for a statement (the
+        // consistency wait polls with short statements; its own bound is the header's).
+        let options = PgConnectOptions::from_str(&settings.database_url)?
+            .options([("statement_timeout", "5000")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(&settings.database_url)?;
+            .connect_lazy_with(options);
         let state = AppState(Arc::new(Inner {
             pool,
+            database: Breaker::new("postgres", BreakerPolicy::default()),
             auth: Auth::new(&settings.jwt_secret, settings.rate_limit_per_second),
             topics: Topics::new(settings.topic_prefix.clone()),
             metrics: platform::telemetry::metrics_handle(),
@@ -144,6 +159,10 @@ impl Application {
             .route("/v1/orders/{order_id}/saga", get(routes::sagas::get))
             .route("/v1/customers/{customer_id}", get(routes::customers::get))
             .route("/v1/inventory/{sku}", get(routes::inventory::get))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                guard_database,
+            ))
             .route("/healthz", get(routes::system::healthz))
             .route("/readyz", get(routes::system::readyz))
             .route("/metrics", get(routes::system::metrics))
@@ -177,4 +196,20 @@ impl Application {
         info!("query-api stopped");
         Ok(())
     }
+}
+
+/// The circuit breaker around the read views: refuses at once (503) while Postgres is known to
+/// be down, and learns from each response whether the database answered.
+async fn guard_database(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let breaker = app.database_breaker();
+    if !breaker.permits() {
+        return ApiError::Unavailable.into_response();
+    }
+    let response = next.run(request).await;
+    if response.extensions().get::<DatabaseDown>().is_some() {
+        breaker.failed();
+    } else {
+        breaker.succeeded();
+    }
+    response
 }

@@ -103,7 +103,7 @@ impl Sender {
             message.saga_id.to_string(),
             trace,
         );
-        let mut backoff = Backoff::default();
+        let mut delays = platform::resilience::backoff();
         loop {
             let reply = self
                 .until_handed_over(
@@ -119,7 +119,7 @@ impl Sender {
                 _ if stop.is_cancelled() => return None,
                 other => {
                     warn!(command_id = %envelope.command_id, saga_id = %envelope.aggregate_id, unavailable = other.is_some(), "saga input not recorded yet; sending it again");
-                    if !backoff.sleep(stop).await {
+                    if !pause(&mut delays, stop).await {
                         return None;
                     }
                 }
@@ -136,7 +136,7 @@ impl Sender {
         wait: Duration,
         stop: &CancellationToken,
     ) -> Option<CommandReply> {
-        let mut backoff = Backoff::default();
+        let mut delays = platform::resilience::backoff();
         loop {
             let sent = tokio::select! {
                 _ = stop.cancelled() => return None,
@@ -148,9 +148,9 @@ impl Sender {
                     warn!(%error, command_id = %envelope.command_id, "saga command cannot be encoded");
                     return None;
                 }
-                Err(BusError::Unavailable(error)) => {
+                Err(error @ (BusError::Unavailable(_) | BusError::CircuitOpen)) => {
                     warn!(%error, command_id = %envelope.command_id, "broker refused a saga command; retrying");
-                    if !backoff.sleep(stop).await {
+                    if !pause(&mut delays, stop).await {
                         return None;
                     }
                 }
@@ -159,29 +159,11 @@ impl Sender {
     }
 }
 
-/// Exponential backoff with full jitter, 100 ms up to 5 s.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: Duration::from_millis(100),
-        }
-    }
-}
-
-impl Backoff {
-    /// Sleeps; false when `stop` fired first.
-    async fn sleep(&mut self, stop: &CancellationToken) -> bool {
-        let ceiling = u64::try_from(self.next.as_millis()).unwrap_or(5000).max(1);
-        let jittered = Duration::from_millis(1 + (uuid::Uuid::new_v4().as_u128() as u64) % ceiling);
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        tokio::select! {
-            _ = stop.cancelled() => false,
-            _ = tokio::time::sleep(jittered) => true,
-        }
+/// Sleeps the next backoff delay (exponential with jitter); false when `stop` fired first.
+async fn pause(delays: &mut impl Iterator<Item = Duration>, stop: &CancellationToken) -> bool {
+    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
     }
 }

@@ -162,6 +162,9 @@ pub async fn submit<C: WireRecord>(
                 tracing::warn!(error = %source, "command not accepted by the broker");
                 ApiError::Unavailable("the event store is unavailable; nothing was appended".into())
             }
+            BusError::CircuitOpen => ApiError::Unavailable(
+                "the event store is failing; nothing was appended (retry shortly)".into(),
+            ),
             BusError::Encode(source) => {
                 tracing::error!(error = %source, "command encoding failed");
                 ApiError::Internal
