@@ -9,6 +9,10 @@ CACHE_DIR="${ORDERSTREAM_CACHE:-$HOME/.cache/orderstream}"  # survives clones: t
 NISSHI_VERSION="0.8.1"
 NISSHI_ROOT="$CACHE_DIR/nisshi-$NISSHI_VERSION"
 NISSHI_BIN="$NISSHI_ROOT/bin/nisshi"
+# The offline Kubernetes schema validator the deployment tests use, pinned (schemas included).
+KUBERNETES_VALIDATE_VERSION="1.34.0"
+TOOLS_VENV="$CACHE_DIR/tools-venv-kv$KUBERNETES_VALIDATE_VERSION"
+KUBERNETES_VALIDATE="$TOOLS_VENV/bin/kubernetes-validate"
 
 log() { printf '\033[1m[%s]\033[0m %s\n' "$(basename "$0")" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -27,12 +31,25 @@ ensure_system_packages() {
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   command -v curl >/dev/null || missing+=(curl)
   command -v flock >/dev/null || missing+=(util-linux)
+  command -v python3 >/dev/null || missing+=(python3)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
   id postgres >/dev/null 2>&1 || die "the 'postgres' system user is missing (apt-get install postgresql creates it)"
+}
+
+# kubernetes-validate from PyPI into a virtualenv in the cache (Debian forbids pip installs into
+# the system Python). Safe to run twice.
+ensure_kubernetes_validate() {
+  if "$KUBERNETES_VALIDATE" --version >/dev/null 2>&1; then return 0; fi
+  log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $TOOLS_VENV"
+  rm -rf "$TOOLS_VENV"
+  python3 -m venv "$TOOLS_VENV"
+  "$TOOLS_VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+    || die "could not install kubernetes-validate"
 }
 
 pg_bin_dir() {
