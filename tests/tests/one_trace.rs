@@ -275,3 +275,51 @@ async fn a_service_with_an_otlp_endpoint_exports_its_spans_of_the_callers_trace(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_garbage_traceparent_is_ignored_and_the_request_starts_its_own_trace() {
+    exporter();
+    let stack = Stack::start_with(stack_options()).await;
+    stack.given_customer("dee", 10_000).await;
+    stack.given_stock("kiwi", 5).await;
+
+    let order = stack
+        .place_order_with(
+            "dee",
+            &[line("kiwi", 1, 100)],
+            &[("traceparent", "00-not-a-trace-context-01")],
+        )
+        .await;
+    stack.settled(&order, APPROVED).await;
+
+    // Find the order's trace through its projection span (tagged with the order id).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let trace_id = loop {
+        let found = exporter()
+            .get_finished_spans()
+            .unwrap()
+            .into_iter()
+            .find(|s| {
+                s.name == "project orders OrderPlaced"
+                    && s.attributes
+                        .iter()
+                        .any(|kv| kv.key.as_str() == "aggregate_id" && kv.value.as_str() == order)
+            });
+        if let Some(span) = found {
+            break span.span_context.trace_id();
+        }
+        assert!(Instant::now() < deadline, "no projection span for {order}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let spans = trace_with(
+        trace_id,
+        &[
+            "POST /v1/orders",
+            "saga step approve",
+            "project orders OrderApproved",
+        ],
+    )
+    .await;
+    // A fresh root: the malformed header was not taken as a parent.
+    assert_one_tree(&spans, SpanId::INVALID);
+}

@@ -24,43 +24,6 @@ fn processes() -> Options {
     }
 }
 
-/// A record on the orders topic with a fine envelope and a body that is not Avro: the
-/// projections and the orchestrator must dead-letter it.
-async fn produce_poison_order_event(stack: &Stack) {
-    use platform::envelope::{EventEnvelope, Trace};
-    use rdkafka::producer::FutureRecord;
-    let id = uuid::Uuid::now_v7().to_string();
-    let envelope = EventEnvelope {
-        event_id: uuid::Uuid::now_v7(),
-        event_type: "OrderPlaced".into(),
-        aggregate_kind: AggregateKind::Order,
-        aggregate_id: id.clone(),
-        version: domain::Version::new(1),
-        predecessor: None,
-        command_id: "poison".into(),
-        request_hash: None,
-        occurred_at: chrono::Utc::now(),
-        trace: Trace {
-            correlation_id: "poison".into(),
-            causation_id: "poison".into(),
-            traceparent: None,
-        },
-    };
-    let topic = stack.kafka.topics().events(AggregateKind::Order);
-    stack
-        .kafka
-        .producer()
-        .send(
-            FutureRecord::to(&topic)
-                .key(id.as_str())
-                .payload("not avro")
-                .headers(envelope.to_headers()),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_service_serves_prometheus_metrics_that_move_with_traffic() {
     let stack = Stack::start_with(processes()).await;
@@ -94,7 +57,7 @@ async fn every_service_serves_prometheus_metrics_that_move_with_traffic() {
         .await
         .unwrap();
     assert_eq!(read.status(), StatusCode::OK);
-    produce_poison_order_event(&stack).await;
+    stack.given_poison_order_event().await;
 
     // command-api: requests, their latency, command outcomes, the writers' lag.
     let text = command_api

@@ -341,45 +341,15 @@ async fn the_orchestrator_counts_sagas_by_state_and_times_each_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_poison_order_event_is_dead_lettered_and_the_sagas_move_on() {
-    use platform::envelope::{EventEnvelope, Trace};
     use rdkafka::consumer::Consumer;
     use rdkafka::message::{Headers, Message};
-    use rdkafka::producer::FutureRecord;
 
     let stack = Stack::start().await;
     stack.given_customer("ada", 10_000).await;
     stack.given_stock("apple", 5).await;
     // An OrderPlaced whose envelope is fine but whose body is not Avro.
-    let poison_id = uuid::Uuid::now_v7().to_string();
-    let envelope = EventEnvelope {
-        event_id: uuid::Uuid::now_v7(),
-        event_type: "OrderPlaced".into(),
-        aggregate_kind: AggregateKind::Order,
-        aggregate_id: poison_id.clone(),
-        version: domain::Version::new(1),
-        predecessor: None,
-        command_id: "poison".into(),
-        request_hash: None,
-        occurred_at: chrono::Utc::now(),
-        trace: Trace {
-            correlation_id: "poison".into(),
-            causation_id: "poison".into(),
-            traceparent: None,
-        },
-    };
+    let poison_id = stack.given_poison_order_event().await;
     let orders_topic = stack.kafka.topics().events(AggregateKind::Order);
-    stack
-        .kafka
-        .producer()
-        .send(
-            FutureRecord::to(&orders_topic)
-                .key(poison_id.as_str())
-                .payload("not avro at all")
-                .headers(envelope.to_headers()),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
 
     // Orders placed after it still run to their end.
     let order = stack.place_order("ada", &[line("apple", 1, 150)]).await;

@@ -57,13 +57,12 @@ pub fn record_span(name: &str, role: SpanRole, aggregate_id: &str, trace: &Trace
 
 /// A span about sending a record from inside the current span (its child).
 pub fn send_span(name: &str, aggregate_id: &str) -> Span {
-    let span = tracing::info_span!(
+    tracing::info_span!(
         "send",
         otel.name = %name,
         otel.kind = SpanRole::Producer.as_str(),
         aggregate_id = %aggregate_id,
-    );
-    span
+    )
 }
 
 /// The span of one HTTP request, continuing the caller's trace when it sent a `traceparent`.

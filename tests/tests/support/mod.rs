@@ -444,6 +444,43 @@ impl Stack {
         assert_eq!(status, StatusCode::OK, "stock {sku}: {body}");
     }
 
+    /// A record on the orders topic whose envelope is fine but whose body is not Avro: every
+    /// consumer of orders must dead-letter it and go on. Returns its key (a fresh order id).
+    pub async fn given_poison_order_event(&self) -> String {
+        use platform::envelope::Trace;
+        use rdkafka::producer::FutureRecord;
+        let id = uuid::Uuid::now_v7().to_string();
+        let envelope = EventEnvelope {
+            event_id: uuid::Uuid::now_v7(),
+            event_type: "OrderPlaced".into(),
+            aggregate_kind: AggregateKind::Order,
+            aggregate_id: id.clone(),
+            version: domain::Version::new(1),
+            predecessor: None,
+            command_id: "poison".into(),
+            request_hash: None,
+            occurred_at: chrono::Utc::now(),
+            trace: Trace {
+                correlation_id: "poison".into(),
+                causation_id: "poison".into(),
+                traceparent: None,
+            },
+        };
+        let topic = self.kafka.topics().events(AggregateKind::Order);
+        self.kafka
+            .producer()
+            .send(
+                FutureRecord::to(&topic)
+                    .key(id.as_str())
+                    .payload("not avro at all")
+                    .headers(envelope.to_headers()),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        id
+    }
+
     // ---- when ----
 
     /// Places an order as the customer; returns its id (the saga runs on).
