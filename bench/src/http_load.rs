@@ -191,40 +191,49 @@ pub(crate) async fn visibility(api: &Api, samples: usize) -> anyhow::Result<Opti
     Ok(percentiles(latencies))
 }
 
-/// Places `orders` one-line orders with `clients` concurrent clients and waits until every
-/// saga finished; sagas per second from the first order to the last approval.
+/// Customers the saga phase spreads its orders over: a shop's orders come from many customers,
+/// and one customer's credit is one aggregate whose commands are decided one after another.
+const SAGA_CUSTOMERS: usize = 64;
+
+/// Places `orders` one-line orders from `clients` concurrent clients (each a customer of its
+/// own, with its own token) and waits until every saga finished; sagas per second from the
+/// first order to the last approval.
 pub(crate) async fn sagas_per_s(
     api: &Api,
     pool: &sqlx::PgPool,
-    customer_token: &str,
+    auth: &platform::auth::Auth,
     orders: usize,
     clients: usize,
 ) -> anyhow::Result<(f64, i64)> {
-    api.post_until_done(
-        "/v1/customers",
-        &json!({"customer_id": "bench-customer", "name": "Bench",
-                "credit_limit": {"amount_minor": 1_000_000_000_000i64, "currency": "USD"}}),
-    )
-    .await?;
-    for n in 0..64 {
+    let mut tokens = Vec::with_capacity(SAGA_CUSTOMERS);
+    for n in 0..SAGA_CUSTOMERS {
+        let customer = format!("bench-customer-{n:02}");
+        api.post_until_done(
+            "/v1/customers",
+            &json!({"customer_id": customer, "name": "Bench",
+                    "credit_limit": {"amount_minor": 1_000_000_000_000i64, "currency": "USD"}}),
+        )
+        .await?;
         api.post_until_done(
             &format!("/v1/inventory/saga-{n:02}/stock"),
             &json!({"quantity": 1_000_000}),
         )
         .await?;
+        tokens.push((customer.clone(), auth.sign(&customer, &["customer"], 3600)?));
     }
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (api, next, token) = (api.clone(), next.clone(), customer_token.to_owned());
+    for client in 0..clients {
+        let (api, next) = (api.clone(), next.clone());
+        let (customer, token) = tokens[client % SAGA_CUSTOMERS].clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= orders {
                     return;
                 }
-                let body = json!({"customer_id": "bench-customer", "lines": [{"sku": format!("saga-{:02}", i % 64),
+                let body = json!({"customer_id": customer, "lines": [{"sku": format!("saga-{:02}", i % SAGA_CUSTOMERS),
                     "quantity": 1, "unit_price": {"amount_minor": 100, "currency": "USD"}}]});
                 let _ = api.post("/v1/orders", &body, &token).await;
             }

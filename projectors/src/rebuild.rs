@@ -105,8 +105,8 @@ pub async fn rebuild<P: Projection>(
         uuid::Uuid::now_v7()
     );
     let limits = BatchLimits {
-        max_events: 5000,
-        max_wait: Duration::from_millis(50),
+        max_events: 50_000,
+        max_wait: Duration::from_millis(500),
     };
     let runner = Runner::<P>::with_generation(
         pool.clone(),

@@ -90,7 +90,8 @@ wait_for_port() { # host port seconds
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 # start_postgres NAME PORT [fast]: a cluster under .local/NAME owned by the postgres user, trust
-# auth on loopback only. "fast" turns off fsync for throwaway test clusters.
+# auth on loopback only. "fast" turns off fsync for throwaway test clusters; "bench" keeps the
+# durable settings and loads pg_stat_statements.
 start_postgres() {
   local name="$1" port="$2" mode="${3:-durable}" bin
   bin="$(pg_bin_dir)" || die "PostgreSQL server binaries not found"
@@ -106,6 +107,8 @@ start_postgres() {
   fi
   local opts="-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=400 -c shared_buffers=256MB"
   if [ "$mode" = fast ]; then opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"; fi
+  # Benchmarks keep the durable settings and record every statement's cost (pg_stat_statements).
+  if [ "$mode" = bench ]; then opts="$opts -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"; fi
   as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start >/dev/null \
     || { tail -20 "$dir/postgres.log" >&2; die "postgres '$name' did not start"; }
   log "postgres '$name' listening on 127.0.0.1:$port"

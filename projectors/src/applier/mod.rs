@@ -8,6 +8,7 @@
 //! acknowledged by Kafka before the transaction commits. A projector killed at any instant
 //! therefore loses nothing and applies nothing twice: the offsets and the effects are one commit.
 
+mod cache;
 mod operator;
 mod sql;
 
@@ -15,6 +16,7 @@ use platform::telemetry::exporting_traces;
 use platform::telemetry::propagation::{record_span, SpanRole};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::marker::PhantomData;
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use platform::config::KafkaSettings;
@@ -26,6 +28,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use tracing::error;
 
 use crate::dead_letters::{DeadLetter, DeadLetters};
+use cache::RowCache;
 use crate::projection::{Projection, Stamp};
 use sql::{headers_json, lock_offsets, parked_aggregates, record, store_offsets};
 
@@ -35,7 +38,8 @@ pub enum Generation {
     /// Whatever generation is current, read in every batch under a share lock, so a rebuild's
     /// switch waits for the batch in progress and the next batch follows the switch.
     Live,
-    /// A rebuild's own generation.
+    /// A rebuild's own generation: a new, empty table this applier alone writes until the
+    /// switch (which lets it keep what it wrote in memory, see `cache`).
     Fixed(i32),
 }
 
@@ -102,8 +106,14 @@ pub struct Applier<P: Projection> {
     dead_letters: DeadLetters,
     topic: String,
     generation: Generation,
+    /// A rebuild's rows as written (none for the live generation, which others write too).
+    cache: Option<Mutex<RowCache<P::Row>>>,
     _projection: PhantomData<P>,
 }
+
+/// Rows a rebuild keeps in memory at most (about 20 MB of inventory rows); past it the cache is
+/// emptied and rows are read back from the table.
+const REBUILD_CACHE_ROWS: usize = 100_000;
 
 impl<P: Projection> std::fmt::Debug for Applier<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,6 +135,12 @@ impl<P: Projection> Applier<P> {
             dead_letters: DeadLetters::new(producer, P::NAME),
             topic: Topics::new(kafka.topic_prefix.clone()).events(P::KIND),
             generation,
+            cache: match generation {
+                Generation::Live => None,
+                Generation::Fixed(_) => Some(Mutex::new(RowCache::for_empty_table(
+                    REBUILD_CACHE_ROWS,
+                ))),
+            },
             _projection: PhantomData,
         }
     }
@@ -174,6 +190,37 @@ impl<P: Projection> Applier<P> {
         batch: &[OwnedMessage],
         attempts: u32,
     ) -> Result<(), sqlx::Error> {
+        let result = self.apply_batch(batch, attempts).await;
+        if result.is_err() {
+            if let Some(cache) = &self.cache {
+                cache.lock().unwrap_or_else(PoisonError::into_inner).forget();
+            }
+        }
+        result
+    }
+
+    /// The rows of `ids` as they are in `table` (absent ones missing): from the rebuild's cache
+    /// where it can, else read in the batch's transaction.
+    async fn rows_of(
+        &self,
+        connection: &mut PgConnection,
+        table: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, P::Row>, sqlx::Error> {
+        let Some(cache) = &self.cache else {
+            return P::load(connection, table, ids).await;
+        };
+        let (mut rows, missing) = cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lookup(ids);
+        if !missing.is_empty() {
+            rows.extend(P::load(connection, table, &missing).await?);
+        }
+        Ok(rows)
+    }
+
+    async fn apply_batch(&self, batch: &[OwnedMessage], attempts: u32) -> Result<(), sqlx::Error> {
         let started = Instant::now();
         let mut tx = self.pool.begin().await?;
         let generation = self.generation_in(&mut tx).await?;
@@ -209,7 +256,7 @@ impl<P: Projection> Applier<P> {
             .into_iter()
             .collect();
         let mut parked = parked_aggregates(&mut tx, &key, &ids).await?;
-        let mut rows = P::load(&mut tx, &table, &ids).await?;
+        let mut rows = self.rows_of(&mut tx, &table, &ids).await?;
         let mut changed: HashSet<String> = HashSet::new();
         let mut outcome = Outcome::default();
         for incoming in &fresh {
@@ -240,6 +287,16 @@ impl<P: Projection> Applier<P> {
             .await
             .map_err(|e| sqlx::Error::Protocol(format!("dead-letter topic unavailable: {e}")))?;
         tx.commit().await?;
+        if let Some(cache) = &self.cache {
+            cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .committed(
+                    changed
+                        .into_iter()
+                        .filter_map(|id| rows.remove(&id).map(|row| (id, row))),
+                );
+        }
         if self.generation == Generation::Live {
             for (partition, next_offset) in &next {
                 metrics::gauge!("projection_checkpoint", "projection" => P::NAME, "topic" => self.topic.clone(), "partition" => partition.to_string())

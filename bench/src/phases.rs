@@ -1,0 +1,304 @@
+//! The run, phase by phase. Every phase uses its own topics or services, so any one of them can
+//! run alone (`--only`), after the raw baselines that every figure is compared with.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use domain::AggregateKind;
+use platform::config::KafkaSettings;
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::http_load::{self, Api};
+use crate::report::{CommandFigures, Figures, ProjectorFigures, ReadFigures};
+use crate::services::{Env, Service};
+use crate::{kafka_load, pg_load, Plan};
+
+/// Partitions of every topic of the run.
+const PARTITIONS: i32 = 6;
+/// Concurrent HTTP clients for throughput.
+const CLIENTS: usize = 64;
+/// Items the pre-filled topics spread their events over (and the raw insert its rows).
+const FILL_ITEMS: usize = 20_000;
+
+fn step(what: &str) {
+    println!("\x1b[1m[bench]\x1b[0m {what}");
+}
+
+/// What every phase shares: the infrastructure, a fresh database, the topic prefix, tokens.
+pub(crate) struct Run {
+    pub(crate) plan: Plan,
+    admin_url: String,
+    run_id: String,
+    kafka: KafkaSettings,
+    env: Env,
+    pool: PgPool,
+    auth: std::sync::Arc<platform::auth::Auth>,
+    admin_token: String,
+}
+
+impl Run {
+    pub(crate) async fn prepare(plan: Plan) -> anyhow::Result<Self> {
+        let brokers = std::env::var("KAFKA_BROKERS").context("KAFKA_BROKERS is not set")?;
+        let admin_url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
+        let run_id = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+        let bin_dir = std::env::current_exe()?
+            .parent()
+            .context("no binary directory")?
+            .to_path_buf();
+        let secret = format!("bench-{run_id}");
+        let auth = platform::auth::Auth::new(&secret, 1_000_000);
+        let admin_token = auth.sign("bench-admin", &["admin"], 3600)?;
+        let kafka = KafkaSettings {
+            brokers: brokers.clone(),
+            topic_prefix: format!("bench-{run_id}"),
+            partitions: PARTITIONS,
+        };
+        let database_url = fresh_database(&admin_url, &format!("bench_{run_id}")).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&database_url)
+            .await?;
+        let env = Env {
+            brokers,
+            prefix: kafka.topic_prefix.clone(),
+            database_url,
+            secret,
+            partitions: PARTITIONS,
+            bin_dir,
+        };
+        Ok(Self {
+            plan,
+            admin_url,
+            run_id,
+            kafka,
+            env,
+            pool,
+            auth,
+            admin_token,
+        })
+    }
+
+    /// Raw produce to the broker and raw insert into Postgres, no service involved.
+    pub(crate) async fn baselines(&self) -> anyhow::Result<Figures> {
+        let raw_topic = format!("{}.raw", self.kafka.topic_prefix);
+        platform::kafka::ensure_topics(&self.kafka, std::slice::from_ref(&raw_topic), PARTITIONS)
+            .await?;
+        step(&format!("raw produce: {} records", self.plan.raw_records));
+        let (raw_produce_per_s, record_payload_bytes) =
+            kafka_load::raw_produce(&self.kafka, &raw_topic, self.plan.raw_records).await?;
+        step(&format!("raw insert: {} rows", self.plan.raw_rows));
+        let raw_insert_rows_per_s = pg_load::raw_insert(&self.pool, self.plan.raw_rows, FILL_ITEMS).await?;
+        Ok(Figures {
+            raw_produce_per_s,
+            record_payload_bytes,
+            raw_insert_rows_per_s,
+            ..Figures::default()
+        })
+    }
+
+    fn api(&self, commands: &Service) -> anyhow::Result<Api> {
+        Ok(Api {
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()?,
+            commands: commands.addr.clone(),
+            queries: "127.0.0.1:18181".into(),
+            admin: self.admin_token.clone(),
+        })
+    }
+
+    /// command-api alone: closed-loop throughput, then latency at a fixed offered rate.
+    pub(crate) async fn command_side(
+        &self,
+        rss: &mut BTreeMap<String, f64>,
+    ) -> anyhow::Result<CommandFigures> {
+        let command_api =
+            Service::start(&self.env, "command-api", "COMMAND_API_ADDR", 18180, &[]).await?;
+        let api = self.api(&command_api)?;
+        step(&format!(
+            "commands: {CLIENTS} clients for {:?}",
+            self.plan.throughput_for
+        ));
+        let (per_s, failures) =
+            http_load::commands_per_s(&api, CLIENTS, self.plan.throughput_for).await?;
+        step(&format!(
+            "command latency at {}/s for {:?}",
+            self.plan.latency_rate, self.plan.latency_for
+        ));
+        let (latency, completed_per_s) =
+            http_load::latency_at(&api, self.plan.latency_rate, self.plan.latency_for).await?;
+        command_api.stop(rss).await;
+        Ok(CommandFigures {
+            per_s,
+            failures,
+            latency,
+            offered_per_s: self.plan.latency_rate,
+            completed_per_s,
+        })
+    }
+
+    /// All four services: visibility of a change through query-api, then order sagas.
+    pub(crate) async fn read_side(
+        &self,
+        rss: &mut BTreeMap<String, f64>,
+    ) -> anyhow::Result<ReadFigures> {
+        let env = &self.env;
+        let command_api = Service::start(env, "command-api", "COMMAND_API_ADDR", 18180, &[]).await?;
+        let projectors = Service::start(env, "projectors", "PROJECTORS_ADDR", 18182, &[]).await?;
+        let query_api = Service::start(env, "query-api", "QUERY_API_ADDR", 18181, &[]).await?;
+        let api = self.api(&command_api)?;
+        step(&format!(
+            "visibility: {} samples",
+            self.plan.visibility_samples
+        ));
+        let visibility = http_load::visibility(&api, self.plan.visibility_samples).await?;
+        let orchestrator = Service::start(
+            env,
+            "saga-orchestrator",
+            "SAGA_ORCHESTRATOR_ADDR",
+            18183,
+            &[],
+        )
+        .await?;
+        step(&format!(
+            "sagas: {} orders, {CLIENTS} clients",
+            self.plan.sagas
+        ));
+        let (sagas_per_s, sagas_approved) =
+            http_load::sagas_per_s(&api, &self.pool, &self.auth, self.plan.sagas, CLIENTS).await?;
+        for service in [orchestrator, query_api, projectors, command_api] {
+            service.stop(rss).await;
+        }
+        Ok(ReadFigures {
+            visibility,
+            sagas_per_s,
+            sagas_approved,
+        })
+    }
+
+    /// Projectors catching up on a pre-filled topic, then a rebuild of the whole topic.
+    pub(crate) async fn projector_side(
+        &self,
+        rss: &mut BTreeMap<String, f64>,
+    ) -> anyhow::Result<ProjectorFigures> {
+        let plan = &self.plan;
+        let kafka = KafkaSettings {
+            topic_prefix: format!("bench-{}-fill", self.run_id),
+            ..self.kafka.clone()
+        };
+        let topics = platform::topics::Topics::new(kafka.topic_prefix.clone());
+        let inventory_topic = topics.events(AggregateKind::InventoryItem);
+        platform::kafka::ensure_topics(&kafka, &topics.all_events(), PARTITIONS).await?;
+        step(&format!(
+            "pre-filling {} inventory events",
+            plan.projector_events
+        ));
+        kafka_load::prefill_inventory(&kafka, plan.projector_events, FILL_ITEMS).await?;
+        let database_url =
+            fresh_database(&self.admin_url, &format!("bench_{}_fill", self.run_id)).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&database_url)
+            .await?;
+        let env = Env {
+            prefix: kafka.topic_prefix.clone(),
+            database_url: database_url.clone(),
+            ..self.env.clone()
+        };
+        step("projectors catching up");
+        let started = Instant::now();
+        let projectors = Service::start(&env, "projectors", "PROJECTORS_ADDR", 18184, &[]).await?;
+        wait_applied(&pool, &inventory_topic, plan.projector_events).await?;
+        let events_per_s = plan.projector_events as f64 / started.elapsed().as_secs_f64();
+        projectors.stop(rss).await;
+
+        let more = plan.rebuild_events.saturating_sub(plan.projector_events);
+        step(&format!(
+            "pre-filling {more} more events for the rebuild ({} in all)",
+            plan.rebuild_events
+        ));
+        kafka_load::prefill_inventory_more(&kafka, plan.projector_events, more, FILL_ITEMS)
+            .await?;
+        step("projectors rebuild inventory");
+        let started = Instant::now();
+        let status = tokio::process::Command::new(env.bin_dir.join("projectors"))
+            .args(["rebuild", "inventory"])
+            .env("KAFKA_BROKERS", &env.brokers)
+            .env("KAFKA_TOPIC_PREFIX", &kafka.topic_prefix)
+            .env("DATABASE_URL", &database_url)
+            .env("RUST_LOG", "warn")
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "rebuild failed");
+        let rebuild_events_per_s = plan.rebuild_events as f64 / started.elapsed().as_secs_f64();
+        Ok(ProjectorFigures {
+            events_per_s,
+            rebuild_events_per_s,
+        })
+    }
+
+    /// What the run ran on.
+    pub(crate) async fn environment(&self) -> Value {
+        let commit = std::process::Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let postgres = sqlx::query_scalar::<_, String>("SHOW server_version")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_default();
+        json!({
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "broker": "Nisshi 0.8.1",
+            "storage": std::env::var("BENCH_STORAGE").unwrap_or_else(|_| "memory://".into()),
+            "postgres": postgres,
+            "partitions": PARTITIONS,
+            "git_commit": commit,
+        })
+    }
+}
+
+/// Creates (or recreates) a database and returns its URL.
+async fn fresh_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(admin_url)
+        .await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+        .execute(&admin)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await?;
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .context("DATABASE_URL has no database")?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// Waits until the inventory projection applied `events` events of `topic`.
+async fn wait_applied(pool: &PgPool, topic: &str, events: usize) -> anyhow::Result<()> {
+    let target = i64::try_from(events)?;
+    let started = Instant::now();
+    loop {
+        let applied: Option<i64> = sqlx::query_scalar(
+            "SELECT sum(next_offset)::int8 FROM projection_offsets WHERE topic = $1",
+        )
+        .bind(topic)
+        .fetch_one(pool)
+        .await
+        .unwrap_or(None);
+        if applied.unwrap_or(0) >= target {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(900),
+            "projectors did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,178 @@
+//! The figures of one run: `target/bench/report.json` and the table on the terminal. A phase
+//! left out with `--only` reports `null`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::http_load::Percentiles;
+
+/// What the command-side phase measured.
+#[derive(Debug, Default)]
+pub(crate) struct CommandFigures {
+    pub(crate) per_s: f64,
+    pub(crate) failures: usize,
+    pub(crate) latency: Option<Percentiles>,
+    pub(crate) offered_per_s: u32,
+    pub(crate) completed_per_s: f64,
+}
+
+/// What the read-side and saga phase measured.
+#[derive(Debug, Default)]
+pub(crate) struct ReadFigures {
+    pub(crate) visibility: Option<Percentiles>,
+    pub(crate) sagas_per_s: f64,
+    pub(crate) sagas_approved: i64,
+}
+
+/// What the projector phase measured.
+#[derive(Debug, Default)]
+pub(crate) struct ProjectorFigures {
+    pub(crate) events_per_s: f64,
+    pub(crate) rebuild_events_per_s: f64,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Default)]
+pub(crate) struct Figures {
+    pub(crate) raw_produce_per_s: f64,
+    pub(crate) record_payload_bytes: usize,
+    pub(crate) raw_insert_rows_per_s: f64,
+    pub(crate) commands: Option<CommandFigures>,
+    pub(crate) reads: Option<ReadFigures>,
+    pub(crate) projectors: Option<ProjectorFigures>,
+    pub(crate) rss_mib: BTreeMap<String, f64>,
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    (a / b * 1000.0).round() / 1000.0
+}
+
+fn pct(p: Option<Percentiles>) -> Value {
+    p.map_or(
+        Value::Null,
+        |p| json!({"p50": round(p.p50), "p99": round(p.p99)}),
+    )
+}
+
+impl Figures {
+    /// The report's JSON; `volumes` and `env` describe the run.
+    pub(crate) fn to_json(&self, mode: &str, volumes: Value, env: Value) -> Value {
+        let commands = self.commands.as_ref();
+        let reads = self.reads.as_ref();
+        let projectors = self.projectors.as_ref();
+        json!({
+            "mode": mode,
+            "raw_produce_per_s": round(self.raw_produce_per_s),
+            "commands_per_s": commands.map(|c| round(c.per_s)),
+            "command_latency_ms": commands.map(|c| json!({
+                "p50": pct(c.latency)["p50"], "p99": pct(c.latency)["p99"],
+                "offered_per_s": c.offered_per_s, "completed_per_s": round(c.completed_per_s)})),
+            "raw_insert_rows_per_s": round(self.raw_insert_rows_per_s),
+            "projector_events_per_s": projectors.map(|p| round(p.events_per_s)),
+            "rebuild_events_per_s": projectors.map(|p| round(p.rebuild_events_per_s)),
+            "visibility_latency_ms": reads.map(|r| pct(r.visibility)),
+            "sagas_per_s": reads.map(|r| round(r.sagas_per_s)),
+            "rss_mib": self.rss_mib.iter().map(|(k, v)| (k.clone(), round(*v))).collect::<BTreeMap<_, _>>(),
+            "ratios": {
+                "commands_per_s / raw_produce_per_s":
+                    commands.map(|c| ratio(c.per_s, self.raw_produce_per_s)),
+                "projector_events_per_s / raw_insert_rows_per_s":
+                    projectors.map(|p| ratio(p.events_per_s, self.raw_insert_rows_per_s)),
+            },
+            "volumes": merge(volumes, json!({
+                "record_payload_bytes": self.record_payload_bytes,
+                "command_failures": commands.map(|c| c.failures),
+                "sagas_approved": reads.map(|r| r.sagas_approved),
+            })),
+            "env": env,
+        })
+    }
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+/// The report as a table on the terminal.
+pub(crate) fn print_table(report: &Value) {
+    let r = |k: &str| report[k].clone();
+    let pair = |v: Value| format!("{}/{}", v["p50"], v["p99"]);
+    println!();
+    println!("{:<28} {:>14}   baseline / target", "measure", "value");
+    let rows = [
+        (
+            "raw_produce_per_s",
+            r("raw_produce_per_s").to_string(),
+            "baseline (rdkafka, acks=all, idempotent)".to_owned(),
+        ),
+        (
+            "commands_per_s",
+            r("commands_per_s").to_string(),
+            format!(
+                "ratio {} (target >= 0.5 and >= 3000/s)",
+                report["ratios"]["commands_per_s / raw_produce_per_s"]
+            ),
+        ),
+        (
+            "command_latency_ms",
+            pair(r("command_latency_ms")),
+            format!(
+                "p50/p99 at {}/s offered, {}/s completed (target p99 <= 25)",
+                r("command_latency_ms")["offered_per_s"],
+                r("command_latency_ms")["completed_per_s"]
+            ),
+        ),
+        (
+            "raw_insert_rows_per_s",
+            r("raw_insert_rows_per_s").to_string(),
+            "baseline (batched UNNEST upsert, durable commit)".to_owned(),
+        ),
+        (
+            "projector_events_per_s",
+            r("projector_events_per_s").to_string(),
+            format!(
+                "ratio {} (target >= 0.7 and >= 30000/s)",
+                report["ratios"]["projector_events_per_s / raw_insert_rows_per_s"]
+            ),
+        ),
+        (
+            "rebuild_events_per_s",
+            r("rebuild_events_per_s").to_string(),
+            format!(
+                "over {} events (target >= 100000/s)",
+                report["volumes"]["rebuild_events"]
+            ),
+        ),
+        (
+            "visibility_latency_ms",
+            pair(r("visibility_latency_ms")),
+            "p50/p99 (target p99 <= 50)".to_owned(),
+        ),
+        (
+            "sagas_per_s",
+            r("sagas_per_s").to_string(),
+            format!("{} orders (target >= 500/s)", report["volumes"]["sagas"]),
+        ),
+    ];
+    for (name, value, note) in rows {
+        println!("{name:<28} {value:>14}   {note}");
+    }
+    if let Some(rss) = report["rss_mib"].as_object() {
+        for (service, mib) in rss {
+            println!(
+                "{:<28} {:>14}   peak RSS MiB (target <= 150)",
+                format!("rss {service}"),
+                mib.to_string()
+            );
+        }
+    }
+    println!("\nwritten to target/bench/report.json");
+}
