@@ -123,7 +123,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let mode = match (cli.quick, cli.only) {
         (quick, None) => (if quick { "quick" } else { "default" }).to_owned(),
-        (quick, Some(only)) => format!("{}, only {only:?}", if quick { "quick" } else { "default" }),
+        (quick, Some(only)) => {
+            format!("{}, only {only:?}", if quick { "quick" } else { "default" })
+        }
     };
     let report = figures.to_json(&mode, run.plan.volumes(), run.environment().await);
     let dir = std::path::Path::new("target/bench");

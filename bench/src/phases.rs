@@ -90,7 +90,8 @@ impl Run {
         let (raw_produce_per_s, record_payload_bytes) =
             kafka_load::raw_produce(&self.kafka, &raw_topic, self.plan.raw_records).await?;
         step(&format!("raw insert: {} rows", self.plan.raw_rows));
-        let raw_insert_rows_per_s = pg_load::raw_insert(&self.pool, self.plan.raw_rows, FILL_ITEMS).await?;
+        let raw_insert_rows_per_s =
+            pg_load::raw_insert(&self.pool, self.plan.raw_rows, FILL_ITEMS).await?;
         Ok(Figures {
             raw_produce_per_s,
             record_payload_bytes,
@@ -146,7 +147,8 @@ impl Run {
         rss: &mut BTreeMap<String, f64>,
     ) -> anyhow::Result<ReadFigures> {
         let env = &self.env;
-        let command_api = Service::start(env, "command-api", "COMMAND_API_ADDR", 18180, &[]).await?;
+        let command_api =
+            Service::start(env, "command-api", "COMMAND_API_ADDR", 18180, &[]).await?;
         let projectors = Service::start(env, "projectors", "PROJECTORS_ADDR", 18182, &[]).await?;
         let query_api = Service::start(env, "query-api", "QUERY_API_ADDR", 18181, &[]).await?;
         let api = self.api(&command_api)?;
@@ -220,8 +222,7 @@ impl Run {
             "pre-filling {more} more events for the rebuild ({} in all)",
             plan.rebuild_events
         ));
-        kafka_load::prefill_inventory_more(&kafka, plan.projector_events, more, FILL_ITEMS)
-            .await?;
+        kafka_load::prefill_inventory_more(&kafka, plan.projector_events, more, FILL_ITEMS).await?;
         step("projectors rebuild inventory");
         let started = Instant::now();
         let status = tokio::process::Command::new(env.bin_dir.join("projectors"))

@@ -1,10 +1,5 @@
 //! `command-api [serve]` runs the service; `command-api token --sub S --role R` prints a token.
 
-/// mimalloc: the services allocate per record (headers, payloads, rows); glibc malloc took about a
-/// fifth of the projectors' CPU in the benchmarks.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use command_api::auth::Auth;

@@ -1,10 +1,5 @@
 //! `projectors [run]`, `projectors status`, `projectors dlq list [--topic T]`.
 
-/// mimalloc: the services allocate per record (headers, payloads, rows); glibc malloc took about a
-/// fifth of the projectors' CPU in the benchmarks.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use platform::config::KafkaSettings;

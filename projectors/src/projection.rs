@@ -49,7 +49,7 @@ pub trait Projection: Send + Sync + 'static {
     const NAME: &'static str;
     /// The aggregate kind whose events topic it reads.
     const KIND: AggregateKind;
-    type Event: WireRecord + Send;
+    type Event: WireRecord + Clone + Send + Sync;
     type Row: Clone + Send + Sync + std::fmt::Debug;
 
     fn head(row: &Self::Row) -> RowHead;

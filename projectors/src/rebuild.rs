@@ -105,10 +105,10 @@ pub async fn rebuild<P: Projection>(
         uuid::Uuid::now_v7()
     );
     let limits = BatchLimits {
-        max_events: 50_000,
+        max_events: 20_000,
         max_wait: Duration::from_millis(500),
     };
-    let runner = Runner::<P>::with_generation(
+    let mut runner = Runner::<P>::with_generation(
         pool.clone(),
         kafka,
         producer_config(kafka).create()?,

@@ -3,23 +3,25 @@
 //! keeps failing, and resumes from the stored offsets on every assignment.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use platform::config::KafkaSettings;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{error, info, warn};
 
-use crate::applier::{is_statement_failure, Applier, Generation};
+use crate::applier::{is_statement_failure, Applier, Generation, Incoming};
 use crate::projection::Projection;
+use schemas::WireRecord;
 
 /// Batches are bounded by size and by time.
 #[derive(Debug, Clone, Copy)]
@@ -63,12 +65,19 @@ impl ConsumerContext for AssignmentContext {
     }
 }
 
+type ProjectionConsumer = StreamConsumer<AssignmentContext>;
+
 /// One projection's consumer loop.
 pub struct Runner<P: Projection> {
     applier: Applier<P>,
-    consumer: StreamConsumer<AssignmentContext>,
+    consumer: Arc<ProjectionConsumer>,
     assigned: mpsc::UnboundedReceiver<Vec<i32>>,
-    limits: BatchLimits,
+    /// Batches consumed and prepared (envelopes read, events decoded) by the collector task
+    /// while the previous batch is being written: the database and our own work overlap
+    /// instead of taking turns.
+    batches: mpsc::Receiver<Vec<Incoming<P::Event>>>,
+    /// Stops the collector when the runner goes.
+    _collector: DropGuard,
 }
 
 impl<P: Projection> std::fmt::Debug for Runner<P> {
@@ -91,7 +100,8 @@ impl<P: Projection> Runner<P> {
         Self::with_generation(pool, kafka, producer, limits, Generation::Live, &group)
     }
 
-    /// A runner for one generation with its own consumer group (a rebuild).
+    /// A runner for one generation with its own consumer group (a rebuild). Starts its
+    /// collector task, so it must be created inside the runtime.
     pub fn with_generation(
         pool: PgPool,
         kafka: &KafkaSettings,
@@ -102,19 +112,29 @@ impl<P: Projection> Runner<P> {
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let applier = Applier::new(pool, kafka, producer, generation);
         let (tx, rx) = mpsc::unbounded_channel();
-        let consumer: StreamConsumer<AssignmentContext> =
-            platform::kafka::consumer_config(kafka, group)
-                .set("fetch.wait.max.ms", "20")
-                .create_with_context(AssignmentContext {
-                    assigned: tx,
-                    projection: P::NAME,
-                })?;
+        let consumer: ProjectionConsumer = platform::kafka::consumer_config(kafka, group)
+            .set("fetch.wait.max.ms", "20")
+            .create_with_context(AssignmentContext {
+                assigned: tx,
+                projection: P::NAME,
+            })?;
         consumer.subscribe(&[applier.topic()])?;
+        let consumer = Arc::new(consumer);
+        // One batch waiting while one is written and one is being collected: bounded memory.
+        let (batches_tx, batches) = mpsc::channel(1);
+        let stop = CancellationToken::new();
+        tokio::spawn(collect_batches::<P::Event>(
+            consumer.clone(),
+            limits,
+            batches_tx,
+            stop.clone(),
+        ));
         Ok(Self {
             applier,
             consumer,
             assigned: rx,
-            limits,
+            batches,
+            _collector: stop.drop_guard(),
         })
     }
 
@@ -122,39 +142,33 @@ impl<P: Projection> Runner<P> {
     pub async fn run(mut self, shutdown: CancellationToken) {
         info!(projection = P::NAME, topic = %self.applier.topic(), "projection running");
         loop {
-            let first = tokio::select! {
+            tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
                 Some(partitions) = self.assigned.recv() => {
                     self.resume_from_stored_offsets(&partitions).await;
-                    continue;
                 }
-                received = self.consumer.recv() => match received {
-                    Ok(message) => message.detach(),
-                    Err(error) => {
-                        warn!(projection = P::NAME, %error, "consumer error");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                },
-            };
-            self.process(first, &shutdown).await;
+                // A batch consumed before a seek may repeat what was applied: the stored
+                // offsets skip it.
+                Some(batch) = self.batches.recv() => self.process(&batch, &shutdown).await,
+                else => break,
+            }
         }
         self.consumer.unsubscribe();
         info!(projection = P::NAME, "projection stopped");
     }
 
-    /// Applies the batch that starts with `first`, however long it takes.
-    async fn process(&self, first: OwnedMessage, shutdown: &CancellationToken) {
-        let batch = self.collect(first).await;
-        self.apply_with_retries(&batch, shutdown).await;
-        self.commit_to_kafka(&batch);
+    /// Applies a batch, however long it takes, and commits its offsets to Kafka.
+    async fn process(&self, batch: &[Incoming<P::Event>], shutdown: &CancellationToken) {
+        self.apply_with_retries(batch, shutdown).await;
+        self.commit_to_kafka(batch);
     }
 
     /// One batch, or nothing if none arrives within `wait` (rebuilds drive themselves with this).
-    pub async fn step(&self, wait: Duration, shutdown: &CancellationToken) -> bool {
-        match tokio::time::timeout(wait, self.consumer.recv()).await {
-            Ok(Ok(message)) => {
-                self.process(message.detach(), shutdown).await;
+    pub async fn step(&mut self, wait: Duration, shutdown: &CancellationToken) -> bool {
+        match tokio::time::timeout(wait, self.batches.recv()).await {
+            Ok(Some(batch)) => {
+                self.process(&batch, shutdown).await;
                 true
             }
             _ => false,
@@ -197,26 +211,10 @@ impl<P: Projection> Runner<P> {
         }
     }
 
-    async fn collect(&self, first: OwnedMessage) -> Vec<OwnedMessage> {
-        let deadline = Instant::now() + self.limits.max_wait;
-        let mut batch = vec![first];
-        while batch.len() < self.limits.max_events {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                break;
-            }
-            match tokio::time::timeout(remaining, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(message.detach()),
-                _ => break,
-            }
-        }
-        batch
-    }
-
     /// Applies a batch. Transient failures (database down) are retried until they pass or the
     /// process stops; a batch that keeps failing is split into single events, and an event that
     /// keeps failing on its own is dead-lettered.
-    async fn apply_with_retries(&self, batch: &[OwnedMessage], shutdown: &CancellationToken) {
+    async fn apply_with_retries(&self, batch: &[Incoming<P::Event>], shutdown: &CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         let mut statement_failures = 0;
         loop {
@@ -237,8 +235,9 @@ impl<P: Projection> Runner<P> {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        for message in batch {
-            let single = std::slice::from_ref(message);
+        for incoming in batch {
+            let single = std::slice::from_ref(incoming);
+            let message = incoming.message();
             let mut attempts = 0;
             loop {
                 attempts += 1;
@@ -268,9 +267,9 @@ impl<P: Projection> Runner<P> {
         }
     }
 
-    fn commit_to_kafka(&self, batch: &[OwnedMessage]) {
+    fn commit_to_kafka(&self, batch: &[Incoming<P::Event>]) {
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-        for message in batch {
+        for message in batch.iter().map(Incoming::message) {
             let entry = next.entry(message.partition()).or_insert(0);
             *entry = (*entry).max(message.offset() + 1);
         }
@@ -281,6 +280,47 @@ impl<P: Projection> Runner<P> {
         }
         if self.consumer.store_offsets(&list).is_ok() {
             let _ = self.consumer.commit_consumer_state(CommitMode::Async);
+        }
+    }
+}
+
+/// The collector task: consumes records, prepares them and hands them over in batches (bounded
+/// by size and by time from the first record) until `stop` or until the runner is gone.
+async fn collect_batches<E: WireRecord>(
+    consumer: Arc<ProjectionConsumer>,
+    limits: BatchLimits,
+    batches: mpsc::Sender<Vec<Incoming<E>>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            received = consumer.recv() => match received {
+                Ok(message) => Incoming::prepare(message.detach()),
+                Err(error) => {
+                    warn!(%error, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+        };
+        let mut batch = Vec::with_capacity(limits.max_events.min(4096));
+        batch.push(first);
+        let deadline = tokio::time::sleep(limits.max_wait);
+        tokio::pin!(deadline);
+        while batch.len() < limits.max_events {
+            tokio::select! {
+                biased;
+                received = consumer.recv() => match received {
+                    Ok(message) => batch.push(Incoming::prepare(message.detach())),
+                    Err(_) => break,
+                },
+                () = &mut deadline => break,
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            sent = batches.send(batch) => if sent.is_err() { return },
         }
     }
 }

@@ -548,3 +548,50 @@ async fn a_record_without_a_key_goes_to_the_dead_letter_topic_and_the_partition_
     assert_eq!(stock, 7);
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_more_parked_aggregates_than_are_read_whole_a_parked_aggregate_still_waits() {
+    // Up to 1,000 parked aggregates are read whole and matched in memory; past that each batch
+    // asks for its own ids. 1,500 parked aggregates (as that many poison events would leave)
+    // take the second path.
+    let mut world = World::new().await;
+    sqlx::query(
+        "INSERT INTO parked_aggregates (projection, aggregate_id, dlq_topic, reason, parked_at) \
+         SELECT 'inventory@g1', 'held-' || n, 'dlq', 'poison', now() FROM generate_series(1, 1500) AS n",
+    )
+    .execute(world.pool())
+    .await
+    .unwrap();
+    let stop = run_projectors(&world);
+    for id in ["held-1400", "free"] {
+        world
+            .log
+            .append(
+                AggregateKind::InventoryItem,
+                id,
+                InventoryEvent::StockAdded {
+                    sku: sku(id),
+                    quantity: qty(3),
+                },
+            )
+            .await;
+    }
+    world.caught_up().await;
+
+    let stock: Vec<(String, i64)> =
+        sqlx::query_as("SELECT sku, on_hand FROM inventory ORDER BY sku")
+            .fetch_all(world.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        stock,
+        [("free".to_owned(), 3)],
+        "only the free item is applied"
+    );
+    let parked: Vec<String> = sqlx::query_scalar("SELECT aggregate_id FROM parked_events")
+        .fetch_all(world.pool())
+        .await
+        .unwrap();
+    assert_eq!(parked, ["held-1400"], "the parked item's event waits");
+    stop.cancel();
+}

@@ -1,10 +1,5 @@
 //! `saga-orchestrator [run]`: runs the order saga until SIGTERM / SIGINT.
 
-/// mimalloc: the services allocate per record (headers, payloads, rows); glibc malloc took about a
-/// fifth of the projectors' CPU in the benchmarks.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

@@ -81,7 +81,11 @@ mod tests {
     #[test]
     fn past_its_capacity_it_empties_and_reads_misses_from_the_table() {
         let mut cache = RowCache::for_empty_table(2);
-        cache.committed([("a".to_owned(), 1), ("b".to_owned(), 2), ("c".to_owned(), 3)]);
+        cache.committed([
+            ("a".to_owned(), 1),
+            ("b".to_owned(), 2),
+            ("c".to_owned(), 3),
+        ]);
         let (found, missing) = cache.lookup(&ids(&["a", "c"]));
         assert!(found.is_empty());
         assert_eq!(missing, ids(&["a", "c"]));

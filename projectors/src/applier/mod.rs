@@ -20,16 +20,17 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use platform::config::KafkaSettings;
-use platform::envelope::EventEnvelope;
+use platform::envelope::{EnvelopeError, EventEnvelope};
 use platform::topics::Topics;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
+use schemas::WireRecord;
 use sqlx::{PgConnection, PgPool, Row};
 use tracing::error;
 
 use crate::dead_letters::{DeadLetter, DeadLetters};
-use cache::RowCache;
 use crate::projection::{Projection, Stamp};
+use cache::RowCache;
 use sql::{headers_json, lock_offsets, parked_aggregates, record, store_offsets};
 
 /// Which generation of the read model a runner writes.
@@ -53,10 +54,49 @@ pub fn generation_table(projection: &str, generation: i32) -> String {
     format!("{projection}_g{generation}")
 }
 
-/// A message with what the batch needs to know about it.
-struct Incoming<'a> {
-    message: &'a OwnedMessage,
+/// A record with everything the batch needs to know about it, worked out before the batch's
+/// transaction: the runner prepares the next batch while the current one is being written.
+pub struct Incoming<E> {
+    message: OwnedMessage,
     key: Option<String>,
+    envelope: Result<EventEnvelope, EnvelopeError>,
+    event: Result<E, schemas::DecodeError>,
+}
+
+impl<E: WireRecord> Incoming<E> {
+    /// Reads the key, the envelope and the event (pure; what fails is judged in the batch).
+    pub fn prepare(message: OwnedMessage) -> Self {
+        let key = message
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .map(str::to_owned);
+        let envelope = EventEnvelope::from_headers(message.headers().map(|h| h.as_borrowed()));
+        let event = message
+            .payload()
+            .ok_or(schemas::DecodeError::TooShort { len: 0 })
+            .and_then(schemas::decode::<E>);
+        Self {
+            message,
+            key,
+            envelope,
+            event,
+        }
+    }
+
+    /// The record as consumed.
+    pub fn message(&self) -> &OwnedMessage {
+        &self.message
+    }
+}
+
+impl<E> std::fmt::Debug for Incoming<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("partition", &self.message.partition())
+            .field("offset", &self.message.offset())
+            .field("key", &self.key)
+            .finish()
+    }
 }
 
 /// An event not applied because it does not extend its aggregate's chain.
@@ -137,9 +177,9 @@ impl<P: Projection> Applier<P> {
             generation,
             cache: match generation {
                 Generation::Live => None,
-                Generation::Fixed(_) => Some(Mutex::new(RowCache::for_empty_table(
-                    REBUILD_CACHE_ROWS,
-                ))),
+                Generation::Fixed(_) => {
+                    Some(Mutex::new(RowCache::for_empty_table(REBUILD_CACHE_ROWS)))
+                }
             },
             _projection: PhantomData,
         }
@@ -187,13 +227,16 @@ impl<P: Projection> Applier<P> {
     /// One batch, one transaction.
     pub(crate) async fn apply(
         &self,
-        batch: &[OwnedMessage],
+        batch: &[Incoming<P::Event>],
         attempts: u32,
     ) -> Result<(), sqlx::Error> {
         let result = self.apply_batch(batch, attempts).await;
         if result.is_err() {
             if let Some(cache) = &self.cache {
-                cache.lock().unwrap_or_else(PoisonError::into_inner).forget();
+                cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .forget();
             }
         }
         result
@@ -220,7 +263,11 @@ impl<P: Projection> Applier<P> {
         Ok(rows)
     }
 
-    async fn apply_batch(&self, batch: &[OwnedMessage], attempts: u32) -> Result<(), sqlx::Error> {
+    async fn apply_batch(
+        &self,
+        batch: &[Incoming<P::Event>],
+        attempts: u32,
+    ) -> Result<(), sqlx::Error> {
         let started = Instant::now();
         let mut tx = self.pool.begin().await?;
         let generation = self.generation_in(&mut tx).await?;
@@ -230,20 +277,15 @@ impl<P: Projection> Applier<P> {
         );
         let partitions: Vec<i32> = batch
             .iter()
-            .map(Message::partition)
+            .map(|i| i.message.partition())
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
         let stored = lock_offsets(&mut tx, &key, &self.topic, &partitions).await?;
-        let fresh: Vec<Incoming<'_>> = batch
+        let fresh: Vec<&Incoming<P::Event>> = batch
             .iter()
-            .filter(|m| m.offset() >= stored.get(&m.partition()).copied().unwrap_or(0))
-            .map(|m| Incoming {
-                message: m,
-                key: m
-                    .key()
-                    .and_then(|k| std::str::from_utf8(k).ok())
-                    .map(str::to_owned),
+            .filter(|i| {
+                i.message.offset() >= stored.get(&i.message.partition()).copied().unwrap_or(0)
             })
             .collect();
         if fresh.is_empty() {
@@ -259,7 +301,7 @@ impl<P: Projection> Applier<P> {
         let mut rows = self.rows_of(&mut tx, &table, &ids).await?;
         let mut changed: HashSet<String> = HashSet::new();
         let mut outcome = Outcome::default();
-        for incoming in &fresh {
+        for incoming in fresh.iter().copied() {
             self.decide(
                 incoming,
                 &mut rows,
@@ -322,14 +364,14 @@ impl<P: Projection> Applier<P> {
     /// What to do with one event: apply, park, report or dead-letter.
     fn decide(
         &self,
-        incoming: &Incoming<'_>,
+        incoming: &Incoming<P::Event>,
         rows: &mut HashMap<String, P::Row>,
         changed: &mut HashSet<String>,
         parked: &mut HashSet<String>,
         outcome: &mut Outcome,
         attempts: u32,
     ) {
-        let message = incoming.message;
+        let message = &incoming.message;
         let (partition, offset) = (message.partition(), message.offset());
         let dead = |reason: String| {
             DeadLetter::from_message(&self.topic, message, reason, attempts.max(1))
@@ -355,8 +397,7 @@ impl<P: Projection> Applier<P> {
             outcome.new_parks.push((key.clone(), reason));
             parked.insert(key.clone());
         };
-        let envelope = match EventEnvelope::from_headers(message.headers().map(|h| h.as_borrowed()))
-        {
+        let envelope = match &incoming.envelope {
             Ok(envelope) if envelope.aggregate_id == key => envelope,
             Ok(_) => {
                 return park(
@@ -388,15 +429,11 @@ impl<P: Projection> Applier<P> {
             });
             return;
         }
-        let event = match message
-            .payload()
-            .ok_or(schemas::DecodeError::TooShort { len: 0 })
-            .and_then(schemas::decode::<P::Event>)
-        {
-            Ok(event) => event,
+        let event = match &incoming.event {
+            Ok(event) => event.clone(),
             Err(error) => return park(format!("cannot decode: {error}"), outcome),
         };
-        match P::fold(rows.get(&key).cloned(), &key, event, Stamp::of(&envelope)) {
+        match P::fold(rows.get(&key).cloned(), &key, event, Stamp::of(envelope)) {
             Ok(row) => {
                 if exporting_traces() {
                     outcome.spans.push(record_span(

@@ -76,11 +76,8 @@ impl<P: Projection> Applier<P> {
         let mut rows = P::load(&mut tx, &table, &[aggregate.to_owned()]).await?;
         let (mut changed, mut parked, mut outcome) =
             (HashSet::new(), HashSet::new(), Outcome::default());
-        for message in &messages {
-            let incoming = Incoming {
-                message,
-                key: Some(aggregate.to_owned()),
-            };
+        for message in messages {
+            let incoming = Incoming::prepare(message);
             self.decide(
                 &incoming,
                 &mut rows,
