@@ -45,7 +45,7 @@ fn envelope(
 }
 
 /// A typical order event: one line, like the commands the bench sends.
-fn order_placed() -> anyhow::Result<(EventEnvelope, Vec<u8>)> {
+pub(crate) fn order_placed() -> anyhow::Result<(EventEnvelope, Vec<u8>)> {
     let usd = Currency::try_from("USD")?;
     let order_id = OrderId::from_uuid(Uuid::now_v7());
     let event = OrderEvent::OrderPlaced {

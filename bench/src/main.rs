@@ -8,6 +8,7 @@
 //!   projectors and rebuild).
 //! - `services`: the release binaries as processes; readiness; peak RSS.
 //! - `kafka_load`: raw produce baseline; pre-filled event topics.
+//! - `round_trip`: raw request/reply baseline (the broker's ceiling for a command's shape).
 //! - `pg_load`: raw batched insert baseline.
 //! - `http_load`: command throughput, latency at a fixed rate, visibility, sagas.
 //! - `report`: the figures, `report.json` and the table.
@@ -19,6 +20,7 @@ mod kafka_load;
 mod pg_load;
 mod phases;
 mod report;
+mod round_trip;
 mod services;
 
 use std::time::Duration;

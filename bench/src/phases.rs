@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use crate::http_load::{self, Api};
 use crate::report::{CommandFigures, Figures, ProjectorFigures, ReadFigures};
 use crate::services::{Env, Service};
-use crate::{kafka_load, pg_load, Plan};
+use crate::{kafka_load, pg_load, round_trip, Plan};
 
 /// Partitions of every topic of the run.
 const PARTITIONS: i32 = 6;
@@ -81,7 +81,8 @@ impl Run {
         })
     }
 
-    /// Raw produce to the broker and raw insert into Postgres, no service involved.
+    /// Raw produce and request/reply through the broker, and raw insert into Postgres, no
+    /// service involved.
     pub(crate) async fn baselines(&self) -> anyhow::Result<Figures> {
         let raw_topic = format!("{}.raw", self.kafka.topic_prefix);
         platform::kafka::ensure_topics(&self.kafka, std::slice::from_ref(&raw_topic), PARTITIONS)
@@ -89,11 +90,25 @@ impl Run {
         step(&format!("raw produce: {} records", self.plan.raw_records));
         let (raw_produce_per_s, record_payload_bytes) =
             kafka_load::raw_produce(&self.kafka, &raw_topic, self.plan.raw_records).await?;
+        step(&format!(
+            "raw request/reply: {CLIENTS} clients for {:?}",
+            self.plan.throughput_for
+        ));
+        let (envelope, payload) = kafka_load::order_placed()?;
+        let raw_round_trip_per_s = round_trip::raw_round_trip(
+            &self.kafka,
+            CLIENTS,
+            self.plan.throughput_for,
+            payload,
+            envelope.to_headers(),
+        )
+        .await?;
         step(&format!("raw insert: {} rows", self.plan.raw_rows));
         let raw_insert_rows_per_s =
             pg_load::raw_insert(&self.pool, self.plan.raw_rows, FILL_ITEMS).await?;
         Ok(Figures {
             raw_produce_per_s,
+            raw_round_trip_per_s,
             record_payload_bytes,
             raw_insert_rows_per_s,
             ..Figures::default()
@@ -146,7 +161,19 @@ impl Run {
         &self,
         rss: &mut BTreeMap<String, f64>,
     ) -> anyhow::Result<ReadFigures> {
-        let env = &self.env;
+        // Topics and a database of its own: the in-memory broker slows down as its logs grow,
+        // and the command phase's load is not this phase's to carry.
+        let database_url =
+            fresh_database(&self.admin_url, &format!("bench_{}_reads", self.run_id)).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&database_url)
+            .await?;
+        let env = &Env {
+            prefix: format!("bench-{}-reads", self.run_id),
+            database_url,
+            ..self.env.clone()
+        };
         let command_api =
             Service::start(env, "command-api", "COMMAND_API_ADDR", 18180, &[]).await?;
         let projectors = Service::start(env, "projectors", "PROJECTORS_ADDR", 18182, &[]).await?;
@@ -170,7 +197,7 @@ impl Run {
             self.plan.sagas
         ));
         let (sagas_per_s, sagas_approved) =
-            http_load::sagas_per_s(&api, &self.pool, &self.auth, self.plan.sagas, CLIENTS).await?;
+            http_load::sagas_per_s(&api, &pool, &self.auth, self.plan.sagas, CLIENTS).await?;
         for service in [orchestrator, query_api, projectors, command_api] {
             service.stop(rss).await;
         }

@@ -36,6 +36,7 @@ pub(crate) struct ProjectorFigures {
 #[derive(Debug, Default)]
 pub(crate) struct Figures {
     pub(crate) raw_produce_per_s: f64,
+    pub(crate) raw_round_trip_per_s: f64,
     pub(crate) record_payload_bytes: usize,
     pub(crate) raw_insert_rows_per_s: f64,
     pub(crate) commands: Option<CommandFigures>,
@@ -68,6 +69,7 @@ impl Figures {
         json!({
             "mode": mode,
             "raw_produce_per_s": round(self.raw_produce_per_s),
+            "raw_round_trip_per_s": round(self.raw_round_trip_per_s),
             "commands_per_s": commands.map(|c| round(c.per_s)),
             "command_latency_ms": commands.map(|c| json!({
                 "p50": pct(c.latency)["p50"], "p99": pct(c.latency)["p99"],
@@ -81,6 +83,8 @@ impl Figures {
             "ratios": {
                 "commands_per_s / raw_produce_per_s":
                     commands.map(|c| ratio(c.per_s, self.raw_produce_per_s)),
+                "commands_per_s / raw_round_trip_per_s":
+                    commands.map(|c| ratio(c.per_s, self.raw_round_trip_per_s)),
                 "projector_events_per_s / raw_insert_rows_per_s":
                     projectors.map(|p| ratio(p.events_per_s, self.raw_insert_rows_per_s)),
             },
@@ -114,11 +118,17 @@ pub(crate) fn print_table(report: &Value) {
             "baseline (rdkafka, acks=all, idempotent)".to_owned(),
         ),
         (
+            "raw_round_trip_per_s",
+            r("raw_round_trip_per_s").to_string(),
+            "baseline (request -> echo -> reply, 64 clients)".to_owned(),
+        ),
+        (
             "commands_per_s",
             r("commands_per_s").to_string(),
             format!(
-                "ratio {} (target >= 0.5 and >= 3000/s)",
-                report["ratios"]["commands_per_s / raw_produce_per_s"]
+                "ratio {} to raw produce (target >= 0.5 and >= 3000/s), {} to round trip",
+                report["ratios"]["commands_per_s / raw_produce_per_s"],
+                report["ratios"]["commands_per_s / raw_round_trip_per_s"]
             ),
         ),
         (
