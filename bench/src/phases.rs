@@ -18,8 +18,9 @@ use crate::{kafka_load, pg_load, round_trip, Plan};
 
 /// Partitions of every topic of the run.
 const PARTITIONS: i32 = 6;
-/// Concurrent HTTP clients for throughput.
-const CLIENTS: usize = 64;
+/// Concurrent clients for throughput (commands, sagas, and the raw request/reply baseline): a
+/// command waits on several broker round trips, so throughput needs many in flight.
+const CLIENTS: usize = 256;
 /// Items the pre-filled topics spread their events over (and the raw insert its rows).
 const FILL_ITEMS: usize = 20_000;
 

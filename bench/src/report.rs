@@ -120,7 +120,7 @@ pub(crate) fn print_table(report: &Value) {
         (
             "raw_round_trip_per_s",
             r("raw_round_trip_per_s").to_string(),
-            "baseline (request -> echo -> reply, 64 clients)".to_owned(),
+            "baseline (request -> echo -> reply, 256 clients)".to_owned(),
         ),
         (
             "commands_per_s",
