@@ -57,11 +57,7 @@ impl Run {
             topic_prefix: format!("bench-{run_id}"),
             partitions: PARTITIONS,
         };
-        let database_url = fresh_database(&admin_url, &format!("bench_{run_id}")).await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect(&database_url)
-            .await?;
+        let (database_url, pool) = fresh_database(&admin_url, &format!("bench_{run_id}")).await?;
         let env = Env {
             brokers,
             prefix: kafka.topic_prefix.clone(),
@@ -116,6 +112,19 @@ impl Run {
         })
     }
 
+    /// Topics and a database of a phase's own: the in-memory broker slows down as its logs
+    /// grow, and an earlier phase's load is not this phase's to carry.
+    async fn own_phase(&self, name: &str) -> anyhow::Result<(Env, PgPool)> {
+        let (database_url, pool) =
+            fresh_database(&self.admin_url, &format!("bench_{}_{name}", self.run_id)).await?;
+        let env = Env {
+            prefix: format!("bench-{}-{name}", self.run_id),
+            database_url,
+            ..self.env.clone()
+        };
+        Ok((env, pool))
+    }
+
     fn api(&self, commands: &Service) -> anyhow::Result<Api> {
         Ok(Api {
             client: reqwest::Client::builder()
@@ -162,19 +171,7 @@ impl Run {
         &self,
         rss: &mut BTreeMap<String, f64>,
     ) -> anyhow::Result<ReadFigures> {
-        // Topics and a database of its own: the in-memory broker slows down as its logs grow,
-        // and the command phase's load is not this phase's to carry.
-        let database_url =
-            fresh_database(&self.admin_url, &format!("bench_{}_reads", self.run_id)).await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .connect(&database_url)
-            .await?;
-        let env = &Env {
-            prefix: format!("bench-{}-reads", self.run_id),
-            database_url,
-            ..self.env.clone()
-        };
+        let (env, pool) = &self.own_phase("reads").await?;
         let command_api =
             Service::start(env, "command-api", "COMMAND_API_ADDR", 18180, &[]).await?;
         let projectors = Service::start(env, "projectors", "PROJECTORS_ADDR", 18182, &[]).await?;
@@ -198,7 +195,7 @@ impl Run {
             self.plan.sagas
         ));
         let (sagas_per_s, sagas_approved) =
-            http_load::sagas_per_s(&api, &pool, &self.auth, self.plan.sagas, CLIENTS).await?;
+            http_load::sagas_per_s(&api, pool, &self.auth, self.plan.sagas, CLIENTS).await?;
         for service in [orchestrator, query_api, projectors, command_api] {
             service.stop(rss).await;
         }
@@ -215,8 +212,9 @@ impl Run {
         rss: &mut BTreeMap<String, f64>,
     ) -> anyhow::Result<ProjectorFigures> {
         let plan = &self.plan;
+        let (env, pool) = self.own_phase("fill").await?;
         let kafka = KafkaSettings {
-            topic_prefix: format!("bench-{}-fill", self.run_id),
+            topic_prefix: env.prefix.clone(),
             ..self.kafka.clone()
         };
         let topics = platform::topics::Topics::new(kafka.topic_prefix.clone());
@@ -227,17 +225,6 @@ impl Run {
             plan.projector_events
         ));
         kafka_load::prefill_inventory(&kafka, plan.projector_events, FILL_ITEMS).await?;
-        let database_url =
-            fresh_database(&self.admin_url, &format!("bench_{}_fill", self.run_id)).await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .connect(&database_url)
-            .await?;
-        let env = Env {
-            prefix: kafka.topic_prefix.clone(),
-            database_url: database_url.clone(),
-            ..self.env.clone()
-        };
         step("projectors catching up");
         let started = Instant::now();
         let projectors = Service::start(&env, "projectors", "PROJECTORS_ADDR", 18184, &[]).await?;
@@ -257,7 +244,7 @@ impl Run {
             .args(["rebuild", "inventory"])
             .env("KAFKA_BROKERS", &env.brokers)
             .env("KAFKA_TOPIC_PREFIX", &kafka.topic_prefix)
-            .env("DATABASE_URL", &database_url)
+            .env("DATABASE_URL", &env.database_url)
             .env("RUST_LOG", "warn")
             .status()
             .await?;
@@ -291,8 +278,8 @@ impl Run {
     }
 }
 
-/// Creates (or recreates) a database and returns its URL.
-async fn fresh_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
+/// Creates (or recreates) a database; its URL and a small pool on it.
+async fn fresh_database(admin_url: &str, name: &str) -> anyhow::Result<(String, PgPool)> {
     let admin = PgPoolOptions::new()
         .max_connections(1)
         .connect(admin_url)
@@ -306,7 +293,12 @@ async fn fresh_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
     let (base, _) = admin_url
         .rsplit_once('/')
         .context("DATABASE_URL has no database")?;
-    Ok(format!("{base}/{name}"))
+    let url = format!("{base}/{name}");
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await?;
+    Ok((url, pool))
 }
 
 /// Waits until the inventory projection applied `events` events of `topic`.
