@@ -426,3 +426,78 @@ async fn a_stalled_former_owner_appending_from_stale_state_is_inert_for_every_re
         .all(|(_, command)| !command.starts_with("zombie")));
     restarted.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_append_by_another_writer_the_live_writer_has_not_read_yet_decides_before_its_own() {
+    // A writer judges its own appends without reading them back only when they sit right after
+    // what it has read. Here another writer (a former owner that still has the current state)
+    // appends a valid event just before each command, so the live writer's append lands behind
+    // a record it has not read: its answer must still be what the log says.
+    let kafka = kafka();
+    let app = TestApp::spawn_on(&kafka, |_| {}).await;
+    create_item(&app).await;
+    let producer = kafka.producer();
+    let topic = kafka.topics().events(AggregateKind::InventoryItem);
+    let partition = partition_for(SKU.as_bytes(), PARTITIONS);
+    for round in 0..5 {
+        let stored = events(&kafka, AggregateKind::InventoryItem).await;
+        let mut log = LogOrder::default();
+        let mut head = None;
+        for record in stored.iter().filter(|s| s.partition == partition) {
+            let envelope = record.envelope.clone().unwrap();
+            if log.judge(&envelope, record.offset) == Verdict::Accepted {
+                head = Some(envelope);
+            }
+        }
+        let head = head.unwrap();
+        let foreign = EventEnvelope {
+            event_id: uuid::Uuid::now_v7(),
+            version: head.version.next(),
+            predecessor: Some(head.event_id),
+            command_id: format!("other-writer-{round}"),
+            ..head.clone()
+        };
+        let event = domain::inventory::InventoryEvent::StockAdded {
+            sku: domain::values::Sku::try_from(SKU).unwrap(),
+            quantity: domain::values::Quantity::try_from(1).unwrap(),
+        };
+        let payload = schemas::encode(&event).unwrap();
+        let record = FutureRecord::to(&topic)
+            .partition(partition)
+            .key(SKU)
+            .payload(&payload)
+            .headers(foreign.to_headers());
+        producer
+            .send(record, Duration::from_secs(5))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+
+        let key = format!("after-other-{round}");
+        let reply = app
+            .post(
+                &format!("/v1/inventory/{SKU}/stock"),
+                Some(&admin()),
+                &json!({"quantity": 1}),
+                &[("idempotency-key", key.as_str())],
+            )
+            .await;
+        let (chain, _) = accepted_chain(&app).await;
+        let ours = chain
+            .iter()
+            .find(|(_, command)| *command == command_id(&key))
+            .map(|(version, _)| version.get());
+        match reply.status {
+            StatusCode::OK => assert_eq!(
+                reply.body["version"].as_u64(),
+                ours,
+                "round {round}: acknowledged at the version the log gives it"
+            ),
+            StatusCode::CONFLICT => assert_eq!(ours, None, "round {round}: refused, not applied"),
+            other => panic!("round {round}: unexpected {other}: {:?}", reply.body),
+        }
+        let versions: Vec<u64> = chain.iter().map(|(v, _)| v.get()).collect();
+        assert_eq!(versions, (1..=chain.len() as u64).collect::<Vec<_>>());
+    }
+    app.stop().await;
+}

@@ -1,4 +1,5 @@
-//! A batch of commands: plan each, append every event, read them back, commit, answer.
+//! A batch of commands: plan each, append every event, learn what the log made of them, commit,
+//! answer.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -103,18 +104,7 @@ where
             }
         }
 
-        // Read our own events back: only the log decides whether they count.
-        let last = offsets.values().flatten().copied().max();
-        let verdicts = match last {
-            Some(last) => self
-                .read_until(last + 1, READ_BACK_TIMEOUT)
-                .await
-                .unwrap_or_else(|error| {
-                    warn!(partition = self.partition, %error, "could not read own events back");
-                    HashMap::new()
-                }),
-            None => HashMap::new(),
-        };
+        let verdicts = self.verdicts(&plans, &offsets, failed.is_empty()).await;
 
         let mut replies: Vec<CommandReply> = Vec::with_capacity(plans.len());
         for (index, plan) in plans.into_iter().enumerate() {
@@ -191,6 +181,48 @@ where
             return;
         }
         self.send_replies(&batch, &replies).await;
+    }
+
+    /// The log's verdict on every event of the batch, by event id: only the log decides whether
+    /// they count. When the broker acknowledged all of them at the offsets right after the last
+    /// one this writer has read (`next_offset`, no gap), nothing else lies between: the log holds
+    /// exactly these records there, in this order, so they are judged here as if read back,
+    /// which saves a fetch round trip. Otherwise (another writer appended in between during a
+    /// handover, or a send failed) they are read back from the partition.
+    async fn verdicts(
+        &mut self,
+        plans: &[Plan],
+        offsets: &HashMap<usize, Vec<i64>>,
+        all_acknowledged: bool,
+    ) -> HashMap<Uuid, bool> {
+        let mut appended: Vec<(i64, &PendingEvent)> = Vec::new();
+        for (index, plan) in plans.iter().enumerate() {
+            if let (Plan::Append { events, .. }, Some(at)) = (plan, offsets.get(&index)) {
+                appended.extend(at.iter().copied().zip(events));
+            }
+        }
+        appended.sort_by_key(|(offset, _)| *offset);
+        let contiguous = appended
+            .iter()
+            .zip(self.next_offset..)
+            .all(|((offset, _), expected)| *offset == expected);
+        if all_acknowledged && contiguous {
+            return appended
+                .into_iter()
+                .map(|(offset, event)| {
+                    self.absorb_record(offset, &event.envelope, Some(&event.payload))
+                })
+                .collect();
+        }
+        let Some(last) = appended.last().map(|(offset, _)| *offset) else {
+            return HashMap::new();
+        };
+        self.read_until(last + 1, READ_BACK_TIMEOUT)
+            .await
+            .unwrap_or_else(|error| {
+                warn!(partition = self.partition, %error, "could not read own events back");
+                HashMap::new()
+            })
     }
 
     /// Our event lost in log order. If the log nevertheless shows this command accepted (another

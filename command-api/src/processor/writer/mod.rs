@@ -1,8 +1,9 @@
 //! The writer of one partition of one aggregate kind: the only process that normally appends to
 //! events partition p. It rebuilds state by reading the partition (applying the log-order rule),
-//! then handles commands in batches: decide on the current state, append, read its own events
-//! back, and answer only once the log shows them accepted. Its state is always what the log
-//! says: decisions within a batch use a scratch overlay that is thrown away afterwards.
+//! then handles commands in batches: decide on the current state, append, learn the log's
+//! verdict on its own events, and answer only once the log shows them accepted. Its state is
+//! always what the log says: decisions within a batch use a scratch overlay that is thrown away
+//! afterwards.
 //!
 //! Layout: this file holds the partition's lifecycle (rebuild, reading the tail); `batch` the
 //! handling of a batch of commands; `plan` the decision for one command; `replies` the answers.
@@ -31,6 +32,9 @@ use super::{IncomingCommand, WriterContext};
 
 /// At most this many commands are decided and appended together.
 const MAX_BATCH: usize = 256;
+
+/// How long an empty fetch of a partition's tail waits at the broker.
+const TAIL_FETCH_WAIT_MS: &str = "100";
 
 pub(super) struct Writer<A: WriteModel>
 where
@@ -95,14 +99,20 @@ where
     async fn start(ctx: Arc<WriterContext>, partition: i32) -> Result<Self, WriterError> {
         let events_topic = ctx.topics.events(A::KIND);
         let commands_topic = ctx.topics.commands(A::KIND);
-        let tail: StreamConsumer<LagContext> = platform::kafka::latency_consumer_config(
+        // The tail is waited on only when another writer appended during a handover (a batch
+        // whose appends are contiguous is judged without reading it back), so it need not poll
+        // at the request path's 5 ms: every partition's tail is a client of its own, and idle
+        // fetches at 5 ms from all of them cost the broker more than the commands do.
+        let mut tail_config = platform::kafka::consumer_config(
             &ctx.kafka,
             &format!("{}.writer-tail", ctx.kafka.topic_prefix),
-        )
-        .create_with_context(LagContext {
-            consumer: "command-writer-tail",
-        })
-        .map_err(WriterError::Kafka)?;
+        );
+        tail_config.set("fetch.wait.max.ms", TAIL_FETCH_WAIT_MS);
+        let tail: StreamConsumer<LagContext> = tail_config
+            .create_with_context(LagContext {
+                consumer: "command-writer-tail",
+            })
+            .map_err(WriterError::Kafka)?;
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(&events_topic, partition, Offset::Beginning)
@@ -160,24 +170,41 @@ where
         Ok(verdicts)
     }
 
+    /// Absorbs one record read from the tail. Records below `next_offset` were already judged
+    /// (a batch whose appends were contiguous judges them as it appends, see `batch`) and are
+    /// skipped.
     fn absorb(&mut self, message: &BorrowedMessage<'_>) -> Option<(Uuid, bool)> {
-        self.next_offset = message.offset() + 1;
+        if message.offset() < self.next_offset {
+            return None;
+        }
         let envelope = match EventEnvelope::from_headers(message.headers()) {
             Ok(envelope) => envelope,
             Err(error) => {
+                self.next_offset = message.offset() + 1;
                 warn!(topic = %self.events_topic, partition = self.partition, offset = message.offset(), %error, "event without a valid envelope ignored");
                 return None;
             }
         };
-        let verdict = self.log.judge(&envelope, message.offset());
+        Some(self.absorb_record(message.offset(), &envelope, message.payload()))
+    }
+
+    /// Judges the record at `offset` (the next one in the partition) by the log-order rule and,
+    /// when accepted, applies it to the aggregate's state. Returns the event id and the verdict.
+    fn absorb_record(
+        &mut self,
+        offset: i64,
+        envelope: &EventEnvelope,
+        payload: Option<&[u8]>,
+    ) -> (Uuid, bool) {
+        self.next_offset = offset + 1;
+        let verdict = self.log.judge(envelope, offset);
         let accepted = verdict == Verdict::Accepted;
         if let Verdict::Loser(reason) = verdict {
             metrics::counter!("log_order_losers_total", "aggregate" => A::KIND.as_str())
                 .increment(1);
-            warn!(aggregate_id = %envelope.aggregate_id, version = %envelope.version, offset = message.offset(), ?reason, "inert event (lost in log order)");
+            warn!(aggregate_id = %envelope.aggregate_id, version = %envelope.version, offset, ?reason, "inert event (lost in log order)");
         } else {
-            let decoded = message
-                .payload()
+            let decoded = payload
                 .ok_or(schemas::DecodeError::TooShort { len: 0 })
                 .and_then(schemas::decode::<A::Event>);
             match decoded {
@@ -192,12 +219,12 @@ where
                     });
                 }
                 Err(error) => {
-                    error!(aggregate_id = %envelope.aggregate_id, offset = message.offset(), %error, "accepted event cannot be decoded; aggregate refused until fixed");
+                    error!(aggregate_id = %envelope.aggregate_id, offset, %error, "accepted event cannot be decoded; aggregate refused until fixed");
                     self.unreadable.insert(envelope.aggregate_id.clone());
                 }
             }
         }
-        Some((envelope.event_id, accepted))
+        (envelope.event_id, accepted)
     }
 
     /// Whatever the tail already has (foreign appends since the last batch), without waiting.
