@@ -40,6 +40,10 @@ struct Cli {
     /// null.
     #[arg(long, value_enum)]
     only: Option<Phase>,
+    /// The offered rate of the command latency measure, commands per second (default 1,000,
+    /// the target's rate); a lower rate shows the latency of an unloaded path.
+    #[arg(long, default_value_t = 1000)]
+    latency_rate: u32,
 }
 
 /// The parts of a run that can be run alone.
@@ -60,6 +64,7 @@ struct Plan {
     raw_rows: usize,
     throughput_for: Duration,
     latency_for: Duration,
+    /// Commands per second offered in the latency measure.
     latency_rate: u32,
     visibility_samples: usize,
     sagas: usize,
@@ -68,14 +73,14 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(quick: bool) -> Self {
+    fn new(quick: bool, latency_rate: u32) -> Self {
         if quick {
             Self {
                 raw_records: 100_000,
                 raw_rows: 100_000,
                 throughput_for: Duration::from_secs(10),
                 latency_for: Duration::from_secs(10),
-                latency_rate: 1000,
+                latency_rate,
                 visibility_samples: 200,
                 sagas: 1000,
                 projector_events: 100_000,
@@ -87,7 +92,7 @@ impl Plan {
                 raw_rows: 300_000,
                 throughput_for: Duration::from_secs(30),
                 latency_for: Duration::from_secs(30),
-                latency_rate: 1000,
+                latency_rate,
                 visibility_samples: 1000,
                 sagas: 5000,
                 projector_events: 300_000,
@@ -110,7 +115,7 @@ impl Plan {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let plan = Plan::new(cli.quick);
+    let plan = Plan::new(cli.quick, cli.latency_rate);
     let wanted = |phase: Phase| cli.only.is_none_or(|only| only == phase);
     let run = phases::Run::prepare(plan).await?;
     let mut figures = run.baselines().await?;

@@ -136,7 +136,10 @@ impl Run {
         })
     }
 
-    /// command-api alone: closed-loop throughput, then latency at a fixed offered rate.
+    /// command-api alone: closed-loop throughput, then latency at a fixed offered rate. Each
+    /// measure gets topics and a command-api of its own: the in-memory broker's fetches slow down
+    /// as a partition's log grows, so latency measured on the throughput run's logs would
+    /// measure that run's leftovers.
     pub(crate) async fn command_side(
         &self,
         rss: &mut BTreeMap<String, f64>,
@@ -150,6 +153,12 @@ impl Run {
         ));
         let (per_s, failures) =
             http_load::commands_per_s(&api, CLIENTS, self.plan.throughput_for).await?;
+        command_api.stop(rss).await;
+
+        let (env, _pool) = &self.own_phase("latency").await?;
+        let command_api =
+            Service::start(env, "command-api", "COMMAND_API_ADDR", 18180, &[]).await?;
+        let api = self.api(&command_api)?;
         step(&format!(
             "command latency at {}/s for {:?}",
             self.plan.latency_rate, self.plan.latency_for

@@ -262,7 +262,12 @@ where
         }
     }
 
-    async fn send_replies(&self, batch: &[IncomingCommand], replies: &[CommandReply]) {
+    /// Hands the replies to the producer and lets them travel while the next batch is decided
+    /// and appended: a batch waits only for the previous batch's replies to be delivered
+    /// (`replies_delivered`), so replies never pile up and a stopping writer delivers what it
+    /// answered before it goes.
+    async fn send_replies(&mut self, batch: &[IncomingCommand], replies: &[CommandReply]) {
+        self.replies_delivered().await;
         let topic = self.ctx.topics.replies();
         let mut sends = Vec::new();
         for (command, reply) in batch.iter().zip(replies) {
@@ -270,7 +275,7 @@ where
                 .envelope
                 .as_ref()
                 .ok()
-                .and_then(|e| e.reply_to.clone())
+                .and_then(|e| e.reply_to.as_deref())
             else {
                 continue;
             };
@@ -281,19 +286,30 @@ where
                     continue;
                 }
             };
-            let producer = self.ctx.producer.clone();
-            let topic = topic.clone();
-            sends.push(async move {
-                let record = FutureRecord::to(&topic)
-                    .key(reply_to.as_bytes())
-                    .payload(&payload);
-                if let Err((error, _)) = producer.send(record, Duration::from_secs(5)).await {
-                    platform::kafka::count_producer_error("command-replies");
-                    warn!(%error, "reply not delivered; the requester will time out");
-                }
-            });
+            let record = FutureRecord::to(&topic)
+                .key(reply_to.as_bytes())
+                .payload(&payload);
+            sends.push(self.ctx.producer.send_result(record).map_err(|(e, _)| e));
         }
-        join_all(sends).await;
+        self.replies_in_flight = Some(tokio::spawn(async move {
+            for send in sends {
+                let delivered = match send {
+                    Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
+                    Err(_) => false,
+                };
+                if !delivered {
+                    platform::kafka::count_producer_error("command-replies");
+                    warn!("reply not delivered; the requester will time out");
+                }
+            }
+        }));
+    }
+
+    /// Waits until the replies of the previous batch are delivered (or failed).
+    pub(super) async fn replies_delivered(&mut self) {
+        if let Some(in_flight) = self.replies_in_flight.take() {
+            let _ = in_flight.await;
+        }
     }
 
     /// The commands are handled: commit synchronously so the group moves past them. Fails when

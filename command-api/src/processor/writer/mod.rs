@@ -52,6 +52,8 @@ where
     states: HashMap<String, Current<A>>,
     /// Aggregates with an accepted event this build cannot decode: refused until fixed.
     unreadable: std::collections::HashSet<String>,
+    /// The previous batch's replies, still being delivered (see `batch::send_replies`).
+    replies_in_flight: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl<A: WriteModel> Writer<A>
@@ -91,6 +93,7 @@ where
             }
             writer.handle(batch).await;
         }
+        writer.replies_delivered().await;
         ctx.writers_ready
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         debug!(%kind, partition, "writer stopped");
@@ -128,6 +131,7 @@ where
             log: LogOrder::default(),
             states: HashMap::new(),
             unreadable: Default::default(),
+            replies_in_flight: None,
         };
         let started = std::time::Instant::now();
         let high = writer.high_watermark().await?;
