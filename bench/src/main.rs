@@ -1,4 +1,4 @@
-//! `bench [--quick] [--only PHASE]`: measures the system against raw baselines taken in the
+//! `bench [--quick] [--only PHASE] [--latency-rate N]`: measures the system against raw baselines taken in the
 //! same run, on the same broker and database, and writes `target/bench/report.json`.
 //! `scripts/bench` starts the infrastructure and builds the release binaries this runs.
 //!
