@@ -1,5 +1,6 @@
-//! `bench [--quick] [--only PHASE] [--latency-rate N]`: measures the system against raw baselines taken in the
-//! same run, on the same broker and database, and writes `target/bench/report.json`.
+//! `bench [--quick] [--only PHASE] [--latency-rate N]`: measures the system against raw
+//! baselines taken in the same run, on the same broker and database, and writes
+//! `target/bench/report.json`.
 //! `scripts/bench` starts the infrastructure and builds the release binaries this runs.
 //!
 //! # Layout
