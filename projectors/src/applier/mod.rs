@@ -9,6 +9,7 @@
 //! therefore loses nothing and applies nothing twice: the offsets and the effects are one commit.
 
 mod cache;
+mod fresh;
 mod operator;
 mod sql;
 
@@ -282,12 +283,7 @@ impl<P: Projection> Applier<P> {
             .into_iter()
             .collect();
         let stored = lock_offsets(&mut tx, &key, &self.topic, &partitions).await?;
-        let fresh: Vec<&Incoming<P::Event>> = batch
-            .iter()
-            .filter(|i| {
-                i.message.offset() >= stored.get(&i.message.partition()).copied().unwrap_or(0)
-            })
-            .collect();
+        let fresh = fresh::records(batch, stored);
         if fresh.is_empty() {
             return tx.commit().await;
         }
