@@ -249,14 +249,26 @@ impl Run {
         kafka_load::prefill_inventory_more(&kafka, plan.projector_events, more, FILL_ITEMS).await?;
         step("projectors rebuild inventory");
         let started = Instant::now();
-        let status = tokio::process::Command::new(env.bin_dir.join("projectors"))
+        let mut rebuild = tokio::process::Command::new(env.bin_dir.join("projectors"))
             .args(["rebuild", "inventory"])
             .env("KAFKA_BROKERS", &env.brokers)
             .env("KAFKA_TOPIC_PREFIX", &kafka.topic_prefix)
             .env("DATABASE_URL", &env.database_url)
             .env("RUST_LOG", "warn")
-            .status()
-            .await?;
+            .kill_on_drop(true)
+            .spawn()?;
+        // The process is gone once it exits: read its peak while it runs.
+        let mut peak_mib = 0.0_f64;
+        let status = loop {
+            if let Some(pid) = rebuild.id() {
+                peak_mib = peak_mib.max(crate::services::peak_rss_mib_of(pid).unwrap_or(0.0));
+            }
+            tokio::select! {
+                status = rebuild.wait() => break status?,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        };
+        rss.insert("projectors rebuild".to_owned(), peak_mib);
         anyhow::ensure!(status.success(), "rebuild failed");
         let rebuild_events_per_s = plan.rebuild_events as f64 / started.elapsed().as_secs_f64();
         Ok(ProjectorFigures {

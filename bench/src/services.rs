@@ -75,16 +75,7 @@ impl Service {
 
     /// Peak resident set size so far (VmHWM), in MiB.
     pub(crate) fn peak_rss_mib(&self) -> Option<f64> {
-        let pid = self.child.id()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let kib: f64 = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        Some(kib / 1024.0)
+        peak_rss_mib_of(self.child.id()?)
     }
 
     /// SIGTERM, then wait for the exit.
@@ -102,4 +93,17 @@ impl Service {
         let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
         let _ = self.child.kill().await;
     }
+}
+
+/// Peak resident memory (VmHWM) of a running process, MiB.
+pub(crate) fn peak_rss_mib_of(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
