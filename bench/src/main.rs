@@ -43,7 +43,7 @@ struct Cli {
     only: Option<Phase>,
     /// The offered rate of the command latency measure, commands per second (default 1,000,
     /// the target's rate); a lower rate shows the latency of an unloaded path.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     latency_rate: u32,
 }
 
@@ -144,4 +144,19 @@ async fn main() -> anyhow::Result<()> {
     )?;
     report::print_table(&report);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn a_latency_rate_of_zero_is_refused_with_a_clear_error() {
+        let refused = Cli::try_parse_from(["bench", "--latency-rate", "0"]).err();
+        let message = refused.map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("--latency-rate"), "{message}");
+        assert!(Cli::try_parse_from(["bench", "--latency-rate", "100"]).is_ok());
+    }
 }

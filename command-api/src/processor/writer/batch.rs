@@ -268,38 +268,32 @@ where
     /// answered before it goes.
     async fn send_replies(&mut self, batch: &[IncomingCommand], replies: &[CommandReply]) {
         self.replies_delivered().await;
-        let topic = self.ctx.topics.replies();
-        let mut sends = Vec::new();
-        for (command, reply) in batch.iter().zip(replies) {
-            let Some(reply_to) = command
-                .envelope
-                .as_ref()
-                .ok()
-                .and_then(|e| e.reply_to.as_deref())
-            else {
-                continue;
-            };
-            let payload = match schemas::encode(reply) {
-                Ok(payload) => payload,
-                Err(error) => {
-                    error!(%error, "reply does not fit its schema");
-                    continue;
+        let addressed: Vec<(String, Vec<u8>)> = batch
+            .iter()
+            .zip(replies)
+            .filter_map(|(command, reply)| {
+                let reply_to = command.envelope.as_ref().ok()?.reply_to.clone()?;
+                match schemas::encode(reply) {
+                    Ok(payload) => Some((reply_to, payload)),
+                    Err(error) => {
+                        error!(%error, "reply does not fit its schema");
+                        None
+                    }
                 }
-            };
-            let record = FutureRecord::to(&topic)
-                .key(reply_to.as_bytes())
-                .payload(&payload);
-            sends.push(self.ctx.producer.send_result(record).map_err(|(e, _)| e));
-        }
+            })
+            .collect();
+        let (producer, topic) = (self.ctx.producer.clone(), self.ctx.topics.replies());
         self.replies_in_flight = Some(tokio::spawn(async move {
-            for send in sends {
-                let delivered = match send {
-                    Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
-                    Err(_) => false,
-                };
-                if !delivered {
+            let sends = addressed.iter().map(|(reply_to, payload)| {
+                let record = FutureRecord::to(&topic)
+                    .key(reply_to.as_bytes())
+                    .payload(payload);
+                producer.send(record, Duration::from_secs(5))
+            });
+            for sent in join_all(sends).await {
+                if let Err((error, _)) = sent {
                     platform::kafka::count_producer_error("command-replies");
-                    warn!("reply not delivered; the requester will time out");
+                    warn!(%error, "reply not delivered; the requester will time out");
                 }
             }
         }));
