@@ -52,11 +52,7 @@ impl Run {
         let secret = format!("bench-{run_id}");
         let auth = platform::auth::Auth::new(&secret, 1_000_000);
         let admin_token = auth.sign("bench-admin", &["admin"], 3600)?;
-        let kafka = KafkaSettings {
-            brokers: brokers.clone(),
-            topic_prefix: format!("bench-{run_id}"),
-            partitions: PARTITIONS,
-        };
+        let kafka = KafkaSettings::local(&brokers, &format!("bench-{run_id}"), PARTITIONS);
         let (database_url, pool) = fresh_database(&admin_url, &format!("bench_{run_id}")).await?;
         let env = Env {
             brokers,
@@ -290,8 +286,8 @@ impl Run {
             .unwrap_or_default();
         json!({
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "broker": "Nisshi 0.8.1",
-            "storage": std::env::var("BENCH_STORAGE").unwrap_or_else(|_| "memory://".into()),
+            // scripts/bench names the broker it started; a user's own broker is "unknown".
+            "broker": std::env::var("BENCH_BROKER").unwrap_or_else(|_| "unknown".into()),
             "postgres": postgres,
             "partitions": PARTITIONS,
             "git_commit": commit,

@@ -16,7 +16,7 @@ use platform::log_order::{LogOrder, Verdict};
 use reqwest::StatusCode;
 use serde_json::json;
 use support::*;
-use test_harness::{BrokerProcess, TestDatabase, TestKafka};
+use test_harness::{BrokerProcess, TestKafka};
 
 fn order_body() -> serde_json::Value {
     json!({"customer_id": "c-1", "lines": [{"sku": "apple", "quantity": 2, "unit_price": money(150)}]})
@@ -92,8 +92,7 @@ async fn idempotency_keys_survive_a_restart_of_command_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unreachable_broker_is_a_bounded_503_then_a_fast_one_from_the_breaker_and_nothing_is_appended_later(
 ) {
-    let storage = TestDatabase::create(None).await;
-    let mut broker = BrokerProcess::start(&storage.url).await;
+    let mut broker = BrokerProcess::start().await;
     let mut kafka = TestKafka::at(&broker.brokers());
     kafka.settings.partitions = PARTITIONS;
     let app = TestApp::spawn_on(&kafka, |_| {}).await;
@@ -266,4 +265,43 @@ async fn a_graceful_stop_finishes_what_it_acknowledged_and_nothing_applies_twice
         "the stop came while commands were in flight"
     );
     println!("{} of 300 acknowledged before the stop", acknowledged.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_api_refuses_to_start_on_an_events_topic_that_would_delete_records() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let kafka = kafka();
+    let events = kafka.topics().events(AggregateKind::Order);
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &kafka.settings.brokers)
+            .create()
+            .expect("admin client");
+    // Someone created the topic with Kafka's default retention: its events would go in 7 days.
+    admin
+        .create_topics(
+            &[
+                NewTopic::new(&events, PARTITIONS, TopicReplication::Fixed(1))
+                    .set("retention.ms", "604800000"),
+            ],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create the events topic by hand");
+    let mut settings = settings(&kafka);
+    settings.kafka.partitions = PARTITIONS;
+    let refused = command_api::startup::Application::build(settings).await;
+    let error = refused.err().expect("command-api must refuse to start");
+    let chain = std::iter::successors(
+        Some(&error as &(dyn std::error::Error + 'static)),
+        |e| e.source(),
+    )
+    .map(ToString::to_string)
+    .collect::<Vec<_>>()
+    .join(": ");
+    assert!(
+        chain.contains("refusing to start") && chain.contains(&events),
+        "the error names the topic and why: {chain}"
+    );
+    assert!(chain.contains("retention.ms=-1"), "and how to fix it: {chain}");
 }

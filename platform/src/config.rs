@@ -11,12 +11,30 @@ pub struct KafkaSettings {
     pub topic_prefix: String,
     /// Partitions per topic when this process creates topics.
     pub partitions: i32,
+    /// `KAFKA_REPLICATION_FACTOR`: replicas per topic this process creates (1 on one local
+    /// broker; 3 in production).
+    pub replication_factor: i32,
+    /// `KAFKA_MIN_INSYNC_REPLICAS`: replicas that must have a record before `acks=all` is
+    /// answered, set on every topic this process creates (1 locally; 2 in production).
+    pub min_insync_replicas: i32,
 }
 
 impl KafkaSettings {
     pub const DEFAULT_BROKERS: &'static str = "127.0.0.1:9092";
     pub const DEFAULT_PREFIX: &'static str = "orderstream";
     pub const DEFAULT_PARTITIONS: i32 = 6;
+
+    /// Settings for a test or a tool: `brokers` and `prefix`, `partitions` per topic, one
+    /// replica (a single local broker).
+    pub fn local(brokers: &str, prefix: &str, partitions: i32) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            topic_prefix: prefix.to_owned(),
+            partitions,
+            replication_factor: 1,
+            min_insync_replicas: 1,
+        }
+    }
 
     pub fn from_env() -> Self {
         Self {
@@ -28,8 +46,18 @@ impl KafkaSettings {
                 .and_then(|raw| raw.parse().ok())
                 .filter(|n| *n > 0)
                 .unwrap_or(Self::DEFAULT_PARTITIONS),
+            replication_factor: positive_env("KAFKA_REPLICATION_FACTOR", 1),
+            min_insync_replicas: positive_env("KAFKA_MIN_INSYNC_REPLICAS", 1),
         }
     }
+}
+
+fn positive_env(name: &str, default: i32) -> i32 {
+    env::var(name)
+        .ok()
+        .and_then(|raw| raw.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
 }
 
 /// A setting whose value is not what it must be.

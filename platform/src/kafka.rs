@@ -5,28 +5,11 @@
 //! Consumers: no auto commit and no automatic offset store: a consumer stores an offset only
 //! once the effect of that record is durable.
 
-use std::time::Duration;
-
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
-use thiserror::Error;
 
 use crate::config::KafkaSettings;
 
-#[derive(Debug, Error)]
-pub enum KafkaSetupError {
-    #[error("could not create the Kafka client")]
-    Client(#[source] KafkaError),
-    #[error("could not create topic {topic}: {code:?}")]
-    CreateTopic {
-        topic: String,
-        code: RDKafkaErrorCode,
-    },
-    #[error("topic creation request failed")]
-    Admin(#[source] KafkaError),
-}
+pub use crate::topic_setup::{ensure_topics, KafkaSetupError};
 
 /// Settings for an idempotent producer that waits for all in-sync replicas.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
@@ -122,32 +105,4 @@ pub fn latency_consumer_config(settings: &KafkaSettings, group_id: &str) -> Clie
     let mut config = consumer_config(settings, group_id);
     config.set("fetch.wait.max.ms", "5");
     config
-}
-
-/// Creates the topics that do not exist yet (existing ones are left as they are).
-pub async fn ensure_topics(
-    settings: &KafkaSettings,
-    topics: &[String],
-    partitions: i32,
-) -> Result<(), KafkaSetupError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
-        .create()
-        .map_err(KafkaSetupError::Client)?;
-    let new_topics: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics(&new_topics, &options)
-        .await
-        .map_err(KafkaSetupError::Admin)?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(KafkaSetupError::CreateTopic { topic, code }),
-        }
-    }
-    Ok(())
 }

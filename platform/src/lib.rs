@@ -3,12 +3,16 @@
 //! # Layout
 //!
 //! - [`auth`]: bearer JWT (HS256), roles, per-subject rate limiting, the `Caller` extractor.
-//! - [`config`]: Kafka settings from the environment (`KAFKA_BROKERS`, `KAFKA_TOPIC_PREFIX`).
+//! - [`config`]: Kafka settings from the environment (`KAFKA_BROKERS`, `KAFKA_TOPIC_PREFIX`,
+//!   `KAFKA_REPLICATION_FACTOR`, `KAFKA_MIN_INSYNC_REPLICAS`).
 //! - [`kafka`]: producer, consumer and admin client settings (acks=all, idempotence, murmur2
-//!   partitioning, manual offset store) and topic creation.
+//!   partitioning, manual offset store).
 //! - [`partitioner`]: Kafka's murmur2 partitioner, byte-for-byte the Java client's, so a
 //!   service can tell which partition (and so which writer) owns an aggregate.
-//! - [`topics`]: topic names, `<prefix>.<aggregate>.events` and their `.dlq` twins.
+//! - [`topics`]: topic names, `<prefix>.<aggregate>.events` and their `.dlq` twins, and how
+//!   long the broker keeps each topic's records.
+//! - [`topic_setup`]: creates missing topics with that retention and the deployment's
+//!   replication; refuses to start on a source-of-truth topic that would delete records.
 //! - [`envelope`]: event and command metadata carried in Kafka headers (ids, version,
 //!   predecessor, correlation/causation, trace context).
 //! - [`log_order`]: the rule every reader applies to decide which events count: an event is
@@ -34,4 +38,5 @@ pub mod partitioner;
 pub mod resilience;
 pub mod shutdown;
 pub mod telemetry;
+pub mod topic_setup;
 pub mod topics;

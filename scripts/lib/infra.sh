@@ -1,14 +1,19 @@
 # shellcheck shell=bash
 # Shared by scripts/test, scripts/up and scripts/bench: install what is missing, then start and
-# stop the real local infrastructure (PostgreSQL from Debian, the Nisshi Kafka-protocol broker).
-# Everything listens on 127.0.0.1 only. Sourced, not run.
+# stop the real local infrastructure (PostgreSQL from Debian, Apache Kafka from Maven Central).
+# Everything listens on 127.0.0.1 only. Sourced, not run (scripts/lib/kafka-node sources it too).
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 LOCAL_DIR="$REPO_ROOT/.local"                      # ignored by git: data, logs, pid files
-CACHE_DIR="${ORDERSTREAM_CACHE:-$HOME/.cache/orderstream}"  # survives clones: the broker build
-NISSHI_VERSION="0.8.1"
-NISSHI_ROOT="$CACHE_DIR/nisshi-$NISSHI_VERSION"
-NISSHI_BIN="$NISSHI_ROOT/bin/nisshi"
+CACHE_DIR="${ORDERSTREAM_CACHE:-$HOME/.cache/orderstream}"  # survives clones: Kafka's jars
+# Apache Kafka, pinned (docs/decisions/0001-apache-kafka.md): the broker's runtime jars from
+# Maven Central, plus the SLF4J binding at the log4j-core version Kafka brings (without it the
+# broker logs nothing). docker-compose.yml and k8s/ use the same version.
+KAFKA_VERSION="4.4.0"
+LOG4J_VERSION="2.25.5"
+KAFKA_HOME="${KAFKA_HOME:-$CACHE_DIR/kafka-$KAFKA_VERSION}"
+KAFKA_LIBS="$KAFKA_HOME/libs"
+MAVEN_DEPENDENCY_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 # The offline Kubernetes schema validator the deployment tests use, pinned (schemas included).
 KUBERNETES_VALIDATE_VERSION="1.34.0"
 TOOLS_VENV="$CACHE_DIR/tools-venv-kv$KUBERNETES_VALIDATE_VERSION"
@@ -60,23 +65,129 @@ pg_bin_dir() {
   return 1
 }
 
-# The broker is built from crates.io once (about 18 minutes on 2 cores) into a cache outside the
-# repository, so fresh clones on the same machine reuse it. A lock keeps two runs from both building.
-ensure_nisshi() {
-  if nisshi_installed; then return 0; fi
+# A JDK 17 or newer (Kafka 4.x brokers need 17): the default `java` when it is new enough, else
+# any under /usr/lib/jvm, else Debian's openjdk-17-jre-headless. Sets and exports KAFKA_JAVA.
+ensure_java() {
+  local candidate
+  for candidate in "${KAFKA_JAVA:-}" "$(command -v java 2>/dev/null)" /usr/lib/jvm/*/bin/java; do
+    [ -n "$candidate" ] && [ -x "$candidate" ] || continue
+    if [ "$(java_major "$candidate")" -ge 17 ] 2>/dev/null; then
+      export KAFKA_JAVA="$candidate"
+      return 0
+    fi
+  done
+  log "no JDK 17+ found: installing openjdk-17-jre-headless from Debian's packages"
+  apt_install openjdk-17-jre-headless \
+    || die "could not install a JDK; install Java 17 or newer (e.g. apt-get install openjdk-17-jre-headless) or set KAFKA_JAVA"
+  export KAFKA_JAVA=/usr/lib/jvm/java-17-openjdk-amd64/bin/java
+  [ -x "$KAFKA_JAVA" ] || KAFKA_JAVA="$(command -v java)"
+  [ "$(java_major "$KAFKA_JAVA")" -ge 17 ] 2>/dev/null || die "Java 17 or newer is needed to run Kafka; set KAFKA_JAVA"
+}
+
+java_major() { # java binary -> major version (17, 21, 25 ...)
+  "$1" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = \([0-9]*\).*/\1/p' | head -1
+}
+
+apt_install() {
+  as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+# Apache Kafka's broker jars, resolved from Maven Central by Maven into $KAFKA_HOME once (about
+# 30 s on a fresh machine). Installed into a temporary directory and moved into place, under a
+# lock, so an interrupted or concurrent run never leaves half a classpath. Safe to run twice.
+ensure_kafka() {
+  ensure_java
+  if kafka_installed; then return 0; fi
+  command -v mvn >/dev/null || {
+    log "installing Maven from Debian's packages"
+    apt_install maven || die "could not install Maven (apt-get install maven)"
+  }
   mkdir -p "$CACHE_DIR"
   (
     flock 9
-    if nisshi_installed; then exit 0; fi
-    log "building Nisshi $NISSHI_VERSION from crates.io into $NISSHI_ROOT (first time only; ~18 min on 2 cores)"
-    cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
-      --no-default-features --features dynostore,postgres \
-      --root "$NISSHI_ROOT" >"$CACHE_DIR/nisshi-install.log" 2>&1 \
-      || { tail -30 "$CACHE_DIR/nisshi-install.log" >&2; exit 1; }
-  ) 9>"$CACHE_DIR/nisshi.lock" || die "Nisshi build failed (log: $CACHE_DIR/nisshi-install.log)"
+    if kafka_installed; then exit 0; fi
+    local work
+    work="$(mktemp -d "$CACHE_DIR/kafka-install.XXXXXX")"
+    trap 'rm -rf "$work"' EXIT
+    log "installing Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_HOME (first time only)"
+    cat >"$work/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.orderstream</groupId>
+  <artifactId>kafka-broker-runtime</artifactId>
+  <version>$KAFKA_VERSION</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+POM
+    # Bounded: an unreachable repository fails within minutes instead of hanging.
+    if ! timeout 900 mvn -B -q -f "$work/pom.xml" \
+        -Daether.connector.connectTimeout=20000 -Daether.connector.requestTimeout=60000 \
+        -Dmaven.wagon.http.retryHandler.count=2 \
+        "$MAVEN_DEPENDENCY_PLUGIN:copy-dependencies" -DincludeScope=runtime \
+        -DoutputDirectory="$work/libs" >"$work/maven.log" 2>&1; then
+      tail -20 "$work/maven.log" >&2
+      cp "$work/maven.log" "$CACHE_DIR/kafka-install.log" 2>/dev/null || true
+      exit 1
+    fi
+    ls "$work/libs"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null 2>&1 || exit 1
+    echo "$KAFKA_VERSION" >"$work/VERSION"
+    rm -rf "$KAFKA_HOME"
+    mv "$work" "$KAFKA_HOME"
+    rm -f "$KAFKA_HOME/pom.xml"
+    trap - EXIT
+  ) 9>"$CACHE_DIR/kafka.lock" || die "could not install Apache Kafka $KAFKA_VERSION from Maven Central \
+(is the Maven repository reachable? see the lines above and $CACHE_DIR/kafka-install.log)"
 }
 
-nisshi_installed() { [ -x "$NISSHI_BIN" ] && "$NISSHI_BIN" --version 2>/dev/null | grep -q "$NISSHI_VERSION"; }
+kafka_installed() { [ "$(cat "$KAFKA_HOME/VERSION" 2>/dev/null)" = "$KAFKA_VERSION" ] && [ -f "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ]; }
+
+# start_kafka NAME PORT: a single-node KRaft broker+controller under .local/NAME (data, logs,
+# pid) via scripts/lib/kafka-node, waiting until its client port answers (it opens only once
+# the broker is unfenced). Extra settings come from the environment kafka-node reads
+# (KAFKA_HEAP, KAFKA_REBALANCE_DELAY_MS). A broker that does not start prints its log's tail.
+start_kafka() {
+  local name="$1" port="$2" dir="$LOCAL_DIR/$1"
+  mkdir -p "$dir"
+  if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null && port_open 127.0.0.1 "$port"; then
+    log "Kafka '$name' already running on 127.0.0.1:$port"
+    return 0
+  fi
+  port_open 127.0.0.1 "$port" && die "port $port is taken by another process; choose another port"
+  "$REPO_ROOT/scripts/lib/kafka-node" "$dir" "$port" >"$dir/stdout.log" 2>&1 &
+  echo $! >"$dir/pid"
+  local i
+  for ((i = 0; i < 1200; i++)); do
+    port_open 127.0.0.1 "$port" && break
+    if ! kill -0 "$(cat "$dir/pid")" 2>/dev/null; then i=1200; break; fi
+    sleep 0.1
+  done
+  if ! port_open 127.0.0.1 "$port"; then
+    log "Kafka '$name' did not start; last lines of its logs:"
+    tail -25 "$dir/stdout.log" >&2 || true
+    tail -25 "$dir/logs/server.log" >&2 2>/dev/null || true
+    stop_kafka "$name"
+    die "Kafka '$name' did not start (logs: $dir)"
+  fi
+  log "Kafka $KAFKA_VERSION '$name' listening on 127.0.0.1:$port (logs: $dir/logs/server.log)"
+}
+
+# stop_kafka NAME: SIGTERM (the broker's shutdown hook flushes and closes its logs cleanly), a
+# SIGKILL after 30 s.
+stop_kafka() {
+  local dir="$LOCAL_DIR/$1" pid
+  [ -f "$dir/pid" ] || return 0
+  pid="$(cat "$dir/pid")"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/pid"
+}
 
 wait_for_port() { # host port seconds
   local i
@@ -145,42 +256,6 @@ postgres_dir() {
 
 as_postgres() {
   if [ "$(id -un)" = postgres ]; then "$@"; elif [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi
-}
-
-# start_nisshi NAME PORT STORAGE_URL [REBALANCE_DELAY]: one broker process, its log and pid
-# under .local/NAME. The delay is how long an empty group's first rebalance waits for more
-# members (Kafka's group.initial.rebalance.delay.ms); tests want it short.
-start_nisshi() {
-  local name="$1" port="$2" storage="$3" delay="${4:-3s}" dir="$LOCAL_DIR/$1"
-  mkdir -p "$dir"
-  if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null && port_open 127.0.0.1 "$port"; then
-    log "broker '$name' already running on 127.0.0.1:$port"
-    return 0
-  fi
-  port_open 127.0.0.1 "$port" && die "port $port is taken by another process; set KAFKA_PORT"
-  # Run from its own directory with a clean environment: Nisshi reads a .env in its working
-  # directory and STORAGE_ENGINE/LISTENER_URL-style variables from the environment.
-  (cd "$dir" && exec env -i PATH="$PATH" HOME="$HOME" RUST_LOG="${NISSHI_LOG:-warn}" \
-    "$NISSHI_BIN" broker \
-    --kafka-listener-url "tcp://127.0.0.1:$port" \
-    --kafka-advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine "$storage" \
-    --group-initial-rebalance-delay "$delay" >"$dir/broker.log" 2>&1) &
-  echo $! >"$dir/pid"
-  wait_for_port 127.0.0.1 "$port" 30 || { tail -20 "$dir/broker.log" >&2; die "broker '$name' did not start"; }
-  log "broker '$name' (Nisshi $NISSHI_VERSION, $storage) listening on 127.0.0.1:$port"
-}
-
-stop_nisshi() {
-  local dir="$LOCAL_DIR/$1" pid
-  [ -f "$dir/pid" ] || return 0
-  pid="$(cat "$dir/pid")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$dir/pid"
 }
 
 # psql against a local cluster as the postgres superuser.

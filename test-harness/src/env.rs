@@ -23,22 +23,6 @@ pub fn database_url() -> String {
     url
 }
 
-/// The Nisshi binary for tests that run their own broker process.
-pub fn nisshi_bin() -> String {
-    if let Ok(bin) = std::env::var("NISSHI_BIN") {
-        return bin;
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let default = format!("{home}/.cache/orderstream/nisshi-0.8.1/bin/nisshi");
-    if std::path::Path::new(&default).exists() {
-        default
-    } else {
-        panic!(
-            "the Nisshi broker binary was not found (NISSHI_BIN unset, {default} missing): {HOW}"
-        )
-    }
-}
-
 fn host_port(url: &str) -> String {
     let after_scheme = url.split("://").nth(1).unwrap_or(url);
     let after_user = after_scheme.rsplit('@').next().unwrap_or(after_scheme);

@@ -24,11 +24,7 @@ impl TestKafka {
     /// A fresh prefix on a given broker (e.g. a [`crate::BrokerProcess`]).
     pub fn at(brokers: &str) -> Self {
         Self {
-            settings: KafkaSettings {
-                brokers: brokers.to_owned(),
-                topic_prefix: crate::unique_name(),
-                partitions: 3,
-            },
+            settings: KafkaSettings::local(brokers, &crate::unique_name(), 3),
         }
     }
 

@@ -10,7 +10,8 @@
 //! - [`env`]: where the infrastructure is, and the message when it is not there.
 //! - [`kafka`]: [`TestKafka`], a unique topic namespace plus client helpers.
 //! - [`database`]: [`TestDatabase`], a fresh database per test.
-//! - [`broker`]: [`BrokerProcess`], a dedicated Nisshi process a test may kill and restart.
+//! - [`broker`]: [`BrokerProcess`], a dedicated Apache Kafka process a test may kill, restart
+//!   or put behind a fault proxy.
 //! - [`proxy`]: [`FaultProxy`], a TCP proxy that can swallow a Kafka response to force a retry.
 
 // Test support: a failed set-up should stop the test at once with a clear message.

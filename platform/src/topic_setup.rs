@@ -1,0 +1,200 @@
+//! Creating the topics a service uses, and refusing to run on one that would lose data.
+//!
+//! Every service calls [`ensure_topics`] at start-up with the topics it reads or writes. Missing
+//! topics are created with the replication the deployment asks for and the retention their role
+//! needs ([`Topics::retention`]). Existing topics are left as they are, but checked: a topic that
+//! holds the source of truth (events, saga events, dead letters) and would delete records by age
+//! or size, or compact them away, stops the service with a message naming the topic and the
+//! setting. Kafka's defaults (7 days) would otherwise quietly delete the log a week later.
+
+use std::time::Duration;
+
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
+};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::ClientConfig;
+use thiserror::Error;
+
+use crate::config::KafkaSettings;
+use crate::topics::{Retention, Topics};
+
+#[derive(Debug, Error)]
+pub enum KafkaSetupError {
+    #[error("could not create the Kafka client")]
+    Client(#[source] KafkaError),
+    #[error("could not create topic {topic}: {code:?}")]
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("topic creation request failed")]
+    Admin(#[source] KafkaError),
+    #[error("could not read the configs of topic {topic}: {code:?}")]
+    DescribeTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error(transparent)]
+    WouldDeleteData(#[from] DataLossRisk),
+}
+
+/// A topic holding the source of truth whose configs would let the broker delete records.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "refusing to start: topic {topic} holds the source of truth but has {key}={value}, so the \
+     broker would delete its records; set {key}={wanted} on it (for example: kafka-configs.sh \
+     --alter --entity-type topics --entity-name {topic} --add-config {key}={wanted})"
+)]
+pub struct DataLossRisk {
+    pub topic: String,
+    pub key: String,
+    pub value: String,
+    pub wanted: &'static str,
+}
+
+/// Creates the topics that do not exist yet, then checks that none of `topics` that must keep
+/// its records forever would delete them. Existing topics keep their configs (this never alters
+/// a topic an operator set up).
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    topics: &[String],
+    partitions: i32,
+) -> Result<(), KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .create()
+        .map_err(KafkaSetupError::Client)?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    create_missing(&admin, &options, settings, topics, partitions).await?;
+    check_retention(&admin, &options, topics).await
+}
+
+async fn create_missing(
+    admin: &AdminClient<DefaultClientContext>,
+    options: &AdminOptions,
+    settings: &KafkaSettings,
+    topics: &[String],
+    partitions: i32,
+) -> Result<(), KafkaSetupError> {
+    let min_insync = settings.min_insync_replicas.to_string();
+    let configs: Vec<[(&'static str, String); 3]> = topics
+        .iter()
+        .map(|name| Topics::retention(name).topic_configs())
+        .collect();
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .zip(&configs)
+        .map(|(name, configs)| {
+            configs.iter().fold(
+                NewTopic::new(
+                    name,
+                    partitions,
+                    TopicReplication::Fixed(settings.replication_factor),
+                )
+                .set("min.insync.replicas", &min_insync),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
+        .collect();
+    let results = admin
+        .create_topics(&new_topics, options)
+        .await
+        .map_err(KafkaSetupError::Admin)?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaSetupError::CreateTopic { topic, code }),
+        }
+    }
+    Ok(())
+}
+
+async fn check_retention(
+    admin: &AdminClient<DefaultClientContext>,
+    options: &AdminOptions,
+    topics: &[String],
+) -> Result<(), KafkaSetupError> {
+    let kept: Vec<&String> = topics
+        .iter()
+        .filter(|t| Topics::retention(t) == Retention::Forever)
+        .collect();
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let resources: Vec<ResourceSpecifier<'_>> = kept
+        .iter()
+        .map(|t| ResourceSpecifier::Topic(t.as_str()))
+        .collect();
+    let results = admin
+        .describe_configs(&resources, options)
+        .await
+        .map_err(KafkaSetupError::Admin)?;
+    for (topic, result) in kept.into_iter().zip(results) {
+        let resource = result.map_err(|code| KafkaSetupError::DescribeTopic {
+            topic: topic.clone(),
+            code,
+        })?;
+        let configs = resource
+            .entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or_default()));
+        if let Some(risk) = data_loss_risk(topic, configs) {
+            return Err(risk.into());
+        }
+    }
+    Ok(())
+}
+
+/// The first setting of a keep-forever topic's `configs` that would let the broker delete
+/// records: a finite `retention.ms` or `retention.bytes`, or compaction.
+pub fn data_loss_risk<'a>(
+    topic: &str,
+    configs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<DataLossRisk> {
+    configs.into_iter().find_map(|(key, value)| {
+        let wanted = match key {
+            "retention.ms" | "retention.bytes" if value.trim() != "-1" => "-1",
+            "cleanup.policy" if value.split(',').any(|p| p.trim() == "compact") => "delete",
+            _ => return None,
+        };
+        Some(DataLossRisk {
+            topic: topic.to_owned(),
+            key: key.to_owned(),
+            value: value.to_owned(),
+            wanted,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::data_loss_risk;
+
+    #[test]
+    fn a_topic_kept_forever_passes() {
+        let configs = [
+            ("cleanup.policy", "delete"),
+            ("retention.ms", "-1"),
+            ("retention.bytes", "-1"),
+            ("segment.ms", "604800000"),
+        ];
+        assert_eq!(data_loss_risk("t", configs), None);
+    }
+
+    #[test]
+    fn finite_retention_by_age_or_size_or_compaction_is_a_risk() {
+        for (key, value, wanted) in [
+            ("retention.ms", "604800000", "-1"),
+            ("retention.bytes", "1073741824", "-1"),
+            ("cleanup.policy", "compact", "delete"),
+            ("cleanup.policy", "compact,delete", "delete"),
+        ] {
+            let risk = data_loss_risk("demo.orders.events", [(key, value)])
+                .unwrap_or_else(|| panic!("{key}={value} must be refused"));
+            assert_eq!((risk.key.as_str(), risk.wanted), (key, wanted));
+            assert!(risk.to_string().contains("demo.orders.events"));
+        }
+    }
+}
