@@ -274,8 +274,11 @@ pub async fn ensure_all_topics(
     Ok(i32::try_from(partitions).unwrap_or(i32::MAX))
 }
 
-/// Partitions of `topic` once metadata shows them (freshly created topics take a moment).
+/// Partitions of `topic` once metadata shows them. A freshly created topic (or a broker that
+/// has just started) answers "not leader" for a moment while its partitions elect a leader:
+/// such answers are retried for five seconds before they count as a failure.
 async fn partition_count(client: &Arc<BaseConsumer>, topic: &str) -> Result<usize, StartupError> {
+    let mut last_error = None;
     for _ in 0..50 {
         let (client, name) = (client.clone(), topic.to_owned());
         let count = tokio::task::spawn_blocking(move || {
@@ -284,11 +287,16 @@ async fn partition_count(client: &Arc<BaseConsumer>, topic: &str) -> Result<usiz
                 .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
         })
         .await
-        .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
-        if count > 0 {
-            return Ok(count);
+        .map_err(|_| rdkafka::error::KafkaError::Canceled)?;
+        match count {
+            Ok(count) if count > 0 => return Ok(count),
+            Ok(_) => {}
+            Err(error) => last_error = Some(error),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(0)
+    match last_error {
+        Some(error) => Err(error.into()),
+        None => Ok(0),
+    }
 }

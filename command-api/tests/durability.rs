@@ -272,11 +272,10 @@ async fn command_api_refuses_to_start_on_an_events_topic_that_would_delete_recor
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let kafka = kafka();
     let events = kafka.topics().events(AggregateKind::Order);
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &kafka.settings.brokers)
-            .create()
-            .expect("admin client");
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.settings.brokers)
+        .create()
+        .expect("admin client");
     // Someone created the topic with Kafka's default retention: its events would go in 7 days.
     admin
         .create_topics(
@@ -292,10 +291,9 @@ async fn command_api_refuses_to_start_on_an_events_topic_that_would_delete_recor
     settings.kafka.partitions = PARTITIONS;
     let refused = command_api::startup::Application::build(settings).await;
     let error = refused.err().expect("command-api must refuse to start");
-    let chain = std::iter::successors(
-        Some(&error as &(dyn std::error::Error + 'static)),
-        |e| e.source(),
-    )
+    let chain = std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
     .map(ToString::to_string)
     .collect::<Vec<_>>()
     .join(": ");
@@ -303,5 +301,8 @@ async fn command_api_refuses_to_start_on_an_events_topic_that_would_delete_recor
         chain.contains("refusing to start") && chain.contains(&events),
         "the error names the topic and why: {chain}"
     );
-    assert!(chain.contains("retention.ms=-1"), "and how to fix it: {chain}");
+    assert!(
+        chain.contains("retention.ms=-1"),
+        "and how to fix it: {chain}"
+    );
 }

@@ -145,9 +145,6 @@ mod tests {
             Retention::For(REPLIES_RETENTION)
         );
         assert_eq!(Retention::Forever.retention_ms(), "-1");
-        assert_eq!(
-            Retention::For(REPLIES_RETENTION).retention_ms(),
-            "86400000"
-        );
+        assert_eq!(Retention::For(REPLIES_RETENTION).retention_ms(), "86400000");
     }
 }

@@ -502,7 +502,10 @@ async fn an_existing_events_topic_that_would_delete_records_is_refused() {
     let refused = ensure_topics(&kafka.settings, std::slice::from_ref(&events), 1).await;
     match refused {
         Err(KafkaSetupError::WouldDeleteData(risk)) => {
-            assert_eq!((risk.topic.as_str(), risk.key.as_str()), (events.as_str(), "retention.ms"));
+            assert_eq!(
+                (risk.topic.as_str(), risk.key.as_str()),
+                (events.as_str(), "retention.ms")
+            );
             assert!(risk.to_string().contains("retention.ms=-1"), "{risk}");
         }
         other => panic!("expected a refusal, got {other:?}"),
