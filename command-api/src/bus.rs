@@ -27,8 +27,14 @@ use tracing::{debug, warn, Instrument};
 /// Why a command could not be handed over.
 #[derive(Debug, Error)]
 pub enum BusError {
-    #[error("the broker did not accept the command")]
-    Unavailable(#[source] rdkafka::error::KafkaError),
+    /// The command never reached the broker's log: nothing was appended.
+    #[error("the broker did not take the command")]
+    NotSent(#[source] rdkafka::error::KafkaError),
+    /// The send failed in a way that leaves open whether the broker wrote the command (a
+    /// produce request timed out in flight, a connection dropped before its answer): a writer
+    /// may still handle it. Only a retry with the same command id can tell.
+    #[error("the broker may or may not have taken the command")]
+    OutcomeUnknown(#[source] rdkafka::error::KafkaError),
     /// The broker failed the last few sends: refused at once until a trial send succeeds.
     #[error("the broker is failing; not tried")]
     CircuitOpen,
@@ -155,7 +161,11 @@ impl CommandBus {
             self.broker.failed();
             platform::kafka::count_producer_error("command-bus");
             self.lock().remove(&envelope.command_id);
-            return Err(BusError::Unavailable(error));
+            return Err(if never_reached_the_log(&error) {
+                BusError::NotSent(error)
+            } else {
+                BusError::OutcomeUnknown(error)
+            });
         }
         self.broker.succeeded();
         let reply = tokio::time::timeout(wait, rx)
@@ -174,6 +184,35 @@ impl CommandBus {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Whether a failed send certainly left nothing in the log. Only errors that mean the record
+/// was never handed to the broker, or that the broker refused it before appending, qualify;
+/// everything else (a timeout with the request in flight, a dropped connection, a broker error
+/// after the append) may have been written, so the caller must hear "outcome unknown".
+/// librdkafka knows a message's persistence status, but rdkafka does not expose it without
+/// unsafe code; erring towards "unknown" is the safe side of the contract.
+pub fn never_reached_the_log(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+    matches!(
+        error,
+        KafkaError::MessageProduction(
+            Code::QueueFull
+                | Code::PurgeQueue
+                | Code::MessageSizeTooLarge
+                | Code::InvalidMessageSize
+                | Code::InvalidMessage
+                | Code::InvalidRecord
+                | Code::MessageBatchTooLarge
+                | Code::UnknownTopic
+                | Code::UnknownPartition
+                | Code::UnknownTopicOrPartition
+                | Code::TopicAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::NotEnoughReplicas
+                | Code::InvalidRequiredAcks
+        )
+    )
 }
 
 async fn listen(
@@ -215,5 +254,34 @@ async fn listen(
             }
             None => debug!(command_id = %reply.command_id, "reply for a command nobody waits for"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+
+    use super::never_reached_the_log;
+
+    #[test]
+    fn a_send_refused_before_the_append_left_nothing_in_the_log() {
+        for code in [Code::QueueFull, Code::PurgeQueue, Code::NotEnoughReplicas] {
+            assert!(never_reached_the_log(&KafkaError::MessageProduction(code)));
+        }
+    }
+
+    #[test]
+    fn a_send_that_timed_out_or_failed_after_the_append_may_be_in_the_log() {
+        for code in [
+            Code::MessageTimedOut,
+            Code::RequestTimedOut,
+            Code::PurgeInflight,
+            Code::NotEnoughReplicasAfterAppend,
+            Code::NetworkException,
+            Code::AllBrokersDown,
+        ] {
+            assert!(!never_reached_the_log(&KafkaError::MessageProduction(code)));
+        }
+        assert!(!never_reached_the_log(&KafkaError::Canceled));
     }
 }

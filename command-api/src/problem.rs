@@ -39,6 +39,13 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// The command may or may not have been appended (the broker did not answer in time).
+    #[error(
+        "the event store did not confirm the command in time: it may or may not have been \
+         appended; outcome unknown, retry with the same Idempotency-Key to learn it (the key \
+         makes the retry safe: it never applies the command twice)"
+    )]
+    OutcomeUnknown,
     #[error("internal error")]
     Internal,
 }
@@ -85,6 +92,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
+            ),
+            Self::OutcomeUnknown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome-unknown",
+                "Outcome unknown",
             ),
             Self::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,

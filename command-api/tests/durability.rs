@@ -16,7 +16,8 @@ use platform::log_order::{LogOrder, Verdict};
 use reqwest::StatusCode;
 use serde_json::json;
 use support::*;
-use test_harness::{BrokerProcess, TestKafka};
+use test_harness::broker::free_port;
+use test_harness::{BrokerProcess, FaultProxy, TestKafka};
 
 fn order_body() -> serde_json::Value {
     json!({"customer_id": "c-1", "lines": [{"sku": "apple", "quantity": 2, "unit_price": money(150)}]})
@@ -290,7 +291,7 @@ async fn command_api_refuses_to_start_on_an_events_topic_that_would_delete_recor
     let mut settings = settings(&kafka);
     settings.kafka.partitions = PARTITIONS;
     let refused = command_api::startup::Application::build(settings).await;
-    let error = refused.err().expect("command-api must refuse to start");
+    let error = refused.expect_err("command-api must refuse to start");
     let chain = std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| {
         e.source()
     })
@@ -305,4 +306,76 @@ async fn command_api_refuses_to_start_on_an_events_topic_that_would_delete_recor
         chain.contains("retention.ms=-1"),
         "and how to fix it: {chain}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_the_broker_took_but_answered_too_late_is_outcome_unknown_never_nothing_appended()
+{
+    // The broker writes the command at once but its answer is held back past the bus's 5 s
+    // delivery timeout: the command is in the log and its writer handles it, so "nothing was
+    // appended" would be contradicted by the log.
+    let (broker_port, proxy_port) = (free_port(), free_port());
+    let broker = BrokerProcess::start_advertising(broker_port, proxy_port).await;
+    let proxy = FaultProxy::start(proxy_port, broker.brokers()).await;
+    let mut kafka = TestKafka::at(&format!("127.0.0.1:{proxy_port}"));
+    kafka.settings.partitions = PARTITIONS;
+    let app = TestApp::spawn_on(&kafka, |_| {}).await;
+    let stock = |quantity: i64| json!({"quantity": quantity});
+    let first = app
+        .post("/v1/inventory/apple/stock", Some(&admin()), &stock(1), &[])
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+
+    proxy.delay_produce_responses(Duration::from_secs(7));
+    let slow = app
+        .post(
+            "/v1/inventory/apple/stock",
+            Some(&admin()),
+            &stock(2),
+            &[("idempotency-key", "slow")],
+        )
+        .await;
+    proxy.stop_delaying();
+    assert_eq!(
+        slow.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        slow.body
+    );
+    let detail = slow.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        !detail.contains("nothing was appended"),
+        "the broker took the command, so the answer must not say nothing was appended: {detail}"
+    );
+    assert!(
+        slow.body["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("outcome-unknown"))
+            && detail.contains("retry with the same Idempotency-Key"),
+        "{:?}",
+        slow.body
+    );
+
+    // The retry with the same key learns the outcome and never applies it twice.
+    let mut retried = None;
+    for _ in 0..40 {
+        let reply = app
+            .post(
+                "/v1/inventory/apple/stock",
+                Some(&admin()),
+                &stock(2),
+                &[("idempotency-key", "slow")],
+            )
+            .await;
+        if reply.status == StatusCode::OK {
+            retried = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let retried = retried.expect("the retry with the same key answers 200");
+    assert_eq!(retried.body["version"], 2, "{:?}", retried.body);
+    let stored = events(&kafka, AggregateKind::InventoryItem).await;
+    assert_eq!(stored.len(), 2, "the slow command applied exactly once");
+    app.stop().await;
 }

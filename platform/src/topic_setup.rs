@@ -36,6 +36,8 @@ pub enum KafkaSetupError {
     },
     #[error(transparent)]
     WouldDeleteData(#[from] DataLossRisk),
+    #[error("some partitions of these topics have no leader after 15 s: {0}")]
+    NoLeader(String),
 }
 
 /// A topic holding the source of truth whose configs would let the broker delete records.
@@ -66,7 +68,52 @@ pub async fn ensure_topics(
         .map_err(KafkaSetupError::Client)?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     create_missing(&admin, &options, settings, topics, partitions).await?;
-    check_retention(&admin, &options, topics).await
+    check_retention(&admin, &options, topics).await?;
+    wait_for_leaders(settings, topics).await
+}
+
+/// Waits (up to 15 s) until every partition of `topics` has a leader. A topic the broker has
+/// just created answers "not leader" to produce, fetch and list-offsets requests for a moment;
+/// a service that starts right after creating its topics would otherwise fail its first calls.
+async fn wait_for_leaders(
+    settings: &KafkaSettings,
+    topics: &[String],
+) -> Result<(), KafkaSetupError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: std::sync::Arc<BaseConsumer> = std::sync::Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &settings.brokers)
+            .create()
+            .map_err(KafkaSetupError::Client)?,
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (client, wanted) = (client.clone(), topics.to_vec());
+        let all_led = tokio::task::spawn_blocking(move || {
+            let metadata = client.fetch_metadata(None, Duration::from_secs(5)).ok()?;
+            Some(wanted.iter().all(|name| {
+                metadata.topics().iter().any(|t| {
+                    t.name() == name
+                        && t.error().is_none()
+                        && !t.partitions().is_empty()
+                        && t.partitions()
+                            .iter()
+                            .all(|p| p.leader() >= 0 && p.error().is_none())
+                })
+            }))
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+        if all_led {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(KafkaSetupError::NoLeader(topics.join(", ")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn create_missing(

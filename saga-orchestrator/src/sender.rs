@@ -148,7 +148,13 @@ impl Sender {
                     warn!(%error, command_id = %envelope.command_id, "saga command cannot be encoded");
                     return None;
                 }
-                Err(error @ (BusError::Unavailable(_) | BusError::CircuitOpen)) => {
+                // Saga commands carry deterministic ids: resending one whose outcome is unknown
+                // is safe (the writer answers a repeated id with its first outcome).
+                Err(
+                    error @ (BusError::NotSent(_)
+                    | BusError::OutcomeUnknown(_)
+                    | BusError::CircuitOpen),
+                ) => {
                     warn!(%error, command_id = %envelope.command_id, "broker refused a saga command; retrying");
                     if !pause(&mut delays, stop).await {
                         return None;

@@ -1,10 +1,13 @@
 //! A TCP proxy in front of a broker that understands just enough of the Kafka framing (4-byte
-//! length, api key, correlation id) to swallow one Produce response and cut the connection.
-//! The client then cannot know whether its batch was written and must retry it: exactly the
-//! situation the idempotent producer exists for.
+//! length, api key, correlation id) to tamper with Produce responses: swallow one and cut the
+//! connection (the client cannot know whether its batch was written and must retry it: what
+//! the idempotent producer exists for), or hold every one back for a while (the broker has
+//! written the batch; the client times out first and cannot know either).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -17,9 +20,22 @@ const PRODUCE_API_KEY: i16 = 0;
 #[derive(Debug)]
 pub struct FaultProxy {
     pub port: u16,
+    faults: Faults,
+    accept: JoinHandle<()>,
+}
+
+/// What the proxy does to Produce traffic, shared by every connection.
+#[derive(Debug, Clone, Default)]
+struct Faults {
     armed: Arc<AtomicBool>,
     swallowed: Arc<AtomicUsize>,
-    accept: JoinHandle<()>,
+    delay: Arc<Mutex<Option<Duration>>>,
+}
+
+impl Faults {
+    fn delay(&self) -> Option<Duration> {
+        self.delay.lock().ok().and_then(|d| *d)
+    }
 }
 
 impl FaultProxy {
@@ -28,23 +44,21 @@ impl FaultProxy {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind proxy");
-        let armed = Arc::new(AtomicBool::new(false));
-        let swallowed = Arc::new(AtomicUsize::new(0));
+        let faults = Faults::default();
         let accept = tokio::spawn({
-            let (armed, swallowed) = (armed.clone(), swallowed.clone());
+            let faults = faults.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let Ok(server) = TcpStream::connect(&upstream).await else {
                         continue;
                     };
-                    tokio::spawn(relay(client, server, armed.clone(), swallowed.clone()));
+                    tokio::spawn(relay(client, server, faults.clone()));
                 }
             }
         });
         Self {
             port,
-            armed,
-            swallowed,
+            faults,
             accept,
         }
     }
@@ -52,12 +66,28 @@ impl FaultProxy {
     /// The next Produce request is forwarded, but its response is swallowed and the
     /// connection closed.
     pub fn swallow_next_produce_response(&self) {
-        self.armed.store(true, Ordering::SeqCst);
+        self.faults.armed.store(true, Ordering::SeqCst);
     }
 
     /// How many responses were swallowed so far.
     pub fn swallowed(&self) -> usize {
-        self.swallowed.load(Ordering::SeqCst)
+        self.faults.swallowed.load(Ordering::SeqCst)
+    }
+
+    /// Produce requests sent from now on are forwarded at once, but their responses are held
+    /// back for `delay` (later responses on the same connection wait behind them, as they
+    /// would behind a slow broker).
+    pub fn delay_produce_responses(&self, delay: Duration) {
+        if let Ok(mut slot) = self.faults.delay.lock() {
+            *slot = Some(delay);
+        }
+    }
+
+    /// Requests sent from now on are answered without delay.
+    pub fn stop_delaying(&self) {
+        if let Ok(mut slot) = self.faults.delay.lock() {
+            *slot = None;
+        }
     }
 }
 
@@ -67,17 +97,24 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn relay(
-    client: TcpStream,
-    server: TcpStream,
-    armed: Arc<AtomicBool>,
-    swallowed: Arc<AtomicUsize>,
-) {
+/// One connection's marks: the Produce response to swallow, and those to hold back.
+#[derive(Debug, Default)]
+struct Marks {
+    swallow: Option<i32>,
+    delayed: HashMap<i32, Duration>,
+}
+
+async fn relay(client: TcpStream, server: TcpStream, faults: Faults) {
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let target: Arc<Mutex<Option<i32>>> = Arc::new(Mutex::new(None));
-    let upstream = tokio::spawn(requests(client_read, server_write, armed, target.clone()));
-    responses(server_read, client_write, target, swallowed).await;
+    let marks: Arc<Mutex<Marks>> = Arc::default();
+    let upstream = tokio::spawn(requests(
+        client_read,
+        server_write,
+        faults.clone(),
+        marks.clone(),
+    ));
+    responses(server_read, client_write, marks, faults).await;
     upstream.abort();
 }
 
@@ -91,20 +128,25 @@ async fn read_frame(reader: &mut OwnedReadHalf) -> Option<Vec<u8>> {
     Some(frame)
 }
 
-/// Client to broker: note the correlation id of a Produce request when armed.
+/// Client to broker: note the correlation id of a Produce request to swallow or delay.
 async fn requests(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    armed: Arc<AtomicBool>,
-    target: Arc<Mutex<Option<i32>>>,
+    faults: Faults,
+    marks: Arc<Mutex<Marks>>,
 ) {
     while let Some(frame) = read_frame(&mut from).await {
         if frame.len() >= 12 {
             let api_key = i16::from_be_bytes([frame[4], frame[5]]);
             let correlation = i32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]);
-            if api_key == PRODUCE_API_KEY && armed.swap(false, Ordering::SeqCst) {
-                if let Ok(mut slot) = target.lock() {
-                    *slot = Some(correlation);
+            if api_key == PRODUCE_API_KEY {
+                if let Ok(mut marks) = marks.lock() {
+                    if faults.armed.swap(false, Ordering::SeqCst) {
+                        marks.swallow = Some(correlation);
+                    }
+                    if let Some(delay) = faults.delay() {
+                        marks.delayed.insert(correlation, delay);
+                    }
                 }
             }
         }
@@ -114,24 +156,35 @@ async fn requests(
     }
 }
 
-/// Broker to client: drop the marked response and close the connection instead.
+/// Broker to client: drop the response marked to swallow and close the connection instead;
+/// hold back the responses marked to delay.
 async fn responses(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    target: Arc<Mutex<Option<i32>>>,
-    swallowed: Arc<AtomicUsize>,
+    marks: Arc<Mutex<Marks>>,
+    faults: Faults,
 ) {
     while let Some(frame) = read_frame(&mut from).await {
         if frame.len() >= 8 {
             let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-            let marked = target
+            let (swallow, delayed) = marks
                 .lock()
-                .map(|slot| *slot == Some(correlation))
-                .unwrap_or(false);
-            if marked {
-                swallowed.fetch_add(1, Ordering::SeqCst);
+                .map(|mut marks| {
+                    (
+                        marks.swallow == Some(correlation),
+                        marks.delayed.remove(&correlation),
+                    )
+                })
+                .unwrap_or((false, None));
+            if swallow {
+                faults.swallowed.fetch_add(1, Ordering::SeqCst);
                 let _ = to.shutdown().await;
                 return;
+            }
+            // The delay in force when the request went out: a later stop_delaying does not
+            // shorten it.
+            if let Some(delay) = delayed {
+                tokio::time::sleep(delay).await;
             }
         }
         if to.write_all(&frame).await.is_err() {

@@ -158,9 +158,13 @@ pub async fn submit<C: WireRecord>(
         .send(submission.kind, &envelope, &submission.command, wait)
         .await
         .map_err(|error| match error {
-            BusError::Unavailable(source) => {
+            BusError::NotSent(source) => {
                 tracing::warn!(error = %source, "command not accepted by the broker");
                 ApiError::Unavailable("the event store is unavailable; nothing was appended".into())
+            }
+            BusError::OutcomeUnknown(source) => {
+                tracing::warn!(error = %source, "command send failed; it may have been appended");
+                ApiError::OutcomeUnknown
             }
             BusError::CircuitOpen => ApiError::Unavailable(
                 "the event store is failing; nothing was appended (retry shortly)".into(),
