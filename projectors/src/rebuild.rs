@@ -169,8 +169,13 @@ pub async fn rebuild<P: Projection>(
     Ok(report)
 }
 
+/// Whether the rebuild has applied every partition up to its head. A partition with no offset
+/// row yet counts as 0 applied, so an empty partition (head 0) is caught up from the start.
 fn caught_up(applied: &[i64], heads: &[i64]) -> bool {
-    applied.len() == heads.len() && applied.iter().zip(heads).all(|(a, h)| a >= h)
+    heads
+        .iter()
+        .enumerate()
+        .all(|(partition, head)| applied.get(partition).copied().unwrap_or(0) >= *head)
 }
 
 /// Switches atomically if, under the generation lock, the new generation is still caught up.
@@ -312,5 +317,18 @@ impl Progress for LogProgress {
             per_second = report.events_per_second().round(),
             "rebuild finished"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::caught_up;
+
+    #[test]
+    fn empty_partitions_without_offset_rows_are_caught_up() {
+        assert!(caught_up(&[5], &[5, 0, 0]));
+        assert!(caught_up(&[5, 0, 7], &[5, 0, 7]));
+        assert!(!caught_up(&[5], &[5, 0, 1]));
+        assert!(!caught_up(&[4, 9, 9], &[5, 0, 0]));
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{error, info, warn};
 
-use crate::applier::{is_statement_failure, Applier, Generation, Incoming};
+use crate::applier::{Applier, Generation, Incoming};
 use crate::projection::Projection;
 use schemas::WireRecord;
 
@@ -159,10 +159,14 @@ impl<P: Projection> Runner<P> {
         info!(projection = P::NAME, "projection stopped");
     }
 
-    /// Applies a batch, however long it takes, and commits its offsets to Kafka.
+    /// Applies a batch, however long it takes, and then commits its offsets to Kafka. A batch
+    /// left unapplied (the process is stopping while the database is down) commits nothing:
+    /// Kafka's committed offsets must never be ahead of the stored ones, or a later assignment
+    /// could start past records the read model never got.
     async fn process(&self, batch: &[Incoming<P::Event>], shutdown: &CancellationToken) {
-        self.apply_with_retries(batch, shutdown).await;
-        self.commit_to_kafka(batch);
+        if self.apply_with_retries(batch, shutdown).await == Applied::Yes {
+            self.commit_to_kafka(batch);
+        }
     }
 
     /// One batch, or nothing if none arrives within `wait` (rebuilds drive themselves with this).
@@ -214,24 +218,29 @@ impl<P: Projection> Runner<P> {
 
     /// Applies a batch. Transient failures (database down) are retried until they pass or the
     /// process stops; a batch that keeps failing is split into single events, and an event that
-    /// keeps failing on its own is dead-lettered.
-    async fn apply_with_retries(&self, batch: &[Incoming<P::Event>], shutdown: &CancellationToken) {
+    /// keeps failing on its own is dead-lettered. [`Applied::No`] when the process stopped
+    /// first: some or all of the batch is not in the database.
+    async fn apply_with_retries(
+        &self,
+        batch: &[Incoming<P::Event>],
+        shutdown: &CancellationToken,
+    ) -> Applied {
         let mut backoff = Duration::from_millis(50);
         let mut statement_failures = 0;
         loop {
             match self.applier.apply(batch, 0).await {
-                Ok(()) => return,
-                Err(error) if is_statement_failure(&error) => {
+                Ok(()) => return Applied::Yes,
+                Err(error) if error.is_statement_failure() => {
                     statement_failures += 1;
                     warn!(projection = P::NAME, %error, attempt = statement_failures, "batch failed");
                     if statement_failures >= ATTEMPTS {
                         break;
                     }
                 }
-                Err(error) => warn!(projection = P::NAME, %error, "database unavailable; retrying"),
+                Err(error) => warn!(projection = P::NAME, %error, "batch not applied; retrying"),
             }
             if shutdown.is_cancelled() {
-                return;
+                return Applied::No;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -244,7 +253,7 @@ impl<P: Projection> Runner<P> {
                 attempts += 1;
                 match self.applier.apply(single, 0).await {
                     Ok(()) => break,
-                    Err(error) if attempts >= ATTEMPTS && is_statement_failure(&error) => {
+                    Err(error) if attempts >= ATTEMPTS && error.is_statement_failure() => {
                         error!(projection = P::NAME, offset = message.offset(), %error, "event keeps failing; dead-lettering it");
                         while let Err(error) = self
                             .applier
@@ -253,19 +262,20 @@ impl<P: Projection> Runner<P> {
                         {
                             warn!(projection = P::NAME, %error, "could not dead-letter; retrying");
                             if shutdown.is_cancelled() {
-                                return;
+                                return Applied::No;
                             }
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                         break;
                     }
-                    Err(_) if shutdown.is_cancelled() => return,
+                    Err(_) if shutdown.is_cancelled() => return Applied::No,
                     Err(_) => {
                         tokio::time::sleep(Duration::from_millis(100 * u64::from(attempts))).await
                     }
                 }
             }
         }
+        Applied::Yes
     }
 
     fn commit_to_kafka(&self, batch: &[Incoming<P::Event>]) {
@@ -283,6 +293,13 @@ impl<P: Projection> Runner<P> {
             let _ = self.consumer.commit_consumer_state(CommitMode::Async);
         }
     }
+}
+
+/// Whether a whole batch reached the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Yes,
+    No,
 }
 
 /// Batches at least this large (a rebuild's) are prepared on a blocking thread, beside the

@@ -7,90 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use test_harness::TestDatabase;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use test_harness::cut::via;
+use test_harness::{CuttableProxy, TestDatabase};
 
 const SECRET: &str = "query-api-resilience-secret";
-
-/// A TCP proxy to Postgres that can be cut and restored.
-struct Proxy {
-    addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    /// Bumped on every cut: open connections end when it changes.
-    cuts: watch::Sender<u64>,
-    /// Connections that reached the database through the proxy.
-    forwarded: Arc<AtomicUsize>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
-        let (cuts, _) = watch::channel(0u64);
-        let forwarded = Arc::new(AtomicUsize::new(0));
-        let (up_flag, cut_signal, count) = (up.clone(), cuts.clone(), forwarded.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !up_flag.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                count.fetch_add(1, Ordering::SeqCst);
-                let mut cut = cut_signal.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Self {
-            addr,
-            up,
-            cuts,
-            forwarded,
-        }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.cuts.send_modify(|n| *n += 1);
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-/// `url` with its host and port replaced by `addr`.
-fn via(url: &str, addr: SocketAddr) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let user = authority
-        .rsplit_once('@')
-        .map(|(user, _)| format!("{user}@"));
-    format!("{scheme}://{}{addr}/{path}", user.unwrap_or_default())
-}
-
-fn upstream_of(url: &str) -> SocketAddr {
-    let rest = url.split_once("://").unwrap().1;
-    let authority = rest.split('/').next().unwrap();
-    let host_port = authority.rsplit('@').next().unwrap();
-    let host_port = host_port.replace("localhost", "127.0.0.1");
-    host_port.parse().unwrap()
-}
 
 fn metric(text: &str, line_start: &str) -> f64 {
     text.lines()
@@ -103,7 +26,7 @@ fn metric(text: &str, line_start: &str) -> f64 {
 async fn with_postgres_down_the_breaker_opens_fails_fast_without_calling_it_and_closes_after_recovery(
 ) {
     let db = TestDatabase::create(Some(&projectors::app::MIGRATOR)).await;
-    let proxy = Proxy::start(upstream_of(&db.url)).await;
+    let proxy = CuttableProxy::start(test_harness::cut::upstream_of(&db.url)).await;
     let app = query_api::startup::Application::build(query_api::startup::Settings {
         addr: "127.0.0.1:0".parse().unwrap(),
         database_url: via(&db.url, proxy.addr),
@@ -162,13 +85,13 @@ async fn with_postgres_down_the_breaker_opens_fails_fast_without_calling_it_and_
     );
 
     // Open: reads are refused without a single connection attempt reaching the proxy.
-    let attempts_before = proxy.forwarded.load(Ordering::SeqCst);
+    let attempts_before = proxy.forwarded();
     proxy.restore();
     for _ in 0..5 {
         assert_eq!(read().await.0, StatusCode::SERVICE_UNAVAILABLE);
     }
     assert_eq!(
-        proxy.forwarded.load(Ordering::SeqCst),
+        proxy.forwarded(),
         attempts_before,
         "an open breaker does not call the database"
     );

@@ -12,18 +12,22 @@
 //! - [`database`]: [`TestDatabase`], a fresh database per test.
 //! - [`broker`]: [`BrokerProcess`], a dedicated Apache Kafka process a test may kill, restart
 //!   or put behind a fault proxy.
-//! - [`proxy`]: [`FaultProxy`], a TCP proxy that can swallow a Kafka response to force a retry.
+//! - [`proxy`]: [`FaultProxy`], a TCP proxy in front of Kafka that can swallow or hold back
+//!   Produce responses.
+//! - [`cut`]: [`CuttableProxy`], a TCP proxy (in front of Postgres) a test cuts and restores.
 
 // Test support: a failed set-up should stop the test at once with a clear message.
 #![allow(clippy::expect_used, clippy::panic, unreachable_pub)]
 
 pub mod broker;
+pub mod cut;
 pub mod database;
 pub mod env;
 pub mod kafka;
 pub mod proxy;
 
 pub use broker::BrokerProcess;
+pub use cut::CuttableProxy;
 pub use database::TestDatabase;
 pub use kafka::TestKafka;
 pub use proxy::FaultProxy;

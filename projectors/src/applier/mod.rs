@@ -9,6 +9,7 @@
 //! therefore loses nothing and applies nothing twice: the offsets and the effects are one commit.
 
 mod cache;
+mod error;
 mod fresh;
 mod operator;
 mod sql;
@@ -32,6 +33,7 @@ use tracing::error;
 use crate::dead_letters::{DeadLetter, DeadLetters};
 use crate::projection::{Projection, Stamp};
 use cache::RowCache;
+pub use error::ApplyError;
 use sql::{headers_json, lock_offsets, parked_aggregates, record, store_offsets};
 
 /// Which generation of the read model a runner writes.
@@ -230,7 +232,7 @@ impl<P: Projection> Applier<P> {
         &self,
         batch: &[Incoming<P::Event>],
         attempts: u32,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), ApplyError> {
         let result = self.apply_batch(batch, attempts).await;
         if result.is_err() {
             if let Some(cache) = &self.cache {
@@ -268,7 +270,7 @@ impl<P: Projection> Applier<P> {
         &self,
         batch: &[Incoming<P::Event>],
         attempts: u32,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), ApplyError> {
         let started = Instant::now();
         let mut tx = self.pool.begin().await?;
         let generation = self.generation_in(&mut tx).await?;
@@ -285,7 +287,7 @@ impl<P: Projection> Applier<P> {
         let stored = lock_offsets(&mut tx, &key, &self.topic, &partitions).await?;
         let fresh = fresh::records(batch, stored);
         if fresh.is_empty() {
-            return tx.commit().await;
+            return Ok(tx.commit().await?);
         }
         let ids: Vec<String> = fresh
             .iter()
@@ -323,7 +325,7 @@ impl<P: Projection> Applier<P> {
         self.dead_letters
             .publish(&outcome.dead)
             .await
-            .map_err(|e| sqlx::Error::Protocol(format!("dead-letter topic unavailable: {e}")))?;
+            .map_err(ApplyError::DeadLetters)?;
         tx.commit().await?;
         if let Some(cache) = &self.cache {
             cache
@@ -453,12 +455,12 @@ impl<P: Projection> Applier<P> {
         message: &OwnedMessage,
         error: &str,
         attempts: u32,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), ApplyError> {
         let mut tx = self.pool.begin().await?;
         let key = generation_key(P::NAME, self.generation_in(&mut tx).await?);
         let stored = lock_offsets(&mut tx, &key, &self.topic, &[message.partition()]).await?;
         if message.offset() < stored.get(&message.partition()).copied().unwrap_or(0) {
-            return tx.commit().await;
+            return Ok(tx.commit().await?);
         }
         let mut outcome = Outcome::default();
         outcome.dead.push(DeadLetter::from_message(
@@ -483,7 +485,7 @@ impl<P: Projection> Applier<P> {
         self.dead_letters
             .publish(&outcome.dead)
             .await
-            .map_err(|e| sqlx::Error::Protocol(format!("dead-letter topic unavailable: {e}")))?;
+            .map_err(ApplyError::DeadLetters)?;
         tx.commit().await?;
         metrics::counter!("dead_letters_total", "consumer" => P::NAME).increment(1);
         Ok(())
