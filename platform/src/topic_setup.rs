@@ -36,7 +36,7 @@ pub enum KafkaSetupError {
     },
     #[error(transparent)]
     WouldDeleteData(#[from] DataLossRisk),
-    #[error("some partitions of these topics have no leader after 15 s: {0}")]
+    #[error("some partitions of these topics are not served after 15 s: {0}")]
     NoLeader(String),
 }
 
@@ -69,16 +69,22 @@ pub async fn ensure_topics(
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     create_missing(&admin, &options, settings, topics, partitions).await?;
     check_retention(&admin, &options, topics).await?;
-    wait_for_leaders(settings, topics).await
+    wait_until_served(settings, topics).await
 }
 
-/// Waits (up to 15 s) until every partition of `topics` has a leader. A topic the broker has
-/// just created answers "not leader" to produce, fetch and list-offsets requests for a moment;
-/// a service that starts right after creating its topics would otherwise fail its first calls.
-async fn wait_for_leaders(
+/// Waits (up to 15 s) until every partition of `topics` has a leader that answers a
+/// list-offsets request (once, at start-up: a few milliseconds when they are). A topic the broker has just created answers "not leader" to
+/// produce, fetch and list-offsets requests for a moment (metadata can name the leader before
+/// the leader has loaded the partition); a service that starts right after creating its topics
+/// would otherwise fail its first calls, and so would a second service that found the topics
+/// a first one had just created.
+async fn wait_until_served(
     settings: &KafkaSettings,
     topics: &[String],
 ) -> Result<(), KafkaSetupError> {
+    if topics.is_empty() {
+        return Ok(());
+    }
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let client: std::sync::Arc<BaseConsumer> = std::sync::Arc::new(
         ClientConfig::new()
@@ -91,7 +97,7 @@ async fn wait_for_leaders(
         let (client, wanted) = (client.clone(), topics.to_vec());
         let all_led = tokio::task::spawn_blocking(move || {
             let metadata = client.fetch_metadata(None, Duration::from_secs(5)).ok()?;
-            Some(wanted.iter().all(|name| {
+            let led = wanted.iter().all(|name| {
                 metadata.topics().iter().any(|t| {
                     t.name() == name
                         && t.error().is_none()
@@ -100,7 +106,20 @@ async fn wait_for_leaders(
                             .iter()
                             .all(|p| p.leader() >= 0 && p.error().is_none())
                 })
-            }))
+            });
+            let served = led
+                && metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| wanted.iter().any(|name| name == t.name()))
+                    .all(|t| {
+                        t.partitions().iter().all(|p| {
+                            client
+                                .fetch_watermarks(t.name(), p.id(), Duration::from_secs(5))
+                                .is_ok()
+                        })
+                    });
+            Some(served)
         })
         .await
         .ok()
