@@ -249,31 +249,62 @@ fn transactional_producer(kafka: &TestKafka, id: &str) -> FutureProducer {
     producer
 }
 
-/// Every record of partition 0 of `topic` a consumer with `isolation` reads, up to the end.
-async fn read_all(kafka: &TestKafka, topic: &str, isolation: &str) -> Vec<String> {
+/// The records of partition 0 of `topic` a consumer with `isolation` reads from the beginning:
+/// the first `want` of them, or what arrived within `within`. (Transaction markers take offsets
+/// that no consumer is handed, and a committed transaction's markers are written just after the
+/// commit returns, so "up to the end" is not a usable stopping point.)
+async fn read_within(
+    kafka: &TestKafka,
+    topic: &str,
+    isolation: &str,
+    want: usize,
+    within: Duration,
+) -> Vec<String> {
     let consumer = kafka.consumer(
         &kafka.group(&format!("read-{isolation}")),
         &[("isolation.level", isolation)],
     );
-    let (_, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .expect("watermarks");
     assign_from_beginning(&consumer, topic, 1);
     let mut values = vec![];
     let mut stream = consumer.stream();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    // Transaction markers take offsets too: read until the position passes the end or nothing
-    // more arrives.
-    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, stream.next()).await {
-        values.push(text(&message.detach()));
-        if consumer
-            .position()
-            .ok()
-            .and_then(|p| p.find_partition(topic, 0)?.offset().to_raw())
-            .is_some_and(|next| next >= high)
-        {
-            break;
+    let deadline = tokio::time::Instant::now() + within;
+    while values.len() < want {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(message))) => values.push(text(&message.detach())),
+            Ok(Some(Err(_))) => continue,
+            Ok(None) | Err(_) => break,
         }
+    }
+    values
+}
+
+/// What a consumer with `isolation` reads, expecting `expected` (waits up to 20 s for that many
+/// records, then a moment for any extra one that must not be there).
+async fn read_all(
+    kafka: &TestKafka,
+    topic: &str,
+    isolation: &str,
+    expected: &[&str],
+) -> Vec<String> {
+    let mut values = read_within(
+        kafka,
+        topic,
+        isolation,
+        expected.len(),
+        Duration::from_secs(20),
+    )
+    .await;
+    if values.len() == expected.len() {
+        // Anything beyond what is expected would show up in the same fetch or the next.
+        let extra = read_within(
+            kafka,
+            topic,
+            isolation,
+            expected.len() + 1,
+            Duration::from_secs(2),
+        )
+        .await;
+        values = extra;
     }
     values
 }
@@ -299,12 +330,18 @@ async fn transactions_commit_and_abort_and_read_committed_never_sees_aborted_rec
         }
     }
     assert_eq!(
-        read_all(&kafka, &topic, "read_committed").await,
+        read_all(&kafka, &topic, "read_committed", &["a", "b", "d", "e"]).await,
         ["a", "b", "d", "e"],
         "a read_committed consumer sees committed records only"
     );
     assert_eq!(
-        read_all(&kafka, &topic, "read_uncommitted").await,
+        read_all(
+            &kafka,
+            &topic,
+            "read_uncommitted",
+            &["a", "b", "c", "c2", "d", "e"]
+        )
+        .await,
         ["a", "b", "c", "c2", "d", "e"],
         "the aborted records were written (and are hidden only by isolation)"
     );
@@ -321,7 +358,7 @@ async fn a_read_committed_consumer_stops_at_an_open_transaction() {
     send(&producer, &topic, "k", "open").await;
     send(&plain, &topic, "k", "after-open").await;
     assert_eq!(
-        read_all(&kafka, &topic, "read_committed").await,
+        read_within(&kafka, &topic, "read_committed", 3, Duration::from_secs(3)).await,
         ["before"],
         "nothing past the last stable offset while the transaction is open"
     );
@@ -329,7 +366,13 @@ async fn a_read_committed_consumer_stops_at_an_open_transaction() {
         .commit_transaction(Duration::from_secs(30))
         .expect("commit");
     assert_eq!(
-        read_all(&kafka, &topic, "read_committed").await,
+        read_all(
+            &kafka,
+            &topic,
+            "read_committed",
+            &["before", "open", "after-open"]
+        )
+        .await,
         ["before", "open", "after-open"]
     );
 }
@@ -363,7 +406,7 @@ async fn a_second_producer_with_the_same_transactional_id_fences_the_first() {
     let committed = zombie.commit_transaction(Duration::from_secs(10));
     assert!(committed.is_err(), "the zombie's commit is refused");
     assert_eq!(
-        read_all(&kafka, &topic, "read_committed").await,
+        read_all(&kafka, &topic, "read_committed", &["successor"]).await,
         ["successor"],
         "none of the zombie's records is ever visible"
     );
@@ -420,7 +463,7 @@ async fn consumed_offsets_commit_with_the_transaction_and_not_without_it() {
         "the committed transaction's offsets hold, the aborted one's do not"
     );
     assert_eq!(
-        read_all(&kafka, &output, "read_committed").await,
+        read_all(&kafka, &output, "read_committed", &["event-for-cmd0-cmd1"]).await,
         ["event-for-cmd0-cmd1"]
     );
 }
