@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::config::KafkaSettings;
+use platform::consistency::TokenKey;
 use platform::kafka::{ensure_topics, producer_config, KafkaSetupError};
 use platform::topics::Topics;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -68,6 +69,8 @@ impl std::fmt::Debug for AppState {
 struct Inner {
     bus: CommandBus,
     auth: Arc<Auth>,
+    /// Signs the consistency tokens of accepted commands (query-api verifies them).
+    token_key: TokenKey,
     command_wait: Duration,
     metrics: PrometheusHandle,
     processor_ready: Box<dyn Fn() -> bool + Send + Sync>,
@@ -86,6 +89,9 @@ impl platform::auth::AuthState for AppState {
 impl AppState {
     pub fn bus(&self) -> &CommandBus {
         &self.0.bus
+    }
+    pub fn token_key(&self) -> &TokenKey {
+        &self.0.token_key
     }
     pub fn command_wait(&self) -> Duration {
         self.0.command_wait
@@ -165,6 +171,7 @@ impl Application {
         let state = AppState(Arc::new(Inner {
             bus,
             auth: Auth::new(&settings.jwt_secret, settings.rate_limit_per_second),
+            token_key: TokenKey::from_secret(&settings.jwt_secret),
             command_wait: settings.command_wait,
             metrics: metrics_handle(),
             processor_ready: Box::new(ready),

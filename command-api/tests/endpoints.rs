@@ -8,7 +8,7 @@
 mod support;
 
 use domain::AggregateKind;
-use platform::consistency::ConsistencyToken;
+use platform::consistency::{ConsistencyToken, TokenKey};
 use platform::partitioner::partition_for;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -107,7 +107,7 @@ async fn every_endpoint_appends_its_event_keyed_by_aggregate_id_and_returns_vers
         decoded,
         domain::customer::CustomerEvent::CustomerRegistered { .. }
     ));
-    let positions: Vec<_> = ConsistencyToken::decode(token)
+    let positions: Vec<_> = ConsistencyToken::decode(token, &TokenKey::from_secret(SECRET))
         .unwrap()
         .positions()
         .collect();

@@ -17,7 +17,8 @@
 //!   predecessor, correlation/causation, trace context).
 //! - [`log_order`]: the rule every reader applies to decide which events count: an event is
 //!   accepted only if it extends its aggregate's accepted chain.
-//! - [`consistency`]: the consistency token (Kafka positions) that gives read-your-writes.
+//! - [`consistency`]: the consistency token (Kafka positions) that gives read-your-writes,
+//!   signed with a key derived from the JWT secret and bounded in size.
 //! - [`dead_letters`]: `<topic>.dlq` records with headers naming the source and the error,
 //!   for every consumer (projections, the saga orchestrator).
 //! - [`http`]: request metrics middleware and the OpenAPI bearer scheme, shared by both APIs.

@@ -50,6 +50,46 @@ pub enum Verdict {
     Loser(LoserReason),
 }
 
+/// What the log shows of a command's earlier accepted events: the aggregate they extended and
+/// the version of the last one. A reader that keeps no [`LogOrder`] (a projector, which keeps
+/// chain heads in its rows) stores these to apply the repeated-command part of the rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandUse {
+    pub aggregate_id: String,
+    pub last_version: Version,
+}
+
+/// The log-order rule for one event, the one implementation every reader applies: it extends
+/// its aggregate's accepted chain iff its version is the next one after `head` (version and
+/// event id of the chain's last accepted event), it names `head` as its predecessor, and its
+/// command id was not used before (`earlier`), unless the head itself is that command's own
+/// event (a command that wrote several events to one aggregate).
+pub fn extends_chain(
+    head: Option<(Version, Uuid)>,
+    envelope: &EventEnvelope,
+    earlier: Option<(&str, Version)>,
+) -> Verdict {
+    let expected = head.map_or(Version::NONE, |(version, _)| version).next();
+    if envelope.version != expected {
+        return Verdict::Loser(LoserReason::Version {
+            expected,
+            found: envelope.version,
+        });
+    }
+    if envelope.predecessor != head.map(|(_, event_id)| event_id) {
+        return Verdict::Loser(LoserReason::Predecessor);
+    }
+    let continues_its_own_command = |(aggregate_id, last_version): (&str, Version)| {
+        aggregate_id == envelope.aggregate_id && head.map(|(v, _)| v) == Some(last_version)
+    };
+    match earlier {
+        Some(used) if !continues_its_own_command(used) => {
+            Verdict::Loser(LoserReason::RepeatedCommand)
+        }
+        _ => Verdict::Accepted,
+    }
+}
+
 /// The accepted chains of every aggregate in one partition, and the commands behind them.
 #[derive(Debug, Default)]
 pub struct LogOrder {
@@ -61,22 +101,15 @@ pub struct LogOrder {
 impl LogOrder {
     /// Judges the next event read from the partition, and records it if accepted.
     pub fn judge(&mut self, envelope: &EventEnvelope, offset: i64) -> Verdict {
-        let head = self.heads.get(&envelope.aggregate_id);
-        let expected = head.map_or(Version::NONE, |h| h.version).next();
-        let verdict = if envelope.version != expected {
-            Verdict::Loser(LoserReason::Version {
-                expected,
-                found: envelope.version,
-            })
-        } else if envelope.predecessor != head.map(|h| h.event_id) {
-            Verdict::Loser(LoserReason::Predecessor)
-        } else if self.commands.contains_key(&envelope.command_id)
-            && head.is_none_or(|h| h.command_id != envelope.command_id)
-        {
-            Verdict::Loser(LoserReason::RepeatedCommand)
-        } else {
-            Verdict::Accepted
-        };
+        let head = self
+            .heads
+            .get(&envelope.aggregate_id)
+            .map(|h| (h.version, h.event_id));
+        let earlier = self
+            .commands
+            .get(&envelope.command_id)
+            .map(|r| (r.aggregate_id.as_str(), r.version));
+        let verdict = extends_chain(head, envelope, earlier);
         match verdict {
             Verdict::Accepted => self.accept(envelope, offset),
             Verdict::Loser(_) => self.losers += 1,
@@ -225,5 +258,48 @@ mod tests {
         let second = event("a", 2, Some(first.event_id), "c1");
         assert_eq!(log.judge(&second, 1), Verdict::Accepted);
         assert_eq!(log.command("c1").map(|c| c.version), Some(Version::new(2)));
+    }
+
+    #[test]
+    fn a_command_that_created_one_aggregate_cannot_create_another() {
+        // A keyed retry that drew a new order id: the same command id creates a second order.
+        let mut log = LogOrder::default();
+        let first = event("order-a", 1, None, "x");
+        assert_eq!(log.judge(&first, 0), Verdict::Accepted);
+        let phantom = event("order-b", 1, None, "x");
+        assert_eq!(
+            log.judge(&phantom, 1),
+            Verdict::Loser(LoserReason::RepeatedCommand)
+        );
+        assert_eq!(
+            extends_chain(None, &phantom, Some(("order-a", Version::new(1)))),
+            Verdict::Loser(LoserReason::RepeatedCommand),
+            "the rule alone, as a reader without a LogOrder applies it"
+        );
+    }
+
+    #[test]
+    fn a_command_repeated_after_another_command_on_the_same_aggregate_loses() {
+        let x1 = event("a", 1, None, "x");
+        let y2 = event("a", 2, Some(x1.event_id), "y");
+        let x3 = event("a", 3, Some(y2.event_id), "x");
+        assert_eq!(
+            extends_chain(
+                Some((Version::new(2), y2.event_id)),
+                &x3,
+                Some(("a", Version::new(1)))
+            ),
+            Verdict::Loser(LoserReason::RepeatedCommand)
+        );
+        let x2 = event("a", 2, Some(x1.event_id), "x");
+        assert_eq!(
+            extends_chain(
+                Some((Version::new(1), x1.event_id)),
+                &x2,
+                Some(("a", Version::new(1)))
+            ),
+            Verdict::Accepted,
+            "a command's second event continues its own first"
+        );
     }
 }

@@ -2,17 +2,22 @@
 //!
 //! Reads never wait unless asked: with `X-Consistency-Token` (from a command response) a request
 //! is answered only once the read models include that token's events, or 504 after
-//! `X-Consistency-Wait-Ms`. Listings are newest first with keyset cursors.
+//! `X-Consistency-Wait-Ms`. Tokens are signed by command-api and bounded; a request is authorized
+//! before it waits, and waits are woken by the projectors' checkpoint notifications. Listings
+//! are newest first with keyset cursors.
 //!
 //! # Layout
 //!
 //! - [`startup`]: settings, state, router, server.
 //! - [`routes`]: one module per view (`orders`, `customers`, `inventory`, `system`).
-//! - [`consistency`]: the token wait against the projections' stored offsets.
+//! - [`consistency`]: the token check (signature, bounds) and the wait against the
+//!   projections' stored offsets.
+//! - [`checkpoints`]: the `LISTEN` task that wakes waits when a projection's checkpoint moves.
 //! - [`views`]: response bodies.
 //! - [`problem`]: the one place errors become problem+json.
 //! - [`openapi`]: the document served at `/openapi.json`.
 
+pub mod checkpoints;
 pub mod consistency;
 pub mod openapi;
 pub mod problem;

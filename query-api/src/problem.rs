@@ -5,12 +5,16 @@ use std::collections::BTreeMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use platform::auth::AuthError;
+use platform::consistency::TokenError;
 use platform::http::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// An `X-Consistency-Token` that is forged, malformed or oversized: refused, never waited on.
+    #[error("X-Consistency-Token refused: {0}")]
+    BadConsistencyToken(#[from] TokenError),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -88,6 +92,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = match &self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            Self::BadConsistencyToken(_) => (
+                StatusCode::BAD_REQUEST,
+                "bad-consistency-token",
+                "Bad consistency token",
+            ),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),

@@ -13,13 +13,16 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::auth::Auth;
+use platform::consistency::TokenKey;
 use platform::resilience::{Breaker, BreakerPolicy};
 use platform::topics::Topics;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tracing::info;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
+use crate::checkpoints::Checkpoints;
 use crate::problem::{ApiError, DatabaseDown};
 use crate::routes;
 
@@ -92,6 +95,10 @@ struct Inner {
     /// Fails fast while Postgres is down instead of holding every request for a pool timeout.
     database: Breaker,
     auth: Arc<Auth>,
+    /// Verifies consistency tokens (command-api signs them with the same secret).
+    token_key: TokenKey,
+    /// Wakes consistency waits when the projectors move a checkpoint.
+    checkpoints: Checkpoints,
     topics: Topics,
     metrics: PrometheusHandle,
     saga_stuck_after: Duration,
@@ -117,6 +124,12 @@ impl AppState {
     pub fn pool(&self) -> &PgPool {
         &self.0.pool
     }
+    pub fn token_key(&self) -> &TokenKey {
+        &self.0.token_key
+    }
+    pub fn checkpoints(&self) -> &Checkpoints {
+        &self.0.checkpoints
+    }
     pub fn topics(&self) -> &Topics {
         &self.0.topics
     }
@@ -133,22 +146,34 @@ impl AppState {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    checkpoints: Checkpoints,
+    /// The checkpoint listener's own connection (a `LISTEN` connection is never returned).
+    checkpoint_pool: PgPool,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         // Every outbound call is bounded: 3 s for a connection, 5 s for a statement (the
-        // consistency wait polls with short statements; its own bound is the header's).
+        // consistency wait re-checks with one short statement; its own bound is the header's).
         let options = PgConnectOptions::from_str(&settings.database_url)?
             .options([("statement_timeout", "5000")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(options.clone());
+        let checkpoint_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(3))
+            .max_lifetime(None)
+            .idle_timeout(None)
             .connect_lazy_with(options);
+        let checkpoints = Checkpoints::default();
         let state = AppState(Arc::new(Inner {
             pool,
             database: Breaker::new("postgres", BreakerPolicy::default()),
             auth: Auth::new(&settings.jwt_secret, settings.rate_limit_per_second),
+            token_key: TokenKey::from_secret(&settings.jwt_secret),
+            checkpoints: checkpoints.clone(),
             topics: Topics::new(settings.topic_prefix.clone()),
             metrics: platform::telemetry::metrics_handle(),
             saga_stuck_after: settings.saga_stuck_after,
@@ -176,23 +201,40 @@ impl Application {
                     addr: settings.addr,
                     source,
                 })?;
-        Ok(Self { listener, router })
+        Ok(Self {
+            listener,
+            router,
+            checkpoints,
+            checkpoint_pool,
+        })
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
     }
 
-    /// Serves until `signal`; in-flight requests finish first.
+    /// Serves until `signal`; in-flight requests finish first. The checkpoint listener runs
+    /// alongside and stops after the last request.
     pub async fn run_until(
         self,
         signal: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
         info!(addr = ?self.local_addr(), "query-api serving");
-        axum::serve(self.listener, self.router)
+        let stop_listening = CancellationToken::new();
+        let listening = tokio::spawn(
+            self.checkpoints
+                .listen(self.checkpoint_pool.clone(), stop_listening.clone()),
+        );
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(signal)
             .await
-            .map_err(StartupError::Serve)?;
+            .map_err(StartupError::Serve);
+        stop_listening.cancel();
+        if let Err(error) = listening.await {
+            warn!(%error, "the checkpoint listener did not stop cleanly");
+        }
+        self.checkpoint_pool.close().await;
+        served?;
         info!("query-api stopped");
         Ok(())
     }

@@ -9,6 +9,10 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use domain::AggregateKind;
+use platform::consistency::{ConsistencyToken, TokenKey, MAX_POSITIONS, MAX_TOKEN_LEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use test_harness::{TestDatabase, TestKafka};
@@ -183,6 +187,41 @@ fn admin() -> String {
     token("admin", "admin")
 }
 
+/// A consistency token naming `positions`, signed as command-api signs with `secret`.
+fn consistency_token(secret: &str, positions: &[(AggregateKind, i32, i64)]) -> String {
+    let mut token = ConsistencyToken::default();
+    for (kind, partition, offset) in positions {
+        token.include(*kind, *partition, *offset);
+    }
+    token.encode(&TokenKey::from_secret(secret))
+}
+
+/// A token no projection will reach: any read that honours it waits out its whole deadline.
+fn unreachable_token() -> String {
+    consistency_token(
+        SECRET,
+        &[
+            (AggregateKind::Customer, 0, 1_000_000_000),
+            (AggregateKind::Order, 0, 1_000_000_000),
+        ],
+    )
+}
+
+/// Asserts a 400 problem+json about the consistency token.
+fn assert_token_refused(status: StatusCode, body: &Value, content_type: &str, what: &str) {
+    assert_eq!(
+        (status, content_type),
+        (StatusCode::BAD_REQUEST, "application/problem+json"),
+        "{what}: {body}"
+    );
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/bad-consistency-token")),
+        "{what}: {body}"
+    );
+}
+
 fn usd(amount: i64) -> Value {
     json!({"amount_minor": amount, "currency": "USD"})
 }
@@ -276,6 +315,130 @@ async fn a_token_the_read_models_do_not_reach_in_time_is_504() {
         StatusCode::NOT_FOUND,
         "without a token the read answers at once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_command_api_did_not_sign_is_400_at_once_never_a_wait() {
+    // No projectors: a token that were honoured would hold the read for its whole 30 s.
+    let stack = Stack::start(false).await;
+    let written = register(&stack, "c-1").await;
+    let issued = ConsistencyToken::decode(&written, &TokenKey::from_secret(SECRET)).unwrap();
+    let positions: Vec<_> = issued.positions().collect();
+    let forged = consistency_token("not-the-secret", &positions);
+    let unsigned = URL_SAFE_NO_PAD.encode("v1;customers:0:0");
+    let mut altered = URL_SAFE_NO_PAD.decode(&written).unwrap();
+    altered[0] ^= 1;
+    let altered = URL_SAFE_NO_PAD.encode(altered);
+    for (what, raw) in [
+        ("signed with another key", forged.as_str()),
+        ("the old unsigned format", unsigned.as_str()),
+        ("one byte changed", altered.as_str()),
+    ] {
+        let started = Instant::now();
+        let (status, body, content_type) = stack
+            .query(
+                "/v1/customers/c-1",
+                Some(&admin()),
+                &[
+                    ("x-consistency-token", raw),
+                    ("x-consistency-wait-ms", "30000"),
+                ],
+            )
+            .await;
+        assert_token_refused(status, &body, &content_type, what);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: refused without waiting ({:?})",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_over_the_position_or_length_bound_is_400() {
+    let stack = Stack::start(false).await;
+    let too_many: Vec<_> = (0..=MAX_POSITIONS as i32)
+        .map(|partition| (AggregateKind::Order, partition, 0))
+        .collect();
+    let too_many = consistency_token(SECRET, &too_many);
+    let too_long = "A".repeat(MAX_TOKEN_LEN + 1);
+    for (what, raw) in [
+        ("65 signed positions", too_many.as_str()),
+        ("over 4 KiB", too_long.as_str()),
+    ] {
+        let (status, body, content_type) = stack
+            .query(
+                "/v1/inventory/apple",
+                Some(&admin()),
+                &[
+                    ("x-consistency-token", raw),
+                    ("x-consistency-wait-ms", "30000"),
+                ],
+            )
+            .await;
+        assert_token_refused(status, &body, &content_type, what);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_who_may_not_read_the_resource_is_403_before_any_wait() {
+    let stack = Stack::start(true).await;
+    register(&stack, "c-1").await;
+    let (order_id, t) = place(&stack, "c-1").await;
+    let (status, body, _) = stack
+        .query(
+            &format!("/v1/orders/{order_id}"),
+            Some(&admin()),
+            &[("x-consistency-token", &t)],
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the order is in the read model: {body}"
+    );
+    let never = unreachable_token();
+    let intruder = token("c-2", "customer");
+    // The token really makes a read the intruder may do wait (to its deadline, then 504).
+    let (status, body, _) = stack
+        .query(
+            "/v1/customers/c-2",
+            Some(&intruder),
+            &[
+                ("x-consistency-token", &never),
+                ("x-consistency-wait-ms", "300"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    for path in [
+        format!("/v1/orders/{order_id}"),
+        "/v1/customers/c-1".into(),
+        "/v1/orders?customer_id=c-1".into(),
+    ] {
+        let started = Instant::now();
+        let (status, body, content_type) = stack
+            .query(
+                &path,
+                Some(&intruder),
+                &[
+                    ("x-consistency-token", &never),
+                    ("x-consistency-wait-ms", "30000"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            (status, content_type.as_str()),
+            (StatusCode::FORBIDDEN, "application/problem+json"),
+            "{path}: {body}"
+        );
+        // Not a performance bound: a wait would have lasted 30 s.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{path}: refused before waiting ({:?})",
+            started.elapsed()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -431,6 +594,7 @@ async fn customers_read_only_their_own_orders_and_view() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_ids_are_404_and_bad_parameters_are_clear_errors() {
     let stack = Stack::start(true).await;
+    let valid = consistency_token(SECRET, &[(AggregateKind::InventoryItem, 0, 0)]);
     type Case<'a> = (String, Vec<(&'a str, &'a str)>, StatusCode);
     let cases: Vec<Case<'_>> = vec![
         (
@@ -482,7 +646,7 @@ async fn unknown_ids_are_404_and_bad_parameters_are_clear_errors() {
         (
             "/v1/inventory/apple".into(),
             vec![
-                ("x-consistency-token", "djE7aW52ZW50b3J5OjA6MA"),
+                ("x-consistency-token", valid.as_str()),
                 ("x-consistency-wait-ms", "30001"),
             ],
             StatusCode::BAD_REQUEST,

@@ -185,7 +185,7 @@ pub async fn submit<C: WireRecord>(
         token.include(submission.kind, position.partition, position.offset);
     }
     Ok(Submitted::Done {
-        token: token.encode(),
+        token: token.encode(app.token_key()),
         reply: Box::new(reply),
     })
 }

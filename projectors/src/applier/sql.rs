@@ -74,6 +74,10 @@ pub(super) async fn lock_offsets(
         .collect()
 }
 
+/// Moves the offsets and announces it on [`super::CHECKPOINT_CHANNEL`], in one statement. The
+/// notification is delivered when (and only if) the batch's transaction commits; Postgres folds
+/// identical notifications of one transaction into one. The payload is the projection's name
+/// without its generation, so a rebuild's batches wake waiters too: that costs them a re-check.
 pub(super) async fn store_offsets(
     connection: &mut PgConnection,
     projection: &str,
@@ -81,14 +85,17 @@ pub(super) async fn store_offsets(
     next: &BTreeMap<i32, i64>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE projection_offsets o SET next_offset = GREATEST(o.next_offset, n.next), updated_at = now() \
-         FROM UNNEST($3::int4[], $4::int8[]) AS n(partition, next) \
-         WHERE o.projection = $1 AND o.topic = $2 AND o.partition = n.partition",
+        "WITH moved AS ( \
+           UPDATE projection_offsets o SET next_offset = GREATEST(o.next_offset, n.next), updated_at = now() \
+           FROM UNNEST($3::int4[], $4::int8[]) AS n(partition, next) \
+           WHERE o.projection = $1 AND o.topic = $2 AND o.partition = n.partition) \
+         SELECT pg_notify($5, split_part($1, '@', 1))",
     )
     .bind(projection)
     .bind(topic)
     .bind(next.keys().copied().collect::<Vec<_>>())
     .bind(next.values().copied().collect::<Vec<_>>())
+    .bind(super::CHECKPOINT_CHANNEL)
     .execute(connection)
     .await?;
     Ok(())

@@ -1,11 +1,11 @@
 //! GET /v1/customers/{customer_id}: a customer reads only its own view; admin reads all.
+//! The path names the owner, so the caller is authorized before any consistency wait.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use sqlx::Row;
 
-use crate::consistency;
+use crate::consistency::ReadAfter;
 use crate::problem::ApiError;
 use crate::startup::AppState;
 use crate::views::{CustomerView, MoneyView};
@@ -17,11 +17,11 @@ use platform::auth::Caller;
 pub async fn get(
     State(app): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    read_after: ReadAfter,
     Path(customer_id): Path<String>,
 ) -> Result<Json<CustomerView>, ApiError> {
     caller.require_self_or_admin(&customer_id)?;
-    consistency::wait_for(&headers, app.pool(), app.topics()).await?;
+    read_after.wait(&app).await?;
     let row = sqlx::query("SELECT customer_id, name, currency, credit_limit_minor, credit_reserved_minor, version FROM customers WHERE customer_id = $1")
         .bind(&customer_id)
         .fetch_optional(app.pool())

@@ -1,11 +1,11 @@
-//! GET /v1/inventory/{sku}: any authenticated caller (customers see availability too).
+//! GET /v1/inventory/{sku}: any authenticated caller (customers see availability too), so
+//! authentication (the `Caller` extractor) is all the authorization before a consistency wait.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use sqlx::Row;
 
-use crate::consistency;
+use crate::consistency::ReadAfter;
 use crate::problem::ApiError;
 use crate::startup::AppState;
 use crate::views::InventoryView;
@@ -17,10 +17,10 @@ use platform::auth::Caller;
 pub async fn get(
     State(app): State<AppState>,
     _caller: Caller,
-    headers: HeaderMap,
+    read_after: ReadAfter,
     Path(sku): Path<String>,
 ) -> Result<Json<InventoryView>, ApiError> {
-    consistency::wait_for(&headers, app.pool(), app.topics()).await?;
+    read_after.wait(&app).await?;
     let row = sqlx::query("SELECT sku, on_hand, reserved, version FROM inventory WHERE sku = $1")
         .bind(&sku)
         .fetch_optional(app.pool())

@@ -1,30 +1,41 @@
-//! GET /v1/orders/{order_id}/saga: the order saga's state and steps.
+//! GET /v1/orders/{order_id}/saga: the order saga's state and steps, for the order's customer
+//! and admins. Authorized before any consistency wait when the saga's owner is already known.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use chrono::Utc;
 use platform::auth::Caller;
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::consistency;
+use crate::consistency::ReadAfter;
 use crate::problem::ApiError;
 use crate::startup::AppState;
 use crate::views::{SagaStepView, SagaView};
 
 #[utoipa::path(get, path = "/v1/orders/{order_id}/saga", params(("order_id" = String, Path)),
-    responses((status = 200, body = SagaView), (status = 401), (status = 403), (status = 404), (status = 504)),
+    responses((status = 200, body = SagaView), (status = 400), (status = 401), (status = 403), (status = 404), (status = 504)),
     security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    read_after: ReadAfter,
     Path(order_id): Path<String>,
 ) -> Result<Json<SagaView>, ApiError> {
     let not_found = || ApiError::NotFound(format!("order {order_id} has no saga"));
     let id = Uuid::parse_str(&order_id).map_err(|_| not_found())?;
-    consistency::wait_for(&headers, app.pool(), app.topics()).await?;
+    // As for the order view: refused before the wait when the owner is known, else after it.
+    if read_after.waits() && !caller.is_admin() {
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT customer_id FROM order_sagas WHERE saga_id = $1")
+                .bind(id.to_string())
+                .fetch_optional(app.pool())
+                .await?;
+        if let Some(owner) = owner {
+            caller.require_self_or_admin(&owner)?;
+        }
+    }
+    read_after.wait(&app).await?;
     let row = sqlx::query(
         "SELECT saga_id, order_id, customer_id, state, rejection_reason, steps, started_at, \
          finished_at, last_progress_at, version FROM order_sagas WHERE saga_id = $1",
