@@ -16,9 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::projection::Projection;
-use crate::projections::{
-    customers::Customers, inventory::Inventory, order_sagas::OrderSagas, orders::Orders,
-};
+use crate::projections::{self, ForProjection};
 use crate::runner::{BatchLimits, Runner};
 
 /// The read-model schema, applied by every process that owns it before it starts.
@@ -109,10 +107,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     ensure_read_topics(&settings.kafka).await?;
     let producer = producer_config(&settings.kafka).create()?;
     let mut runners = JoinSet::new();
-    spawn::<Customers>(&mut runners, &pool, &settings, &producer, &shutdown)?;
-    spawn::<Inventory>(&mut runners, &pool, &settings, &producer, &shutdown)?;
-    spawn::<Orders>(&mut runners, &pool, &settings, &producer, &shutdown)?;
-    spawn::<OrderSagas>(&mut runners, &pool, &settings, &producer, &shutdown)?;
+    for name in projections::ALL {
+        let spawn = Spawn {
+            runners: &mut runners,
+            pool: &pool,
+            settings: &settings,
+            producer: &producer,
+            shutdown: &shutdown,
+        };
+        projections::by_name(name, spawn).unwrap_or(Ok(()))?;
+    }
 
     let metrics = platform::telemetry::metrics_handle();
     let ready_pool = pool.clone();
@@ -156,19 +160,26 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     Ok(())
 }
 
-fn spawn<P: Projection>(
-    runners: &mut JoinSet<()>,
-    pool: &PgPool,
-    settings: &Settings,
-    producer: &rdkafka::producer::FutureProducer,
-    shutdown: &CancellationToken,
-) -> Result<(), AppError> {
-    let runner = Runner::<P>::new(
-        pool.clone(),
-        &settings.kafka,
-        producer.clone(),
-        settings.limits,
-    )?;
-    runners.spawn(runner.run(shutdown.clone()));
-    Ok(())
+/// Starts one projection's runner.
+struct Spawn<'a> {
+    runners: &'a mut JoinSet<()>,
+    pool: &'a PgPool,
+    settings: &'a Settings,
+    producer: &'a rdkafka::producer::FutureProducer,
+    shutdown: &'a CancellationToken,
+}
+
+impl ForProjection for Spawn<'_> {
+    type Output = Result<(), AppError>;
+
+    fn call<P: Projection>(self) -> Self::Output {
+        let runner = Runner::<P>::new(
+            self.pool.clone(),
+            &self.settings.kafka,
+            self.producer.clone(),
+            self.settings.limits,
+        )?;
+        self.runners.spawn(runner.run(self.shutdown.clone()));
+        Ok(())
+    }
 }

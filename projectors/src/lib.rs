@@ -7,21 +7,23 @@
 //! row's chain head (version + last event id): inert events from a writer race are skipped and
 //! recorded, version gaps are reported. An event that cannot be decoded or folded goes to
 //! `<topic>.dlq`, and its aggregate is parked (later events recorded, not applied) while every
-//! other aggregate keeps flowing.
+//! other aggregate keeps flowing, until an operator redrives the dead letter (once its cause is
+//! fixed) or skips it for good (a skip every generation and rebuild honours).
 //!
 //! # Layout
 //!
 //! - `migrations/`: the read-model schema (applied by sqlx migrations, never ad hoc).
 //! - [`projection`]: the `Projection` trait: load rows, pure fold, one UNNEST upsert.
-//! - [`projections`]: `customers`, `inventory`, `orders`.
-//! - [`applier`]: the batch transaction (offsets, log-order rule, fold, parking, dead letters),
-//!   and the operators' `redrive` / `skip`. Needs no consumer.
+//! - [`projections`]: `customers`, `inventory`, `orders`, `order_sagas`, and the one list of
+//!   them (`ALL`, `by_name`) that running, status, rebuilds and `dlq` go through.
+//! - [`applier`]: the batch transaction (offsets, log-order rule, fold, parking, dead letters,
+//!   operators' durable skips), and the operators' `redrive` / `skip`. Needs no consumer.
 //! - [`runner`]: the consumer loop around an applier: batching, retries, resuming from offsets.
 //! - [`dead_letters`]: re-exported from `platform` (shared with the saga orchestrator).
 //! - [`app`]: `projectors run` (health and metrics on `PROJECTORS_ADDR`).
 //! - [`rebuild`]: blue/green `projectors rebuild <projection>`: fill the next generation from
 //!   offset 0 while the live one serves, then switch the view in one transaction.
-//! - [`cli`]: `projectors status`, `projectors dlq list`.
+//! - [`cli`]: `projectors status`, `projectors dlq list|redrive|skip`.
 
 pub mod app;
 pub mod applier;

@@ -22,8 +22,9 @@ enum Command {
     Run,
     /// Each projection's checkpoint and lag per partition.
     Status,
-    /// Rebuild one projection (customers, inventory or orders) from offset 0 into fresh tables
-    /// while the live one keeps serving, then switch over atomically.
+    /// Rebuild one projection (customers, inventory, orders or order_sagas) from offset 0 into
+    /// fresh tables while the live one keeps serving, then switch over atomically. Records
+    /// operators skipped stay skipped.
     Rebuild { projection: String },
     /// Dead-letter records.
     Dlq {
@@ -50,8 +51,8 @@ enum DlqCommand {
         #[arg(long)]
         offset: Option<i64>,
     },
-    /// Give up on one dead letter: its aggregate moves past it and what was parked behind it is
-    /// applied.
+    /// Give up on one dead letter for good (every generation and rebuild passes over it): what
+    /// was parked behind it is applied. The way out for a record that can never apply.
     Skip {
         /// The source topic or its `.dlq` topic.
         topic: String,
@@ -120,11 +121,32 @@ async fn connect_from_env() -> anyhow::Result<sqlx::PgPool> {
         .context("connecting to the database")
 }
 
+/// `rebuild::<P>` for the projection chosen by name.
+struct Rebuild<'a> {
+    pool: &'a sqlx::PgPool,
+    kafka: &'a KafkaSettings,
+    progress: &'a dyn projectors::rebuild::Progress,
+    shutdown: &'a CancellationToken,
+}
+
+impl<'a> projectors::projections::ForProjection for Rebuild<'a> {
+    type Output = futures::future::LocalBoxFuture<
+        'a,
+        Result<projectors::rebuild::RebuildReport, projectors::rebuild::RebuildError>,
+    >;
+
+    fn call<P: projectors::projection::Projection>(self) -> Self::Output {
+        Box::pin(projectors::rebuild::rebuild::<P>(
+            self.pool,
+            self.kafka,
+            self.progress,
+            self.shutdown,
+        ))
+    }
+}
+
 async fn rebuild(projection: &str) -> anyhow::Result<()> {
-    use projectors::projections::{
-        customers::Customers, inventory::Inventory, order_sagas::OrderSagas, orders::Orders,
-    };
-    use projectors::rebuild::{rebuild, LogProgress, Progress, TerminalProgress};
+    use projectors::rebuild::{LogProgress, Progress, TerminalProgress};
     use std::io::IsTerminal;
     let _telemetry = platform::telemetry::init("projectors");
     let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
@@ -147,16 +169,19 @@ async fn rebuild(projection: &str) -> anyhow::Result<()> {
         platform::shutdown::signal().await;
         signal.cancel();
     });
-    let report = match projection {
-        "customers" => rebuild::<Customers>(&pool, &kafka, progress.as_ref(), &shutdown).await,
-        "inventory" => rebuild::<Inventory>(&pool, &kafka, progress.as_ref(), &shutdown).await,
-        "orders" => rebuild::<Orders>(&pool, &kafka, progress.as_ref(), &shutdown).await,
-        "order_sagas" => rebuild::<OrderSagas>(&pool, &kafka, progress.as_ref(), &shutdown).await,
-        other => anyhow::bail!(
-            "unknown projection {other:?}: customers, inventory, orders or order_sagas"
-        ),
-    }
-    .context("rebuilding")?;
+    let work = Rebuild {
+        pool: &pool,
+        kafka: &kafka,
+        progress: progress.as_ref(),
+        shutdown: &shutdown,
+    };
+    let Some(rebuilding) = projectors::projections::by_name(projection, work) else {
+        anyhow::bail!(
+            "unknown projection {projection:?}: one of {}",
+            projectors::projections::ALL.join(", ")
+        );
+    };
+    let report = rebuilding.await.context("rebuilding")?;
     #[allow(clippy::print_stdout)]
     {
         println!(

@@ -54,9 +54,6 @@ pub trait Projection: Send + Sync + 'static {
 
     fn head(row: &Self::Row) -> RowHead;
 
-    /// The row with its chain head moved (to skip a dead-lettered event without its effect).
-    fn with_head(row: Self::Row, head: RowHead) -> Self::Row;
-
     /// The current rows of these aggregates in `table` (absent ones are simply missing).
     async fn load(
         connection: &mut PgConnection,

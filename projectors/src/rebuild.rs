@@ -5,6 +5,10 @@
 //! (which waits for the live batch in progress, via the generation row's lock) repoints the view
 //! and bumps the generation; the live runner then continues on the new generation, skipping
 //! everything at or below the rebuild's offsets. The old table is dropped afterwards.
+//!
+//! Records operators skipped stay skipped: `operator_skips` is keyed by the projection's name,
+//! not its generation, so the new generation passes over them as the live one did (no new dead
+//! letter, no parking, no anomaly) and ends with the same rows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -150,6 +154,14 @@ pub async fn rebuild<P: Projection>(
         .await
     {
         warn!(%error, table = %old_table, "old generation not dropped");
+    }
+    // The old generation's record of commands goes with its table.
+    if let Err(error) = sqlx::query("DELETE FROM projection_commands WHERE projection = $1")
+        .bind(generation_key(P::NAME, current))
+        .execute(pool)
+        .await
+    {
+        warn!(%error, "old generation's commands not deleted");
     }
     let events = applied(pool, &key, &topic).await?.iter().sum();
     let report = RebuildReport {

@@ -595,3 +595,65 @@ async fn with_more_parked_aggregates_than_are_read_whole_a_parked_aggregate_stil
     assert_eq!(parked, ["held-1400"], "the parked item's event waits");
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_order_placed_by_the_same_command_is_an_inert_loser_not_a_phantom_order() {
+    // A keyed retry that drew a new order id: writers and the saga judge the second OrderPlaced
+    // a loser (its command id already created an order in this partition); so must projections.
+    let mut world = World::new().await;
+    let stop = run_projectors(&world);
+    let a = OrderId::from_uuid(uuid::Uuid::now_v7());
+    let partition = partition_for(a.to_string().as_bytes(), PARTITIONS);
+    let b = std::iter::repeat_with(|| OrderId::from_uuid(uuid::Uuid::now_v7()))
+        .find(|id| partition_for(id.to_string().as_bytes(), PARTITIONS) == partition)
+        .unwrap();
+    let placed = |order_id: OrderId| OrderEvent::OrderPlaced {
+        order_id,
+        customer_id: cid("c-1"),
+        lines: vec![OrderLine {
+            sku: sku("apple"),
+            quantity: qty(1),
+            unit_price: usd(100),
+        }],
+        total: usd(100),
+    };
+    let first = world
+        .log
+        .next_envelope(AggregateKind::Order, &a.to_string(), &placed(a));
+    world
+        .log
+        .raw(
+            AggregateKind::Order,
+            Some(&a.to_string()),
+            Some(first.to_headers()),
+            &schemas::encode(&placed(a)).unwrap(),
+        )
+        .await;
+    let mut phantom = world
+        .log
+        .next_envelope(AggregateKind::Order, &b.to_string(), &placed(b));
+    phantom.command_id = first.command_id.clone();
+    world
+        .log
+        .raw(
+            AggregateKind::Order,
+            Some(&b.to_string()),
+            Some(phantom.to_headers()),
+            &schemas::encode(&placed(b)).unwrap(),
+        )
+        .await;
+    world.caught_up().await;
+    let orders: Vec<String> = sqlx::query_scalar("SELECT order_id::text FROM orders")
+        .fetch_all(world.pool())
+        .await
+        .unwrap();
+    assert_eq!(orders, [a.to_string()], "no phantom order");
+    let anomaly: (String, String) = sqlx::query_as(
+        "SELECT aggregate_id, kind FROM projection_anomalies WHERE projection LIKE 'orders@%'",
+    )
+    .fetch_one(world.pool())
+    .await
+    .unwrap();
+    assert_eq!(anomaly, (b.to_string(), "inert-loser".to_owned()));
+    stop.cancel();
+}

@@ -2,18 +2,24 @@
 //! consumer: the [`crate::runner::Runner`] feeds it what it consumes, and operators' commands
 //! (`dlq redrive`, `dlq skip`) use it directly.
 //!
-//! Per batch, in one transaction: lock the projection's offsets, skip what is below them, apply
-//! the log-order rule against each row's chain head, fold the events, store the changed rows
-//! (one UNNEST upsert), record anomalies and parked events, move the offsets. Dead letters are
-//! acknowledged by Kafka before the transaction commits. A projector killed at any instant
-//! therefore loses nothing and applies nothing twice: the offsets and the effects are one commit.
+//! Per batch, in one transaction: lock the projection's offsets, skip what is below them and
+//! what operators skipped (`operator_skips`, honoured by every generation), apply the log-order
+//! rule against each row's chain head (or the skipped records after it), fold the events, store
+//! the changed rows (one UNNEST upsert), record anomalies and parked events, move the offsets.
+//! Dead letters are acknowledged by Kafka before the transaction commits. A projector killed at
+//! any instant therefore loses nothing and applies nothing twice: the offsets and the effects
+//! are one commit.
 
 mod cache;
+mod commands;
 mod error;
 mod fresh;
 mod operator;
+mod skips;
 mod sql;
 
+use domain::Version;
+use platform::log_order::{extends_chain, CommandUse, LoserReason, Verdict};
 use platform::telemetry::exporting_traces;
 use platform::telemetry::propagation::{record_span, SpanRole};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -34,6 +40,8 @@ use crate::dead_letters::{DeadLetter, DeadLetters};
 use crate::projection::{Projection, Stamp};
 use cache::RowCache;
 pub use error::ApplyError;
+pub use operator::{Redriven, Skipped};
+use skips::Skips;
 use sql::{headers_json, lock_offsets, parked_aggregates, record, store_offsets};
 
 /// Which generation of the read model a runner writes.
@@ -135,9 +143,71 @@ struct Outcome {
     /// (aggregate id, reason)
     new_parks: Vec<(String, String)>,
     dead: Vec<DeadLetter>,
+    /// Records an operator skipped (`operator_skips`), passed over without a trace.
+    skipped: u64,
     /// One span per applied event while traces are exported, continuing the event's trace and
     /// held until the batch's transaction ends.
     spans: Vec<tracing::Span>,
+}
+
+/// What a batch has sorted so far, event by event: the rows as they stand, which of them
+/// changed, which aggregates are parked, what to record, and which commands the log has shown
+/// (for the repeated-command part of the log-order rule).
+struct Sorted<R> {
+    rows: HashMap<String, R>,
+    changed: HashSet<String>,
+    parked: HashSet<String>,
+    outcome: Outcome,
+    commands: commands::CommandUses,
+    commands_changed: HashSet<(i32, String)>,
+}
+
+impl<R: Clone> Sorted<R> {
+    fn new(
+        rows: HashMap<String, R>,
+        parked: HashSet<String>,
+        commands: commands::CommandUses,
+    ) -> Self {
+        Self {
+            rows,
+            changed: HashSet::new(),
+            parked,
+            outcome: Outcome::default(),
+            commands,
+            commands_changed: HashSet::new(),
+        }
+    }
+
+    /// The rows the batch changed, to store.
+    fn changed_rows(&self) -> Vec<R> {
+        self.changed
+            .iter()
+            .filter_map(|id| self.rows.get(id).cloned())
+            .collect()
+    }
+
+    /// The command uses the batch added or moved, to store.
+    fn changed_commands(&self) -> commands::CommandUses {
+        self.commands_changed
+            .iter()
+            .filter_map(|id| Some((id.clone(), self.commands.get(id)?.clone())))
+            .collect()
+    }
+}
+
+/// The (partition, command id) of `records`' envelopes.
+fn command_ids<'a, E: 'a>(
+    records: impl IntoIterator<Item = &'a Incoming<E>>,
+) -> Vec<(i32, String)> {
+    records
+        .into_iter()
+        .filter_map(|i| {
+            let envelope = i.envelope.as_ref().ok()?;
+            Some((i.message.partition(), envelope.command_id.clone()))
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// A statement the database refused (a constraint, a type): retrying the same input will fail
@@ -301,25 +371,22 @@ impl<P: Projection> Applier<P> {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let mut parked = parked_aggregates(&mut tx, &key, &ids).await?;
-        let mut rows = self.rows_of(&mut tx, &table, &ids).await?;
-        let mut changed: HashSet<String> = HashSet::new();
-        let mut outcome = Outcome::default();
+        let parked = parked_aggregates(&mut tx, &key, &ids).await?;
+        let skips = skips::load(&mut tx, P::NAME, &self.topic, &ids).await?;
+        let rows = self.rows_of(&mut tx, &table, &ids).await?;
+        let used = commands::load(&mut tx, &key, &command_ids(fresh.iter().copied())).await?;
+        let mut sorted = Sorted::new(rows, parked, used);
         for incoming in fresh.iter().copied() {
-            self.decide(
-                incoming,
-                &mut rows,
-                &mut changed,
-                &mut parked,
-                &mut outcome,
-                attempts,
-            );
+            self.sort_event(incoming, &skips, &mut sorted, attempts);
         }
-        let changed_rows: Vec<P::Row> = changed
-            .iter()
-            .filter_map(|id| rows.get(id).cloned())
-            .collect();
-        P::store(&mut tx, &table, &changed_rows).await?;
+        P::store(&mut tx, &table, &sorted.changed_rows()).await?;
+        commands::store(&mut tx, &key, &sorted.changed_commands()).await?;
+        let Sorted {
+            mut rows,
+            changed,
+            outcome,
+            ..
+        } = sorted;
         record(&mut tx, &key, &self.topic, &outcome).await?;
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         for incoming in &fresh {
@@ -355,6 +422,10 @@ impl<P: Projection> Applier<P> {
             .record(fresh.len() as f64);
         metrics::histogram!("projector_batch_seconds", "projection" => P::NAME)
             .record(started.elapsed().as_secs_f64());
+        if outcome.skipped > 0 {
+            metrics::counter!("projector_operator_skips_honoured_total", "projection" => P::NAME)
+                .increment(outcome.skipped);
+        }
         if !outcome.dead.is_empty() {
             metrics::counter!("dead_letters_total", "consumer" => P::NAME)
                 .increment(outcome.dead.len() as u64);
@@ -365,18 +436,29 @@ impl<P: Projection> Applier<P> {
         Ok(())
     }
 
-    /// What to do with one event: apply, park, report or dead-letter.
-    fn decide(
+    /// Sorts one event: apply it, park it, report it as an anomaly or dead-letter it; or nothing
+    /// at all when an operator skipped it.
+    fn sort_event(
         &self,
         incoming: &Incoming<P::Event>,
-        rows: &mut HashMap<String, P::Row>,
-        changed: &mut HashSet<String>,
-        parked: &mut HashSet<String>,
-        outcome: &mut Outcome,
+        skips: &Skips,
+        sorted: &mut Sorted<P::Row>,
         attempts: u32,
     ) {
+        let Sorted {
+            rows,
+            changed,
+            parked,
+            outcome,
+            commands: used,
+            commands_changed,
+        } = sorted;
         let message = &incoming.message;
         let (partition, offset) = (message.partition(), message.offset());
+        if skips.contains(partition, offset) {
+            outcome.skipped += 1;
+            return;
+        }
         let dead = |reason: String| {
             DeadLetter::from_message(&self.topic, message, reason, attempts.max(1))
         };
@@ -411,16 +493,44 @@ impl<P: Projection> Applier<P> {
             }
             Err(error) => return park(format!("invalid envelope: {error}"), outcome),
         };
-        let head = rows.get(&key).map(P::head);
-        let expected = head.map_or(1, |h| h.version + 1);
         let version = i64::try_from(envelope.version.get()).unwrap_or(i64::MAX);
-        if version != expected || envelope.predecessor != head.map(|h| h.last_event_id) {
-            let kind = if version > expected {
-                "version-gap"
-            } else {
-                "inert-loser"
+        // The row's head, or the last of the skipped records the event follows.
+        let head = skips.head_for(
+            &key,
+            offset,
+            rows.get(&key).map(P::head),
+            version,
+            envelope.predecessor,
+        );
+        let chain_head = head.map(|h| {
+            (
+                Version::new(u64::try_from(h.version).unwrap_or(0)),
+                h.last_event_id,
+            )
+        });
+        let command = (partition, envelope.command_id.clone());
+        let earlier = used
+            .get(&command)
+            .map(|u| (u.aggregate_id.as_str(), u.last_version));
+        if let Verdict::Loser(reason) = extends_chain(chain_head, envelope, earlier) {
+            let expected = head.map_or(1, |h| h.version + 1);
+            let (kind, detail) = match reason {
+                LoserReason::Version { .. } if version > expected => (
+                    "version-gap",
+                    format!("version {version}, expected {expected}"),
+                ),
+                LoserReason::RepeatedCommand => (
+                    "inert-loser",
+                    format!(
+                        "version {version}: command {} was already used",
+                        envelope.command_id
+                    ),
+                ),
+                _ => (
+                    "inert-loser",
+                    format!("version {version}, expected {expected}"),
+                ),
             };
-            let detail = format!("version {version}, expected {expected}");
             if kind == "version-gap" {
                 error!(projection = P::NAME, aggregate_id = %key, %detail, "version gap: event not applied");
             }
@@ -447,6 +557,14 @@ impl<P: Projection> Applier<P> {
                         &envelope.trace,
                     ));
                 }
+                used.insert(
+                    command.clone(),
+                    CommandUse {
+                        aggregate_id: key.clone(),
+                        last_version: envelope.version,
+                    },
+                );
+                commands_changed.insert(command);
                 rows.insert(key.clone(), row);
                 changed.insert(key);
                 outcome.applied += 1;

@@ -117,19 +117,32 @@ pub(super) async fn parked_aggregates(
     .bind(PARKED_READ_WHOLE + 1)
     .fetch_all(&mut *connection)
     .await?;
-    if i64::try_from(few.len()).unwrap_or(i64::MAX) <= PARKED_READ_WHOLE {
+    let parked: Vec<String> = if i64::try_from(few.len()).unwrap_or(i64::MAX) <= PARKED_READ_WHOLE {
         let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
-        return Ok(few
-            .into_iter()
+        few.into_iter()
             .filter(|id| wanted.contains(id.as_str()))
-            .collect());
+            .collect()
+    } else {
+        sqlx::query_scalar("SELECT aggregate_id FROM parked_aggregates WHERE projection = $1 AND aggregate_id = ANY($2)")
+            .bind(projection)
+            .bind(ids)
+            .fetch_all(&mut *connection)
+            .await?
+    };
+    if parked.is_empty() {
+        return Ok(HashSet::new());
     }
-    let rows = sqlx::query("SELECT aggregate_id FROM parked_aggregates WHERE projection = $1 AND aggregate_id = ANY($2)")
-        .bind(projection)
-        .bind(ids)
-        .fetch_all(connection)
-        .await?;
-    rows.iter().map(|r| r.try_get("aggregate_id")).collect()
+    // An operator may be releasing one of them (`dlq redrive` or `skip` hold its parking row
+    // FOR UPDATE): wait for that and take what it left, so that no event is parked behind an
+    // aggregate just released, nor applied on rows read before the release.
+    let locked: Vec<String> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM parked_aggregates WHERE projection = $1 AND aggregate_id = ANY($2) FOR SHARE",
+    )
+    .bind(projection)
+    .bind(parked.as_slice())
+    .fetch_all(connection)
+    .await?;
+    Ok(locked.into_iter().collect())
 }
 
 pub(super) async fn record(

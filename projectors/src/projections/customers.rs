@@ -44,12 +44,6 @@ impl Projection for Customers {
         }
     }
 
-    fn with_head(mut row: CustomerRow, head: RowHead) -> CustomerRow {
-        row.version = head.version;
-        row.last_event_id = head.last_event_id;
-        row
-    }
-
     async fn load(
         connection: &mut PgConnection,
         table: &str,

@@ -42,12 +42,6 @@ impl Projection for Inventory {
         }
     }
 
-    fn with_head(mut row: InventoryRow, head: RowHead) -> InventoryRow {
-        row.version = head.version;
-        row.last_event_id = head.last_event_id;
-        row
-    }
-
     async fn load(
         connection: &mut PgConnection,
         table: &str,

@@ -118,12 +118,6 @@ impl Projection for OrderSagas {
         }
     }
 
-    fn with_head(mut row: SagaRow, head: RowHead) -> SagaRow {
-        row.version = head.version;
-        row.last_event_id = head.last_event_id;
-        row
-    }
-
     async fn load(
         connection: &mut PgConnection,
         table: &str,

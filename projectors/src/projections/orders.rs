@@ -50,12 +50,6 @@ impl Projection for Orders {
         }
     }
 
-    fn with_head(mut row: OrderRow, head: RowHead) -> OrderRow {
-        row.version = head.version;
-        row.last_event_id = head.last_event_id;
-        row
-    }
-
     async fn load(
         connection: &mut PgConnection,
         table: &str,

@@ -63,14 +63,10 @@ impl World {
             .set("bootstrap.servers", &self.kafka.settings.brokers)
             .create()
             .unwrap();
-        let projections = [
-            ("customers", AggregateKind::Customer),
-            ("inventory", AggregateKind::InventoryItem),
-            ("orders", AggregateKind::Order),
-        ];
         for _ in 0..600 {
             let mut behind = false;
-            for (name, kind) in projections {
+            for name in projectors::projections::ALL {
+                let kind = projectors::projections::kind_of(name).unwrap();
                 let topic = topics.events(kind);
                 for partition in 0..PARTITIONS {
                     let (_, high) = rdkafka::consumer::Consumer::fetch_watermarks(
@@ -239,4 +235,77 @@ pub fn cli(world: &World, args: &[&str]) -> String {
     let (ok, output) = cli_result(world, args);
     assert!(ok, "{output}");
     output
+}
+
+/// (dlq partition, dlq offset) of the dead letter of `key`'s record at `source_offset` of
+/// `topic`, as `projectors dlq list` shows it (what `projectors dlq skip` takes).
+pub fn dead_letter_of(
+    world: &World,
+    topic: &str,
+    key: &str,
+    source_offset: i64,
+) -> (String, String) {
+    let listed = cli(world, &["dlq", "list"]);
+    let partition = partition_for(key.as_bytes(), PARTITIONS).to_string();
+    let row = listed
+        .lines()
+        .filter(|l| l.contains(".dlq"))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|cols| {
+            cols[3] == topic && cols[4] == partition && cols[5] == source_offset.to_string()
+        })
+        .unwrap_or_else(|| panic!("no dead letter of {key} at {source_offset}:\n{listed}"));
+    (row[1].clone(), row[2].clone())
+}
+
+/// `projectors dlq skip` of the dead letter of `key`'s record at `source_offset` on `topic`.
+pub fn skip_dead_letter(
+    world: &World,
+    topic: &str,
+    key: &str,
+    source_offset: i64,
+) -> (bool, String) {
+    let (partition, offset) = dead_letter_of(world, topic, key, source_offset);
+    cli_result(
+        world,
+        &[
+            "dlq",
+            "skip",
+            topic,
+            "--partition",
+            &partition,
+            "--offset",
+            &offset,
+        ],
+    )
+}
+
+/// How many records the dead-letter topics hold, as `projectors dlq list` shows them.
+pub fn dead_letter_count(world: &World) -> usize {
+    cli(world, &["dlq", "list"])
+        .lines()
+        .filter(|l| l.contains(".dlq"))
+        .count()
+}
+
+/// Runs the `projectors` CLI and kills it if it has not finished within `limit`:
+/// (succeeded, stdout + stderr).
+pub async fn cli_within(world: &World, args: &[&str], limit: Duration) -> (bool, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_projectors"));
+    command
+        .args(args)
+        .env("DATABASE_URL", &world.db.url)
+        .env("KAFKA_BROKERS", &world.kafka.settings.brokers)
+        .env("KAFKA_TOPIC_PREFIX", &world.kafka.settings.topic_prefix)
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(limit, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("projectors {} took over {limit:?}", args.join(" ")))
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
 }
