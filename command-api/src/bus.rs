@@ -191,7 +191,9 @@ impl CommandBus {
 /// everything else (a timeout with the request in flight, a dropped connection, a broker error
 /// after the append) may have been written, so the caller must hear "outcome unknown".
 /// librdkafka knows a message's persistence status, but rdkafka does not expose it without
-/// unsafe code; erring towards "unknown" is the safe side of the contract.
+/// unsafe code; erring towards "unknown" is the safe side of the contract. Retriable broker
+/// errors (not enough replicas, unknown partition, a corrupt batch) are "unknown" too: an
+/// earlier attempt of the same batch may have been written before the one that failed last.
 pub fn never_reached_the_log(error: &rdkafka::error::KafkaError) -> bool {
     use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
     matches!(
@@ -201,15 +203,9 @@ pub fn never_reached_the_log(error: &rdkafka::error::KafkaError) -> bool {
                 | Code::PurgeQueue
                 | Code::MessageSizeTooLarge
                 | Code::InvalidMessageSize
-                | Code::InvalidMessage
-                | Code::InvalidRecord
                 | Code::MessageBatchTooLarge
-                | Code::UnknownTopic
-                | Code::UnknownPartition
-                | Code::UnknownTopicOrPartition
                 | Code::TopicAuthorizationFailed
                 | Code::ClusterAuthorizationFailed
-                | Code::NotEnoughReplicas
                 | Code::InvalidRequiredAcks
         )
     )
@@ -265,7 +261,7 @@ mod tests {
 
     #[test]
     fn a_send_refused_before_the_append_left_nothing_in_the_log() {
-        for code in [Code::QueueFull, Code::PurgeQueue, Code::NotEnoughReplicas] {
+        for code in [Code::QueueFull, Code::PurgeQueue, Code::MessageSizeTooLarge] {
             assert!(never_reached_the_log(&KafkaError::MessageProduction(code)));
         }
     }
@@ -277,6 +273,8 @@ mod tests {
             Code::RequestTimedOut,
             Code::PurgeInflight,
             Code::NotEnoughReplicasAfterAppend,
+            Code::NotEnoughReplicas,
+            Code::UnknownTopicOrPartition,
             Code::NetworkException,
             Code::AllBrokersDown,
         ] {

@@ -68,8 +68,10 @@ pub async fn ensure_topics(
         .map_err(KafkaSetupError::Client)?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     create_missing(&admin, &options, settings, topics, partitions).await?;
-    check_retention(&admin, &options, topics).await?;
-    wait_until_served(settings, topics).await
+    // Served first: on a cluster, the broker asked for configs may not know a topic created a
+    // moment ago.
+    wait_until_served(settings, topics).await?;
+    check_retention(&admin, &options, topics).await
 }
 
 /// Waits (up to 15 s) until every partition of `topics` has a leader that answers a

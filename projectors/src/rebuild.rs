@@ -88,6 +88,8 @@ pub async fn rebuild<P: Projection>(
         "parked_aggregates",
         "parked_events",
         "projection_anomalies",
+        // A rebuild stopped before its switch left these: the next one starts from nothing.
+        "projection_commands",
     ] {
         sqlx::query(&format!("DELETE FROM {table} WHERE projection = $1"))
             .bind(&key)

@@ -323,3 +323,75 @@ async fn redrive_releases_a_parked_aggregate_of_every_projection_order_sagas_inc
     }
     live.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_streaming_into_a_parked_aggregate_while_it_is_redriven_all_apply_once_in_order() {
+    // A live batch parks an event of aggregate A while an operator's redrive of A runs: the
+    // batch must not park it after the redrive read what was parked (the event would be
+    // orphaned, A unparked, and every later event of A a version gap).
+    let mut world = World::new().await;
+    sqlx::query(
+        "ALTER TABLE inventory_g1 ADD CONSTRAINT stock_below_a_hundred CHECK (on_hand <= 100)",
+    )
+    .execute(world.pool())
+    .await
+    .unwrap();
+    let live = run_projectors(&world);
+    world
+        .log
+        .append(AggregateKind::InventoryItem, "apple", add("apple", 200))
+        .await;
+    for _ in 0..300 {
+        let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_aggregates")
+            .fetch_one(world.pool())
+            .await
+            .unwrap();
+        if parked > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    sqlx::query("ALTER TABLE inventory_g1 DROP CONSTRAINT stock_below_a_hundred")
+        .execute(world.pool())
+        .await
+        .unwrap();
+
+    let dlq = format!(
+        "{}.dlq",
+        world.kafka.topics().events(AggregateKind::InventoryItem)
+    );
+    let mut log = std::mem::replace(&mut world.log, EventLog::detached(&world.kafka));
+    let writer = tokio::spawn(async move {
+        for _ in 0..300 {
+            log.append(AggregateKind::InventoryItem, "apple", add("apple", 1))
+                .await;
+        }
+        log
+    });
+    while !writer.is_finished() {
+        let _ = cli_result(&world, &["dlq", "redrive", &dlq]);
+    }
+    world.log = writer.await.unwrap();
+    // The stream may have parked again after the last redrive: one more releases it.
+    cli(&world, &["dlq", "redrive", &dlq]);
+    world.caught_up().await;
+    assert_eq!(
+        on_hand(&world, "apple").await,
+        Some(500),
+        "the dead letter and all 300 events applied once each"
+    );
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM parked_aggregates) + (SELECT count(*) FROM parked_events)",
+    )
+    .fetch_one(world.pool())
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "nothing left parked");
+    let gaps: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM projection_anomalies WHERE kind = 'version-gap'")
+            .fetch_one(world.pool())
+            .await
+            .unwrap();
+    assert_eq!(gaps, 0, "no event was orphaned");
+    live.cancel();
+}

@@ -117,7 +117,20 @@ impl ReadAfter {
             for (_, rx) in &mut moved {
                 rx.mark_unchanged();
             }
-            let Some(behind) = first_behind(&wanted.token, app.pool(), app.topics()).await? else {
+            // The check itself is bounded by the deadline too (a busy pool could hold it).
+            let not_caught_up = || ApiError::NotCaughtUp {
+                waited_ms: u64::try_from(wanted.wait.as_millis()).unwrap_or(u64::MAX),
+            };
+            let checked = tokio::time::timeout_at(
+                deadline.into(),
+                first_behind(&wanted.token, app.pool(), app.topics()),
+            )
+            .await
+            .map_err(|_| {
+                metrics::counter!("consistency_wait_timeouts_total").increment(1);
+                not_caught_up()
+            })??;
+            let Some(behind) = checked else {
                 metrics::histogram!("consistency_wait_seconds")
                     .record(started.elapsed().as_secs_f64());
                 return Ok(());
@@ -125,9 +138,7 @@ impl ReadAfter {
             let now = Instant::now();
             if now >= deadline {
                 metrics::counter!("consistency_wait_timeouts_total").increment(1);
-                return Err(ApiError::NotCaughtUp {
-                    waited_ms: u64::try_from(wanted.wait.as_millis()).unwrap_or(u64::MAX),
-                });
+                return Err(not_caught_up());
             }
             // Only the projection that is behind can make the answer change.
             let until = tokio::time::Instant::now() + RECHECK.min(deadline - now);

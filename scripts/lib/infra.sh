@@ -11,7 +11,8 @@ CACHE_DIR="${ORDERSTREAM_CACHE:-$HOME/.cache/orderstream}"  # survives clones: K
 # broker logs nothing). docker-compose.yml and k8s/ use the same version.
 KAFKA_VERSION="4.4.0"
 LOG4J_VERSION="2.25.5"
-KAFKA_HOME="${KAFKA_HOME:-$CACHE_DIR/kafka-$KAFKA_VERSION}"
+# Ours alone (never a user's KAFKA_HOME): an incomplete install here is removed and redone.
+KAFKA_HOME="$CACHE_DIR/kafka-$KAFKA_VERSION"
 KAFKA_LIBS="$KAFKA_HOME/libs"
 MAVEN_DEPENDENCY_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 # The offline Kubernetes schema validator the deployment tests use, pinned (schemas included).
@@ -176,12 +177,13 @@ start_kafka() {
 }
 
 # stop_kafka NAME: SIGTERM (the broker's shutdown hook flushes and closes its logs cleanly), a
-# SIGKILL after 30 s.
+# SIGKILL after 30 s. Only a process that is this node's broker (a stale pid file may name
+# an unrelated process by now).
 stop_kafka() {
   local dir="$LOCAL_DIR/$1" pid
   [ -f "$dir/pid" ] || return 0
   pid="$(cat "$dir/pid")"
-  if kill -0 "$pid" 2>/dev/null; then
+  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "kafka"; then
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true

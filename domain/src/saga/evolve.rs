@@ -2,6 +2,7 @@
 //! rebuilds the same state.
 
 use super::{Hold, OrderSaga, SagaEvent, SagaPhase, SagaState};
+use crate::order::RejectionReason;
 
 pub(super) fn evolve(state: SagaState, event: &SagaEvent) -> SagaState {
     match (state, event) {
@@ -52,6 +53,19 @@ fn releasing(hold: Hold, attempt: u32) -> Hold {
     }
 }
 
+/// The hold after a failed reservation. A participant that refused recorded its refusal (a
+/// re-sent request gets the same answer): nothing is or will be held. A participant that did
+/// not exist recorded nothing, so the same request re-sent after an orchestrator crash finds
+/// the customer or SKU if it was created meanwhile, and reserves: the hold stays `Requested`
+/// (may become held), so the compensation releases it (a release of nothing is answered as
+/// released).
+fn after_failure(reason: RejectionReason) -> Hold {
+    match reason {
+        RejectionReason::UnknownSku | RejectionReason::UnknownCustomer => Hold::Requested,
+        _ => Hold::Refused,
+    }
+}
+
 pub(super) fn evolve_saga(mut saga: OrderSaga, event: &SagaEvent) -> OrderSaga {
     let mut set_stock = |line: usize, update: &dyn Fn(Hold) -> Hold| {
         if let Some(hold) = saga.stock.get_mut(line) {
@@ -65,7 +79,9 @@ pub(super) fn evolve_saga(mut saga: OrderSaga, event: &SagaEvent) -> OrderSaga {
             saga.phase = SagaPhase::ReservingStock { line: *line };
         }
         SagaEvent::StockReserved { line } => set_stock(*line, &reserved),
-        SagaEvent::StockReservationFailed { line, .. } => set_stock(*line, &|_| Hold::Refused),
+        SagaEvent::StockReservationFailed { line, reason } => {
+            set_stock(*line, &|_| after_failure(*reason))
+        }
         SagaEvent::StockReleaseRequested { line, attempt } => {
             set_stock(*line, &|h| releasing(h, *attempt))
         }
@@ -78,7 +94,7 @@ pub(super) fn evolve_saga(mut saga: OrderSaga, event: &SagaEvent) -> OrderSaga {
             saga.phase = SagaPhase::ReservingCredit;
         }
         SagaEvent::CreditReserved => saga.credit = reserved(saga.credit),
-        SagaEvent::CreditReservationFailed { .. } => saga.credit = Hold::Refused,
+        SagaEvent::CreditReservationFailed { reason } => saga.credit = after_failure(*reason),
         SagaEvent::CreditReleaseRequested { attempt } => {
             saga.credit = releasing(saga.credit, *attempt)
         }

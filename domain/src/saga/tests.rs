@@ -147,7 +147,9 @@ fn out_of_stock_on_the_second_line_releases_the_first_and_rejects() {
 }
 
 #[test]
-fn an_unknown_sku_on_the_first_line_rejects_at_once() {
+fn an_unknown_sku_on_the_first_line_releases_what_a_resent_request_could_still_reserve() {
+    // The unknown SKU appended nothing: the same request re-sent after an orchestrator crash
+    // reserves if the SKU was created meanwhile. So the saga releases it before it rejects.
     Given::given(vec![
         started(),
         SagaEvent::StockReservationRequested { line: 0 },
@@ -164,9 +166,54 @@ fn an_unknown_sku_on_the_first_line_rejects_at_once() {
                 "line 0 (sku apple): unknown sku",
             ),
         },
+        SagaEvent::StockReleaseRequested {
+            line: 0,
+            attempt: 1,
+        },
+    ]);
+}
+
+#[test]
+fn an_unknown_customer_releases_the_credit_a_resent_request_could_still_reserve() {
+    let mut world = World::new(&[("apple", 5), ("pear", 5)], None);
+    world.place(lines(1, 1));
+    world.run();
+    assert!(
+        world
+            .log
+            .contains(&SagaEvent::CreditReleaseRequested { attempt: 1 }),
+        "{:?}",
+        world.log
+    );
+    assert_eq!(
+        world.saga().phase,
+        SagaPhase::Rejected {
+            reason: RejectionReason::UnknownCustomer
+        }
+    );
+}
+
+#[test]
+fn a_refusal_the_participant_recorded_needs_no_release() {
+    Given::given(vec![
+        started(),
+        SagaEvent::StockReservationRequested { line: 0 },
+    ])
+    .when(stock(0, StockReply::OutOfStock))
+    .then(vec![
+        SagaEvent::StockReservationFailed {
+            line: 0,
+            reason: RejectionReason::OutOfStock,
+        },
+        SagaEvent::CompensationStarted {
+            outcome: outcome(
+                RejectionReason::OutOfStock,
+                "line 0 (sku apple): not enough stock",
+            ),
+        },
         reject_requested(
-            RejectionReason::UnknownSku,
-            "line 0 (sku apple): unknown sku",
+            RejectionReason::OutOfStock,
+            "line 0 (sku apple): not enough stock",
         ),
     ]);
 }

@@ -197,6 +197,8 @@ impl<P: Projection> Applier<P> {
                 .execute(&mut *tx)
                 .await?;
         }
+        // A redriven event that turns out to be a loser is recorded, not silently dropped.
+        record(&mut tx, &key, &self.topic, outcome).await?;
         tx.commit().await?;
         Ok(Redriven::Applied(outcome.applied as usize))
     }
