@@ -28,6 +28,7 @@ use platform::telemetry::propagation::{self as telemetry, SpanRole};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
@@ -83,6 +84,11 @@ pub(crate) struct PartitionWorker {
     sagas: HashMap<String, Tracked>,
     started_at: DateTime<Utc>,
     actions: JoinSet<Option<(Source, i64)>>,
+    /// Per saga, the end of its latest participant command: the next one waits for it, so a
+    /// saga's commands reach participants in the order of its events. (A restarted worker
+    /// re-acts on every event past its committed offset at once; unordered, a re-sent
+    /// reservation could land after the re-sent release of the same hold and stay held.)
+    saga_turns: HashMap<String, oneshot::Receiver<()>>,
     stop: CancellationToken,
 }
 
@@ -167,6 +173,7 @@ impl PartitionWorker {
             sagas: HashMap::new(),
             started_at: Utc::now(),
             actions: JoinSet::new(),
+            saga_turns: HashMap::new(),
             stop,
         })
     }
@@ -191,6 +198,10 @@ impl PartitionWorker {
                     }
                 }
                 _ = tick.tick() => {
+                    // Forget the turns of sagas with nothing in flight.
+                    self.saga_turns.retain(|_, turn| {
+                        matches!(turn.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+                    });
                     self.check_deadlines();
                     self.commit().await;
                     self.report();
@@ -388,7 +399,16 @@ impl PartitionWorker {
             &envelope.trace,
         );
         self.begin(Source::Sagas, offset);
+        let previous = self.saga_turns.remove(&saga_id);
+        let (turn_done, turn) = oneshot::channel::<()>();
+        self.saga_turns.insert(saga_id.clone(), turn);
         self.actions.spawn(async move {
+            // This saga's previous command first (its end is signalled when `turn_done` of
+            // that action is dropped, whatever way it ended).
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            let _turn_done = turn_done;
             let sent_at = std::time::Instant::now();
             let command_id = ids::participant_command(&saga_id, &command);
             let reply = sender.perform(command_id, &command, trace.clone(), &stop).await;

@@ -139,8 +139,6 @@ async fn an_orchestrator_killed_after_every_step_finishes_every_saga_exactly_onc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "known bug, issue 16 item 3: after a restart the orchestrator re-sends the reservation \
-            and its release concurrently; when the release lands first the reservation stays held"]
 async fn a_reservation_refused_for_an_unknown_customer_leaves_no_hold_once_the_customer_exists() {
     // The refusal appended nothing. The orchestrator is killed right after the saga records it
     // (before its next commit), the customer is registered, and the restarted orchestrator
