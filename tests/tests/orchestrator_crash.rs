@@ -167,3 +167,33 @@ async fn a_reservation_refused_for_an_unknown_customer_leaves_no_hold_once_the_c
     );
     assert_eq!(stack.stock_of("apple", 0).await, (5, 0, 5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reservation_refused_for_an_unknown_sku_leaves_no_hold_once_the_sku_exists() {
+    // The stock twin of the customer case: the refused reservation appended nothing, the SKU is
+    // stocked while the orchestrator is down, and the restarted orchestrator's re-sent reserve
+    // command now holds stock that the compensation must release.
+    let mut stack = Stack::start().await;
+    let watch = SagaWatch::new(&stack);
+    stack.given_customer("ada", 1_000).await;
+    let order = stack.place_order("ada", &[line("kiwi", 1, 100)]).await;
+    loop {
+        let (_, event_type) = watch.next_of(&order).await;
+        if event_type == "StockReservationFailed" {
+            break;
+        }
+    }
+    stack.kill_orchestrator().await;
+    stack.given_stock("kiwi", 5).await;
+    stack.start_orchestrator().await;
+    let view = stack.settled(&order, REJECTED).await;
+    assert_eq!(view["rejection_reason"], "UNKNOWN_SKU");
+    // Let a re-sent reservation and its release land before looking.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stack.stock_of("kiwi", 0).await,
+        (5, 0, 5),
+        "no stock stays held for a rejected order"
+    );
+    assert_eq!(stack.credit_reserved("ada", 0).await, 0);
+}
