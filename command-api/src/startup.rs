@@ -139,7 +139,6 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let topics = Topics::new(settings.kafka.topic_prefix.clone());
         let partitions = ensure_all_topics(&settings.kafka, &topics).await?;
-        let producer: FutureProducer = producer_config(&settings.kafka).create()?;
         let shutdown = CancellationToken::new();
         let reply_key = format!("command-api-{}", uuid::Uuid::now_v7());
         // The bus gets its own producer with a short delivery timeout: a caller facing a dead
@@ -163,7 +162,6 @@ impl Application {
             &settings.writer_group,
             &settings.writer_kinds,
             partitions,
-            producer,
             shutdown.clone(),
         )?;
         let ready = processor.ready_flag();

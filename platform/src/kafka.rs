@@ -109,3 +109,19 @@ pub fn latency_consumer_config(settings: &KafkaSettings, group_id: &str) -> Clie
     config.set("fetch.wait.max.ms", "5");
     config
 }
+
+/// Settings for a transactional producer: `transactional.id` names the one logical writer it
+/// stands for, so a newer instance initialising the same id fences every older one (their open
+/// transaction is aborted, their later sends and commits refused). A transaction left open by a
+/// crashed writer blocks `read_committed` readers of its partitions until a successor fences it
+/// or `transaction.timeout.ms` passes; 10 s bounds that wait without cutting a healthy batch.
+pub fn transactional_producer_config(
+    settings: &KafkaSettings,
+    transactional_id: &str,
+) -> ClientConfig {
+    let mut config = producer_config(settings);
+    config
+        .set("transactional.id", transactional_id)
+        .set("transaction.timeout.ms", "10000");
+    config
+}

@@ -13,6 +13,9 @@
 //!   long the broker keeps each topic's records.
 //! - [`topic_setup`]: creates missing topics with that retention and the deployment's
 //!   replication; refuses to start on a source-of-truth topic that would delete records.
+//! - [`log_end`]: where a partition's readable records end when transaction markers and aborted
+//!   records take offsets too: read to the end by position, compare a checkpoint with the end
+//!   by what lies between.
 //! - [`envelope`]: event and command metadata carried in Kafka headers (ids, version,
 //!   predecessor, correlation/causation, trace context).
 //! - [`log_order`]: the rule every reader applies to decide which events count: an event is
@@ -34,6 +37,7 @@ pub mod dead_letters;
 pub mod envelope;
 pub mod http;
 pub mod kafka;
+pub mod log_end;
 pub mod log_order;
 pub mod partitioner;
 pub mod resilience;

@@ -185,6 +185,20 @@ impl<P: Projection> Runner<P> {
         self.applier.topic()
     }
 
+    /// Records this runner has moved its stored offsets past (applied, inert, parked, skipped or
+    /// dead-lettered). Not derivable from the offsets: transaction markers take offsets too.
+    pub fn records_handled(&self) -> u64 {
+        self.applier.handled()
+    }
+
+    /// How far this runner's consumer has read `partition`: the offset after the last record
+    /// or transaction marker it served (markers are never handed over, but move the position
+    /// past them). `None` before it read anything there. Not what is applied: consumed batches
+    /// may still be on their way to the database.
+    pub fn position(&self, partition: i32) -> Option<i64> {
+        platform::log_end::position(&*self.consumer, self.applier.topic(), partition)
+    }
+
     /// Kafka's committed offsets only speed up a restart; the stored offsets are the truth.
     async fn resume_from_stored_offsets(&self, partitions: &[i32]) {
         let stored = match self.applier.stored_offsets(partitions).await {

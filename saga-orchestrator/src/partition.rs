@@ -263,7 +263,7 @@ impl PartitionWorker {
             }
         };
         if let Verdict::Loser(reason) = self.logs[source as usize].judge(&envelope, offset) {
-            metrics::counter!("log_order_losers_total", "aggregate" => envelope.aggregate_kind.as_str())
+            metrics::counter!("log_order_rejections_total", "reader" => "saga-orchestrator", "aggregate" => envelope.aggregate_kind.as_str())
                 .increment(1);
             debug!(aggregate_id = %envelope.aggregate_id, ?reason, "inert event (lost in log order)");
             return;

@@ -1,17 +1,19 @@
 //! Command processing: this process joins the `command-writers` consumer group on every
 //! commands topic, and for each partition it is assigned runs one [`writer::Writer`], the
-//! partition's single writer in normal operation. During a handover a former owner may still
-//! append; the log-order rule makes whatever it appends inert, and it never acknowledges a
-//! command whose events lost.
+//! partition's only writer. Writers append in Kafka transactions under a transactional id per
+//! partition, so a former owner is fenced by the broker the moment the new one starts; a revoke
+//! waits until the partition's writer has committed or aborted and stopped (see `group`).
+//!
+//! Layout: this file dispatches commands and rebalances to writers; `group` polls the consumer
+//! group on its own thread; `writer` decides, appends and answers; `models` the write models.
 
+mod group;
 mod models;
 mod writer;
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use domain::customer::CustomerAggregate;
 use domain::inventory::InventoryItem;
@@ -21,15 +23,13 @@ use domain::AggregateKind;
 use platform::config::KafkaSettings;
 use platform::envelope::{CommandEnvelope, EnvelopeError};
 use platform::topics::Topics;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use group::{GroupContext, Polled, REVOKE_WAIT};
 pub use models::{rejection_code, ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SYSTEM};
 use writer::Writer;
 
@@ -57,54 +57,9 @@ pub(crate) struct WriterContext {
     kafka: KafkaSettings,
     topics: Topics,
     partitions: i32,
-    producer: FutureProducer,
-    group: Arc<StreamConsumer<GroupContext>>,
+    /// The group consumer, for the group metadata each transaction commits offsets with.
+    group: Arc<BaseConsumer<GroupContext>>,
     writers_ready: AtomicUsize,
-}
-
-/// Rebalance notifications from librdkafka's thread to the dispatch loop.
-pub(crate) struct GroupContext {
-    changes: mpsc::UnboundedSender<Change>,
-    assigned_once: Arc<AtomicBool>,
-}
-
-enum Change {
-    Assigned(Vec<(String, i32)>),
-    Revoked(Vec<(String, i32)>),
-}
-
-impl ClientContext for GroupContext {
-    /// Lag of the commands topics: what the writers have not handled yet.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        platform::kafka::publish_lag("command-writers", &statistics);
-    }
-}
-
-impl ConsumerContext for GroupContext {
-    /// Writers commit every batch before answering, so nothing is left to commit here.
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            let revoked = list
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_owned(), e.partition()))
-                .collect();
-            let _ = self.changes.send(Change::Revoked(revoked));
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            info!(partitions = list.count(), "command partitions assigned");
-            let assigned = list
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_owned(), e.partition()))
-                .collect();
-            let _ = self.changes.send(Change::Assigned(assigned));
-            self.assigned_once.store(true, Ordering::SeqCst);
-        }
-    }
 }
 
 /// The running processor: readiness and a handle to wait for its end.
@@ -112,7 +67,7 @@ impl ConsumerContext for GroupContext {
 pub struct Processor {
     ready: Arc<AtomicBool>,
     context: Arc<WriterContext>,
-    task: tokio::task::JoinHandle<()>,
+    task: JoinHandle<()>,
 }
 
 impl Processor {
@@ -123,33 +78,42 @@ impl Processor {
         group_id: &str,
         kinds: &[AggregateKind],
         partitions: i32,
-        producer: FutureProducer,
         shutdown: CancellationToken,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let topics = Topics::new(kafka.topic_prefix.clone());
-        let (changes, change_rx) = mpsc::unbounded_channel();
+        let (out, polled) = mpsc::channel(1024);
         let ready = Arc::new(AtomicBool::new(false));
-        let group: StreamConsumer<GroupContext> = platform::kafka::latency_consumer_config(
-            &kafka, group_id,
-        )
-        .create_with_context(GroupContext {
-            changes,
-            assigned_once: ready.clone(),
-        })?;
+        let group: BaseConsumer<GroupContext> =
+            platform::kafka::latency_consumer_config(&kafka, group_id).create_with_context(
+                GroupContext::new(topics.clone(), out.clone(), ready.clone()),
+            )?;
         let command_topics: Vec<String> = kinds.iter().map(|k| topics.commands(*k)).collect();
         let names: Vec<&str> = command_topics.iter().map(String::as_str).collect();
         group.subscribe(&names)?;
         platform::kafka::register_producer("command-writer");
-        platform::kafka::register_producer("command-replies");
+        let group = Arc::new(group);
+        let stop_polling = Arc::new(AtomicBool::new(false));
+        let poller = {
+            let (group, topics, stop) = (group.clone(), topics.clone(), stop_polling.clone());
+            std::thread::Builder::new()
+                .name("command-group".into())
+                .spawn(move || group::poll_until_stopped(group, topics, out, stop))
+                .map_err(|_| rdkafka::error::KafkaError::Canceled)?
+        };
         let context = Arc::new(WriterContext {
             kafka,
             topics,
             partitions,
-            producer,
-            group: Arc::new(group),
+            group,
             writers_ready: AtomicUsize::new(0),
         });
-        let task = tokio::spawn(dispatch(context.clone(), change_rx, shutdown));
+        let dispatching = dispatch(context.clone(), polled, shutdown);
+        let task = tokio::spawn(async move {
+            dispatching.await;
+            stop_polling.store(true, Ordering::SeqCst);
+            let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+            info!("command processor stopped");
+        });
         Ok(Self {
             ready,
             context,
@@ -169,108 +133,143 @@ impl Processor {
         move || context.writers_ready.load(Ordering::SeqCst)
     }
 
-    /// Waits until the dispatch loop and every writer have finished and offsets are committed.
+    /// Waits until the dispatch loop and every writer have finished, their transactions are
+    /// committed, and this process has left the group.
     pub async fn stopped(self) {
         let _ = self.task.await;
     }
 }
 
-type Senders = HashMap<(AggregateKind, i32), mpsc::Sender<IncomingCommand>>;
+/// A partition's writer as the dispatcher sees it.
+struct RunningWriter {
+    commands: mpsc::Sender<IncomingCommand>,
+    /// Cancelled on revoke: the writer finishes or aborts its transaction and drops the rest.
+    revoked: CancellationToken,
+    /// Set by a writer the broker fenced: it takes no more commands; the next assignment of
+    /// the partition starts a fresh one (restarting it at once would fence the new owner).
+    fenced: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+type Writers = HashMap<(AggregateKind, i32), RunningWriter>;
 
 async fn dispatch(
     context: Arc<WriterContext>,
-    mut changes: mpsc::UnboundedReceiver<Change>,
+    mut polled: mpsc::Receiver<Polled>,
     shutdown: CancellationToken,
 ) {
-    let mut senders: Senders = HashMap::new();
-    let mut writers = JoinSet::new();
+    let mut writers: Writers = HashMap::new();
     loop {
-        tokio::select! {
+        let next = tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(change) = changes.recv() => match change {
-                // Rebuild state as soon as a partition is ours, not on its first command.
-                Change::Assigned(assigned) => {
-                    for (topic, partition) in assigned {
-                        if let Some(kind) = context.topics.kind_of_commands(&topic) {
-                            writer(&mut senders, &mut writers, &context, kind, partition);
-                        }
-                    }
+            next = polled.recv() => next,
+        };
+        match next {
+            None => break,
+            // Rebuild state as soon as a partition is ours, not on its first command.
+            Some(Polled::Assigned(assigned)) => {
+                for (kind, partition) in assigned {
+                    writer(&mut writers, &context, kind, partition, Fenced::Replace);
                 }
-                Change::Revoked(revoked) => {
-                    for (topic, partition) in revoked {
-                        if let Some(kind) = context.topics.kind_of_commands(&topic) {
-                            // Dropping the sender lets the writer finish its batch and stop.
-                            senders.remove(&(kind, partition));
-                        }
-                    }
+            }
+            Some(Polled::Revoked { partitions, done }) => {
+                let stopping: Vec<JoinHandle<()>> = partitions
+                    .iter()
+                    .filter_map(|key| writers.remove(key))
+                    .map(|running| {
+                        running.revoked.cancel();
+                        running.task
+                    })
+                    .collect();
+                let all = futures::future::join_all(stopping);
+                if tokio::time::timeout(REVOKE_WAIT, all).await.is_err() {
+                    warn!("a revoked writer is still busy; the new owner will fence it");
                 }
-            },
-            received = context.group.recv() => match received {
-                Ok(message) => {
-                    let Some(kind) = context.topics.kind_of_commands(message.topic()) else { continue };
-                    let partition = message.partition();
-                    let incoming = IncomingCommand {
-                        offset: message.offset(),
-                        envelope: CommandEnvelope::from_headers(message.headers()),
-                        payload: message.payload().map(<[u8]>::to_vec),
-                    };
-                    let Some(sender) = writer(&mut senders, &mut writers, &context, kind, partition) else { continue };
-                    if sender.send(incoming).await.is_err() {
-                        warn!(%kind, partition, "writer ended unexpectedly; restarting it");
-                        senders.remove(&(kind, partition));
-                    }
+                let _ = done.send(());
+            }
+            Some(Polled::Command {
+                kind,
+                partition,
+                incoming,
+            }) => {
+                let running = writer(&mut writers, &context, kind, partition, Fenced::Keep);
+                if running.fenced.load(Ordering::SeqCst) {
+                    continue;
                 }
-                Err(error) => {
-                    warn!(%error, "command consumer error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                if running.commands.send(incoming).await.is_err() {
+                    warn!(%kind, partition, "writer ended unexpectedly; restarting it");
+                    writers.remove(&(kind, partition));
                 }
-            },
-            Some(_) = writers.join_next(), if !writers.is_empty() => {}
+            }
         }
     }
-    // Graceful stop: writers finish (and commit) their current batch, then we leave the group.
-    senders.clear();
-    while writers.join_next().await.is_some() {}
-    context.group.unsubscribe();
-    info!("command processor stopped");
+    // Graceful stop: writers handle what is queued (each batch committed), then stop. Only
+    // then may the group thread leave the group.
+    drop(polled);
+    let tasks: Vec<JoinHandle<()>> = writers.into_values().map(|w| w.task).collect();
+    futures::future::join_all(tasks).await;
 }
 
-/// The sender of a partition's writer, started on first use; `None` for a kind without writers.
+/// What to do with a writer the broker fenced.
+enum Fenced {
+    /// Keep it (it takes no commands): starting a new one now would fence the writer that
+    /// fenced it, which owns the partition, and the two would fence each other in turn.
+    Keep,
+    /// Replace it: the group has just assigned the partition to this process again.
+    Replace,
+}
+
+/// The partition's writer, started on first use, after it ended, or on a new assignment after
+/// it was fenced.
 fn writer<'a>(
-    senders: &'a mut Senders,
-    writers: &mut JoinSet<()>,
+    writers: &'a mut Writers,
     context: &Arc<WriterContext>,
     kind: AggregateKind,
     partition: i32,
-) -> Option<&'a mut mpsc::Sender<IncomingCommand>> {
-    match senders.entry((kind, partition)) {
-        Entry::Occupied(entry) => Some(entry.into_mut()),
-        Entry::Vacant(entry) => {
-            spawn_writer(writers, context.clone(), kind, partition).map(|tx| entry.insert(tx))
+    when_fenced: Fenced,
+) -> &'a mut RunningWriter {
+    let key = (kind, partition);
+    let stale = writers.get(&key).is_some_and(|w| {
+        let fenced = w.fenced.load(Ordering::SeqCst);
+        match when_fenced {
+            Fenced::Replace => fenced || w.task.is_finished(),
+            Fenced::Keep => !fenced && w.task.is_finished(),
         }
+    });
+    if stale {
+        writers.remove(&key);
     }
+    writers
+        .entry(key)
+        .or_insert_with(|| spawn_writer(context.clone(), kind, partition))
 }
 
-fn spawn_writer(
-    writers: &mut JoinSet<()>,
-    context: Arc<WriterContext>,
-    kind: AggregateKind,
-    partition: i32,
-) -> Option<mpsc::Sender<IncomingCommand>> {
-    let (tx, rx) = mpsc::channel(1024);
-    match kind {
-        AggregateKind::Customer => {
-            writers.spawn(Writer::<CustomerAggregate>::run(context, partition, rx))
-        }
-        AggregateKind::InventoryItem => {
-            writers.spawn(Writer::<InventoryItem>::run(context, partition, rx))
-        }
-        AggregateKind::Order => {
-            writers.spawn(Writer::<OrderAggregate>::run(context, partition, rx))
-        }
-        AggregateKind::OrderSaga => {
-            writers.spawn(Writer::<OrderSagaAggregate>::run(context, partition, rx))
-        }
+fn spawn_writer(context: Arc<WriterContext>, kind: AggregateKind, partition: i32) -> RunningWriter {
+    let (commands, rx) = mpsc::channel(1024);
+    let revoked = CancellationToken::new();
+    let fenced = Arc::new(AtomicBool::new(false));
+    let lifecycle = writer::Lifecycle {
+        revoked: revoked.clone(),
+        fenced: fenced.clone(),
     };
-    Some(tx)
+    let task = match kind {
+        AggregateKind::Customer => tokio::spawn(Writer::<CustomerAggregate>::run(
+            context, partition, rx, lifecycle,
+        )),
+        AggregateKind::InventoryItem => tokio::spawn(Writer::<InventoryItem>::run(
+            context, partition, rx, lifecycle,
+        )),
+        AggregateKind::Order => tokio::spawn(Writer::<OrderAggregate>::run(
+            context, partition, rx, lifecycle,
+        )),
+        AggregateKind::OrderSaga => tokio::spawn(Writer::<OrderSagaAggregate>::run(
+            context, partition, rx, lifecycle,
+        )),
+    };
+    RunningWriter {
+        commands,
+        revoked,
+        fenced,
+        task,
+    }
 }

@@ -16,9 +16,8 @@ use command_api::config::Settings;
 use command_api::startup::Application;
 use domain::AggregateKind;
 use platform::envelope::EventEnvelope;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use platform::log_end::LogEnds;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -205,36 +204,39 @@ pub struct Stored {
     pub payload: Vec<u8>,
 }
 
-/// Every record currently in `topic` (all partitions, up to the high watermarks).
+/// Every committed record currently in `topic` (all partitions), oldest first per partition.
 pub async fn read_all(kafka: &TestKafka, topic: &str) -> Vec<Stored> {
-    let consumer: StreamConsumer = kafka.consumer(
-        &kafka.group(&format!("reader-{}", uuid::Uuid::new_v4())),
-        &[],
+    let (kafka, topic) = (kafka.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || read_committed(&kafka, &topic))
+        .await
+        .expect("reader thread")
+}
+
+/// Every committed record in `topic` once no transaction is open on it (a commit returns
+/// before its markers are written, and until then its records are past the end a
+/// `read_committed` reader gets to), read until the reader's position reaches every
+/// partition's end: commit markers and aborted records take offsets no record is read at, so
+/// neither "a record at `high - 1` arrived" nor "`high - low` records arrived" ever holds.
+fn read_committed(kafka: &TestKafka, topic: &str) -> Vec<Stored> {
+    let ends = LogEnds::new(&kafka.settings).expect("reader");
+    let extents = ends
+        .settled(topic, Duration::from_secs(15))
+        .expect("watermarks");
+    assert!(
+        !extents.is_empty(),
+        "no partitions of {topic} in the metadata"
     );
-    let mut list = TopicPartitionList::new();
-    let mut expected = 0;
-    for p in 0..PARTITIONS {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks");
-        expected += high - low;
-        list.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&list).unwrap();
-    let mut out = Vec::new();
-    while (out.len() as i64) < expected {
-        let message = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
-            .await
-            .expect("records in time")
-            .expect("consume");
-        out.push(Stored {
+    let mut out: Vec<Stored> = ends
+        .read_to_end(topic, &extents, Duration::from_secs(20))
+        .expect("records in time")
+        .iter()
+        .map(|message| Stored {
             partition: message.partition(),
             offset: message.offset(),
-            envelope: EventEnvelope::from_headers(message.headers()).ok(),
+            envelope: EventEnvelope::from_headers(message.headers().map(|h| h.as_borrowed())).ok(),
             payload: message.payload().unwrap_or_default().to_vec(),
-        });
-    }
+        })
+        .collect();
     out.sort_by_key(|s| (s.partition, s.offset));
     out
 }
@@ -243,17 +245,10 @@ pub async fn events(kafka: &TestKafka, kind: AggregateKind) -> Vec<Stored> {
     read_all(kafka, &kafka.topics().events(kind)).await
 }
 
-/// Records in a topic right now, without reading them.
+/// Committed records in a topic right now. Read and counted: `high - low` would count
+/// transaction markers and aborted records too.
 pub fn count(kafka: &TestKafka, topic: &str) -> i64 {
-    let consumer: StreamConsumer = kafka.consumer(&kafka.group("counter"), &[]);
-    (0..PARTITIONS)
-        .map(|p| {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks");
-            high - low
-        })
-        .sum()
+    read_committed(kafka, topic).len() as i64
 }
 
 /// Events appended across every aggregate topic.

@@ -24,6 +24,7 @@ use platform::telemetry::exporting_traces;
 use platform::telemetry::propagation::{record_span, SpanRole};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -227,6 +228,10 @@ pub struct Applier<P: Projection> {
     generation: Generation,
     /// A rebuild's rows as written (none for the live generation, which others write too).
     cache: Option<Mutex<RowCache<P::Row>>>,
+    /// Records whose offsets this applier's committed transactions moved past (applied, inert,
+    /// parked, skipped or dead-lettered): what a rebuild reports as its events. Stored offsets
+    /// cannot say it: transaction markers and aborted records take offsets too.
+    handled: AtomicU64,
     _projection: PhantomData<P>,
 }
 
@@ -260,8 +265,14 @@ impl<P: Projection> Applier<P> {
                     Some(Mutex::new(RowCache::for_empty_table(REBUILD_CACHE_ROWS)))
                 }
             },
+            handled: AtomicU64::new(0),
             _projection: PhantomData,
         }
+    }
+
+    /// Records this applier has moved past so far (see the field).
+    pub fn handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
     }
 
     /// The events topic this projection reads.
@@ -400,6 +411,8 @@ impl<P: Projection> Applier<P> {
             .await
             .map_err(ApplyError::DeadLetters)?;
         tx.commit().await?;
+        self.handled
+            .fetch_add(fresh.len() as u64, Ordering::Relaxed);
         if let Some(cache) = &self.cache {
             cache
                 .lock()
@@ -534,6 +547,10 @@ impl<P: Projection> Applier<P> {
             if kind == "version-gap" {
                 error!(projection = P::NAME, aggregate_id = %key, %detail, "version gap: event not applied");
             }
+            // With fenced writers this never fires; it is the alarm for a deployment that lets
+            // two writers append to one partition.
+            metrics::counter!("log_order_rejections_total", "reader" => P::NAME, "reason" => kind)
+                .increment(1);
             outcome.anomalies.push(Anomaly {
                 partition,
                 offset,
@@ -611,6 +628,7 @@ impl<P: Projection> Applier<P> {
             .await
             .map_err(ApplyError::DeadLetters)?;
         tx.commit().await?;
+        self.handled.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("dead_letters_total", "consumer" => P::NAME).increment(1);
         Ok(())
     }

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
 use platform::config::KafkaSettings;
+use platform::log_end::LogEnds;
 use platform::topics::Topics;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 
 use crate::applier::{Applier, Generation, Redriven, Skipped};
@@ -19,9 +18,7 @@ use crate::projections::{self, ForProjection};
 /// Every record currently on the dead-letter topics (or one of them).
 pub fn dlq_list(kafka: &KafkaSettings, only: Option<&str>) -> anyhow::Result<()> {
     let topics = Topics::new(kafka.topic_prefix.clone());
-    let consumer: BaseConsumer =
-        platform::kafka::consumer_config(kafka, &format!("{}.dlq-reader", kafka.topic_prefix))
-            .create()?;
+    let ends = LogEnds::new(kafka)?;
     println!(
         "{:<36} {:>6} {:<32} {:>9} {:>8} {:>8}  ERROR",
         "DLQ TOPIC", "OFFSET", "SOURCE", "PARTITION", "OFFSET", "ATTEMPTS"
@@ -31,27 +28,10 @@ pub fn dlq_list(kafka: &KafkaSettings, only: Option<&str>) -> anyhow::Result<()>
         if only.is_some_and(|o| o != dlq && o != source) {
             continue;
         }
-        let Ok(metadata) = consumer.fetch_metadata(Some(&dlq), Duration::from_secs(5)) else {
+        let Ok(extents) = ends.extents(&dlq, Duration::from_secs(5)) else {
             continue;
         };
-        let partitions = metadata
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len());
-        let mut list = TopicPartitionList::new();
-        let mut remaining = 0;
-        for partition in 0..i32::try_from(partitions).unwrap_or(0) {
-            let (low, high) = consumer.fetch_watermarks(&dlq, partition, Duration::from_secs(5))?;
-            remaining += high - low;
-            list.add_partition_offset(&dlq, partition, Offset::Beginning)?;
-        }
-        consumer.assign(&list)?;
-        while remaining > 0 {
-            let Some(message) = consumer.poll(Duration::from_secs(5)) else {
-                break;
-            };
-            let message = message?;
-            remaining -= 1;
+        for message in ends.read_to_end(&dlq, &extents, READ_STALL)? {
             let header = |name: &str| {
                 message
                     .headers()
@@ -74,36 +54,17 @@ pub fn dlq_list(kafka: &KafkaSettings, only: Option<&str>) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The records on a dead-letter topic, oldest first.
-fn read_dead_letters(
-    kafka: &KafkaSettings,
-    dlq: &str,
-) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>> {
-    let consumer: BaseConsumer =
-        platform::kafka::consumer_config(kafka, &format!("{}.dlq-reader", kafka.topic_prefix))
-            .create()?;
-    let metadata = consumer.fetch_metadata(Some(dlq), Duration::from_secs(5))?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len());
-    let mut list = TopicPartitionList::new();
-    let mut remaining = 0;
-    for partition in 0..i32::try_from(partitions).unwrap_or(0) {
-        let (low, high) = consumer.fetch_watermarks(dlq, partition, Duration::from_secs(5))?;
-        remaining += high - low;
-        list.add_partition_offset(dlq, partition, Offset::Beginning)?;
-    }
-    consumer.assign(&list)?;
-    let mut out = Vec::new();
-    while remaining > 0 {
-        let Some(message) = consumer.poll(Duration::from_secs(5)) else {
-            break;
-        };
-        out.push(message?.detach());
-        remaining -= 1;
-    }
-    Ok(out)
+/// How long reading a dead-letter topic may go without a record or a position moving.
+const READ_STALL: Duration = Duration::from_secs(5);
+
+/// The records on a dead-letter topic, oldest first per partition. Read until the reader's
+/// position reaches each partition's end, not by counting `high - low` records: dead letters
+/// are written outside transactions today, but a marker or aborted record would take an offset
+/// no record is read at.
+fn read_dead_letters(kafka: &KafkaSettings, dlq: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+    let ends = LogEnds::new(kafka)?;
+    let extents = ends.extents(dlq, Duration::from_secs(5))?;
+    Ok(ends.read_to_end(dlq, &extents, READ_STALL)?)
 }
 
 /// A dead letter as operators act on it.

@@ -7,20 +7,18 @@ mod dlq;
 use std::time::Duration;
 
 use platform::config::KafkaSettings;
+use platform::log_end::{Gap, LogEnds};
 use platform::topics::Topics;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
 use sqlx::{PgPool, Row};
 
 use crate::projections;
 pub use dlq::{dlq_list, dlq_redrive, dlq_skip};
 
-/// Checkpoint and lag per projection and partition, parked aggregates and anomalies.
+/// Checkpoint and lag per projection and partition, parked aggregates and anomalies. HEAD is
+/// the last stable offset (what a projection can read); LAG is in offsets, see [`lag_of`].
 pub async fn status(pool: &PgPool, kafka: &KafkaSettings) -> anyhow::Result<()> {
     let topics = Topics::new(kafka.topic_prefix.clone());
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .create()?;
+    let ends = LogEnds::new(kafka)?;
     println!(
         "{:<12} {:<32} {:>9} {:>12} {:>12} {:>8}",
         "PROJECTION", "TOPIC", "PARTITION", "CHECKPOINT", "HEAD", "LAG"
@@ -30,13 +28,8 @@ pub async fn status(pool: &PgPool, kafka: &KafkaSettings) -> anyhow::Result<()> 
             continue;
         };
         let topic = topics.events(kind);
-        let metadata = client.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len());
-        for partition in 0..i32::try_from(partitions).unwrap_or(0) {
-            let (_, head) = client.fetch_watermarks(&topic, partition, Duration::from_secs(5))?;
+        for extent in ends.extents(&topic, Duration::from_secs(5))? {
+            let (partition, head) = (extent.partition, extent.end);
             let checkpoint: i64 = sqlx::query("SELECT o.next_offset FROM projection_offsets o JOIN projection_generations g ON o.projection = projection_key(g.projection, g.generation) WHERE g.projection = $1 AND o.topic = $2 AND o.partition = $3")
                 .bind(name)
                 .bind(&topic)
@@ -46,10 +39,8 @@ pub async fn status(pool: &PgPool, kafka: &KafkaSettings) -> anyhow::Result<()> 
                 .map(|r| r.try_get("next_offset"))
                 .transpose()?
                 .unwrap_or(0);
-            println!(
-                "{name:<12} {topic:<32} {partition:>9} {checkpoint:>12} {head:>12} {:>8}",
-                head - checkpoint
-            );
+            let lag = lag_of(&ends, &topic, partition, checkpoint, head)?;
+            println!("{name:<12} {topic:<32} {partition:>9} {checkpoint:>12} {head:>12} {lag:>8}");
         }
     }
     let parked: i64 = sqlx::query("SELECT count(*) AS n FROM parked_aggregates")
@@ -75,4 +66,27 @@ pub async fn status(pool: &PgPool, kafka: &KafkaSettings) -> anyhow::Result<()> 
         );
     }
     Ok(())
+}
+
+/// Offsets between a checkpoint and the head. Transaction markers and aborted records take
+/// offsets too, and a checkpoint is the last applied record's offset + 1, so a projection that
+/// applied everything stays below a head that ends with a commit marker: LAG is 0 when nothing
+/// but markers and aborted records lies between (read to find out), and otherwise counts them
+/// with the records left (an upper bound).
+fn lag_of(
+    ends: &LogEnds,
+    topic: &str,
+    partition: i32,
+    checkpoint: i64,
+    head: i64,
+) -> anyhow::Result<i64> {
+    if checkpoint >= head {
+        return Ok(0);
+    }
+    let gap = ends.gap(topic, partition, checkpoint, head, Duration::from_secs(5))?;
+    Ok(if gap == Gap::Empty {
+        0
+    } else {
+        head - checkpoint
+    })
 }

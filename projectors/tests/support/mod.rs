@@ -15,10 +15,11 @@ use std::time::Duration;
 use chrono::Utc;
 use domain::{AggregateKind, Version};
 use platform::envelope::{EventEnvelope, Trace};
+use platform::log_end::{Extent, Gap, LogEnds};
 use platform::partitioner::partition_for;
 use projectors::app::MIGRATOR;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use schemas::WireRecord;
 use sqlx::PgPool;
 use test_harness::{TestDatabase, TestKafka};
@@ -56,48 +57,95 @@ impl World {
         &self.db.pool
     }
 
-    /// Waits until every projection has applied everything written so far.
+    /// Waits until every projection has applied everything written so far: each checkpoint
+    /// reaches the partition's end, or only transaction markers and aborted records lie between
+    /// (a checkpoint is the last applied record's offset + 1, so it stays below an end that a
+    /// commit marker takes). The ends are read once the topics settle, so a transaction whose
+    /// commit returned but whose markers are not written yet is waited for.
     pub async fn caught_up(&self) {
-        let topics = self.kafka.topics();
-        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.settings.brokers)
-            .create()
-            .unwrap();
+        let ends = std::sync::Arc::new(LogEnds::new(&self.kafka.settings).unwrap());
         for _ in 0..600 {
-            let mut behind = false;
-            for name in projectors::projections::ALL {
-                let kind = projectors::projections::kind_of(name).unwrap();
-                let topic = topics.events(kind);
-                for partition in 0..PARTITIONS {
-                    let (_, high) = rdkafka::consumer::Consumer::fetch_watermarks(
-                        &consumer,
-                        &topic,
-                        partition,
-                        Duration::from_secs(5),
-                    )
-                    .unwrap();
-                    let stored: Option<i64> = sqlx::query_scalar("SELECT o.next_offset FROM projection_offsets o JOIN projection_generations g ON o.projection = projection_key(g.projection, g.generation) WHERE g.projection = $1 AND o.topic = $2 AND o.partition = $3")
-                        .bind(name)
-                        .bind(&topic)
-                        .bind(partition)
-                        .fetch_optional(self.pool())
-                        .await
-                        .unwrap();
-                    behind |= stored.unwrap_or(0) < high;
-                }
-            }
-            if !behind {
+            if self.all_applied(&ends).await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("projections did not catch up");
     }
+
+    /// Waits (up to 10 s per topic) until no transaction is open on any events topic: a
+    /// transaction's commit returns before its markers are written, and until they are, its
+    /// records lie past the end a `read_committed` reader (or a rebuild) gets to.
+    pub async fn settle(&self) {
+        let ends = std::sync::Arc::new(LogEnds::new(&self.kafka.settings).unwrap());
+        for topic in self.kafka.topics().all_events() {
+            settled(&ends, &topic).await;
+        }
+    }
+
+    /// Whether every projection's checkpoint is at the end of every partition.
+    async fn all_applied(&self, ends: &std::sync::Arc<LogEnds>) -> bool {
+        let topics = self.kafka.topics();
+        for name in projectors::projections::ALL {
+            let kind = projectors::projections::kind_of(name).unwrap();
+            let topic = topics.events(kind);
+            let extents = settled(ends, &topic).await;
+            if extents.is_empty() {
+                return false; // metadata not read: every topic has partitions
+            }
+            for extent in extents {
+                let stored: Option<i64> = sqlx::query_scalar("SELECT o.next_offset FROM projection_offsets o JOIN projection_generations g ON o.projection = projection_key(g.projection, g.generation) WHERE g.projection = $1 AND o.topic = $2 AND o.partition = $3")
+                    .bind(name)
+                    .bind(&topic)
+                    .bind(extent.partition)
+                    .fetch_optional(self.pool())
+                    .await
+                    .unwrap();
+                if !at_end(ends, &topic, extent, stored.unwrap_or(0)).await {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The extents of `topic` once no transaction is open on it (or as they are after 10 s).
+async fn settled(ends: &std::sync::Arc<LogEnds>, topic: &str) -> Vec<Extent> {
+    let (ends, topic) = (ends.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || ends.settled(&topic, Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Whether a checkpoint `stored` is at the end of `extent`: nothing committed lies between.
+async fn at_end(ends: &std::sync::Arc<LogEnds>, topic: &str, extent: Extent, stored: i64) -> bool {
+    if stored >= extent.end {
+        return true;
+    }
+    let (ends, topic) = (ends.clone(), topic.to_owned());
+    let gap = tokio::task::spawn_blocking(move || {
+        ends.gap(
+            &topic,
+            extent.partition,
+            stored,
+            extent.end,
+            Duration::from_secs(5),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    gap == Gap::Empty
 }
 
 /// Appends events as a writer would.
 pub struct EventLog {
     producer: FutureProducer,
+    /// Every append is a transaction of its own, as partition writers append (see
+    /// [`EventLog::transactional`]); otherwise records are appended plainly.
+    transactional: bool,
     kafka: TestKafka,
     heads: HashMap<(AggregateKind, String), (u64, Uuid)>,
 }
@@ -111,6 +159,33 @@ impl EventLog {
     fn new(kafka: &TestKafka) -> Self {
         Self {
             producer: kafka.producer(),
+            transactional: false,
+            kafka: kafka.clone(),
+            heads: HashMap::new(),
+        }
+    }
+
+    /// A writer that appends each record in a Kafka transaction of its own, as partition
+    /// writers do: a commit marker follows every record, so offsets are not contiguous and every
+    /// partition written ends with a marker.
+    pub async fn transactional(kafka: &TestKafka) -> Self {
+        let id = format!(
+            "{}.test-writer-{}",
+            kafka.settings.topic_prefix,
+            Uuid::new_v4()
+        );
+        let producer: FutureProducer = platform::kafka::producer_config(&kafka.settings)
+            .set("transactional.id", &id)
+            .create()
+            .unwrap();
+        let init = producer.clone();
+        tokio::task::spawn_blocking(move || init.init_transactions(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .unwrap();
+        Self {
+            producer,
+            transactional: true,
             kafka: kafka.clone(),
             heads: HashMap::new(),
         }
@@ -154,8 +229,67 @@ impl EventLog {
             .await
     }
 
-    /// Any record at all, on the aggregate's partition (or partition 0 without a key).
+    /// Any record at all, on the aggregate's partition (or partition 0 without a key), in a
+    /// transaction of its own if the log is transactional.
     pub async fn raw(
+        &self,
+        kind: AggregateKind,
+        key: Option<&str>,
+        headers: Option<OwnedHeaders>,
+        payload: &[u8],
+    ) -> i64 {
+        if self.transactional {
+            self.producer.begin_transaction().unwrap();
+        }
+        let offset = self.send(kind, key, headers, payload).await;
+        if self.transactional {
+            self.end_transaction(true).await;
+        }
+        offset
+    }
+
+    /// Appends `event` in a transaction that is then aborted, as a fenced or failed writer
+    /// leaves its batch: the record and the abort marker take offsets that no reader is handed,
+    /// and the aggregate's next event gets the same version. Only on a transactional log.
+    pub async fn append_aborted<E: WireRecord>(
+        &mut self,
+        kind: AggregateKind,
+        id: &str,
+        event: E,
+    ) -> i64 {
+        assert!(self.transactional, "only a transactional log aborts");
+        let head = (kind, id.to_owned());
+        let before = self.heads.get(&head).copied();
+        let envelope = self.next_envelope(kind, id, &event);
+        match before {
+            Some(before) => self.heads.insert(head, before),
+            None => self.heads.remove(&head),
+        };
+        let payload = schemas::encode(&event).unwrap();
+        self.producer.begin_transaction().unwrap();
+        let offset = self
+            .send(kind, Some(id), Some(envelope.to_headers()), &payload)
+            .await;
+        self.end_transaction(false).await;
+        offset
+    }
+
+    /// Commits or aborts the open transaction (librdkafka blocks until the broker answered).
+    async fn end_transaction(&self, commit: bool) {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            if commit {
+                producer.commit_transaction(Duration::from_secs(30))
+            } else {
+                producer.abort_transaction(Duration::from_secs(30))
+            }
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    }
+
+    async fn send(
         &self,
         kind: AggregateKind,
         key: Option<&str>,

@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 use domain::AggregateKind;
 use platform::auth::Auth;
 use platform::envelope::EventEnvelope;
+use platform::log_end::LogEnds;
 use process::ServiceProcess;
-use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use test_harness::{TestDatabase, TestKafka};
@@ -613,33 +612,36 @@ impl Stack {
             .collect()
     }
 
-    /// The envelopes of the aggregate's events that count (log order), oldest first.
+    /// The envelopes of the aggregate's events that count (log order), oldest first. Reads its
+    /// partition once no transaction is open on it, until the reader's position reaches the
+    /// end: the offset after the last event stays short of the end when a commit marker or
+    /// aborted records come last.
     pub async fn accepted_events(
         &self,
         kind: AggregateKind,
         aggregate_id: &str,
     ) -> Vec<EventEnvelope> {
         let topic = self.kafka.topics().events(kind);
-        let consumer = self.kafka.consumer(&self.kafka.group("events-of"), &[]);
         let partition = platform::partitioner::partition_for(aggregate_id.as_bytes(), PARTITIONS);
-        let (_, high) = consumer
-            .fetch_watermarks(&topic, partition, Duration::from_secs(5))
-            .unwrap();
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&topic, partition, Offset::Beginning)
-            .unwrap();
-        consumer.assign(&assignment).unwrap();
+        let ends = LogEnds::new(&self.kafka.settings).unwrap();
+        let records = tokio::task::spawn_blocking(move || {
+            let extents: Vec<_> = ends
+                .settled(&topic, Duration::from_secs(15))
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.partition == partition)
+                .collect();
+            assert_eq!(extents.len(), 1, "partition {partition} of {topic}");
+            ends.read_to_end(&topic, &extents, Duration::from_secs(10))
+                .unwrap()
+        })
+        .await
+        .unwrap();
         let mut judge = platform::log_order::LogOrder::default();
         let mut accepted_events = vec![];
-        let mut next = 0;
-        while next < high {
-            let message = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
-                .await
-                .unwrap()
-                .unwrap();
-            next = message.offset() + 1;
-            let envelope = EventEnvelope::from_headers(message.headers()).unwrap();
+        for message in records {
+            let envelope =
+                EventEnvelope::from_headers(message.headers().map(|h| h.as_borrowed())).unwrap();
             let accepted =
                 judge.judge(&envelope, message.offset()) == platform::log_order::Verdict::Accepted;
             if accepted && envelope.aggregate_id == aggregate_id {

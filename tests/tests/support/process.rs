@@ -120,6 +120,11 @@ impl ServiceProcess {
         panic!("{}: {what} never showed in:\n{text}", self.binary.name);
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Sends SIGTERM (what an orchestrator such as Kubernetes sends before it kills).
     pub fn terminate(&self) {
         let pid = self

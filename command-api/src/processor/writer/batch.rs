@@ -1,5 +1,8 @@
-//! A batch of commands: plan each, append every event, learn what the log made of them, commit,
-//! answer.
+//! A batch of commands in one transaction: plan each, append every event, check they landed
+//! right after what the writer has read, answer, commit the command offsets, commit. A batch
+//! that cannot commit is aborted (nothing of it becomes visible, no answer is seen) and tried
+//! again on the log as it then is, until it commits, the partition is revoked, or the writer is
+//! fenced.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -7,22 +10,23 @@ use std::time::Duration;
 use domain::{Current, Version};
 use futures::future::join_all;
 use platform::envelope::EventEnvelope;
-use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::wire::reply::Position;
 use schemas::{CommandReply, ReplyOutcome};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 use uuid::Uuid;
 
 use crate::processor::models::WriteModel;
 use crate::processor::IncomingCommand;
 
-use super::replies::{accepted, answer, command_id, outcome_label, unavailable};
+use super::replies::{accepted, answer, command_id, outcome_label};
+use super::transaction::{self, TransactionFailure};
 use super::Writer;
 
-/// How long the writer waits to read its own events back before answering "unavailable".
-const READ_BACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest pause between two attempts of a batch that did not commit.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 
 /// One planned answer per command of a batch.
 pub(super) enum Plan {
@@ -41,13 +45,78 @@ pub(super) struct PendingEvent {
     pub(super) payload: Vec<u8>,
 }
 
+/// How a batch ended.
+pub(super) enum Handled {
+    /// Committed: its events count and its answers are visible.
+    Committed,
+    /// The partition was revoked before the batch could commit: nothing of it is visible; the
+    /// new owner handles its commands.
+    Abandoned,
+    /// A newer writer fenced this one: nothing of the batch is visible.
+    Fenced,
+}
+
+/// An attempt that did not commit, and whether it changed the writer's state (then the state
+/// is rebuilt from the log before the next attempt).
+struct Failed {
+    failure: TransactionFailure,
+    state_touched: bool,
+}
+
 impl<A: WriteModel> Writer<A>
 where
     A::Event: schemas::WireRecord + Send + Sync,
     A::Command: schemas::WireRecord + Clone + Send + Sync,
     A::State: Send + Sync,
 {
-    pub(super) async fn handle(&mut self, batch: Vec<IncomingCommand>) {
+    pub(super) async fn handle(
+        &mut self,
+        batch: Vec<IncomingCommand>,
+        revoked: &CancellationToken,
+    ) -> Handled {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let Failed {
+                failure,
+                state_touched,
+            } = match self.attempt(&batch).await {
+                Ok(()) => return Handled::Committed,
+                Err(failed) => failed,
+            };
+            if matches!(failure, TransactionFailure::Fenced(_)) {
+                return Handled::Fenced;
+            }
+            metrics::counter!("writer_transactions_aborted_total", "aggregate" => A::KIND.as_str())
+                .increment(1);
+            warn!(kind = %A::KIND, partition = self.partition, error = %failure, "batch aborted; trying again on the log as it is now");
+            if revoked.is_cancelled() {
+                return Handled::Abandoned;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = revoked.cancelled() => return Handled::Abandoned,
+            }
+            pause = (pause * 2).min(MAX_RETRY_PAUSE);
+            if let Err(error) = self.resynchronise(state_touched).await {
+                warn!(kind = %A::KIND, partition = self.partition, %error, "could not read the partition again");
+            }
+        }
+    }
+
+    /// After an abort: a state that judged the aborted events is rebuilt from the log (a fresh
+    /// writer, which also fences this producer's own leftovers); otherwise reading what others
+    /// appended is enough.
+    async fn resynchronise(&mut self, state_touched: bool) -> Result<(), super::WriterError> {
+        if state_touched {
+            *self = Self::start(self.ctx.clone(), self.partition).await?;
+            Ok(())
+        } else {
+            self.catch_up(Duration::from_secs(10)).await
+        }
+    }
+
+    /// One transaction for the whole batch.
+    async fn attempt(&mut self, batch: &[IncomingCommand]) -> Result<(), Failed> {
         self.absorb_pending().await;
         let mut overlay: HashMap<String, (Current<A>, Option<Uuid>)> = HashMap::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
@@ -57,8 +126,95 @@ where
             .map(|(index, command)| self.plan(index, command, &mut overlay, &mut seen))
             .collect();
         drop(overlay);
+        let untouched = |failure| Failed {
+            failure,
+            state_touched: false,
+        };
+        let command_offsets = self
+            .command_offsets(batch)
+            .map_err(|e| untouched(TransactionFailure::Commit(e)))?;
+        transaction::begin(&self.producer).map_err(untouched)?;
 
-        // Append everything, in order, then wait for the broker's acknowledgements.
+        let Some(mut offsets) = self.append(&plans).await else {
+            return Err(self
+                .aborted(TransactionFailure::NotAcknowledged, false)
+                .await);
+        };
+        let appended = self.appended_in_order(&plans, &offsets);
+        if !appended
+            .iter()
+            .zip(self.known_end..)
+            .all(|((offset, _), expected)| *offset == expected)
+        {
+            metrics::counter!("writer_interleaved_appends_total", "aggregate" => A::KIND.as_str())
+                .increment(1);
+            return Err(self.aborted(TransactionFailure::Interleaved, false).await);
+        }
+        // Nothing lies between what this writer has read and its events: the log holds exactly
+        // these records there, in this order, so they are judged here as if read back.
+        let verdicts: HashMap<Uuid, bool> = appended
+            .iter()
+            .map(|(offset, (envelope, payload))| {
+                self.absorb_record(*offset, envelope, Some(payload))
+            })
+            .collect();
+        let last_appended = appended.last().map(|(offset, _)| *offset);
+        drop(appended);
+
+        let replies = self.replies(batch, plans, &verdicts, &mut offsets);
+        if !self.send_replies(batch, &replies) {
+            return Err(self
+                .aborted(TransactionFailure::NotAcknowledged, true)
+                .await);
+        }
+        if let Err(failure) =
+            transaction::commit(&self.producer, &self.ctx.group, command_offsets).await
+        {
+            return Err(self.aborted(failure, true).await);
+        }
+        // The commit marker follows the batch's last event in the partition.
+        if let Some(last) = last_appended {
+            self.known_end = last + 2;
+        }
+        for (command, reply) in batch.iter().zip(&replies) {
+            let command_type = command
+                .envelope
+                .as_ref()
+                .map_or_else(|_| "unknown".to_owned(), |e| e.command_type.clone());
+            metrics::counter!(
+                "commands_total",
+                "aggregate" => A::KIND.as_str(),
+                "command" => command_type,
+                "outcome" => outcome_label(reply.outcome)
+            )
+            .increment(1);
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction after `failure` (a producer that cannot abort is fenced).
+    async fn aborted(&self, failure: TransactionFailure, state_touched: bool) -> Failed {
+        if matches!(failure, TransactionFailure::Fenced(_)) {
+            return Failed {
+                failure,
+                state_touched,
+            };
+        }
+        match transaction::abort(&self.producer).await {
+            Ok(()) => Failed {
+                failure,
+                state_touched,
+            },
+            Err(fenced) => Failed {
+                failure: fenced,
+                state_touched,
+            },
+        }
+    }
+
+    /// Sends every event, in order, and waits for the broker's acknowledgements: the offsets
+    /// of each command's events, or `None` when any send failed.
+    async fn append(&self, plans: &[Plan]) -> Option<HashMap<usize, Vec<i64>>> {
         let mut deliveries = Vec::new();
         for (index, plan) in plans.iter().enumerate() {
             if let Plan::Append {
@@ -73,39 +229,61 @@ where
                         .key(aggregate_id.as_bytes())
                         .payload(&event.payload)
                         .headers(event.envelope.to_headers());
-                    deliveries.push((
-                        index,
-                        self.ctx.producer.send_result(record).map_err(|(e, _)| e),
-                    ));
+                    deliveries.push((index, self.producer.send_result(record).map_err(|(e, _)| e)));
                 }
             }
         }
+        let futures = deliveries.into_iter().map(|(index, queued)| async move {
+            match queued {
+                Ok(future) => (
+                    index,
+                    future.await.ok().and_then(Result::ok).map(|d| d.offset),
+                ),
+                Err(_) => (index, None),
+            }
+        });
         let mut offsets: HashMap<usize, Vec<i64>> = HashMap::new();
-        let mut failed: std::collections::HashSet<usize> = Default::default();
-        let futures: Vec<_> = deliveries
-            .into_iter()
-            .map(|(index, queued)| async move {
-                match queued {
-                    Ok(future) => (
-                        index,
-                        future.await.ok().and_then(Result::ok).map(|d| d.offset),
-                    ),
-                    Err(_) => (index, None),
-                }
-            })
-            .collect();
+        let mut all = true;
         for (index, offset) in join_all(futures).await {
             match offset {
                 Some(offset) => offsets.entry(index).or_default().push(offset),
                 None => {
                     platform::kafka::count_producer_error("command-writer");
-                    failed.insert(index);
+                    all = false;
                 }
             }
         }
+        all.then_some(offsets)
+    }
 
-        let verdicts = self.verdicts(&plans, &offsets, failed.is_empty()).await;
+    /// The batch's events with their offsets, in log order.
+    fn appended_in_order<'p>(
+        &self,
+        plans: &'p [Plan],
+        offsets: &HashMap<usize, Vec<i64>>,
+    ) -> Vec<(i64, (&'p EventEnvelope, &'p [u8]))> {
+        let mut appended = Vec::new();
+        for (index, plan) in plans.iter().enumerate() {
+            if let (Plan::Append { events, .. }, Some(at)) = (plan, offsets.get(&index)) {
+                appended.extend(
+                    at.iter()
+                        .copied()
+                        .zip(events.iter().map(|e| (&e.envelope, e.payload.as_slice()))),
+                );
+            }
+        }
+        appended.sort_by_key(|(offset, _)| *offset);
+        appended
+    }
 
+    /// One answer per command, from the plans and the log's verdict on their events.
+    fn replies(
+        &self,
+        batch: &[IncomingCommand],
+        plans: Vec<Plan>,
+        verdicts: &HashMap<Uuid, bool>,
+        offsets: &mut HashMap<usize, Vec<i64>>,
+    ) -> Vec<CommandReply> {
         let mut replies: Vec<CommandReply> = Vec::with_capacity(plans.len());
         for (index, plan) in plans.into_iter().enumerate() {
             let command = &batch[index];
@@ -120,109 +298,32 @@ where
                     version,
                     events,
                 } => {
-                    let event_types = events
+                    let accepted_all = events
                         .iter()
-                        .map(|e| e.envelope.event_type.clone())
-                        .collect();
-                    if failed.contains(&index) {
-                        unavailable(
-                            command,
-                            &aggregate_id,
-                            "the broker did not acknowledge the events; the outcome is unknown",
-                        )
-                    } else {
-                        let outcomes: Vec<Option<&bool>> = events
-                            .iter()
-                            .map(|e| verdicts.get(&e.envelope.event_id))
+                        .all(|e| verdicts.get(&e.envelope.event_id) == Some(&true));
+                    if accepted_all {
+                        let positions = offsets
+                            .remove(&index)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|offset| Position {
+                                partition: self.partition,
+                                offset,
+                            })
                             .collect();
-                        if outcomes.iter().all(|v| v == &Some(&true)) {
-                            let positions = offsets
-                                .remove(&index)
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|offset| Position {
-                                    partition: self.partition,
-                                    offset,
-                                })
-                                .collect();
-                            accepted(command, &aggregate_id, version, event_types, positions)
-                        } else if outcomes.iter().any(|v| v == &Some(&false)) {
-                            self.after_losing(command, &aggregate_id)
-                        } else {
-                            unavailable(
-                                command,
-                                &aggregate_id,
-                                "the events could not be read back in time; the outcome is unknown",
-                            )
-                        }
+                        let event_types = events
+                            .iter()
+                            .map(|e| e.envelope.event_type.clone())
+                            .collect();
+                        accepted(command, &aggregate_id, version, event_types, positions)
+                    } else {
+                        self.after_losing(command, &aggregate_id)
                     }
                 }
             };
-            let command_type = command
-                .envelope
-                .as_ref()
-                .map_or_else(|_| "unknown".to_owned(), |e| e.command_type.clone());
-            metrics::counter!(
-                "commands_total",
-                "aggregate" => A::KIND.as_str(),
-                "command" => command_type,
-                "outcome" => outcome_label(reply.outcome)
-            )
-            .increment(1);
             replies.push(reply);
         }
-        // Answer only as the partition's owner: the commit carries the group generation, so a
-        // writer that lost the partition is refused here and stays silent. The new owner then
-        // handles these commands again and answers from the log, never contradicting us.
-        if let Err(error) = self.commit(&batch).await {
-            warn!(kind = %A::KIND, partition = self.partition, %error, "offset commit refused (partition moved?): replies withheld");
-            metrics::counter!("writer_replies_withheld_total", "aggregate" => A::KIND.as_str())
-                .increment(replies.len() as u64);
-            return;
-        }
-        self.send_replies(&batch, &replies).await;
-    }
-
-    /// The log's verdict on every event of the batch, by event id: only the log decides whether
-    /// they count. When the broker acknowledged all of them at the offsets right after the last
-    /// one this writer has read (`next_offset`, no gap), nothing else lies between: the log holds
-    /// exactly these records there, in this order, so they are judged here as if read back,
-    /// which saves a fetch round trip. Otherwise (another writer appended in between during a
-    /// handover, or a send failed) they are read back from the partition.
-    async fn verdicts(
-        &mut self,
-        plans: &[Plan],
-        offsets: &HashMap<usize, Vec<i64>>,
-        all_acknowledged: bool,
-    ) -> HashMap<Uuid, bool> {
-        let mut appended: Vec<(i64, &PendingEvent)> = Vec::new();
-        for (index, plan) in plans.iter().enumerate() {
-            if let (Plan::Append { events, .. }, Some(at)) = (plan, offsets.get(&index)) {
-                appended.extend(at.iter().copied().zip(events));
-            }
-        }
-        appended.sort_by_key(|(offset, _)| *offset);
-        let contiguous = appended
-            .iter()
-            .zip(self.next_offset..)
-            .all(|((offset, _), expected)| *offset == expected);
-        if all_acknowledged && contiguous {
-            return appended
-                .into_iter()
-                .map(|(offset, event)| {
-                    self.absorb_record(offset, &event.envelope, Some(&event.payload))
-                })
-                .collect();
-        }
-        let Some(last) = appended.last().map(|(offset, _)| *offset) else {
-            return HashMap::new();
-        };
-        self.read_until(last + 1, READ_BACK_TIMEOUT)
-            .await
-            .unwrap_or_else(|error| {
-                warn!(partition = self.partition, %error, "could not read own events back");
-                HashMap::new()
-            })
+        replies
     }
 
     /// Our event lost in log order. If the log nevertheless shows this command accepted (another
@@ -262,67 +363,53 @@ where
         }
     }
 
-    /// Hands the replies to the producer and lets them travel while the next batch is decided
-    /// and appended: a batch waits only for the previous batch's replies to be delivered
-    /// (`replies_delivered`), so replies never pile up and a stopping writer delivers what it
-    /// answered before it goes.
-    async fn send_replies(&mut self, batch: &[IncomingCommand], replies: &[CommandReply]) {
-        self.replies_delivered().await;
-        let addressed: Vec<(String, Vec<u8>)> = batch
-            .iter()
-            .zip(replies)
-            .filter_map(|(command, reply)| {
-                let reply_to = command.envelope.as_ref().ok()?.reply_to.clone()?;
-                match schemas::encode(reply) {
-                    Ok(payload) => Some((reply_to, payload)),
-                    Err(error) => {
-                        error!(%error, "reply does not fit its schema");
-                        None
-                    }
+    /// Adds the replies to the transaction: a requester reads them `read_committed`, so it
+    /// sees an answer only once the batch has committed. False when the producer refused one
+    /// (then the batch is aborted and tried again; a reply that fails in flight fails the
+    /// commit the same way).
+    fn send_replies(&self, batch: &[IncomingCommand], replies: &[CommandReply]) -> bool {
+        let topic = self.ctx.topics.replies();
+        for (command, reply) in batch.iter().zip(replies) {
+            let Some(reply_to) = command
+                .envelope
+                .as_ref()
+                .ok()
+                .and_then(|e| e.reply_to.as_deref())
+            else {
+                continue;
+            };
+            let payload = match schemas::encode(reply) {
+                Ok(payload) => payload,
+                Err(error) => {
+                    error!(%error, "reply does not fit its schema");
+                    continue;
                 }
-            })
-            .collect();
-        let (producer, topic) = (self.ctx.producer.clone(), self.ctx.topics.replies());
-        self.replies_in_flight = Some(tokio::spawn(async move {
-            let sends = addressed.iter().map(|(reply_to, payload)| {
-                let record = FutureRecord::to(&topic)
-                    .key(reply_to.as_bytes())
-                    .payload(payload);
-                producer.send(record, Duration::from_secs(5))
-            });
-            for sent in join_all(sends).await {
-                if let Err((error, _)) = sent {
-                    platform::kafka::count_producer_error("command-replies");
-                    warn!(%error, "reply not delivered; the requester will time out");
-                }
+            };
+            let record = FutureRecord::to(&topic)
+                .key(reply_to.as_bytes())
+                .payload(&payload);
+            if let Err((error, _)) = self.producer.send_result(record) {
+                platform::kafka::count_producer_error("command-replies");
+                warn!(%error, "reply not queued");
+                return false;
             }
-        }));
-    }
-
-    /// Waits until the replies of the previous batch are delivered (or failed).
-    pub(super) async fn replies_delivered(&mut self) {
-        if let Some(in_flight) = self.replies_in_flight.take() {
-            let _ = in_flight.await;
         }
+        true
     }
 
-    /// The commands are handled: commit synchronously so the group moves past them. Fails when
-    /// this process is no longer the partition's owner (stale group generation).
-    async fn commit(&self, batch: &[IncomingCommand]) -> Result<(), rdkafka::error::KafkaError> {
-        let Some(last) = batch.iter().map(|c| c.offset).max() else {
-            return Ok(());
-        };
+    /// The offsets the group moves to once the batch commits.
+    fn command_offsets(
+        &self,
+        batch: &[IncomingCommand],
+    ) -> Result<TopicPartitionList, rdkafka::error::KafkaError> {
         let mut list = TopicPartitionList::new();
-        list.add_partition_offset(
-            &self.commands_topic,
-            self.partition,
-            Offset::Offset(last + 1),
-        )?;
-        let group = self.ctx.group.clone();
-        tokio::task::spawn_blocking(move || {
-            group.commit(&list, rdkafka::consumer::CommitMode::Sync)
-        })
-        .await
-        .map_err(|_| rdkafka::error::KafkaError::Canceled)?
+        if let Some(last) = batch.iter().map(|c| c.offset).max() {
+            list.add_partition_offset(
+                &self.commands_topic,
+                self.partition,
+                Offset::Offset(last + 1),
+            )?;
+        }
+        Ok(list)
     }
 }

@@ -1,18 +1,21 @@
-//! The writer of one partition of one aggregate kind: the only process that normally appends to
-//! events partition p. It rebuilds state by reading the partition (applying the log-order rule),
-//! then handles commands in batches: decide on the current state, append, learn the log's
-//! verdict on its own events, and answer only once the log shows them accepted. Its state is
-//! always what the log says: decisions within a batch use a scratch overlay that is thrown away
-//! afterwards.
+//! The writer of one partition of one aggregate kind: the only process that appends to events
+//! partition p. It first fences every earlier writer of the partition (`init_transactions` under
+//! the partition's transactional id aborts their open transaction and refuses their later
+//! sends), rebuilds state by reading the partition's committed records (applying the log-order
+//! rule), then handles commands in batches, one Kafka transaction each: decide on the current
+//! state, append, check that its events landed right after what it has read, answer, commit the
+//! command offsets, commit. Callers see the answers only once the transaction commits.
 //!
-//! Layout: this file holds the partition's lifecycle (rebuild, reading the tail); `batch` the
-//! handling of a batch of commands; `plan` the decision for one command; `replies` the answers.
-
+//! Layout: this file holds the partition's lifecycle (fencing, rebuild, reading the tail);
+//! `batch` a batch's transaction; `plan` the decision for one command; `replies` the answers;
+//! `transaction` the producer's transactional calls and what their failures mean.
 mod batch;
 mod plan;
 mod replies;
+mod transaction;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,19 +25,31 @@ use platform::kafka::LagContext;
 use platform::log_order::{LogOrder, Verdict};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use super::models::WriteModel;
 use super::{IncomingCommand, WriterContext};
+use batch::Handled;
 
 /// At most this many commands are decided and appended together.
 const MAX_BATCH: usize = 256;
 
 /// How long an empty fetch of a partition's tail waits at the broker.
 const TAIL_FETCH_WAIT_MS: &str = "100";
+
+/// How the dispatcher and a writer tell each other that the writer must stop.
+pub(in crate::processor) struct Lifecycle {
+    /// Cancelled when the partition is revoked: finish or abort the open transaction, drop
+    /// whatever is queued, stop.
+    pub(in crate::processor) revoked: CancellationToken,
+    /// Set by the writer when the broker fenced it (a newer writer of the partition exists).
+    pub(in crate::processor) fenced: Arc<AtomicBool>,
+}
 
 pub(super) struct Writer<A: WriteModel>
 where
@@ -46,14 +61,18 @@ where
     partition: i32,
     events_topic: String,
     commands_topic: String,
+    /// Transactional, under the partition's transactional id: only the newest holder commits.
+    producer: FutureProducer,
     tail: Arc<StreamConsumer<LagContext>>,
+    /// The offset after the last record this writer has judged (read or appended itself).
     next_offset: i64,
+    /// Every offset below this one is accounted for: records judged, transaction markers and
+    /// aborted records passed. A batch's events must land exactly here to be judged in place.
+    known_end: i64,
     log: LogOrder,
     states: HashMap<String, Current<A>>,
     /// Aggregates with an accepted event this build cannot decode: refused until fixed.
     unreadable: std::collections::HashSet<String>,
-    /// The previous batch's replies, still being delivered (see `batch::send_replies`).
-    replies_in_flight: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl<A: WriteModel> Writer<A>
@@ -62,28 +81,28 @@ where
     A::Command: schemas::WireRecord + Clone + Send + Sync,
     A::State: Send + Sync,
 {
-    /// Serves commands for one partition until the channel closes (partition revoked or shutdown).
+    /// Serves commands for one partition until the partition is revoked, the writer is fenced,
+    /// or the channel closes (shutdown: what is queued is handled first).
     pub(super) async fn run(
         ctx: Arc<WriterContext>,
         partition: i32,
         mut commands: mpsc::Receiver<IncomingCommand>,
+        lifecycle: Lifecycle,
     ) {
         let kind = A::KIND;
-        let mut writer = loop {
-            match Self::start(ctx.clone(), partition).await {
-                Ok(writer) => break writer,
-                Err(error) => {
-                    warn!(%kind, partition, %error, "could not rebuild partition state; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        closed = commands.recv() => if closed.is_none() { return },
-                    }
-                }
-            }
+        let Some(mut writer) = Self::start_until_revoked(&ctx, partition, &lifecycle).await else {
+            return;
         };
-        ctx.writers_ready
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        while let Some(first) = commands.recv().await {
+        ctx.writers_ready.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = lifecycle.revoked.cancelled() => break,
+                next = commands.recv() => match next {
+                    Some(command) => command,
+                    None => break,
+                },
+            };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match commands.try_recv() {
@@ -91,21 +110,55 @@ where
                     Err(_) => break,
                 }
             }
-            writer.handle(batch).await;
+            match writer.handle(batch, &lifecycle.revoked).await {
+                Handled::Committed => {}
+                Handled::Abandoned => break,
+                Handled::Fenced => {
+                    lifecycle.fenced.store(true, Ordering::SeqCst);
+                    warn!(%kind, partition, "fenced by a newer writer of the partition; stopping");
+                    break;
+                }
+            }
         }
-        writer.replies_delivered().await;
-        ctx.writers_ready
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        ctx.writers_ready.fetch_sub(1, Ordering::SeqCst);
         debug!(%kind, partition, "writer stopped");
+    }
+
+    /// Starts (fences, rebuilds), retrying every second, until it works or the partition is
+    /// revoked.
+    async fn start_until_revoked(
+        ctx: &Arc<WriterContext>,
+        partition: i32,
+        lifecycle: &Lifecycle,
+    ) -> Option<Self> {
+        loop {
+            let started = tokio::select! {
+                biased;
+                _ = lifecycle.revoked.cancelled() => return None,
+                started = Self::start(ctx.clone(), partition) => started,
+            };
+            match started {
+                Ok(writer) => return Some(writer),
+                Err(error) => {
+                    warn!(kind = %A::KIND, partition, %error, "could not take over the partition; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = lifecycle.revoked.cancelled() => return None,
+                    }
+                }
+            }
+        }
     }
 
     async fn start(ctx: Arc<WriterContext>, partition: i32) -> Result<Self, WriterError> {
         let events_topic = ctx.topics.events(A::KIND);
         let commands_topic = ctx.topics.commands(A::KIND);
-        // The tail is waited on only when another writer appended during a handover (a batch
-        // whose appends are contiguous is judged without reading it back), so it need not poll
-        // at the request path's 5 ms: every partition's tail is a client of its own, and idle
-        // fetches at 5 ms from all of them cost the broker more than the commands do.
+        let started = std::time::Instant::now();
+        let producer = transaction::fence_earlier_writers(&ctx, A::KIND, partition).await?;
+        // The tail is read between batches for records this writer did not append (there are
+        // none unless the deployment is misconfigured), so it need not poll at the request
+        // path's 5 ms: idle fetches at 5 ms from every partition's tail cost the broker more
+        // than the commands do.
         let mut tail_config = platform::kafka::consumer_config(
             &ctx.kafka,
             &format!("{}.writer-tail", ctx.kafka.topic_prefix),
@@ -126,21 +179,28 @@ where
             partition,
             events_topic,
             commands_topic,
+            producer,
             tail: Arc::new(tail),
             next_offset: 0,
+            known_end: 0,
             log: LogOrder::default(),
             states: HashMap::new(),
             unreadable: Default::default(),
-            replies_in_flight: None,
         };
-        let started = std::time::Instant::now();
-        let high = writer.high_watermark().await?;
-        writer.read_until(high, Duration::from_secs(60)).await?;
-        info!(kind = %A::KIND, partition, events = high, elapsed_ms = started.elapsed().as_millis() as u64, "partition state rebuilt");
+        writer.catch_up(Duration::from_secs(60)).await?;
+        info!(kind = %A::KIND, partition, end = writer.known_end, elapsed_ms = started.elapsed().as_millis() as u64, "partition state rebuilt");
         Ok(writer)
     }
 
-    async fn high_watermark(&self) -> Result<i64, WriterError> {
+    /// Reads every committed record up to the partition's last stable offset. Earlier writers
+    /// are fenced, so nothing this writer has not read can commit below it afterwards.
+    async fn catch_up(&mut self, timeout: Duration) -> Result<(), WriterError> {
+        let stable = self.last_stable_offset().await?;
+        self.read_until(stable, timeout).await
+    }
+
+    /// The high watermark as a `read_committed` client sees it: the last stable offset.
+    async fn last_stable_offset(&self) -> Result<i64, WriterError> {
         let (tail, topic, partition) =
             (self.tail.clone(), self.events_topic.clone(), self.partition);
         tokio::task::spawn_blocking(move || {
@@ -152,26 +212,42 @@ where
         .map_err(WriterError::Kafka)
     }
 
-    /// Reads the partition until `next_offset >= target`, applying the log-order rule.
-    /// Returns the verdict on every event read, by event id.
-    async fn read_until(
-        &mut self,
-        target: i64,
-        timeout: Duration,
-    ) -> Result<HashMap<Uuid, bool>, WriterError> {
+    /// Reads the partition until every offset below `target` is accounted for, applying the
+    /// log-order rule to each record. Transaction markers and aborted records take offsets but
+    /// are never delivered, so the end is told by the consumer's position (librdkafka moves it
+    /// past markers), not by the offset of the last record.
+    async fn read_until(&mut self, target: i64, timeout: Duration) -> Result<(), WriterError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut verdicts = HashMap::new();
-        while self.next_offset < target {
+        loop {
+            self.known_end = self.known_end.max(self.next_offset).max(self.position());
+            if self.known_end >= target {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WriterError::Timeout);
+            }
+            let slice = (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline);
             let tail = self.tail.clone();
-            let message = tokio::time::timeout_at(deadline, tail.recv())
-                .await
-                .map_err(|_| WriterError::Timeout)?
-                .map_err(WriterError::Kafka)?;
-            if let Some((event_id, accepted)) = self.absorb(&message) {
-                verdicts.insert(event_id, accepted);
+            if let Ok(received) = tokio::time::timeout_at(slice, tail.recv()).await {
+                let message = received.map_err(WriterError::Kafka)?;
+                self.absorb(&message);
             }
         }
-        Ok(verdicts)
+    }
+
+    /// The tail consumer's position in the partition (0 before it has fetched anything).
+    fn position(&self) -> i64 {
+        self.tail
+            .position()
+            .ok()
+            .and_then(|list| {
+                list.find_partition(&self.events_topic, self.partition)
+                    .and_then(|p| match p.offset() {
+                        Offset::Offset(offset) => Some(offset),
+                        _ => None,
+                    })
+            })
+            .unwrap_or(0)
     }
 
     /// Absorbs one record read from the tail. Records below `next_offset` were already judged
@@ -204,7 +280,7 @@ where
         let verdict = self.log.judge(envelope, offset);
         let accepted = verdict == Verdict::Accepted;
         if let Verdict::Loser(reason) = verdict {
-            metrics::counter!("log_order_losers_total", "aggregate" => A::KIND.as_str())
+            metrics::counter!("log_order_rejections_total", "reader" => "command-writer", "aggregate" => A::KIND.as_str())
                 .increment(1);
             warn!(aggregate_id = %envelope.aggregate_id, version = %envelope.version, offset, ?reason, "inert event (lost in log order)");
         } else {
@@ -231,7 +307,8 @@ where
         (envelope.event_id, accepted)
     }
 
-    /// Whatever the tail already has (foreign appends since the last batch), without waiting.
+    /// Whatever the tail already has (records this writer did not append: none unless the
+    /// deployment is misconfigured), without waiting.
     async fn absorb_pending(&mut self) {
         loop {
             let tail = self.tail.clone();
@@ -239,9 +316,10 @@ where
                 Ok(Ok(message)) => {
                     self.absorb(&message);
                 }
-                _ => return,
+                _ => break,
             }
         }
+        self.known_end = self.known_end.max(self.next_offset).max(self.position());
     }
 }
 

@@ -58,21 +58,6 @@ pub(super) fn accepted(
     }
 }
 
-pub(super) fn unavailable(
-    command: &IncomingCommand,
-    aggregate_id: &str,
-    detail: &str,
-) -> CommandReply {
-    answer(
-        command,
-        ReplyOutcome::Unavailable,
-        aggregate_id,
-        0,
-        Some("unavailable"),
-        detail,
-    )
-}
-
 pub(super) fn outcome_label(outcome: ReplyOutcome) -> &'static str {
     match outcome {
         ReplyOutcome::Accepted => "accepted",
