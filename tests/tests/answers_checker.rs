@@ -8,7 +8,12 @@
 //! `CHECKER_SECONDS` sets how long the load runs (default 40); a soak is the same test with a
 //! larger number, e.g. `CHECKER_SECONDS=900 cargo test -p scenario-tests --test answers_checker`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 mod support;
 

@@ -32,7 +32,7 @@ pub(super) enum Polled {
     Command {
         kind: AggregateKind,
         partition: i32,
-        incoming: IncomingCommand,
+        incoming: Box<IncomingCommand>,
     },
     Assigned(Vec<(AggregateKind, i32)>),
     /// The dispatcher stops these partitions' writers, then answers on `done`.
@@ -121,11 +121,11 @@ pub(super) fn poll_until_stopped(
                 Polled::Command {
                     kind,
                     partition: message.partition(),
-                    incoming: IncomingCommand {
+                    incoming: Box::new(IncomingCommand {
                         offset: message.offset(),
                         envelope: CommandEnvelope::from_headers(message.headers()),
                         payload: message.payload().map(<[u8]>::to_vec),
-                    },
+                    }),
                 }
             }
             Some(Err(error)) => {

@@ -196,7 +196,7 @@ async fn dispatch(
                 if running.fenced.load(Ordering::SeqCst) {
                     continue;
                 }
-                if running.commands.send(incoming).await.is_err() {
+                if running.commands.send(*incoming).await.is_err() {
                     warn!(%kind, partition, "writer ended unexpectedly; restarting it");
                     writers.remove(&(kind, partition));
                 }
