@@ -20,7 +20,9 @@
 //! - [`bus`]: **the library API for other writers**: the saga orchestrator sends its commands
 //!   with `CommandBus::send` (its own reply key, deterministic command ids, `actor.role =
 //!   "system"`), so every write in the system goes through the partition writers.
-//! - [`processor`]: the consumer group and the partition writers.
+//! - [`processor`]: the consumer group (polled on its own thread), the pure partition model
+//!   (the decision for each command, unit-tested without a broker) and the partition writers
+//!   (fencing, transactions, answers).
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
 
 pub use platform::auth;

@@ -30,11 +30,16 @@ struct Faults {
     armed: Arc<AtomicBool>,
     swallowed: Arc<AtomicUsize>,
     delay: Arc<Mutex<Option<Duration>>>,
+    request_delay: Arc<Mutex<Option<Duration>>>,
 }
 
 impl Faults {
     fn delay(&self) -> Option<Duration> {
         self.delay.lock().ok().and_then(|d| *d)
+    }
+
+    fn request_delay(&self) -> Option<Duration> {
+        self.request_delay.lock().ok().and_then(|d| *d)
     }
 }
 
@@ -83,9 +88,21 @@ impl FaultProxy {
         }
     }
 
-    /// Requests sent from now on are answered without delay.
+    /// Produce requests are held back for `delay` before they reach the broker (and every
+    /// later request of the same connection behind them, as on a slow link): a writer's
+    /// appends land well after it sent them, while other clients' reads go on.
+    pub fn delay_produce_requests(&self, delay: Duration) {
+        if let Ok(mut slot) = self.faults.request_delay.lock() {
+            *slot = Some(delay);
+        }
+    }
+
+    /// Requests sent from now on reach the broker and are answered without delay.
     pub fn stop_delaying(&self) {
         if let Ok(mut slot) = self.faults.delay.lock() {
+            *slot = None;
+        }
+        if let Ok(mut slot) = self.faults.request_delay.lock() {
             *slot = None;
         }
     }
@@ -147,6 +164,9 @@ async fn requests(
                     if let Some(delay) = faults.delay() {
                         marks.delayed.insert(correlation, delay);
                     }
+                }
+                if let Some(delay) = faults.request_delay() {
+                    tokio::time::sleep(delay).await;
                 }
             }
         }

@@ -5,10 +5,13 @@
 //! waits until the partition's writer has committed or aborted and stopped (see `group`).
 //!
 //! Layout: this file dispatches commands and rebalances to writers; `group` polls the consumer
-//! group on its own thread; `writer` decides, appends and answers; `models` the write models.
+//! group on its own thread; `partition` is the pure partition model (state as the log says, the
+//! decision for each command); `writer` does a partition's I/O (fencing, reading, transactions,
+//! answers); `models` what each aggregate kind adds for the writer.
 
 mod group;
 mod models;
+mod partition;
 mod writer;
 
 use std::collections::HashMap;

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use domain::{Current, Version};
 use futures::future::join_all;
 use platform::envelope::EventEnvelope;
 use rdkafka::producer::FutureRecord;
@@ -21,29 +20,12 @@ use uuid::Uuid;
 use crate::processor::models::WriteModel;
 use crate::processor::IncomingCommand;
 
-use super::replies::{accepted, answer, command_id, outcome_label};
 use super::transaction::{self, TransactionFailure};
 use super::Writer;
+use crate::processor::partition::{accepted, answer, command_id, Batch, Plan};
 
 /// The longest pause between two attempts of a batch that did not commit.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
-
-/// One planned answer per command of a batch.
-pub(super) enum Plan {
-    Reply(Box<CommandReply>),
-    /// A second copy of a command earlier in the same batch (a concurrent retry).
-    SameAs(usize),
-    Append {
-        aggregate_id: String,
-        version: Version,
-        events: Vec<PendingEvent>,
-    },
-}
-
-pub(super) struct PendingEvent {
-    pub(super) envelope: EventEnvelope,
-    pub(super) payload: Vec<u8>,
-}
 
 /// How a batch ended.
 pub(super) enum Handled {
@@ -118,14 +100,13 @@ where
     /// One transaction for the whole batch.
     async fn attempt(&mut self, batch: &[IncomingCommand]) -> Result<(), Failed> {
         self.absorb_pending().await;
-        let mut overlay: HashMap<String, (Current<A>, Option<Uuid>)> = HashMap::new();
-        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut scratch = Batch::default();
         let plans: Vec<Plan> = batch
             .iter()
             .enumerate()
-            .map(|(index, command)| self.plan(index, command, &mut overlay, &mut seen))
+            .map(|(index, command)| self.plan(index, command, &mut scratch))
             .collect();
-        drop(overlay);
+        drop(scratch);
         let untouched = |failure| Failed {
             failure,
             state_touched: false,
@@ -333,7 +314,7 @@ where
             .envelope
             .as_ref()
             .ok()
-            .and_then(|e| self.log.command(&e.command_id));
+            .and_then(|e| self.model.recorded(&e.command_id));
         match recorded {
             Some(recorded) => accepted(
                 command,
@@ -350,7 +331,7 @@ where
                     .collect(),
             ),
             None => {
-                let current = self.states.get(aggregate_id).map_or(0, |c| c.version.get());
+                let current = self.model.version_of(aggregate_id);
                 answer(
                     command,
                     ReplyOutcome::Conflict,
@@ -411,5 +392,15 @@ where
             )?;
         }
         Ok(list)
+    }
+}
+
+fn outcome_label(outcome: ReplyOutcome) -> &'static str {
+    match outcome {
+        ReplyOutcome::Accepted => "accepted",
+        ReplyOutcome::Rejected => "rejected",
+        ReplyOutcome::Conflict => "conflict",
+        ReplyOutcome::Forbidden => "forbidden",
+        ReplyOutcome::Unavailable => "unavailable",
     }
 }

@@ -6,23 +6,21 @@
 //! state, append, check that its events landed right after what it has read, answer, commit the
 //! command offsets, commit. Callers see the answers only once the transaction commits.
 //!
+//! The decisions themselves are pure and live in [`super::partition`]; the writer does the I/O.
+//!
 //! Layout: this file holds the partition's lifecycle (fencing, rebuild, reading the tail);
-//! `batch` a batch's transaction; `plan` the decision for one command; `replies` the answers;
-//! `transaction` the producer's transactional calls and what their failures mean.
+//! `batch` a batch's transaction; `plan` the decision's span and trace around the partition
+//! model; `transaction` the producer's transactional calls and what their failures mean.
 mod batch;
 mod plan;
-mod replies;
 mod transaction;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{Current, Versioned};
 use platform::envelope::EventEnvelope;
 use platform::kafka::LagContext;
-use platform::log_order::{LogOrder, Verdict};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
@@ -33,6 +31,7 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use super::models::WriteModel;
+use super::partition::{Judged, PartitionModel};
 use super::{IncomingCommand, WriterContext};
 use batch::Handled;
 
@@ -69,10 +68,8 @@ where
     /// Every offset below this one is accounted for: records judged, transaction markers and
     /// aborted records passed. A batch's events must land exactly here to be judged in place.
     known_end: i64,
-    log: LogOrder,
-    states: HashMap<String, Current<A>>,
-    /// Aggregates with an accepted event this build cannot decode: refused until fixed.
-    unreadable: std::collections::HashSet<String>,
+    /// What the log says of the partition, and the decisions on it.
+    model: PartitionModel<A>,
 }
 
 impl<A: WriteModel> Writer<A>
@@ -153,6 +150,7 @@ where
     async fn start(ctx: Arc<WriterContext>, partition: i32) -> Result<Self, WriterError> {
         let events_topic = ctx.topics.events(A::KIND);
         let commands_topic = ctx.topics.commands(A::KIND);
+        let partitions = ctx.partitions;
         let started = std::time::Instant::now();
         let producer = transaction::fence_earlier_writers(&ctx, A::KIND, partition).await?;
         // The tail is read between batches for records this writer did not append (there are
@@ -183,9 +181,7 @@ where
             tail: Arc::new(tail),
             next_offset: 0,
             known_end: 0,
-            log: LogOrder::default(),
-            states: HashMap::new(),
-            unreadable: Default::default(),
+            model: PartitionModel::new(partition, partitions),
         };
         writer.catch_up(Duration::from_secs(60)).await?;
         info!(kind = %A::KIND, partition, end = writer.known_end, elapsed_ms = started.elapsed().as_millis() as u64, "partition state rebuilt");
@@ -269,7 +265,8 @@ where
     }
 
     /// Judges the record at `offset` (the next one in the partition) by the log-order rule and,
-    /// when accepted, applies it to the aggregate's state. Returns the event id and the verdict.
+    /// when accepted, applies it to the aggregate's state. Returns the event id and whether it
+    /// counts.
     fn absorb_record(
         &mut self,
         offset: i64,
@@ -277,33 +274,19 @@ where
         payload: Option<&[u8]>,
     ) -> (Uuid, bool) {
         self.next_offset = offset + 1;
-        let verdict = self.log.judge(envelope, offset);
-        let accepted = verdict == Verdict::Accepted;
-        if let Verdict::Loser(reason) = verdict {
-            metrics::counter!("log_order_rejections_total", "reader" => "command-writer", "aggregate" => A::KIND.as_str())
-                .increment(1);
-            warn!(aggregate_id = %envelope.aggregate_id, version = %envelope.version, offset, ?reason, "inert event (lost in log order)");
-        } else {
-            let decoded = payload
-                .ok_or(schemas::DecodeError::TooShort { len: 0 })
-                .and_then(schemas::decode::<A::Event>);
-            match decoded {
-                Ok(event) => {
-                    let current = self
-                        .states
-                        .entry(envelope.aggregate_id.clone())
-                        .or_default();
-                    let _ = current.apply(&Versioned {
-                        version: envelope.version,
-                        event,
-                    });
-                }
-                Err(error) => {
-                    error!(aggregate_id = %envelope.aggregate_id, offset, %error, "accepted event cannot be decoded; aggregate refused until fixed");
-                    self.unreadable.insert(envelope.aggregate_id.clone());
-                }
+        let accepted = match self.model.judge(offset, envelope, payload) {
+            Judged::Accepted => true,
+            Judged::Rejected(reason) => {
+                metrics::counter!("log_order_rejections_total", "reader" => "command-writer", "aggregate" => A::KIND.as_str())
+                    .increment(1);
+                warn!(aggregate_id = %envelope.aggregate_id, version = %envelope.version, offset, ?reason, "inert event (lost in log order)");
+                false
             }
-        }
+            Judged::Unreadable(error) => {
+                error!(aggregate_id = %envelope.aggregate_id, offset, %error, "accepted event cannot be decoded; aggregate refused until fixed");
+                true
+            }
+        };
         (envelope.event_id, accepted)
     }
 

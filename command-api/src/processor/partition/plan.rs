@@ -1,14 +1,37 @@
-//! The replies a writer sends.
+//! What a decision produces, and the replies a writer sends.
 
 use std::collections::HashMap;
 
 use domain::Version;
+use platform::envelope::EventEnvelope;
 use schemas::wire::reply::Position;
 use schemas::{CommandReply, ReplyOutcome};
 
 use crate::processor::IncomingCommand;
 
-pub(super) fn command_id(command: &IncomingCommand) -> String {
+/// The decision for one command of a batch.
+#[derive(Debug)]
+pub(crate) enum Plan {
+    /// Answer at once: nothing to append.
+    Reply(Box<CommandReply>),
+    /// A second copy of a command earlier in the same batch (a concurrent retry).
+    SameAs(usize),
+    /// Append these events; the answer depends on the log's verdict on them.
+    Append {
+        aggregate_id: String,
+        version: Version,
+        events: Vec<PendingEvent>,
+    },
+}
+
+/// An event ready to append.
+#[derive(Debug)]
+pub(crate) struct PendingEvent {
+    pub(crate) envelope: EventEnvelope,
+    pub(crate) payload: Vec<u8>,
+}
+
+pub(crate) fn command_id(command: &IncomingCommand) -> String {
     command
         .envelope
         .as_ref()
@@ -16,7 +39,7 @@ pub(super) fn command_id(command: &IncomingCommand) -> String {
         .unwrap_or_default()
 }
 
-pub(super) fn answer(
+pub(crate) fn answer(
     command: &IncomingCommand,
     outcome: ReplyOutcome,
     aggregate_id: &str,
@@ -37,7 +60,7 @@ pub(super) fn answer(
     }
 }
 
-pub(super) fn accepted(
+pub(crate) fn accepted(
     command: &IncomingCommand,
     aggregate_id: &str,
     version: Version,
@@ -58,12 +81,21 @@ pub(super) fn accepted(
     }
 }
 
-pub(super) fn outcome_label(outcome: ReplyOutcome) -> &'static str {
-    match outcome {
-        ReplyOutcome::Accepted => "accepted",
-        ReplyOutcome::Rejected => "rejected",
-        ReplyOutcome::Conflict => "conflict",
-        ReplyOutcome::Forbidden => "forbidden",
-        ReplyOutcome::Unavailable => "unavailable",
-    }
+/// A refusal as a plan.
+pub(super) fn refuse(
+    command: &IncomingCommand,
+    outcome: ReplyOutcome,
+    aggregate_id: &str,
+    version: u64,
+    code: &str,
+    detail: &str,
+) -> Plan {
+    Plan::Reply(Box::new(answer(
+        command,
+        outcome,
+        aggregate_id,
+        version,
+        Some(code),
+        detail,
+    )))
 }

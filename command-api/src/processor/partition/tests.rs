@@ -1,0 +1,363 @@
+//! Given a partition's history, when a command arrives, then this plan: every rule of the write
+//! path without a broker.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use chrono::{DateTime, TimeZone, Utc};
+use domain::inventory::{InventoryCommand, InventoryEvent, InventoryItem};
+use domain::values::{OrderId, Quantity, Sku};
+use domain::{AggregateKind, Version};
+use platform::envelope::{Actor, CommandEnvelope, EventEnvelope, Trace};
+use platform::partitioner::partition_for;
+use schemas::{CommandReply, ReplyOutcome};
+use uuid::Uuid;
+
+use super::{Batch, Inputs, Judged, PartitionModel, Plan};
+use crate::processor::IncomingCommand;
+
+const PARTITIONS: i32 = 3;
+const SKU: &str = "apple";
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 12, 3, 12, 0, 0).unwrap()
+}
+
+/// A partition and the history it has read.
+struct Given {
+    model: PartitionModel<InventoryItem>,
+    next_offset: i64,
+    last_event: Option<Uuid>,
+    version: u64,
+}
+
+fn given() -> Given {
+    Given {
+        model: PartitionModel::new(partition_for(SKU.as_bytes(), PARTITIONS), PARTITIONS),
+        next_offset: 0,
+        last_event: None,
+        version: 0,
+    }
+}
+
+impl Given {
+    /// `StockAdded` for `SKU` by `command_id`, read from the log.
+    fn stock_added(mut self, quantity: i64, command_id: &str, request_hash: Option<&str>) -> Self {
+        self.version += 1;
+        let envelope = event(self.version, self.last_event, command_id, request_hash);
+        let payload = schemas::encode(&InventoryEvent::StockAdded {
+            sku: Sku::try_from(SKU).unwrap(),
+            quantity: Quantity::try_from(quantity).unwrap(),
+        })
+        .unwrap();
+        assert_eq!(
+            self.model
+                .judge(self.next_offset, &envelope, Some(&payload)),
+            Judged::Accepted
+        );
+        self.next_offset += 2; // a commit marker follows each transaction
+        self.last_event = Some(envelope.event_id);
+        self
+    }
+
+    /// Decides `commands` as one batch, with the clock at `now()` and ids 1, 2, 3, ...
+    fn when(&self, commands: &[IncomingCommand]) -> Vec<Plan> {
+        let mut next_id = 0u128;
+        let mut new_event_id = || {
+            next_id += 1;
+            Uuid::from_u128(next_id)
+        };
+        let mut inputs = Inputs {
+            now: now(),
+            new_event_id: &mut new_event_id,
+        };
+        let mut batch = Batch::default();
+        commands
+            .iter()
+            .enumerate()
+            .map(|(index, command)| self.model.decide(&mut batch, index, command, &mut inputs))
+            .collect()
+    }
+
+    fn when_one(&self, command: IncomingCommand) -> Plan {
+        self.when(&[command]).pop().unwrap()
+    }
+}
+
+fn event(
+    version: u64,
+    predecessor: Option<Uuid>,
+    command_id: &str,
+    hash: Option<&str>,
+) -> EventEnvelope {
+    EventEnvelope {
+        event_id: Uuid::now_v7(),
+        event_type: "StockAdded".into(),
+        aggregate_kind: AggregateKind::InventoryItem,
+        aggregate_id: SKU.into(),
+        version: Version::new(version),
+        predecessor,
+        command_id: command_id.into(),
+        request_hash: hash.map(str::to_owned),
+        occurred_at: now(),
+        trace: trace(),
+    }
+}
+
+fn trace() -> Trace {
+    Trace {
+        correlation_id: "corr".into(),
+        causation_id: "cause".into(),
+        traceparent: None,
+    }
+}
+
+/// A command as it arrives on the commands topic, from admin unless changed.
+struct Command {
+    envelope: CommandEnvelope,
+    command: InventoryCommand,
+}
+
+fn add_stock(quantity: i64, command_id: &str) -> Command {
+    let sku = Sku::try_from(SKU).unwrap();
+    Command {
+        envelope: CommandEnvelope {
+            command_id: command_id.into(),
+            command_type: "AddStock".into(),
+            aggregate_id: SKU.into(),
+            reply_to: Some("requester".into()),
+            expected_version: None,
+            request_hash: None,
+            actor: Actor {
+                subject: "operator".into(),
+                role: "admin".into(),
+            },
+            deadline: Some(now() + chrono::Duration::seconds(5)),
+            trace: trace(),
+        },
+        command: InventoryCommand::AddStock {
+            sku,
+            quantity: Quantity::try_from(quantity).unwrap(),
+        },
+    }
+}
+
+impl Command {
+    fn with(mut self, change: impl FnOnce(&mut CommandEnvelope)) -> Self {
+        change(&mut self.envelope);
+        self
+    }
+
+    fn incoming(self) -> IncomingCommand {
+        IncomingCommand {
+            offset: 0,
+            payload: Some(schemas::encode(&self.command).unwrap()),
+            envelope: Ok(self.envelope),
+        }
+    }
+}
+
+fn reply(plan: &Plan) -> &CommandReply {
+    match plan {
+        Plan::Reply(reply) => reply,
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+fn refused(plan: &Plan) -> (ReplyOutcome, &str) {
+    let reply = reply(plan);
+    (reply.outcome, reply.error_code.as_deref().unwrap_or(""))
+}
+
+#[test]
+fn an_accepted_command_appends_events_that_extend_the_chain() {
+    let given = given().stock_added(5, "first", None);
+    let plan = given.when_one(add_stock(2, "second").incoming());
+    let Plan::Append {
+        aggregate_id,
+        version,
+        events,
+    } = plan
+    else {
+        panic!("expected an append, got {plan:?}");
+    };
+    assert_eq!((aggregate_id.as_str(), version.get()), (SKU, 2));
+    let [event] = events.as_slice() else {
+        panic!("one event: {events:?}")
+    };
+    assert_eq!(event.envelope.version.get(), 2);
+    assert_eq!(event.envelope.predecessor, given.last_event);
+    assert_eq!(event.envelope.event_id, Uuid::from_u128(1));
+    assert_eq!(event.envelope.occurred_at, now());
+    assert_eq!(event.envelope.command_id, "second");
+    assert_eq!(event.envelope.event_type, "StockAdded");
+}
+
+#[test]
+fn the_next_command_of_a_batch_builds_on_the_one_before() {
+    let given = given().stock_added(5, "first", None);
+    let plans = given.when(&[
+        add_stock(1, "second").incoming(),
+        add_stock(1, "third").incoming(),
+    ]);
+    let chain: Vec<(u64, Option<Uuid>, Uuid)> = plans
+        .iter()
+        .flat_map(|plan| match plan {
+            Plan::Append { events, .. } => events
+                .iter()
+                .map(|e| {
+                    (
+                        e.envelope.version.get(),
+                        e.envelope.predecessor,
+                        e.envelope.event_id,
+                    )
+                })
+                .collect::<Vec<_>>(),
+            other => panic!("expected appends, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            (2, given.last_event, Uuid::from_u128(1)),
+            (3, Some(Uuid::from_u128(1)), Uuid::from_u128(2))
+        ]
+    );
+}
+
+#[test]
+fn a_command_the_log_already_holds_is_answered_with_its_outcome_and_appends_nothing() {
+    let given = given().stock_added(5, "first", Some("hash-a"));
+    let plan = given.when_one(
+        add_stock(5, "first")
+            .with(|e| e.request_hash = Some("hash-a".into()))
+            .incoming(),
+    );
+    let reply = reply(&plan);
+    assert_eq!((reply.outcome, reply.version), (ReplyOutcome::Accepted, 1));
+    assert_eq!(reply.positions.len(), 1);
+    assert_eq!(reply.positions[0].offset, 0);
+    assert_eq!(reply.event_types, ["StockAdded"]);
+}
+
+#[test]
+fn a_key_reused_with_another_request_is_refused() {
+    let given = given().stock_added(5, "first", Some("hash-a"));
+    let plan = given.when_one(
+        add_stock(7, "first")
+            .with(|e| e.request_hash = Some("hash-b".into()))
+            .incoming(),
+    );
+    assert_eq!(
+        refused(&plan),
+        (ReplyOutcome::Rejected, "idempotency-key-reused")
+    );
+}
+
+#[test]
+fn a_second_copy_in_the_same_batch_gets_the_first_copys_answer() {
+    let given = given();
+    let plans = given.when(&[
+        add_stock(1, "same").incoming(),
+        add_stock(1, "same").incoming(),
+    ]);
+    assert!(matches!(plans[0], Plan::Append { .. }));
+    assert!(matches!(plans[1], Plan::SameAs(0)));
+}
+
+#[test]
+fn a_command_past_its_deadline_appends_nothing() {
+    let given = given();
+    let plan = given.when_one(
+        add_stock(1, "late")
+            .with(|e| e.deadline = Some(now() - chrono::Duration::milliseconds(1)))
+            .incoming(),
+    );
+    assert_eq!(refused(&plan), (ReplyOutcome::Unavailable, "expired"));
+}
+
+#[test]
+fn a_command_for_an_aggregate_of_another_partition_is_misrouted() {
+    let other = (0..100)
+        .map(|n| format!("sku-{n}"))
+        .find(|sku| partition_for(sku.as_bytes(), PARTITIONS) != given().model.partition())
+        .unwrap();
+    let mut command = add_stock(1, "elsewhere").with(|e| e.aggregate_id = other.clone());
+    command.command = InventoryCommand::AddStock {
+        sku: Sku::try_from(other.as_str()).unwrap(),
+        quantity: Quantity::try_from(1).unwrap(),
+    };
+    let plan = given().when_one(command.incoming());
+    assert_eq!(refused(&plan), (ReplyOutcome::Rejected, "misrouted"));
+}
+
+#[test]
+fn a_command_whose_key_names_another_aggregate_is_misrouted() {
+    let plan = given().when_one(
+        add_stock(1, "mismatch")
+            .with(|e| e.aggregate_id = "pear".into())
+            .incoming(),
+    );
+    assert_eq!(refused(&plan), (ReplyOutcome::Rejected, "misrouted"));
+}
+
+#[test]
+fn an_actor_without_the_right_role_is_forbidden() {
+    let plan = given().when_one(
+        add_stock(1, "customer")
+            .with(|e| {
+                e.actor = Actor {
+                    subject: "ada".into(),
+                    role: "customer".into(),
+                }
+            })
+            .incoming(),
+    );
+    assert_eq!(refused(&plan), (ReplyOutcome::Forbidden, "forbidden"));
+}
+
+#[test]
+fn a_stale_if_match_is_a_conflict_at_the_current_version() {
+    let given = given().stock_added(5, "first", None);
+    let plan = given.when_one(
+        add_stock(1, "stale")
+            .with(|e| e.expected_version = Some(Version::NONE))
+            .incoming(),
+    );
+    assert_eq!(refused(&plan), (ReplyOutcome::Conflict, "version-conflict"));
+    assert_eq!(reply(&plan).version, 1);
+}
+
+#[test]
+fn a_domain_rejection_is_answered_with_its_code() {
+    let mut command = add_stock(1, "reserve");
+    command.command = InventoryCommand::ReserveStock {
+        sku: Sku::try_from(SKU).unwrap(),
+        order_id: OrderId::try_from(Uuid::now_v7().to_string().as_str()).unwrap(),
+        quantity: Quantity::try_from(1).unwrap(),
+    };
+    let plan = given().when_one(command.incoming());
+    assert_eq!(refused(&plan), (ReplyOutcome::Rejected, "not-found"));
+}
+
+#[test]
+fn a_record_without_a_readable_command_is_invalid() {
+    let mut incoming = add_stock(1, "garbled").incoming();
+    incoming.payload = Some(vec![0xC3, 0x01, 0, 1, 2]);
+    let plan = given().when_one(incoming);
+    assert_eq!(refused(&plan), (ReplyOutcome::Rejected, "invalid-command"));
+}
+
+#[test]
+fn an_event_the_log_order_rule_rejects_changes_nothing() {
+    let mut given = given().stock_added(5, "first", None);
+    let zombie = event(2, None, "zombie", None);
+    let payload = schemas::encode(&InventoryEvent::StockAdded {
+        sku: Sku::try_from(SKU).unwrap(),
+        quantity: Quantity::try_from(1000).unwrap(),
+    })
+    .unwrap();
+    let judged = given.model.judge(2, &zombie, Some(&payload));
+    assert!(matches!(judged, Judged::Rejected(_)), "{judged:?}");
+    assert_eq!(given.model.version_of(SKU), 1);
+    assert!(given.model.recorded("zombie").is_none());
+}
