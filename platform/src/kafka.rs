@@ -114,7 +114,8 @@ pub fn latency_consumer_config(settings: &KafkaSettings, group_id: &str) -> Clie
 /// stands for, so a newer instance initialising the same id fences every older one (their open
 /// transaction is aborted, their later sends and commits refused). A transaction left open by a
 /// crashed writer blocks `read_committed` readers of its partitions until a successor fences it
-/// or `transaction.timeout.ms` passes; 10 s bounds that wait without cutting a healthy batch.
+/// or `transaction.timeout.ms` passes; 30 s bounds that wait and stays above the longest batch
+/// (each transactional call is bounded at 10 s), so the coordinator never aborts a live one.
 pub fn transactional_producer_config(
     settings: &KafkaSettings,
     transactional_id: &str,
@@ -122,6 +123,6 @@ pub fn transactional_producer_config(
     let mut config = producer_config(settings);
     config
         .set("transactional.id", transactional_id)
-        .set("transaction.timeout.ms", "10000");
+        .set("transaction.timeout.ms", "30000");
     config
 }

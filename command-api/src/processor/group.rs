@@ -58,6 +58,17 @@ impl GroupContext {
         }
     }
 
+    /// Hands `polled` to the dispatcher. On the group thread it waits for room; anywhere else
+    /// (librdkafka may serve a last rebalance while the consumer is dropped on a runtime
+    /// thread, where blocking panics) it gives up at once: nobody is dispatching any more.
+    fn hand_over(&self, polled: Polled) -> bool {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.out.try_send(polled).is_ok()
+        } else {
+            self.out.blocking_send(polled).is_ok()
+        }
+    }
+
     fn partitions(&self, list: &TopicPartitionList) -> Vec<(AggregateKind, i32)> {
         list.elements()
             .iter()
@@ -79,11 +90,10 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Revoke(list) = rebalance {
             let partitions = self.partitions(list);
             let (done, stopped) = std::sync::mpsc::sync_channel(1);
-            // A closed dispatcher (shutting down) has no writers left to wait for.
-            if self
-                .out
-                .blocking_send(Polled::Revoked { partitions, done })
-                .is_ok()
+            // A closed dispatcher (shutting down) has no writers left to wait for; off the
+            // group thread there is nobody to wait for either.
+            if self.hand_over(Polled::Revoked { partitions, done })
+                && tokio::runtime::Handle::try_current().is_err()
                 && stopped.recv_timeout(REVOKE_WAIT).is_err()
             {
                 warn!(
@@ -96,9 +106,7 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
             info!(partitions = list.count(), "command partitions assigned");
-            let _ = self
-                .out
-                .blocking_send(Polled::Assigned(self.partitions(list)));
+            let _ = self.hand_over(Polled::Assigned(self.partitions(list)));
             self.assigned_once.store(true, Ordering::SeqCst);
         }
     }

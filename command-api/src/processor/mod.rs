@@ -17,6 +17,7 @@ mod writer;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use domain::customer::CustomerAggregate;
 use domain::inventory::InventoryItem;
@@ -172,7 +173,7 @@ async fn dispatch(
             // Rebuild state as soon as a partition is ours, not on its first command.
             Some(Polled::Assigned(assigned)) => {
                 for (kind, partition) in assigned {
-                    writer(&mut writers, &context, kind, partition, Fenced::Replace);
+                    writer_for(&mut writers, &context, kind, partition, WhenFenced::Replace);
                 }
             }
             Some(Polled::Revoked { partitions, done }) => {
@@ -195,26 +196,43 @@ async fn dispatch(
                 partition,
                 incoming,
             }) => {
-                let running = writer(&mut writers, &context, kind, partition, Fenced::Keep);
+                let running = writer_for(&mut writers, &context, kind, partition, WhenFenced::Keep);
                 if running.fenced.load(Ordering::SeqCst) {
                     continue;
                 }
-                if running.commands.send(*incoming).await.is_err() {
+                if running.commands.send(*incoming).await.is_err()
+                    && !running.fenced.load(Ordering::SeqCst)
+                {
                     warn!(%kind, partition, "writer ended unexpectedly; restarting it");
                     writers.remove(&(kind, partition));
                 }
             }
         }
     }
-    // Graceful stop: writers handle what is queued (each batch committed), then stop. Only
-    // then may the group thread leave the group.
+    // Graceful stop: writers handle what is queued (each batch committed), then stop; one
+    // still retrying after the grace period abandons its batch (nothing of it is committed, so
+    // the next owner handles it). Only then does the group thread leave the group (it stays a
+    // member meanwhile, so no new owner fences the draining writers).
+    let (tokens, tasks): (Vec<CancellationToken>, Vec<JoinHandle<()>>) =
+        writers.into_values().map(|w| (w.revoked, w.task)).unzip();
+    let all = futures::future::join_all(tasks);
+    tokio::pin!(all);
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut all)
+        .await
+        .is_err()
+    {
+        warn!("writers still busy after the grace period; abandoning their batches");
+        tokens.iter().for_each(CancellationToken::cancel);
+        all.await;
+    }
     drop(polled);
-    let tasks: Vec<JoinHandle<()>> = writers.into_values().map(|w| w.task).collect();
-    futures::future::join_all(tasks).await;
 }
 
+/// How long a stopping process lets its writers finish what is queued.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// What to do with a writer the broker fenced.
-enum Fenced {
+enum WhenFenced {
     /// Keep it (it takes no commands): starting a new one now would fence the writer that
     /// fenced it, which owns the partition, and the two would fence each other in turn.
     Keep,
@@ -224,19 +242,19 @@ enum Fenced {
 
 /// The partition's writer, started on first use, after it ended, or on a new assignment after
 /// it was fenced.
-fn writer<'a>(
+fn writer_for<'a>(
     writers: &'a mut Writers,
     context: &Arc<WriterContext>,
     kind: AggregateKind,
     partition: i32,
-    when_fenced: Fenced,
+    when_fenced: WhenFenced,
 ) -> &'a mut RunningWriter {
     let key = (kind, partition);
     let stale = writers.get(&key).is_some_and(|w| {
         let fenced = w.fenced.load(Ordering::SeqCst);
         match when_fenced {
-            Fenced::Replace => fenced || w.task.is_finished(),
-            Fenced::Keep => !fenced && w.task.is_finished(),
+            WhenFenced::Replace => fenced || w.task.is_finished(),
+            WhenFenced::Keep => !fenced && w.task.is_finished(),
         }
     });
     if stale {

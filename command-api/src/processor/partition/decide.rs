@@ -47,7 +47,7 @@ where
         inputs: &mut Inputs<'_>,
     ) -> Step<Plan> {
         let envelope = well_formed(incoming)?;
-        first_copy_in_batch(batch, envelope, index)?;
+        first_copy_in_batch(batch, incoming, envelope, index)?;
         self.not_in_the_log_yet(incoming, envelope)?;
         not_expired(incoming, envelope, inputs)?;
         let command = decoded::<A>(incoming, envelope)?;
@@ -178,8 +178,11 @@ fn well_formed(incoming: &IncomingCommand) -> Step<&CommandEnvelope> {
     })
 }
 
+/// A second copy of a command in the same batch (a concurrent retry) gets the first copy's
+/// answer; the same key with another request is 422, as it would be a batch later.
 fn first_copy_in_batch<A: WriteModel>(
     batch: &mut Batch<A>,
+    incoming: &IncomingCommand,
     envelope: &CommandEnvelope,
     index: usize,
 ) -> Step<()>
@@ -188,11 +191,26 @@ where
     A::Command: schemas::WireRecord + Clone + Send + Sync,
     A::State: Send + Sync,
 {
-    if let Some(&first) = batch.seen.get(&envelope.command_id) {
-        return Err(Plan::SameAs(first));
+    match batch.seen.get(&envelope.command_id) {
+        Some((_, hash)) if envelope.request_hash.is_some() && *hash != envelope.request_hash => {
+            Err(refuse(
+                incoming,
+                ReplyOutcome::Rejected,
+                &envelope.aggregate_id,
+                0,
+                "idempotency-key-reused",
+                "this Idempotency-Key was used with a different request",
+            ))
+        }
+        Some((first, _)) => Err(Plan::SameAs(*first)),
+        None => {
+            batch.seen.insert(
+                envelope.command_id.clone(),
+                (index, envelope.request_hash.clone()),
+            );
+            Ok(())
+        }
     }
-    batch.seen.insert(envelope.command_id.clone(), index);
-    Ok(())
 }
 
 /// Past its deadline the requester has given up (and told its caller so): acting now would

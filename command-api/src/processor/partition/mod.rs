@@ -133,7 +133,8 @@ where
     A::State: Send + Sync,
 {
     overlay: HashMap<String, (Current<A>, Option<Uuid>)>,
-    seen: HashMap<String, usize>,
+    /// Command id -> (index in the batch, request hash) of its first copy.
+    seen: HashMap<String, (usize, Option<String>)>,
 }
 
 impl<A: WriteModel> Default for Batch<A>

@@ -265,6 +265,24 @@ fn a_second_copy_in_the_same_batch_gets_the_first_copys_answer() {
 }
 
 #[test]
+fn a_key_reused_with_another_request_in_the_same_batch_is_refused() {
+    let given = given();
+    let plans = given.when(&[
+        add_stock(1, "same")
+            .with(|e| e.request_hash = Some("hash-a".into()))
+            .incoming(),
+        add_stock(9, "same")
+            .with(|e| e.request_hash = Some("hash-b".into()))
+            .incoming(),
+    ]);
+    assert!(matches!(plans[0], Plan::Append { .. }));
+    assert_eq!(
+        refused(&plans[1]),
+        (ReplyOutcome::Rejected, "idempotency-key-reused")
+    );
+}
+
+#[test]
 fn a_command_past_its_deadline_appends_nothing() {
     let given = given();
     let plan = given.when_one(

@@ -21,6 +21,7 @@ use crate::processor::models::WriteModel;
 use crate::processor::IncomingCommand;
 
 use super::transaction::{self, TransactionFailure};
+use super::Recovery;
 use super::Writer;
 use crate::processor::partition::{accepted, answer, command_id, Batch, Plan};
 
@@ -38,11 +39,10 @@ pub(super) enum Handled {
     Fenced,
 }
 
-/// An attempt that did not commit, and whether it changed the writer's state (then the state
-/// is rebuilt from the log before the next attempt).
+/// An attempt that did not commit, and what the writer must do before the next one.
 struct Failed {
     failure: TransactionFailure,
-    state_touched: bool,
+    recovery: Recovery,
 }
 
 impl<A: WriteModel> Writer<A>
@@ -51,49 +51,44 @@ where
     A::Command: schemas::WireRecord + Clone + Send + Sync,
     A::State: Send + Sync,
 {
+    /// Commits the batch, trying again after every abort, until it commits, the partition is
+    /// revoked, or the writer is fenced. Commands below the committed floor are left out: a
+    /// transaction that committed them (this writer's, settled by a restart, or an earlier
+    /// owner's) holds their events and answers.
     pub(super) async fn handle(
         &mut self,
-        batch: Vec<IncomingCommand>,
+        mut batch: Vec<IncomingCommand>,
         revoked: &CancellationToken,
     ) -> Handled {
         let mut pause = Duration::from_millis(50);
         loop {
-            let Failed {
-                failure,
-                state_touched,
-            } = match self.attempt(&batch).await {
+            if self.recovery != Recovery::None {
+                if let Err(error) = self.recover().await {
+                    warn!(kind = %A::KIND, partition = self.partition, %error, ?self.recovery, "could not recover the partition's state; trying again");
+                    if !pause_or_revoked(&mut pause, revoked).await {
+                        return Handled::Abandoned;
+                    }
+                    continue;
+                }
+            }
+            batch.retain(|command| command.offset >= self.command_floor);
+            if batch.is_empty() {
+                return Handled::Committed;
+            }
+            let Failed { failure, recovery } = match self.attempt(&batch).await {
                 Ok(()) => return Handled::Committed,
                 Err(failed) => failed,
             };
             if matches!(failure, TransactionFailure::Fenced(_)) {
                 return Handled::Fenced;
             }
+            self.recovery = recovery;
             metrics::counter!("writer_transactions_aborted_total", "aggregate" => A::KIND.as_str())
                 .increment(1);
-            warn!(kind = %A::KIND, partition = self.partition, error = %failure, "batch aborted; trying again on the log as it is now");
-            if revoked.is_cancelled() {
+            warn!(kind = %A::KIND, partition = self.partition, error = %failure, ?recovery, "batch not committed; trying again on the log as it is now");
+            if !pause_or_revoked(&mut pause, revoked).await {
                 return Handled::Abandoned;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = revoked.cancelled() => return Handled::Abandoned,
-            }
-            pause = (pause * 2).min(MAX_RETRY_PAUSE);
-            if let Err(error) = self.resynchronise(state_touched).await {
-                warn!(kind = %A::KIND, partition = self.partition, %error, "could not read the partition again");
-            }
-        }
-    }
-
-    /// After an abort: a state that judged the aborted events is rebuilt from the log (a fresh
-    /// writer, which also fences this producer's own leftovers); otherwise reading what others
-    /// appended is enough.
-    async fn resynchronise(&mut self, state_touched: bool) -> Result<(), super::WriterError> {
-        if state_touched {
-            *self = Self::start(self.ctx.clone(), self.partition).await?;
-            Ok(())
-        } else {
-            self.catch_up(Duration::from_secs(10)).await
         }
     }
 
@@ -107,20 +102,22 @@ where
             .map(|(index, command)| self.plan(index, command, &mut scratch))
             .collect();
         drop(scratch);
-        let untouched = |failure| Failed {
+        let command_offsets = self.command_offsets(batch).map_err(|e| Failed {
+            failure: TransactionFailure::Abortable(e),
+            recovery: Recovery::None,
+        })?;
+        transaction::begin(&self.producer).map_err(|failure| Failed {
             failure,
-            state_touched: false,
-        };
-        let command_offsets = self
-            .command_offsets(batch)
-            .map_err(|e| untouched(TransactionFailure::Commit(e)))?;
-        transaction::begin(&self.producer).map_err(untouched)?;
+            recovery: Recovery::Restart,
+        })?;
 
-        let Some(mut offsets) = self.append(&plans).await else {
-            return Err(self
-                .aborted(TransactionFailure::NotAcknowledged, false)
-                .await);
-        };
+        let (mut offsets, acknowledged) = self.append(&plans).await;
+        // Past this writer's own aborted records and the abort marker after them.
+        let past = offsets.values().flatten().max().map_or(0, |last| last + 2);
+        if !acknowledged {
+            let failure = TransactionFailure::NotAcknowledged;
+            return Err(self.aborted(failure, Recovery::CatchUp { past }).await);
+        }
         let appended = self.appended_in_order(&plans, &offsets);
         if !appended
             .iter()
@@ -129,7 +126,8 @@ where
         {
             metrics::counter!("writer_interleaved_appends_total", "aggregate" => A::KIND.as_str())
                 .increment(1);
-            return Err(self.aborted(TransactionFailure::Interleaved, false).await);
+            let failure = TransactionFailure::Interleaved;
+            return Err(self.aborted(failure, Recovery::CatchUp { past }).await);
         }
         // Nothing lies between what this writer has read and its events: the log holds exactly
         // these records there, in this order, so they are judged here as if read back.
@@ -141,21 +139,38 @@ where
             .collect();
         let last_appended = appended.last().map(|(offset, _)| *offset);
         drop(appended);
+        // From here on the model holds the batch's events: if the batch does not commit, the
+        // model is rebuilt from the log.
+        let then = if last_appended.is_some() {
+            Recovery::Rebuild
+        } else {
+            Recovery::None
+        };
 
         let replies = self.replies(batch, plans, &verdicts, &mut offsets);
-        if !self.send_replies(batch, &replies) {
+        if !self.replies_delivered(batch, &replies).await {
             return Err(self
-                .aborted(TransactionFailure::NotAcknowledged, true)
+                .aborted(TransactionFailure::NotAcknowledged, then)
                 .await);
         }
-        if let Err(failure) =
-            transaction::commit(&self.producer, &self.ctx.group, command_offsets).await
-        {
-            return Err(self.aborted(failure, true).await);
+        match transaction::commit(&self.producer, &self.ctx.group, command_offsets).await {
+            Ok(()) => {}
+            Err(failure @ TransactionFailure::Abortable(_)) => {
+                return Err(self.aborted(failure, then).await)
+            }
+            Err(failure) => {
+                return Err(Failed {
+                    failure,
+                    recovery: Recovery::Restart,
+                })
+            }
         }
         // The commit marker follows the batch's last event in the partition.
         if let Some(last) = last_appended {
             self.known_end = last + 2;
+        }
+        if let Some(last) = batch.iter().map(|c| c.offset).max() {
+            self.command_floor = self.command_floor.max(last + 1);
         }
         for (command, reply) in batch.iter().zip(&replies) {
             let command_type = command
@@ -173,29 +188,33 @@ where
         Ok(())
     }
 
-    /// Aborts the open transaction after `failure` (a producer that cannot abort is fenced).
-    async fn aborted(&self, failure: TransactionFailure, state_touched: bool) -> Failed {
-        if matches!(failure, TransactionFailure::Fenced(_)) {
+    /// Aborts the open transaction after `failure`; `then` is what the writer does next. A
+    /// producer that cannot abort (fenced, or the abort timed out) is replaced.
+    async fn aborted(&self, failure: TransactionFailure, then: Recovery) -> Failed {
+        if matches!(
+            failure,
+            TransactionFailure::Fenced(_) | TransactionFailure::Unknown(_)
+        ) {
             return Failed {
                 failure,
-                state_touched,
+                recovery: Recovery::Restart,
             };
         }
         match transaction::abort(&self.producer).await {
             Ok(()) => Failed {
                 failure,
-                state_touched,
+                recovery: then,
             },
-            Err(fenced) => Failed {
-                failure: fenced,
-                state_touched,
+            Err(failure) => Failed {
+                failure,
+                recovery: Recovery::Restart,
             },
         }
     }
 
     /// Sends every event, in order, and waits for the broker's acknowledgements: the offsets
-    /// of each command's events, or `None` when any send failed.
-    async fn append(&self, plans: &[Plan]) -> Option<HashMap<usize, Vec<i64>>> {
+    /// of each command's events that were acknowledged, and whether all were.
+    async fn append(&self, plans: &[Plan]) -> (HashMap<usize, Vec<i64>>, bool) {
         let mut deliveries = Vec::new();
         for (index, plan) in plans.iter().enumerate() {
             if let Plan::Append {
@@ -234,7 +253,7 @@ where
                 }
             }
         }
-        all.then_some(offsets)
+        (offsets, all)
     }
 
     /// The batch's events with their offsets, in log order.
@@ -344,12 +363,14 @@ where
         }
     }
 
-    /// Adds the replies to the transaction: a requester reads them `read_committed`, so it
-    /// sees an answer only once the batch has committed. False when the producer refused one
-    /// (then the batch is aborted and tried again; a reply that fails in flight fails the
-    /// commit the same way).
-    fn send_replies(&self, batch: &[IncomingCommand], replies: &[CommandReply]) -> bool {
+    /// Adds the replies to the transaction and waits until the broker has them: a requester
+    /// reads them `read_committed`, so it sees an answer only once the batch has committed.
+    /// False when one was refused or not acknowledged (the batch is then aborted and tried
+    /// again). Waiting here also spares the commit rdkafka's flush, which sleeps a whole 100 ms
+    /// poll whenever a message is still in flight.
+    async fn replies_delivered(&self, batch: &[IncomingCommand], replies: &[CommandReply]) -> bool {
         let topic = self.ctx.topics.replies();
+        let mut deliveries = Vec::new();
         for (command, reply) in batch.iter().zip(replies) {
             let Some(reply_to) = command
                 .envelope
@@ -369,13 +390,23 @@ where
             let record = FutureRecord::to(&topic)
                 .key(reply_to.as_bytes())
                 .payload(&payload);
-            if let Err((error, _)) = self.producer.send_result(record) {
-                platform::kafka::count_producer_error("command-replies");
-                warn!(%error, "reply not queued");
-                return false;
+            match self.producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((error, _)) => {
+                    platform::kafka::count_producer_error("command-replies");
+                    warn!(%error, "reply not queued");
+                    return false;
+                }
             }
         }
-        true
+        let delivered = join_all(deliveries)
+            .await
+            .into_iter()
+            .all(|d| matches!(d, Ok(Ok(_))));
+        if !delivered {
+            platform::kafka::count_producer_error("command-replies");
+        }
+        delivered
     }
 
     /// The offsets the group moves to once the batch commits.
@@ -403,4 +434,18 @@ fn outcome_label(outcome: ReplyOutcome) -> &'static str {
         ReplyOutcome::Forbidden => "forbidden",
         ReplyOutcome::Unavailable => "unavailable",
     }
+}
+
+/// Sleeps `pause` (doubling it for next time, up to `MAX_RETRY_PAUSE`); false when the
+/// partition was revoked meanwhile.
+async fn pause_or_revoked(pause: &mut Duration, revoked: &CancellationToken) -> bool {
+    if revoked.is_cancelled() {
+        return false;
+    }
+    let waited = tokio::select! {
+        _ = tokio::time::sleep(*pause) => true,
+        _ = revoked.cancelled() => false,
+    };
+    *pause = (*pause * 2).min(MAX_RETRY_PAUSE);
+    waited
 }

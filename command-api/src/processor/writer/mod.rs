@@ -41,6 +41,25 @@ const MAX_BATCH: usize = 256;
 /// How long an empty fetch of a partition's tail waits at the broker.
 const TAIL_FETCH_WAIT_MS: &str = "100";
 
+/// How long a rebuild or a takeover may read the partition before it gives up (and tries again).
+const REBUILD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a writer must do before its next attempt, after one did not commit. Cleared only once
+/// done: no attempt runs on a state that may hold aborted events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recovery {
+    /// Nothing: the model is what the log says.
+    None,
+    /// The attempt aborted before its events were judged: read what others appended, at least
+    /// up to `past` (beyond this writer's aborted records and the abort marker).
+    CatchUp { past: i64 },
+    /// The model judged events of an aborted attempt: rebuild it from the log (same producer).
+    Rebuild,
+    /// The transaction's outcome is unknown (or the producer is unusable): a new producer under
+    /// the same transactional id settles it, and the committed floor says whether it committed.
+    Restart,
+}
+
 /// How the dispatcher and a writer tell each other that the writer must stop.
 pub(in crate::processor) struct Lifecycle {
     /// Cancelled when the partition is revoked: finish or abort the open transaction, drop
@@ -70,6 +89,10 @@ where
     known_end: i64,
     /// What the log says of the partition, and the decisions on it.
     model: PartitionModel<A>,
+    /// Commands below this offset of the commands partition were handled in a committed
+    /// transaction: a second delivery of one (after a handover or a restart) is dropped.
+    command_floor: i64,
+    recovery: Recovery,
 }
 
 impl<A: WriteModel> Writer<A>
@@ -122,18 +145,18 @@ where
     }
 
     /// Starts (fences, rebuilds), retrying every second, until it works or the partition is
-    /// revoked.
+    /// revoked. A start is never cut short: an `init_transactions` left running after a revoke
+    /// could land after the new owner's and fence it.
     async fn start_until_revoked(
         ctx: &Arc<WriterContext>,
         partition: i32,
         lifecycle: &Lifecycle,
     ) -> Option<Self> {
         loop {
-            let started = tokio::select! {
-                biased;
-                _ = lifecycle.revoked.cancelled() => return None,
-                started = Self::start(ctx.clone(), partition) => started,
-            };
+            let started = Self::start(ctx.clone(), partition).await;
+            if lifecycle.revoked.is_cancelled() {
+                return None;
+            }
             match started {
                 Ok(writer) => return Some(writer),
                 Err(error) => {
@@ -147,33 +170,16 @@ where
         }
     }
 
+    /// Fences every earlier writer, learns which commands they committed, reads the partition.
     async fn start(ctx: Arc<WriterContext>, partition: i32) -> Result<Self, WriterError> {
         let events_topic = ctx.topics.events(A::KIND);
         let commands_topic = ctx.topics.commands(A::KIND);
-        let partitions = ctx.partitions;
         let started = std::time::Instant::now();
         let producer = transaction::fence_earlier_writers(&ctx, A::KIND, partition).await?;
-        // The tail is read between batches for records this writer did not append (there are
-        // none unless the deployment is misconfigured), so it need not poll at the request
-        // path's 5 ms: idle fetches at 5 ms from every partition's tail cost the broker more
-        // than the commands do.
-        let mut tail_config = platform::kafka::consumer_config(
-            &ctx.kafka,
-            &format!("{}.writer-tail", ctx.kafka.topic_prefix),
-        );
-        tail_config.set("fetch.wait.max.ms", TAIL_FETCH_WAIT_MS);
-        let tail: StreamConsumer<LagContext> = tail_config
-            .create_with_context(LagContext {
-                consumer: "command-writer-tail",
-            })
-            .map_err(WriterError::Kafka)?;
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&events_topic, partition, Offset::Beginning)
-            .map_err(WriterError::Kafka)?;
-        tail.assign(&assignment).map_err(WriterError::Kafka)?;
+        let command_floor =
+            transaction::committed_floor(&ctx.group, &commands_topic, partition).await?;
+        let tail = Self::tail(&ctx, &events_topic, partition)?;
         let mut writer = Self {
-            ctx,
             partition,
             events_topic,
             commands_topic,
@@ -181,11 +187,65 @@ where
             tail: Arc::new(tail),
             next_offset: 0,
             known_end: 0,
-            model: PartitionModel::new(partition, partitions),
+            model: PartitionModel::new(partition, ctx.partitions),
+            command_floor,
+            recovery: Recovery::None,
+            ctx,
         };
-        writer.catch_up(Duration::from_secs(60)).await?;
-        info!(kind = %A::KIND, partition, end = writer.known_end, elapsed_ms = started.elapsed().as_millis() as u64, "partition state rebuilt");
+        writer.catch_up(REBUILD_TIMEOUT).await?;
+        info!(kind = %A::KIND, partition, end = writer.known_end, elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "partition state rebuilt");
         Ok(writer)
+    }
+
+    /// A consumer of the events partition from its first record. It is read between batches
+    /// for records this writer did not append (there are none unless the deployment is
+    /// misconfigured), so it need not poll at the request path's 5 ms: idle fetches at 5 ms
+    /// from every partition's tail cost the broker more than the commands do.
+    fn tail(
+        ctx: &WriterContext,
+        events_topic: &str,
+        partition: i32,
+    ) -> Result<StreamConsumer<LagContext>, WriterError> {
+        let mut config = platform::kafka::consumer_config(
+            &ctx.kafka,
+            &format!("{}.writer-tail", ctx.kafka.topic_prefix),
+        );
+        config.set("fetch.wait.max.ms", TAIL_FETCH_WAIT_MS);
+        let tail: StreamConsumer<LagContext> = config
+            .create_with_context(LagContext {
+                consumer: "command-writer-tail",
+            })
+            .map_err(WriterError::Kafka)?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(events_topic, partition, Offset::Beginning)
+            .map_err(WriterError::Kafka)?;
+        tail.assign(&assignment).map_err(WriterError::Kafka)?;
+        Ok(tail)
+    }
+
+    /// Does what `recovery` asks, and clears it once done.
+    async fn recover(&mut self) -> Result<(), WriterError> {
+        match self.recovery {
+            Recovery::None => {}
+            Recovery::CatchUp { past } => {
+                let stable = self.last_stable_offset().await?;
+                self.read_until(stable.max(past), Duration::from_secs(10))
+                    .await?;
+            }
+            Recovery::Rebuild => {
+                self.tail = Arc::new(Self::tail(&self.ctx, &self.events_topic, self.partition)?);
+                self.model = PartitionModel::new(self.partition, self.ctx.partitions);
+                self.next_offset = 0;
+                self.known_end = 0;
+                self.catch_up(REBUILD_TIMEOUT).await?;
+            }
+            Recovery::Restart => {
+                *self = Self::start(self.ctx.clone(), self.partition).await?;
+            }
+        }
+        self.recovery = Recovery::None;
+        Ok(())
     }
 
     /// Reads every committed record up to the partition's last stable offset. Earlier writers

@@ -1,21 +1,27 @@
 //! The writer's transactional producer: one transactional id per (aggregate kind, partition),
 //! so the broker lets exactly one writer of a partition commit: the one that called
-//! `init_transactions` last. The blocking librdkafka calls run on the blocking pool.
+//! `init_transactions` last. The blocking librdkafka calls run on the blocking pool, and their
+//! failures are sorted by what librdkafka says they mean: fatal (fenced), abortable, or
+//! retriable (the same call is made again: a commit that timed out may still complete).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use domain::AggregateKind;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::WriterError;
-use crate::processor::WriterContext;
+use crate::processor::{GroupContext, WriterContext};
 
 /// Bounds each blocking transactional call (fencing, offsets, commit, abort).
 const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a retriable `send_offsets_to_transaction` or commit is made again before the
+/// outcome is given up as unknown.
+const RETRIES: usize = 3;
 
 /// The transactional id of a partition's writer. It depends on the topic prefix (the
 /// deployment) and the partition only, never on the process or the consumer group, so every
@@ -42,11 +48,36 @@ pub(super) async fn fence_earlier_writers(
     Ok(producer)
 }
 
+/// The group's committed offset of a commands partition: every command below it was handled
+/// in a committed transaction (its events and answer are in the log). Read after
+/// `init_transactions`, so no earlier writer's offsets are still pending; `read_committed`
+/// makes librdkafka wait for stable offsets.
+pub(super) async fn committed_floor(
+    group: &Arc<BaseConsumer<GroupContext>>,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, WriterError> {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    let group = group.clone();
+    let committed = blocking(move || group.committed_offsets(list, TRANSACTION_CALL_TIMEOUT))
+        .await
+        .map_err(WriterError::Kafka)?;
+    Ok(committed
+        .elements()
+        .first()
+        .and_then(|e| match e.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        })
+        .unwrap_or(0))
+}
+
 /// Why a batch's transaction did not commit.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum TransactionFailure {
     /// A newer writer of the partition exists (or the producer hit another fatal error): this
-    /// writer can never commit again.
+    /// producer can never commit again.
     #[error("fenced by a newer writer of the partition")]
     Fenced(#[source] KafkaError),
     /// The broker did not acknowledge every event: aborted, nothing of the batch counts.
@@ -57,54 +88,106 @@ pub(super) enum TransactionFailure {
     /// view.
     #[error("another producer appended to the partition")]
     Interleaved,
-    /// The offsets or the commit failed (group generation moved, broker trouble): aborted.
+    /// The offsets or the commit were refused (group generation moved, broker trouble): the
+    /// transaction must be aborted.
     #[error("the transaction could not commit")]
-    Commit(#[source] KafkaError),
+    Abortable(#[source] KafkaError),
+    /// The commit or the abort did not finish: the transaction may or may not have committed.
+    /// Only a new producer under the same id settles it (its `init_transactions` completes or
+    /// aborts it), and the committed offset then tells which.
+    #[error("the transaction's outcome is unknown")]
+    Unknown(#[source] KafkaError),
 }
 
 /// Opens the batch's transaction.
 pub(super) fn begin(producer: &FutureProducer) -> Result<(), TransactionFailure> {
     producer
         .begin_transaction()
-        .map_err(|e| classify(producer, e))
+        .map_err(|e| classify(producer, e, TransactionFailure::Unknown))
 }
 
 /// Adds the command offsets (with the group's metadata, so the broker refuses them from a
-/// member of an older generation) and commits everything the transaction holds.
+/// member of an older generation) and commits everything the transaction holds. Every message
+/// is acknowledged by now; librdkafka may still hold one for a moment, and rdkafka's flush
+/// inside the commit would then sleep a whole 100 ms poll, so wait for it here first.
 pub(super) async fn commit(
     producer: &FutureProducer,
-    group: &Arc<rdkafka::consumer::BaseConsumer<crate::processor::GroupContext>>,
+    group: &Arc<BaseConsumer<GroupContext>>,
     offsets: TopicPartitionList,
 ) -> Result<(), TransactionFailure> {
-    let Some(metadata) = group.group_metadata() else {
-        return Err(TransactionFailure::Commit(KafkaError::Canceled));
-    };
-    let committing = producer.clone();
-    blocking(move || {
-        committing.send_offsets_to_transaction(&offsets, &metadata, TRANSACTION_CALL_TIMEOUT)?;
-        committing.commit_transaction(TRANSACTION_CALL_TIMEOUT)
+    if offsets.count() > 0 {
+        let Some(metadata) = group.group_metadata() else {
+            return Err(TransactionFailure::Abortable(KafkaError::Canceled));
+        };
+        retrying(producer, TransactionFailure::Abortable, move |p| {
+            p.send_offsets_to_transaction(&offsets, &metadata, TRANSACTION_CALL_TIMEOUT)
+        })
+        .await?;
+    }
+    let mut waited = 0;
+    while producer.in_flight_count() > 0 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        waited += 1;
+    }
+    retrying(producer, TransactionFailure::Unknown, |p| {
+        p.commit_transaction(TRANSACTION_CALL_TIMEOUT)
     })
     .await
-    .map_err(|e| classify(producer, e))
 }
 
-/// Aborts the open transaction; a producer that cannot abort is treated as fenced.
+/// Aborts the open transaction. A producer that cannot abort is fenced (fatal) or in an
+/// unknown state (the abort timed out or a commit is still in flight).
 pub(super) async fn abort(producer: &FutureProducer) -> Result<(), TransactionFailure> {
+    if let Some((code, _)) = producer.client().fatal_error() {
+        return Err(TransactionFailure::Fenced(KafkaError::MessageProduction(
+            code,
+        )));
+    }
     let aborting = producer.clone();
     blocking(move || aborting.abort_transaction(TRANSACTION_CALL_TIMEOUT))
         .await
-        .map_err(TransactionFailure::Fenced)
+        .map_err(|e| classify(producer, e, TransactionFailure::Unknown))
 }
 
-/// A fatal producer (fenced, or the broker lost its epoch) can never commit again; anything
-/// else aborts and retries.
-pub(super) fn classify(producer: &FutureProducer, error: KafkaError) -> TransactionFailure {
-    let fatal = matches!(&error, KafkaError::Transaction(e) if e.is_fatal())
-        || producer.client().fatal_error().is_some();
-    if fatal {
+/// Makes `call` and makes it again while librdkafka says it is retriable; `otherwise` names a
+/// failure that is neither fatal nor abortable, or still retriable after `RETRIES`.
+async fn retrying<F>(
+    producer: &FutureProducer,
+    otherwise: fn(KafkaError) -> TransactionFailure,
+    call: F,
+) -> Result<(), TransactionFailure>
+where
+    F: Fn(&FutureProducer) -> Result<(), KafkaError> + Send + Sync + 'static,
+{
+    let call = Arc::new(call);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (calling, call) = (producer.clone(), call.clone());
+        match blocking(move || call(&calling)).await {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < RETRIES => {}
+            Err(error) => return Err(classify(producer, error, otherwise)),
+        }
+    }
+}
+
+/// Fatal (fenced) first, then "abort and retry", then `otherwise`.
+fn classify(
+    producer: &FutureProducer,
+    error: KafkaError,
+    otherwise: fn(KafkaError) -> TransactionFailure,
+) -> TransactionFailure {
+    let (fatal, abortable) = match &error {
+        KafkaError::Transaction(e) => (e.is_fatal(), e.txn_requires_abort()),
+        _ => (false, false),
+    };
+    if fatal || producer.client().fatal_error().is_some() {
         TransactionFailure::Fenced(error)
+    } else if abortable {
+        TransactionFailure::Abortable(error)
     } else {
-        TransactionFailure::Commit(error)
+        otherwise(error)
     }
 }
 
