@@ -249,6 +249,20 @@ async fn no_answer_is_contradicted_by_the_log_through_joins_kills_freezes_and_sl
                 .await;
         }
     }
+    // Every writer counts what the log-order rule rejects; on the transactional path nothing.
+    for api in &apis {
+        let rejected: f64 = api
+            .metrics()
+            .await
+            .lines()
+            .filter(|line| line.starts_with("log_order_rejections_total"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(
+            rejected < 0.5,
+            "log_order_rejections_total of a writer: {rejected}"
+        );
+    }
     let (chains, rejections) = fold_the_log(&kafka).await;
     check(&history, &chains, rejections);
 }
