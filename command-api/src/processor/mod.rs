@@ -14,7 +14,7 @@ mod models;
 mod partition;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,7 @@ use platform::config::KafkaSettings;
 use platform::envelope::{CommandEnvelope, EnvelopeError};
 use platform::topics::Topics;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -153,6 +154,13 @@ struct RunningWriter {
     /// the partition starts a fresh one (restarting it at once would fence the new owner).
     fenced: Arc<AtomicBool>,
     task: JoinHandle<()>,
+    /// Commands the writer had no room for yet, in order. While any wait here, the
+    /// partition is paused in the group, so this holds at most what was already fetched, and
+    /// the dispatcher never waits on one slow writer (which would starve every other partition
+    /// and, once the group thread's channel filled, stop it from serving rebalances).
+    overflow: VecDeque<IncomingCommand>,
+    /// Whether the partition is paused in the group because of `overflow`.
+    paused: bool,
 }
 
 type Writers = HashMap<(AggregateKind, i32), RunningWriter>;
@@ -163,15 +171,25 @@ async fn dispatch(
     shutdown: CancellationToken,
 ) {
     let mut writers: Writers = HashMap::new();
+    let mut retry = tokio::time::interval(Duration::from_millis(5));
     loop {
+        let waiting = writers.values().any(|w| !w.overflow.is_empty());
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = retry.tick(), if waiting => {
+                for ((kind, partition), running) in &mut writers {
+                    hand_over(&context, *kind, *partition, running);
+                }
+                continue;
+            }
             next = polled.recv() => next,
         };
         match next {
             None => break,
             // Rebuild state as soon as a partition is ours, not on its first command.
             Some(Polled::Assigned(assigned)) => {
+                // A partition paused for an earlier writer of this process starts afresh.
+                resume(&context, &assigned);
                 for (kind, partition) in assigned {
                     writer_for(&mut writers, &context, kind, partition, WhenFenced::Replace);
                 }
@@ -200,11 +218,13 @@ async fn dispatch(
                 if running.fenced.load(Ordering::SeqCst) {
                     continue;
                 }
-                if running.commands.send(*incoming).await.is_err()
+                running.overflow.push_back(*incoming);
+                if !hand_over(&context, kind, partition, running)
                     && !running.fenced.load(Ordering::SeqCst)
                 {
                     warn!(%kind, partition, "writer ended unexpectedly; restarting it");
                     writers.remove(&(kind, partition));
+                    resume(&context, &[(kind, partition)]);
                 }
             }
         }
@@ -226,6 +246,58 @@ async fn dispatch(
         all.await;
     }
     drop(polled);
+}
+
+/// Moves the writer's overflow into its channel, in order, as far as there is room; pauses the
+/// partition in the group while anything is left and resumes it once nothing is. False when
+/// the writer is gone.
+fn hand_over(
+    context: &WriterContext,
+    kind: AggregateKind,
+    partition: i32,
+    running: &mut RunningWriter,
+) -> bool {
+    while let Some(command) = running.overflow.pop_front() {
+        match running.commands.try_send(command) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                running.overflow.push_front(command);
+                break;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                running.overflow.clear();
+                return false;
+            }
+        }
+    }
+    let waiting = !running.overflow.is_empty();
+    if waiting != running.paused {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&context.topics.commands(kind), partition);
+        let changed = if waiting {
+            context.group.pause(&list)
+        } else {
+            context.group.resume(&list)
+        };
+        match changed {
+            Ok(()) => running.paused = waiting,
+            Err(error) => {
+                warn!(%kind, partition, %error, "could not pause or resume the partition")
+            }
+        }
+    }
+    true
+}
+
+/// Resumes fetching `partitions` (harmless for one that is not paused).
+fn resume(context: &WriterContext, partitions: &[(AggregateKind, i32)]) {
+    let mut list = TopicPartitionList::new();
+    for (kind, partition) in partitions {
+        list.add_partition(&context.topics.commands(*kind), *partition);
+    }
+    if let Err(error) = context.group.resume(&list) {
+        warn!(%error, "could not resume command partitions");
+    }
 }
 
 /// How long a stopping process lets its writers finish what is queued.
@@ -257,8 +329,8 @@ fn writer_for<'a>(
             WhenFenced::Keep => !fenced && w.task.is_finished(),
         }
     });
-    if stale {
-        writers.remove(&key);
+    if stale && writers.remove(&key).is_some_and(|old| old.paused) {
+        resume(context, &[key]);
     }
     writers
         .entry(key)
@@ -292,5 +364,7 @@ fn spawn_writer(context: Arc<WriterContext>, kind: AggregateKind, partition: i32
         revoked,
         fenced,
         task,
+        overflow: VecDeque::new(),
+        paused: false,
     }
 }
