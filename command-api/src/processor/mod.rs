@@ -32,7 +32,7 @@ use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use group::{GroupContext, Polled, REVOKE_WAIT};
 pub use models::{rejection_code, ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SYSTEM};
@@ -64,6 +64,8 @@ pub(crate) struct WriterContext {
     partitions: i32,
     /// The group consumer, for the group metadata each transaction commits offsets with.
     group: Arc<BaseConsumer<GroupContext>>,
+    /// The commands topics the group is subscribed to.
+    subscription: Vec<String>,
     writers_ready: AtomicUsize,
 }
 
@@ -110,6 +112,7 @@ impl Processor {
             topics,
             partitions,
             group,
+            subscription: command_topics,
             writers_ready: AtomicUsize::new(0),
         });
         let dispatching = dispatch(context.clone(), polled, shutdown);
@@ -172,13 +175,23 @@ async fn dispatch(
 ) {
     let mut writers: Writers = HashMap::new();
     let mut retry = tokio::time::interval(Duration::from_millis(5));
+    // Ticks missed while nothing waited are not made up in a burst.
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let waiting = writers.values().any(|w| !w.overflow.is_empty());
+        let waiting = writers.values().any(|w| !w.overflow.is_empty() || w.paused);
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = retry.tick(), if waiting => {
-                for ((kind, partition), running) in &mut writers {
-                    hand_over(&context, *kind, *partition, running);
+                let gone: Vec<(AggregateKind, i32)> = writers
+                    .iter_mut()
+                    .filter(|(_, running)| !running.fenced.load(Ordering::SeqCst))
+                    .filter_map(|(&(kind, partition), running)| {
+                        (!hand_over(&context, kind, partition, running)).then_some((kind, partition))
+                    })
+                    .collect();
+                if !gone.is_empty() {
+                    gone.iter().for_each(|key| { writers.remove(key); });
+                    rejoin(&context);
                 }
                 continue;
             }
@@ -222,9 +235,8 @@ async fn dispatch(
                 if !hand_over(&context, kind, partition, running)
                     && !running.fenced.load(Ordering::SeqCst)
                 {
-                    warn!(%kind, partition, "writer ended unexpectedly; restarting it");
                     writers.remove(&(kind, partition));
-                    resume(&context, &[(kind, partition)]);
+                    rejoin(&context);
                 }
             }
         }
@@ -264,13 +276,16 @@ fn hand_over(
                 running.overflow.push_front(command);
                 break;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                running.overflow.clear();
+            Err(mpsc::error::TrySendError::Closed(command)) => {
+                running.overflow.push_front(command);
                 return false;
             }
         }
     }
-    let waiting = !running.overflow.is_empty();
+    // Resumed only once the writer has room for a good part of a fetch again, so the partition
+    // does not flap between paused and resumed with every batch.
+    let room = running.commands.capacity() >= running.commands.max_capacity() / 2;
+    let waiting = !running.overflow.is_empty() || (running.paused && !room);
     if waiting != running.paused {
         let mut list = TopicPartitionList::new();
         list.add_partition(&context.topics.commands(kind), partition);
@@ -287,6 +302,19 @@ fn hand_over(
         }
     }
     true
+}
+
+/// Leaves and rejoins the group, so every partition of this process is revoked (its writers
+/// commit or abort, and stop) and assigned again, fetching from the committed offsets. Used
+/// when a writer ended without being revoked or fenced (a panic): a new writer for just that
+/// partition would commit offsets past the commands the dead one still held.
+fn rejoin(context: &WriterContext) {
+    error!("a writer ended unexpectedly; rejoining the group to hand its commands over afresh");
+    context.group.unsubscribe();
+    let names: Vec<&str> = context.subscription.iter().map(String::as_str).collect();
+    if let Err(error) = context.group.subscribe(&names) {
+        error!(%error, "could not subscribe to the commands topics again");
+    }
 }
 
 /// Resumes fetching `partitions` (harmless for one that is not paused).
