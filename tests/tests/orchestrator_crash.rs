@@ -52,6 +52,11 @@ impl SagaWatch {
             }
         }
     }
+
+    /// Waits until the saga of `order_id` records `event_type`.
+    async fn until(&self, order_id: &str, event_type: &str) {
+        while self.next_of(order_id).await.1 != event_type {}
+    }
 }
 
 /// Kills the orchestrator after each event the saga records until it records one of `until`;
@@ -147,12 +152,7 @@ async fn a_reservation_refused_for_an_unknown_customer_leaves_no_hold_once_the_c
     let watch = SagaWatch::new(&stack);
     stack.given_stock("apple", 5).await;
     let order = stack.place_order("ghost", &[line("apple", 1, 100)]).await;
-    loop {
-        let (_, event_type) = watch.next_of(&order).await;
-        if event_type == "CreditReservationFailed" {
-            break;
-        }
-    }
+    watch.until(&order, "CreditReservationFailed").await;
     stack.kill_orchestrator().await;
     stack.given_customer("ghost", 1_000).await;
     stack.start_orchestrator().await;
@@ -177,12 +177,7 @@ async fn a_reservation_refused_for_an_unknown_sku_leaves_no_hold_once_the_sku_ex
     let watch = SagaWatch::new(&stack);
     stack.given_customer("ada", 1_000).await;
     let order = stack.place_order("ada", &[line("kiwi", 1, 100)]).await;
-    loop {
-        let (_, event_type) = watch.next_of(&order).await;
-        if event_type == "StockReservationFailed" {
-            break;
-        }
-    }
+    watch.until(&order, "StockReservationFailed").await;
     stack.kill_orchestrator().await;
     stack.given_stock("kiwi", 5).await;
     stack.start_orchestrator().await;

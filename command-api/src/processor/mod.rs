@@ -287,8 +287,7 @@ fn hand_over(
     let room = running.commands.capacity() >= running.commands.max_capacity() / 2;
     let waiting = !running.overflow.is_empty() || (running.paused && !room);
     if waiting != running.paused {
-        let mut list = TopicPartitionList::new();
-        list.add_partition(&context.topics.commands(kind), partition);
+        let list = command_partitions(context, &[(kind, partition)]);
         let changed = if waiting {
             context.group.pause(&list)
         } else {
@@ -319,13 +318,24 @@ fn rejoin(context: &WriterContext) {
 
 /// Resumes fetching `partitions` (harmless for one that is not paused).
 fn resume(context: &WriterContext, partitions: &[(AggregateKind, i32)]) {
+    if let Err(error) = context
+        .group
+        .resume(&command_partitions(context, partitions))
+    {
+        warn!(%error, "could not resume command partitions");
+    }
+}
+
+/// The commands topics' partitions of `partitions`, as librdkafka lists them.
+fn command_partitions(
+    context: &WriterContext,
+    partitions: &[(AggregateKind, i32)],
+) -> TopicPartitionList {
     let mut list = TopicPartitionList::new();
     for (kind, partition) in partitions {
         list.add_partition(&context.topics.commands(*kind), *partition);
     }
-    if let Err(error) = context.group.resume(&list) {
-        warn!(%error, "could not resume command partitions");
-    }
+    list
 }
 
 /// How long a stopping process lets its writers finish what is queued.

@@ -293,17 +293,7 @@ where
 
     /// The tail consumer's position in the partition (0 before it has fetched anything).
     fn position(&self) -> i64 {
-        self.tail
-            .position()
-            .ok()
-            .and_then(|list| {
-                list.find_partition(&self.events_topic, self.partition)
-                    .and_then(|p| match p.offset() {
-                        Offset::Offset(offset) => Some(offset),
-                        _ => None,
-                    })
-            })
-            .unwrap_or(0)
+        platform::log_end::position(&*self.tail, &self.events_topic, self.partition).unwrap_or(0)
     }
 
     /// Absorbs one record read from the tail. Records below `next_offset` were already judged
