@@ -227,7 +227,15 @@ async fn dispatch(
                 partition,
                 incoming,
             }) => {
-                let running = writer_for(&mut writers, &context, kind, partition, WhenFenced::Keep);
+                // A fenced writer is replaced only while the group still assigns the partition
+                // here (a fatal producer error after a broker restart fences no one else);
+                // otherwise the new owner has it and restarting would fence that owner.
+                let when_fenced = if still_assigned(&context, kind, partition) {
+                    WhenFenced::Replace
+                } else {
+                    WhenFenced::Keep
+                };
+                let running = writer_for(&mut writers, &context, kind, partition, when_fenced);
                 if running.fenced.load(Ordering::SeqCst) {
                     continue;
                 }
@@ -314,6 +322,15 @@ fn rejoin(context: &WriterContext) {
     if let Err(error) = context.group.subscribe(&names) {
         error!(%error, "could not subscribe to the commands topics again");
     }
+}
+
+/// Whether the group's current assignment of this process holds the commands partition.
+fn still_assigned(context: &WriterContext, kind: AggregateKind, partition: i32) -> bool {
+    let topic = context.topics.commands(kind);
+    context
+        .group
+        .assignment()
+        .is_ok_and(|list| list.find_partition(&topic, partition).is_some())
 }
 
 /// Resumes fetching `partitions` (harmless for one that is not paused).
