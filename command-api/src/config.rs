@@ -35,7 +35,7 @@ pub struct Settings {
     /// two instances different groups to force two writers onto one partition.
     pub writer_group: String,
     /// `COMMAND_WRITER_KINDS`: comma-separated aggregate kinds this instance writes (default:
-    /// all of them, `customers,inventory,orders,order-sagas`). Lets a deployment isolate a
+    /// all of them, `customers,inventory,orders,order-sagas,idempotency-keys`). Lets a deployment isolate a
     /// participant's writers, and tests take a participant away to see the saga time out.
     pub writer_kinds: Vec<AggregateKind>,
 }

@@ -8,6 +8,8 @@
 mod support;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain::AggregateKind;
@@ -189,7 +191,8 @@ async fn an_unreachable_broker_is_a_bounded_503_then_a_fast_one_from_the_breaker
     assert_eq!(
         stored.len(),
         1,
-        "only the event acknowledged before the outage"
+        "only the event acknowledged before the outage; {}",
+        outage_diagnosis(&kafka, &broker)
     );
     // The client retries with the same key once the broker is back: it is applied exactly once.
     let mut retry = None;
@@ -212,6 +215,38 @@ async fn an_unreachable_broker_is_a_bounded_503_then_a_fast_one_from_the_breaker
     app.stop().await;
 }
 
+/// What the restarted broker says of the inventory events topic (each partition's last stable
+/// offset beside its high watermark: apart, a transaction is open) and what it logged of
+/// transactions, warnings and errors: a failure here is a post-mortem of a broker restart.
+fn outage_diagnosis(kafka: &TestKafka, broker: &BrokerProcess) -> String {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let topic = kafka.topics().events(AggregateKind::InventoryItem);
+    let watermarks = |isolation: &str| -> String {
+        let consumer: Result<BaseConsumer, _> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &kafka.settings.brokers)
+            .set("isolation.level", isolation)
+            .create();
+        let Ok(consumer) = consumer else {
+            return "no consumer".into();
+        };
+        (0..PARTITIONS)
+            .map(|p| format!("{p}: {:?}", consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let log = std::fs::read_to_string(broker.dir().join("logs/server.log")).unwrap_or_default();
+    let notable: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ransaction") || l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    format!(
+        "read_committed watermarks [{}]; read_uncommitted [{}]; broker log (transactions, warnings, errors):\n{}",
+        watermarks("read_committed"),
+        watermarks("read_uncommitted"),
+        notable[notable.len().saturating_sub(80)..].join("\n")
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_graceful_stop_finishes_what_it_acknowledged_and_nothing_applies_twice() {
     let kafka = kafka();
@@ -227,8 +262,9 @@ async fn a_graceful_stop_finishes_what_it_acknowledged_and_nothing_applies_twice
     assert_eq!(created.status, StatusCode::OK);
     let client = app.client.clone();
     let url = app.url("/v1/inventory/apple/stock");
+    let answered = Arc::new(AtomicUsize::new(0));
     let requests = (0..300).map(|i| {
-        let (client, url) = (client.clone(), url.clone());
+        let (client, url, answered) = (client.clone(), url.clone(), answered.clone());
         async move {
             let response = client
                 .post(url)
@@ -238,11 +274,22 @@ async fn a_graceful_stop_finishes_what_it_acknowledged_and_nothing_applies_twice
                 .body(json!({"quantity": 1}).to_string())
                 .send()
                 .await;
-            (format!("k{i}"), response.ok().map(|r| r.status()))
+            let status = response.ok().map(|r| r.status());
+            if status == Some(StatusCode::OK) {
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+            (format!("k{i}"), status)
         }
     });
     let load = tokio::spawn(join_all(requests));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Stop once the first answers are out, while most of the 300 are still in flight (on a
+    // loaded machine a fixed pause may end before anything was answered).
+    for _ in 0..300 {
+        if answered.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     app.stop().await;
     let results = load.await.unwrap();
 

@@ -13,14 +13,17 @@ pub enum AggregateKind {
     Order,
     /// The order saga's own event stream (saga id = order id).
     OrderSaga,
+    /// Idempotency keys claimed by requests (key id = caller + key).
+    IdempotencyKey,
 }
 
 impl AggregateKind {
-    pub const ALL: [AggregateKind; 4] = [
+    pub const ALL: [AggregateKind; 5] = [
         Self::Customer,
         Self::InventoryItem,
         Self::Order,
         Self::OrderSaga,
+        Self::IdempotencyKey,
     ];
 
     /// Stable name used in topic names and envelope headers.
@@ -30,6 +33,7 @@ impl AggregateKind {
             Self::InventoryItem => "inventory",
             Self::Order => "orders",
             Self::OrderSaga => "order-sagas",
+            Self::IdempotencyKey => "idempotency-keys",
         }
     }
 }
@@ -42,6 +46,7 @@ impl AggregateKind {
             Self::InventoryItem => "inventory item",
             Self::Order => "order",
             Self::OrderSaga => "order saga",
+            Self::IdempotencyKey => "idempotency key",
         }
     }
 }

@@ -11,6 +11,8 @@
 //!   events so versions stay gap-free.
 //! - [`customer`], [`inventory`], [`order`]: the three aggregates, each with its rules and a
 //!   given/when/then test next to every rule.
+//! - [`idempotency`]: idempotency keys as aggregates, claimed once per caller and key, so a key
+//!   reused with another request is refused whatever aggregate that request names.
 //! - [`saga`]: the order saga as an event-sourced decider: inputs (participants' replies,
 //!   deadlines, cancellation) in, saga events out; each `…Requested` event names one command
 //!   with a deterministic key.
@@ -20,6 +22,7 @@
 pub mod aggregate;
 pub mod customer;
 pub mod error;
+pub mod idempotency;
 pub mod inventory;
 pub mod order;
 pub mod saga;

@@ -56,7 +56,7 @@ create() {
     --add-config "cleanup.policy=delete,retention.ms=$2,retention.bytes=-1"
 }
 
-for aggregate in customers inventory orders order-sagas; do
+for aggregate in customers inventory orders order-sagas idempotency-keys; do
   create "$KAFKA_TOPIC_PREFIX.$aggregate.events" "$FOREVER_MS"
   create "$KAFKA_TOPIC_PREFIX.$aggregate.commands" "$COMMANDS_RETENTION_MS"
   create "$KAFKA_TOPIC_PREFIX.$aggregate.events.dlq" "$FOREVER_MS"

@@ -38,7 +38,7 @@ pub(crate) fn projection(kind: AggregateKind) -> Option<&'static str> {
         AggregateKind::Customer => Some("customers"),
         AggregateKind::InventoryItem => Some("inventory"),
         AggregateKind::Order => Some("orders"),
-        AggregateKind::OrderSaga => None,
+        AggregateKind::OrderSaga | AggregateKind::IdempotencyKey => None,
     }
 }
 

@@ -158,8 +158,8 @@ fn every_event_type_has_exactly_one_schema_per_version() {
     assert_eq!(names.len(), before);
     assert_eq!(
         registry().entries().len(),
-        55,
-        "13 events (OrderRejected in two versions), 11 commands, 1 reply, 19 saga events, 10 saga inputs"
+        57,
+        "13 events (OrderRejected in two versions), 11 commands, 1 reply, 19 saga events, 10 saga inputs, 1 key claim and its command"
     );
 }
 
@@ -221,6 +221,15 @@ fn every_command_and_the_reply_round_trip() {
         },
         OrderCommand::ConfirmCancellation { order_id: order() },
     ]);
+    let key_id = domain::idempotency::KeyId::from_uuid(uuid::Uuid::from_u128(42));
+    round_trip(vec![domain::idempotency::KeyCommand::Claim {
+        key_id,
+        route: "POST /v1/customers".into(),
+    }]);
+    round_trip(vec![domain::idempotency::KeyEvent::Claimed {
+        key_id,
+        route: "POST /v1/customers".into(),
+    }]);
     round_trip(vec![CommandReply {
         command_id: "cmd-1".into(),
         outcome: ReplyOutcome::Rejected,

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-/// A broker this test owns. Killed, and its data removed, when dropped.
+/// A broker this test owns. Killed, and its data removed, when dropped (kept when the test
+/// panicked, for a post-mortem).
 #[derive(Debug)]
 pub struct BrokerProcess {
     child: Option<Child>,
@@ -47,6 +48,11 @@ impl BrokerProcess {
         };
         broker.spawn().await;
         broker
+    }
+
+    /// Where its data and logs (`logs/server.log`) are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// `host:port` for `bootstrap.servers`.
@@ -133,7 +139,12 @@ impl Drop for BrokerProcess {
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // A failed test keeps the broker's data and logs for a post-mortem.
+        if std::thread::panicking() {
+            eprintln!("broker data and logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

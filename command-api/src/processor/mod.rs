@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::customer::CustomerAggregate;
+use domain::idempotency::IdempotencyKey;
 use domain::inventory::InventoryItem;
 use domain::order::OrderAggregate;
 use domain::saga::OrderSagaAggregate;
@@ -39,12 +40,14 @@ pub use models::{rejection_code, ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SYSTEM};
 use writer::Writer;
 
 /// The aggregate kinds that take commands (each has a commands topic and partition writers).
-/// The order saga is one of them: the orchestrator records its inputs through the same path.
-pub const COMMAND_KINDS: [AggregateKind; 4] = [
+/// The order saga is one of them: the orchestrator records its inputs through the same path;
+/// so are idempotency keys, which requests claim before their command is sent.
+pub const COMMAND_KINDS: [AggregateKind; 5] = [
     AggregateKind::Customer,
     AggregateKind::InventoryItem,
     AggregateKind::Order,
     AggregateKind::OrderSaga,
+    AggregateKind::IdempotencyKey,
 ];
 
 /// The consumer group of command writers.
@@ -411,6 +414,9 @@ fn spawn_writer(context: Arc<WriterContext>, kind: AggregateKind, partition: i32
             context, partition, rx, lifecycle,
         )),
         AggregateKind::OrderSaga => tokio::spawn(Writer::<OrderSagaAggregate>::run(
+            context, partition, rx, lifecycle,
+        )),
+        AggregateKind::IdempotencyKey => tokio::spawn(Writer::<IdempotencyKey>::run(
             context, partition, rx, lifecycle,
         )),
     };

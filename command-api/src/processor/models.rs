@@ -2,6 +2,7 @@
 //! aggregate a command targets, and who may issue it.
 
 use domain::customer::{CustomerAggregate, CustomerCommand};
+use domain::idempotency::{IdempotencyKey, KeyCommand};
 use domain::inventory::{InventoryCommand, InventoryItem};
 use domain::order::{OrderAggregate, OrderCommand, OrderState};
 use domain::saga::{OrderSagaAggregate, SagaMessage};
@@ -98,6 +99,18 @@ impl WriteModel for OrderSagaAggregate {
 
     fn authorize(_: &Self::State, _: &SagaMessage, actor: &Actor) -> bool {
         actor.role == ROLE_SYSTEM
+    }
+}
+
+/// Any caller may claim a key: the key's id is derived from the caller, so a caller only ever
+/// claims keys of their own.
+impl WriteModel for IdempotencyKey {
+    fn aggregate_id(command: &KeyCommand) -> String {
+        command.key_id().to_string()
+    }
+
+    fn authorize(_: &Self::State, _: &KeyCommand, _: &Actor) -> bool {
+        true
     }
 }
 

@@ -8,6 +8,7 @@ pub mod system;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue};
+use domain::idempotency::{KeyCommand, KeyId};
 use domain::{AggregateKind, Version};
 use platform::consistency::ConsistencyToken;
 use platform::envelope::{Actor, CommandEnvelope, Trace};
@@ -124,24 +125,104 @@ fn request_hash(route: &str, body: &[u8]) -> String {
     hex::encode(&hasher.finalize()[..16])
 }
 
-/// Sends a command through the bus and turns refusals into [`ApiError`]s.
+/// The id under which a caller's key is claimed: the same for every route, so one key names
+/// one request whatever aggregate, partition or path that request has.
+fn key_id(caller: &Caller, key: &str) -> KeyId {
+    let name = format!("idempotency-key\n{}\n{key}", caller.subject);
+    KeyId::from_uuid(Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()))
+}
+
+/// Sends a command through the bus and turns refusals into [`ApiError`]s. A request with an
+/// Idempotency-Key first claims the key (see [`claim_key`]), so a key reused with another
+/// request is refused before its command is ever sent.
 pub async fn submit<C: WireRecord>(
     app: &AppState,
     submission: Submission<'_, C>,
     command_id: String,
 ) -> Result<Submitted, ApiError> {
+    let request_hash = submission
+        .headers
+        .idempotency_key
+        .as_ref()
+        .map(|_| request_hash(&submission.route, submission.body));
+    if let (Some(key), Some(hash)) = (&submission.headers.idempotency_key, &request_hash) {
+        claim_key(app, &submission, key, hash).await?;
+    }
+    let envelope = envelope(
+        app,
+        &submission,
+        command_id.clone(),
+        submission.command.event_type(),
+        submission.aggregate_id.clone(),
+        request_hash,
+    );
+    let reply = send(app, submission.kind, &envelope, &submission.command).await?;
+    let Some(reply) = reply else {
+        return Ok(Submitted::Pending { command_id });
+    };
+    if reply.outcome != ReplyOutcome::Accepted {
+        return Err(ApiError::from_reply(&reply));
+    }
+    let mut token = ConsistencyToken::default();
+    for position in &reply.positions {
+        token.include(submission.kind, position.partition, position.offset);
+    }
+    Ok(Submitted::Done {
+        token: token.encode(app.token_key()),
+        reply: Box::new(reply),
+    })
+}
+
+/// Claims the caller's `key` for this request (its route and body, by `hash`) on the key's own
+/// partition of the idempotency-keys log. The first claim appends `KeyClaimed`; the same
+/// request again is answered from the log and goes on; another request is refused with the
+/// writer's "idempotency-key-reused" (422). A claim whose outcome did not arrive is an unknown
+/// outcome: the command was not sent, and the retry the answer asks for is safe.
+async fn claim_key<C>(
+    app: &AppState,
+    submission: &Submission<'_, C>,
+    key: &str,
+    hash: &str,
+) -> Result<(), ApiError> {
+    let key_id = key_id(submission.caller, key);
+    let claim = KeyCommand::Claim {
+        key_id,
+        route: submission.route.clone(),
+    };
+    let mut envelope = envelope(
+        app,
+        submission,
+        key_id.to_string(),
+        claim.event_type(),
+        key_id.to_string(),
+        Some(hash.to_owned()),
+    );
+    // If-Match is about the request's aggregate, not the key.
+    envelope.expected_version = None;
+    match send(app, AggregateKind::IdempotencyKey, &envelope, &claim).await? {
+        Some(reply) if reply.outcome == ReplyOutcome::Accepted => Ok(()),
+        Some(reply) => Err(ApiError::from_reply(&reply)),
+        None => Err(ApiError::OutcomeUnknown),
+    }
+}
+
+/// The envelope of a command sent on behalf of the request in `submission`.
+fn envelope<C>(
+    app: &AppState,
+    submission: &Submission<'_, C>,
+    command_id: String,
+    command_type: &str,
+    aggregate_id: String,
+    request_hash: Option<String>,
+) -> CommandEnvelope {
     let wait: Duration = app.command_wait();
-    let envelope = CommandEnvelope {
+    CommandEnvelope {
         command_id: command_id.clone(),
-        command_type: submission.command.event_type().to_owned(),
-        aggregate_id: submission.aggregate_id,
+        command_type: command_type.to_owned(),
+        aggregate_id,
         reply_to: Some(app.bus().reply_key().to_owned()),
         expected_version: submission.headers.expected_version,
-        request_hash: submission
-            .headers
-            .idempotency_key
-            .as_ref()
-            .map(|_| request_hash(&submission.route, submission.body)),
+        request_hash,
         actor: Actor {
             subject: submission.caller.subject.clone(),
             role: submission.caller.role().to_owned(),
@@ -149,13 +230,21 @@ pub async fn submit<C: WireRecord>(
         deadline: Some(chrono::Utc::now() + wait + Duration::from_secs(5)),
         trace: Trace {
             correlation_id: submission.headers.correlation_id.clone(),
-            causation_id: command_id.clone(),
+            causation_id: command_id,
             traceparent: submission.headers.traceparent.clone(),
         },
-    };
-    let reply = app
-        .bus()
-        .send(submission.kind, &envelope, &submission.command, wait)
+    }
+}
+
+/// Sends one command and waits for its reply (`None`: not within the wait).
+async fn send<C: WireRecord>(
+    app: &AppState,
+    kind: AggregateKind,
+    envelope: &CommandEnvelope,
+    command: &C,
+) -> Result<Option<CommandReply>, ApiError> {
+    app.bus()
+        .send(kind, envelope, command, app.command_wait())
         .await
         .map_err(|error| match error {
             BusError::NotSent(source) => {
@@ -173,21 +262,7 @@ pub async fn submit<C: WireRecord>(
                 tracing::error!(error = %source, "command encoding failed");
                 ApiError::Internal
             }
-        })?;
-    let Some(reply) = reply else {
-        return Ok(Submitted::Pending { command_id });
-    };
-    if reply.outcome != ReplyOutcome::Accepted {
-        return Err(ApiError::from_reply(&reply));
-    }
-    let mut token = ConsistencyToken::default();
-    for position in &reply.positions {
-        token.include(submission.kind, position.partition, position.offset);
-    }
-    Ok(Submitted::Done {
-        token: token.encode(app.token_key()),
-        reply: Box::new(reply),
-    })
+        })
 }
 
 /// Response headers for an accepted command.

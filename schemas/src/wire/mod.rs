@@ -4,6 +4,7 @@
 
 mod commands;
 mod customers;
+mod idempotency;
 mod inventory;
 mod orders;
 pub mod reply;

@@ -162,13 +162,14 @@ impl Stack {
         stack
     }
 
-    /// command-api (customers, orders, sagas; inventory separately), query-api and projectors
-    /// as tasks of this process.
+    /// command-api (customers, orders, sagas, idempotency keys; inventory separately),
+    /// query-api and projectors as tasks of this process.
     async fn start_in_process(&mut self) {
         let kinds = vec![
             AggregateKind::Customer,
             AggregateKind::Order,
             AggregateKind::OrderSaga,
+            AggregateKind::IdempotencyKey,
         ];
         let command_app =
             command_api::startup::Application::build(command_settings(&self.kafka, kinds))
