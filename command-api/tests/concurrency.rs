@@ -251,6 +251,7 @@ async fn two_writers_on_one_partition_never_acknowledge_a_command_whose_events_l
     let replies = add_stock_concurrently(&[&a, &z], 200, None).await;
     let mut acknowledged: HashMap<String, u64> = HashMap::new();
     let mut refused = vec![];
+    let mut unknown = 0;
     for (key, reply) in &replies {
         match reply.status {
             StatusCode::OK => {
@@ -259,6 +260,18 @@ async fn two_writers_on_one_partition_never_acknowledge_a_command_whose_events_l
             StatusCode::CONFLICT => {
                 assert_eq!(reply.headers["content-type"], "application/problem+json");
                 refused.push(command_id(key));
+            }
+            // The two groups' writers share each partition's transactional id and keep fencing
+            // each other, so an answer (of the key's claim or of the command) may not come in
+            // time: an outcome reported as unknown claims nothing.
+            StatusCode::ACCEPTED => unknown += 1,
+            StatusCode::SERVICE_UNAVAILABLE
+                if reply.body["type"]
+                    .as_str()
+                    .unwrap_or("")
+                    .ends_with("/outcome-unknown") =>
+            {
+                unknown += 1;
             }
             other => panic!("{key}: unexpected {other}: {:?}", reply.body),
         }
@@ -287,9 +300,10 @@ async fn two_writers_on_one_partition_never_acknowledge_a_command_whose_events_l
     // Two groups cannot fence each other, so here a writer may refuse a command that the other
     // group's copy applies later. Real handovers are fenced by the group generation: see
     // `a_handover_under_load_never_contradicts_an_answer`.
-    assert_eq!(acknowledged.len() + refused.len(), replies.len());
+    assert_eq!(acknowledged.len() + refused.len() + unknown, replies.len());
+    assert!(!acknowledged.is_empty(), "some commands got through");
     println!(
-        "split brain: {} acknowledged, {} refused, {losers} inert losers",
+        "split brain: {} acknowledged, {} refused, {unknown} unknown, {losers} inert losers",
         acknowledged.len(),
         refused.len()
     );

@@ -230,7 +230,12 @@ fn outage_diagnosis(kafka: &TestKafka, broker: &BrokerProcess) -> String {
             return "no consumer".into();
         };
         (0..PARTITIONS)
-            .map(|p| format!("{p}: {:?}", consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))))
+            .map(|p| {
+                format!(
+                    "{p}: {:?}",
+                    consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };

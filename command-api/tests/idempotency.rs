@@ -58,14 +58,20 @@ async fn a_customer_key_reused_for_a_customer_on_another_partition_is_422_and_re
         .post("/v1/customers", Some(&admin()), &customer(first), &headers)
         .await;
     assert_eq!(retried.status, StatusCode::CREATED);
-    assert_eq!(retried.body, created.body, "the retry gets the first answer");
+    assert_eq!(
+        retried.body, created.body,
+        "the retry gets the first answer"
+    );
 
     let reused = app
         .post("/v1/customers", Some(&admin()), &customer(second), &headers)
         .await;
     key_reused(&reused);
     assert_eq!(
-        count(&app.kafka, &app.kafka.topics().events(AggregateKind::Customer)),
+        count(
+            &app.kafka,
+            &app.kafka.topics().events(AggregateKind::Customer)
+        ),
         1,
         "only the first customer is registered"
     );
@@ -164,13 +170,53 @@ async fn a_key_belongs_to_its_caller() {
         .await;
     assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
     let second = app
-        .post("/v1/customers", Some(&admin_two), &customer("c-8"), &headers)
+        .post(
+            "/v1/customers",
+            Some(&admin_two),
+            &customer("c-8"),
+            &headers,
+        )
         .await;
     assert_eq!(
         second.status,
         StatusCode::CREATED,
         "another caller's key of the same name is another key: {:?}",
         second.body
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_concurrent_requests_with_one_key_and_different_bodies_exactly_one_counts() {
+    let app = TestApp::spawn().await;
+    let (token, bodies): (String, Vec<Value>) = (
+        admin(),
+        (0..12).map(|i| customer(&format!("racer-{i}"))).collect(),
+    );
+    let replies = futures::future::join_all(bodies.iter().map(|body| {
+        app.post(
+            "/v1/customers",
+            Some(&token),
+            body,
+            &[("idempotency-key", "one-key")],
+        )
+    }))
+    .await;
+    let created: Vec<&str> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .map(|r| r.body["customer_id"].as_str().unwrap())
+        .collect();
+    for reply in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
+        key_reused(reply);
+    }
+    assert_eq!(created.len(), 1, "one request wins the key: {replies:?}");
+    let registered = events(&app.kafka, AggregateKind::Customer).await;
+    assert_eq!(registered.len(), 1, "one customer registered");
+    assert_eq!(
+        registered[0].envelope.as_ref().unwrap().aggregate_id,
+        created[0],
+        "and it is the one whose request was answered 201"
     );
     app.stop().await;
 }

@@ -49,6 +49,9 @@ pub enum DomainError {
 
     #[error("saga input is addressed to saga {addressed} but starts saga {started}")]
     MisaddressedSaga { addressed: String, started: String },
+
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
 }
 
 impl From<MoneyError> for DomainError {

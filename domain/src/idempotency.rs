@@ -1,9 +1,9 @@
 //! Idempotency keys: one aggregate per (caller, key), claimed by the first request that uses
 //! the key. A key is global: whatever aggregate or partition a request names, its key is
 //! claimed here first, so the same key sent later with another request is refused wherever
-//! that request would land. The claim's id is the command id of the claim itself, so the write
-//! path's per-command deduplication answers a repeated claim (same request: its recorded
-//! outcome; another request: "key reused") before `decide` is ever asked.
+//! that request would land. Each request's claim is a command of its own (its id names the key
+//! and the request), so the write path's per-command deduplication answers the same request's
+//! claim again from the log, and any other request's claim reaches `decide`, which refuses it.
 
 use std::fmt;
 
@@ -76,19 +76,15 @@ impl Aggregate for IdempotencyKey {
     type Command = KeyCommand;
     type Event = KeyEvent;
 
-    /// A key is claimed once. A second claim of a claimed key only reaches `decide` if it is
-    /// not the first claim's command (which the write path answers from the log), so it is
-    /// refused.
+    /// A key is claimed once. The claiming request's own claim, sent again, is answered from
+    /// the log before `decide` is asked, so a claim of a claimed key here is another request's.
     fn decide(state: &KeyState, command: KeyCommand) -> Result<Vec<KeyEvent>, DomainError> {
         match (state, command) {
             (KeyState::Unclaimed, KeyCommand::Claim { key_id, route }) => {
                 Ok(vec![KeyEvent::Claimed { key_id, route }])
             }
-            (KeyState::Claimed { .. }, KeyCommand::Claim { key_id, .. }) => {
-                Err(DomainError::AlreadyExists {
-                    kind: AggregateKind::IdempotencyKey,
-                    id: key_id.to_string(),
-                })
+            (KeyState::Claimed { .. }, KeyCommand::Claim { .. }) => {
+                Err(DomainError::IdempotencyKeyReused)
             }
         }
     }
@@ -136,15 +132,12 @@ mod tests {
     }
 
     #[test]
-    fn a_claimed_key_cannot_be_claimed_by_another_command() {
+    fn a_claimed_key_cannot_be_claimed_by_another_request() {
         Scenario::<IdempotencyKey>::given(vec![KeyEvent::Claimed {
             key_id: key(),
             route: "POST /v1/orders".into(),
         }])
         .when(claim())
-        .then_error(DomainError::AlreadyExists {
-            kind: AggregateKind::IdempotencyKey,
-            id: key().to_string(),
-        });
+        .then_error(DomainError::IdempotencyKeyReused);
     }
 }

@@ -134,5 +134,6 @@ pub fn rejection_code(error: &DomainError) -> (&'static str, Option<String>) {
         DomainError::CancellationPending { .. } => ("cancellation-pending", None),
         DomainError::UnknownLine { .. } => ("unknown-line", None),
         DomainError::MisaddressedSaga { .. } => ("misaddressed-saga", None),
+        DomainError::IdempotencyKeyReused => ("idempotency-key-reused", None),
     }
 }

@@ -132,31 +132,57 @@ fn key_id(caller: &Caller, key: &str) -> KeyId {
     KeyId::from_uuid(Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()))
 }
 
+/// The command id of one request's claim of a key: the same request claims with the same id
+/// (its retry is answered from the log), another request with another (refused by the key),
+/// and two requests waiting on one instance never take each other's answer.
+fn claim_id(key_id: KeyId, request_hash: &str) -> String {
+    let name = format!("{key_id}\n{request_hash}");
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
+}
+
+/// The floor of the wait a command gets after its key's claim took most of the request's.
+const LEAST_WAIT: Duration = Duration::from_millis(250);
+
 /// Sends a command through the bus and turns refusals into [`ApiError`]s. A request with an
 /// Idempotency-Key first claims the key (see [`claim_key`]), so a key reused with another
-/// request is refused before its command is ever sent.
+/// request is refused before its command is ever sent. The claim and the command share the
+/// request's wait and deadline.
 pub async fn submit<C: WireRecord>(
     app: &AppState,
     submission: Submission<'_, C>,
     command_id: String,
 ) -> Result<Submitted, ApiError> {
+    let started = std::time::Instant::now();
+    let wait = app.command_wait();
+    let deadline = chrono::Utc::now() + wait + Duration::from_secs(5);
     let request_hash = submission
         .headers
         .idempotency_key
         .as_ref()
         .map(|_| request_hash(&submission.route, submission.body));
     if let (Some(key), Some(hash)) = (&submission.headers.idempotency_key, &request_hash) {
-        claim_key(app, &submission, key, hash).await?;
+        claim_key(app, &submission, key, hash, deadline).await?;
     }
     let envelope = envelope(
         app,
         &submission,
-        command_id.clone(),
-        submission.command.event_type(),
-        submission.aggregate_id.clone(),
-        request_hash,
+        Addressed {
+            command_id: command_id.clone(),
+            command_type: submission.command.event_type(),
+            aggregate_id: submission.aggregate_id.clone(),
+            request_hash,
+            deadline,
+        },
     );
-    let reply = send(app, submission.kind, &envelope, &submission.command).await?;
+    let remaining = wait.saturating_sub(started.elapsed()).max(LEAST_WAIT);
+    let reply = send(
+        app,
+        submission.kind,
+        &envelope,
+        &submission.command,
+        remaining,
+    )
+    .await?;
     let Some(reply) = reply else {
         return Ok(Submitted::Pending { command_id });
     };
@@ -175,14 +201,15 @@ pub async fn submit<C: WireRecord>(
 
 /// Claims the caller's `key` for this request (its route and body, by `hash`) on the key's own
 /// partition of the idempotency-keys log. The first claim appends `KeyClaimed`; the same
-/// request again is answered from the log and goes on; another request is refused with the
-/// writer's "idempotency-key-reused" (422). A claim whose outcome did not arrive is an unknown
-/// outcome: the command was not sent, and the retry the answer asks for is safe.
+/// request again is answered from the log and goes on; another request is refused with
+/// "idempotency-key-reused" (422). A claim whose answer did not arrive is an unknown outcome:
+/// the command was not sent, and a retry with the same key is safe.
 async fn claim_key<C>(
     app: &AppState,
     submission: &Submission<'_, C>,
     key: &str,
     hash: &str,
+    deadline: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), ApiError> {
     let key_id = key_id(submission.caller, key);
     let claim = KeyCommand::Claim {
@@ -192,59 +219,69 @@ async fn claim_key<C>(
     let mut envelope = envelope(
         app,
         submission,
-        key_id.to_string(),
-        claim.event_type(),
-        key_id.to_string(),
-        Some(hash.to_owned()),
+        Addressed {
+            command_id: claim_id(key_id, hash),
+            command_type: claim.event_type(),
+            aggregate_id: key_id.to_string(),
+            request_hash: Some(hash.to_owned()),
+            deadline,
+        },
     );
     // If-Match is about the request's aggregate, not the key.
     envelope.expected_version = None;
-    match send(app, AggregateKind::IdempotencyKey, &envelope, &claim).await? {
+    let wait = app.command_wait();
+    match send(app, AggregateKind::IdempotencyKey, &envelope, &claim, wait).await? {
         Some(reply) if reply.outcome == ReplyOutcome::Accepted => Ok(()),
         Some(reply) => Err(ApiError::from_reply(&reply)),
         None => Err(ApiError::OutcomeUnknown),
     }
 }
 
+/// What names one command of a request.
+struct Addressed<'t> {
+    command_id: String,
+    command_type: &'t str,
+    aggregate_id: String,
+    request_hash: Option<String>,
+    deadline: chrono::DateTime<chrono::Utc>,
+}
+
 /// The envelope of a command sent on behalf of the request in `submission`.
 fn envelope<C>(
     app: &AppState,
     submission: &Submission<'_, C>,
-    command_id: String,
-    command_type: &str,
-    aggregate_id: String,
-    request_hash: Option<String>,
+    addressed: Addressed<'_>,
 ) -> CommandEnvelope {
-    let wait: Duration = app.command_wait();
     CommandEnvelope {
-        command_id: command_id.clone(),
-        command_type: command_type.to_owned(),
-        aggregate_id,
+        command_id: addressed.command_id.clone(),
+        command_type: addressed.command_type.to_owned(),
+        aggregate_id: addressed.aggregate_id,
         reply_to: Some(app.bus().reply_key().to_owned()),
         expected_version: submission.headers.expected_version,
-        request_hash,
+        request_hash: addressed.request_hash,
         actor: Actor {
             subject: submission.caller.subject.clone(),
             role: submission.caller.role().to_owned(),
         },
-        deadline: Some(chrono::Utc::now() + wait + Duration::from_secs(5)),
+        deadline: Some(addressed.deadline),
         trace: Trace {
             correlation_id: submission.headers.correlation_id.clone(),
-            causation_id: command_id,
+            causation_id: addressed.command_id,
             traceparent: submission.headers.traceparent.clone(),
         },
     }
 }
 
-/// Sends one command and waits for its reply (`None`: not within the wait).
+/// Sends one command and waits up to `wait` for its reply (`None`: not within the wait).
 async fn send<C: WireRecord>(
     app: &AppState,
     kind: AggregateKind,
     envelope: &CommandEnvelope,
     command: &C,
+    wait: Duration,
 ) -> Result<Option<CommandReply>, ApiError> {
     app.bus()
-        .send(kind, envelope, command, app.command_wait())
+        .send(kind, envelope, command, wait)
         .await
         .map_err(|error| match error {
             BusError::NotSent(source) => {

@@ -259,14 +259,10 @@ pub fn all_events(kafka: &TestKafka) -> i64 {
         .sum()
 }
 
-/// Commands sent across every commands topic.
+/// Commands sent across every commands topic (key claims included).
 pub fn all_commands(kafka: &TestKafka) -> i64 {
-    [
-        AggregateKind::Customer,
-        AggregateKind::InventoryItem,
-        AggregateKind::Order,
-    ]
-    .iter()
-    .map(|k| count(kafka, &kafka.topics().commands(*k)))
-    .sum()
+    command_api::processor::COMMAND_KINDS
+        .iter()
+        .map(|k| count(kafka, &kafka.topics().commands(*k)))
+        .sum()
 }

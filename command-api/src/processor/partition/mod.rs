@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use domain::{Current, Version, Versioned};
 use platform::envelope::EventEnvelope;
-use platform::log_order::{LogOrder, LoserReason, RecordedCommand, Verdict};
+use platform::log_order::{LogOrder, LoserReason, Verdict};
 use uuid::Uuid;
 
 use super::models::WriteModel;
@@ -114,11 +114,16 @@ where
     }
 
     /// What the log shows of a command, if its events are in this partition.
-    pub(crate) fn recorded(&self, command_id: &str) -> Option<&RecordedCommand> {
+    #[cfg(test)]
+    pub(crate) fn recorded(
+        &self,
+        command_id: &str,
+    ) -> Option<&platform::log_order::RecordedCommand> {
         self.log.command(command_id)
     }
 
     /// The aggregate's current version (0 when it has no events).
+    #[cfg(test)]
     pub(crate) fn version_of(&self, aggregate_id: &str) -> u64 {
         self.states.get(aggregate_id).map_or(0, |c| c.version.get())
     }

@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use platform::envelope::EventEnvelope;
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::wire::reply::Position;
 use schemas::{CommandReply, ReplyOutcome};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
-use uuid::Uuid;
 
 use crate::processor::models::WriteModel;
 use crate::processor::IncomingCommand;
@@ -23,7 +22,7 @@ use crate::processor::IncomingCommand;
 use super::transaction::{self, TransactionFailure};
 use super::Recovery;
 use super::Writer;
-use crate::processor::partition::{accepted, answer, command_id, Batch, Plan};
+use crate::processor::partition::{accepted, command_id, Batch, Plan};
 
 /// The longest pause between two attempts of a batch that did not commit.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
@@ -92,7 +91,11 @@ where
         }
     }
 
-    /// One transaction for the whole batch.
+    /// One transaction for the whole batch, in as few broker round trips in series as the
+    /// guarantees allow: the command offsets, the events and the answers all go out at once,
+    /// then the commit. Each answer carries the positions its events must get (right after what
+    /// this writer has read, in order); if the broker put them anywhere else, the transaction
+    /// is aborted and none of those answers is ever seen (they are read `read_committed`).
     async fn attempt(&mut self, batch: &[IncomingCommand]) -> Result<(), Failed> {
         self.absorb_pending().await;
         let mut scratch = Batch::default();
@@ -111,33 +114,51 @@ where
             recovery: Recovery::Restart,
         })?;
 
-        let (mut offsets, acknowledged) = self.append(&plans).await;
+        let offsets_sent = tokio::spawn(transaction::send_offsets(
+            self.producer.clone(),
+            self.ctx.group.clone(),
+            command_offsets,
+        ));
+        let expected = self.expected_offsets(&plans);
+        let events = self.send_events(&plans);
+        let replies = self.replies(batch, &plans, &expected);
+        let replies_queued = self.send_replies(batch, &replies);
+        let (offsets, acknowledged) = events_acknowledged(events).await;
+        let replies_acknowledged = replies_acknowledged(replies_queued).await;
+        // librdkafka refuses a second transactional call while one runs: the offsets call has
+        // ended before any abort or commit.
+        let offsets_sent = offsets_sent
+            .await
+            .unwrap_or(Err(TransactionFailure::Abortable(
+                rdkafka::error::KafkaError::Canceled,
+            )));
         // Past this writer's own aborted records and the abort marker after them.
         let past = offsets.values().flatten().max().map_or(0, |last| last + 2);
         if !acknowledged {
             let failure = TransactionFailure::NotAcknowledged;
             return Err(self.aborted(failure, Recovery::CatchUp { past }).await);
         }
-        let appended = self.appended_in_order(&plans, &offsets);
-        if !appended
-            .iter()
-            .zip(self.known_end..)
-            .all(|((offset, _), expected)| *offset == expected)
-        {
+        if offsets != expected {
             metrics::counter!("writer_interleaved_appends_total", "aggregate" => A::KIND.as_str())
                 .increment(1);
             let failure = TransactionFailure::Interleaved;
             return Err(self.aborted(failure, Recovery::CatchUp { past }).await);
         }
+        if let Err(failure) = offsets_sent {
+            return Err(self.aborted(failure, Recovery::CatchUp { past }).await);
+        }
         // Nothing lies between what this writer has read and its events: the log holds exactly
         // these records there, in this order, so they are judged here as if read back.
-        let verdicts: HashMap<Uuid, bool> = appended
+        let appended = self.appended_in_order(&plans, &offsets);
+        let last_appended = appended.last().map(|(offset, _)| *offset);
+        // Every event is absorbed, accepted or not, so the model holds what the log holds.
+        let verdicts: Vec<bool> = appended
             .iter()
             .map(|(offset, (envelope, payload))| {
-                self.absorb_record(*offset, envelope, Some(payload))
+                self.absorb_record(*offset, envelope, Some(payload)).1
             })
             .collect();
-        let last_appended = appended.last().map(|(offset, _)| *offset);
+        let all_accepted = verdicts.iter().all(|accepted| *accepted);
         drop(appended);
         // From here on the model holds the batch's events: if the batch does not commit, the
         // model is rebuilt from the log.
@@ -146,14 +167,20 @@ where
         } else {
             Recovery::None
         };
-
-        let replies = self.replies(batch, plans, &verdicts, &mut offsets);
-        if !self.replies_delivered(batch, &replies).await {
+        if !all_accepted {
+            // The plans extend exactly the chains the model holds, so the log-order rule can
+            // only refuse them if the model and the log disagree: start again from the log.
+            error!(kind = %A::KIND, partition = self.partition, "the log-order rule refused events planned on this writer's own view; rebuilding");
+            return Err(self
+                .aborted(TransactionFailure::Interleaved, Recovery::Rebuild)
+                .await);
+        }
+        if !replies_acknowledged {
             return Err(self
                 .aborted(TransactionFailure::NotAcknowledged, then)
                 .await);
         }
-        match transaction::commit(&self.producer, &self.ctx.group, command_offsets).await {
+        match transaction::commit(&self.producer).await {
             Ok(()) => {}
             Err(failure @ TransactionFailure::Abortable(_)) => {
                 return Err(self.aborted(failure, then).await)
@@ -212,9 +239,23 @@ where
         }
     }
 
-    /// Sends every event, in order, and waits for the broker's acknowledgements: the offsets
-    /// of each command's events that were acknowledged, and whether all were.
-    async fn append(&self, plans: &[Plan]) -> (HashMap<usize, Vec<i64>>, bool) {
+    /// Where each command's events must land: one after another from the end of what this
+    /// writer has read, in the order of the batch.
+    fn expected_offsets(&self, plans: &[Plan]) -> HashMap<usize, Vec<i64>> {
+        let mut next = self.known_end;
+        let mut expected = HashMap::new();
+        for (index, plan) in plans.iter().enumerate() {
+            if let Plan::Append { events, .. } = plan {
+                let at: Vec<i64> = (next..).take(events.len()).collect();
+                next += i64::try_from(events.len()).unwrap_or(i64::MAX);
+                expected.insert(index, at);
+            }
+        }
+        expected
+    }
+
+    /// Queues every event, in order, in the open transaction.
+    fn send_events(&self, plans: &[Plan]) -> Vec<(usize, Option<DeliveryFuture>)> {
         let mut deliveries = Vec::new();
         for (index, plan) in plans.iter().enumerate() {
             if let Plan::Append {
@@ -229,31 +270,11 @@ where
                         .key(aggregate_id.as_bytes())
                         .payload(&event.payload)
                         .headers(event.envelope.to_headers());
-                    deliveries.push((index, self.producer.send_result(record).map_err(|(e, _)| e)));
+                    deliveries.push((index, self.producer.send_result(record).ok()));
                 }
             }
         }
-        let futures = deliveries.into_iter().map(|(index, queued)| async move {
-            match queued {
-                Ok(future) => (
-                    index,
-                    future.await.ok().and_then(Result::ok).map(|d| d.offset),
-                ),
-                Err(_) => (index, None),
-            }
-        });
-        let mut offsets: HashMap<usize, Vec<i64>> = HashMap::new();
-        let mut all = true;
-        for (index, offset) in join_all(futures).await {
-            match offset {
-                Some(offset) => offsets.entry(index).or_default().push(offset),
-                None => {
-                    platform::kafka::count_producer_error("command-writer");
-                    all = false;
-                }
-            }
-        }
-        (offsets, all)
+        deliveries
     }
 
     /// The batch's events with their offsets, in log order.
@@ -276,49 +297,42 @@ where
         appended
     }
 
-    /// One answer per command, from the plans and the log's verdict on their events.
+    /// One answer per command: the plan's own, or "accepted" with the positions its events must
+    /// get (the batch commits only if they get exactly those).
     fn replies(
         &self,
         batch: &[IncomingCommand],
-        plans: Vec<Plan>,
-        verdicts: &HashMap<Uuid, bool>,
-        offsets: &mut HashMap<usize, Vec<i64>>,
+        plans: &[Plan],
+        expected: &HashMap<usize, Vec<i64>>,
     ) -> Vec<CommandReply> {
         let mut replies: Vec<CommandReply> = Vec::with_capacity(plans.len());
-        for (index, plan) in plans.into_iter().enumerate() {
+        for (index, plan) in plans.iter().enumerate() {
             let command = &batch[index];
             let reply = match plan {
-                Plan::Reply(reply) => *reply,
+                Plan::Reply(reply) => (**reply).clone(),
                 Plan::SameAs(first) => CommandReply {
                     command_id: command_id(command),
-                    ..replies[first].clone()
+                    ..replies[*first].clone()
                 },
                 Plan::Append {
                     aggregate_id,
                     version,
                     events,
                 } => {
-                    let accepted_all = events
+                    let positions = expected
+                        .get(&index)
+                        .into_iter()
+                        .flatten()
+                        .map(|offset| Position {
+                            partition: self.partition,
+                            offset: *offset,
+                        })
+                        .collect();
+                    let event_types = events
                         .iter()
-                        .all(|e| verdicts.get(&e.envelope.event_id) == Some(&true));
-                    if accepted_all {
-                        let positions = offsets
-                            .remove(&index)
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|offset| Position {
-                                partition: self.partition,
-                                offset,
-                            })
-                            .collect();
-                        let event_types = events
-                            .iter()
-                            .map(|e| e.envelope.event_type.clone())
-                            .collect();
-                        accepted(command, &aggregate_id, version, event_types, positions)
-                    } else {
-                        self.after_losing(command, &aggregate_id)
-                    }
+                        .map(|e| e.envelope.event_type.clone())
+                        .collect();
+                    accepted(command, aggregate_id, *version, event_types, positions)
                 }
             };
             replies.push(reply);
@@ -326,49 +340,14 @@ where
         replies
     }
 
-    /// Our event lost in log order. If the log nevertheless shows this command accepted (another
-    /// writer handled the same command first), that is its outcome; otherwise it had no effect.
-    fn after_losing(&self, command: &IncomingCommand, aggregate_id: &str) -> CommandReply {
-        let recorded = command
-            .envelope
-            .as_ref()
-            .ok()
-            .and_then(|e| self.model.recorded(&e.command_id));
-        match recorded {
-            Some(recorded) => accepted(
-                command,
-                &recorded.aggregate_id,
-                recorded.version,
-                recorded.event_types.clone(),
-                recorded
-                    .offsets
-                    .iter()
-                    .map(|offset| Position {
-                        partition: self.partition,
-                        offset: *offset,
-                    })
-                    .collect(),
-            ),
-            None => {
-                let current = self.model.version_of(aggregate_id);
-                answer(
-                    command,
-                    ReplyOutcome::Conflict,
-                    aggregate_id,
-                    current,
-                    Some("concurrent-append"),
-                    "another writer appended to this aggregate first; nothing was applied, retry",
-                )
-            }
-        }
-    }
-
-    /// Adds the replies to the transaction and waits until the broker has them: a requester
-    /// reads them `read_committed`, so it sees an answer only once the batch has committed.
-    /// False when one was refused or not acknowledged (the batch is then aborted and tried
-    /// again). Waiting here also spares the commit rdkafka's flush, which sleeps a whole 100 ms
-    /// poll whenever a message is still in flight.
-    async fn replies_delivered(&self, batch: &[IncomingCommand], replies: &[CommandReply]) -> bool {
+    /// Queues the answers in the open transaction: a requester reads them `read_committed`, so
+    /// it sees an answer only once the batch has committed. `None` when one could not be queued
+    /// (the batch is then aborted and tried again).
+    fn send_replies(
+        &self,
+        batch: &[IncomingCommand],
+        replies: &[CommandReply],
+    ) -> Option<Vec<DeliveryFuture>> {
         let topic = self.ctx.topics.replies();
         let mut deliveries = Vec::new();
         for (command, reply) in batch.iter().zip(replies) {
@@ -395,18 +374,11 @@ where
                 Err((error, _)) => {
                     platform::kafka::count_producer_error("command-replies");
                     warn!(%error, "reply not queued");
-                    return false;
+                    return None;
                 }
             }
         }
-        let delivered = join_all(deliveries)
-            .await
-            .into_iter()
-            .all(|d| matches!(d, Ok(Ok(_))));
-        if !delivered {
-            platform::kafka::count_producer_error("command-replies");
-        }
-        delivered
+        Some(deliveries)
     }
 
     /// The offsets the group moves to once the batch commits.
@@ -424,6 +396,51 @@ where
         }
         Ok(list)
     }
+}
+
+/// Waits for the broker's acknowledgement of every event: the offsets of each command's events
+/// that were acknowledged, and whether all were. Waiting for every acknowledgement before the
+/// commit also spares it rdkafka's flush, which sleeps a whole 100 ms poll whenever a message
+/// is still in flight.
+async fn events_acknowledged(
+    deliveries: Vec<(usize, Option<DeliveryFuture>)>,
+) -> (HashMap<usize, Vec<i64>>, bool) {
+    let futures = deliveries.into_iter().map(|(index, queued)| async move {
+        match queued {
+            Some(future) => (
+                index,
+                future.await.ok().and_then(Result::ok).map(|d| d.offset),
+            ),
+            None => (index, None),
+        }
+    });
+    let mut offsets: HashMap<usize, Vec<i64>> = HashMap::new();
+    let mut all = true;
+    for (index, offset) in join_all(futures).await {
+        match offset {
+            Some(offset) => offsets.entry(index).or_default().push(offset),
+            None => {
+                platform::kafka::count_producer_error("command-writer");
+                all = false;
+            }
+        }
+    }
+    (offsets, all)
+}
+
+/// Whether the broker acknowledged every answer.
+async fn replies_acknowledged(queued: Option<Vec<DeliveryFuture>>) -> bool {
+    let Some(deliveries) = queued else {
+        return false;
+    };
+    let delivered = join_all(deliveries)
+        .await
+        .into_iter()
+        .all(|d| matches!(d, Ok(Ok(_))));
+    if !delivered {
+        platform::kafka::count_producer_error("command-replies");
+    }
+    delivered
 }
 
 fn outcome_label(outcome: ReplyOutcome) -> &'static str {

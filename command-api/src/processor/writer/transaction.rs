@@ -106,24 +106,30 @@ pub(super) fn begin(producer: &FutureProducer) -> Result<(), TransactionFailure>
         .map_err(|e| classify(producer, e, TransactionFailure::Unknown))
 }
 
-/// Adds the command offsets (with the group's metadata, so the broker refuses them from a
-/// member of an older generation) and commits everything the transaction holds. Every message
-/// is acknowledged by now; librdkafka may still hold one for a moment, and rdkafka's flush
-/// inside the commit would then sleep a whole 100 ms poll, so wait for it here first.
-pub(super) async fn commit(
-    producer: &FutureProducer,
-    group: &Arc<BaseConsumer<GroupContext>>,
+/// Adds the command offsets to the open transaction, with the group's metadata, so the broker
+/// refuses them from a member of an older generation. Runs while the batch's records are sent
+/// (they are independent parts of one transaction); the commit waits for it.
+pub(super) async fn send_offsets(
+    producer: FutureProducer,
+    group: Arc<BaseConsumer<GroupContext>>,
     offsets: TopicPartitionList,
 ) -> Result<(), TransactionFailure> {
-    if offsets.count() > 0 {
-        let Some(metadata) = group.group_metadata() else {
-            return Err(TransactionFailure::Abortable(KafkaError::Canceled));
-        };
-        retrying(producer, TransactionFailure::Abortable, move |p| {
-            p.send_offsets_to_transaction(&offsets, &metadata, TRANSACTION_CALL_TIMEOUT)
-        })
-        .await?;
+    if offsets.count() == 0 {
+        return Ok(());
     }
+    let Some(metadata) = group.group_metadata() else {
+        return Err(TransactionFailure::Abortable(KafkaError::Canceled));
+    };
+    retrying(&producer, TransactionFailure::Abortable, move |p| {
+        p.send_offsets_to_transaction(&offsets, &metadata, TRANSACTION_CALL_TIMEOUT)
+    })
+    .await
+}
+
+/// Commits everything the transaction holds. Every message is acknowledged by now; librdkafka
+/// may still count one in flight for a moment, and rdkafka's flush inside the commit would then
+/// sleep a whole 100 ms poll, so wait for it here first.
+pub(super) async fn commit(producer: &FutureProducer) -> Result<(), TransactionFailure> {
     let mut waited = 0;
     while producer.in_flight_count() > 0 && waited < 100 {
         tokio::time::sleep(Duration::from_millis(1)).await;
