@@ -21,6 +21,7 @@
 //! - [`config`]: settings from the environment.
 //! - `group`: group membership; a worker per partition.
 //! - `partition`: one partition's sagas: replay, act, deadlines, commits, metrics.
+//! - `offset_book`: which offsets a worker may commit (pure, unit-tested).
 //! - `sender`: participant commands and saga inputs through the command path, with retries.
 //! - [`translate`]: what order events and replies mean to the saga (pure).
 //! - [`ids`]: deterministic command ids.
@@ -29,6 +30,7 @@ pub mod app;
 pub mod config;
 mod group;
 pub mod ids;
+mod offset_book;
 mod partition;
 mod sender;
 mod shared;

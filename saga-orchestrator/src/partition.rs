@@ -12,13 +12,13 @@
 //! redoes exactly the unfinished work, with the same command ids, which the command path
 //! answers from the log instead of acting twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::order::OrderEvent;
-use domain::saga::{reply_for, OrderSaga, OrderSagaAggregate, SagaEvent, SagaState};
+use domain::saga::{reply_for, OrderSaga, OrderSagaAggregate, SagaEvent, SagaPhase, SagaState};
 use domain::{Current, Version, Versioned};
 use platform::dead_letters::DeadLetter;
 use platform::envelope::{EventEnvelope, Trace};
@@ -34,15 +34,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::ids;
+use crate::offset_book::{OffsetBook, Source};
 use crate::shared::Shared;
 use crate::translate::{order_event_input, outcome_of, ORDER_EVENTS_OF_INTEREST};
-
-/// The two topics a worker reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    Orders = 0,
-    Sagas = 1,
-}
 
 /// What the worker knows of one saga.
 struct Tracked {
@@ -77,10 +71,8 @@ pub(crate) struct PartitionWorker {
     logs: [LogOrder; 2],
     /// Offsets below these were handled before this worker started: fold only, do not act.
     replay_until: [i64; 2],
-    committed: [i64; 2],
-    next: [i64; 2],
-    /// Offsets whose effects are still running, per source (offset -> running actions).
-    pending: [BTreeMap<i64, usize>; 2],
+    /// What may be committed: the offsets whose effects are all done.
+    offsets: OffsetBook,
     sagas: HashMap<String, Tracked>,
     started_at: DateTime<Utc>,
     actions: JoinSet<Option<(Source, i64)>>,
@@ -167,9 +159,7 @@ impl PartitionWorker {
             tail: Arc::new(tail),
             logs: Default::default(),
             replay_until,
-            committed: replay_until,
-            next: [0, 0],
-            pending: Default::default(),
+            offsets: OffsetBook::starting_at(replay_until),
             sagas: HashMap::new(),
             started_at: Utc::now(),
             actions: JoinSet::new(),
@@ -194,7 +184,7 @@ impl PartitionWorker {
                 },
                 Some(done) = self.actions.join_next(), if !self.actions.is_empty() => {
                     if let Ok(Some((source, offset))) = done {
-                        self.finish(source, offset);
+                        self.offsets.finish(source, offset);
                     }
                 }
                 _ = tick.tick() => {
@@ -219,7 +209,7 @@ impl PartitionWorker {
             tokio::select! {
                 _ = &mut grace => break,
                 done = self.actions.join_next() => match done {
-                    Some(Ok(Some((source, offset)))) => self.finish(source, offset),
+                    Some(Ok(Some((source, offset)))) => self.offsets.finish(source, offset),
                     Some(_) => {}
                     None => break,
                 }
@@ -227,7 +217,7 @@ impl PartitionWorker {
         }
         self.actions.abort_all();
         self.commit().await;
-        for state in STATES {
+        for state in SagaPhase::NAMES {
             metrics::gauge!("sagas", "state" => state, "partition" => self.partition.to_string())
                 .set(0.0);
         }
@@ -250,7 +240,7 @@ impl PartitionWorker {
             return;
         };
         let offset = message.offset();
-        self.next[source as usize] = offset + 1;
+        self.offsets.read(source, offset);
         let live = offset >= self.replay_until[source as usize];
         let envelope = match EventEnvelope::from_headers(message.headers()) {
             Ok(envelope) => envelope,
@@ -308,7 +298,7 @@ impl PartitionWorker {
         );
         let (sender, stop) = (self.shared.sender.clone(), self.stop.clone());
         let offset = message.offset();
-        self.begin(Source::Orders, offset);
+        self.offsets.begin(Source::Orders, offset);
         self.actions.spawn(async move {
             match sender.record(command_id, &input, trace, &stop).await {
                 Some(reply) if reply.outcome != schemas::ReplyOutcome::Accepted => {
@@ -398,7 +388,7 @@ impl PartitionWorker {
             &saga_id,
             &envelope.trace,
         );
-        self.begin(Source::Sagas, offset);
+        self.offsets.begin(Source::Sagas, offset);
         let previous = self.saga_turns.remove(&saga_id);
         let (turn_done, turn) = oneshot::channel::<()>();
         self.saga_turns.insert(saga_id.clone(), turn);
@@ -436,20 +426,6 @@ impl PartitionWorker {
             }
             Some((Source::Sagas, offset))
         }.instrument(span));
-    }
-
-    fn begin(&mut self, source: Source, offset: i64) {
-        *self.pending[source as usize].entry(offset).or_default() += 1;
-    }
-
-    fn finish(&mut self, source: Source, offset: i64) {
-        let pending = &mut self.pending[source as usize];
-        if let Some(count) = pending.get_mut(&offset) {
-            *count -= 1;
-            if *count == 0 {
-                pending.remove(&offset);
-            }
-        }
     }
 
     /// Sends `DeadlinePassed` for every step awaited longer than the step timeout. Time counts
@@ -510,21 +486,11 @@ impl PartitionWorker {
 
     /// Commits, per topic, the lowest offset whose effects are not all done.
     async fn commit(&mut self) {
+        let positions = self.offsets.to_commit();
         let mut list = TopicPartitionList::new();
-        let mut positions = self.committed;
-        for (i, position) in positions.iter_mut().enumerate() {
-            let done_below = self.pending[i]
-                .keys()
-                .next()
-                .copied()
-                .unwrap_or(self.next[i]);
-            *position = done_below.max(self.committed[i]);
-            if *position > self.committed[i] {
-                let _ = list.add_partition_offset(
-                    &self.topics[i],
-                    self.partition,
-                    Offset::Offset(*position),
-                );
+        for (topic, position) in self.topics.iter().zip(positions) {
+            if let Some(position) = position {
+                let _ = list.add_partition_offset(topic, self.partition, Offset::Offset(position));
             }
         }
         if list.count() == 0 {
@@ -534,7 +500,7 @@ impl PartitionWorker {
         let result =
             tokio::task::spawn_blocking(move || group.commit(&list, CommitMode::Sync)).await;
         match result {
-            Ok(Ok(())) => self.committed = positions,
+            Ok(Ok(())) => self.offsets.committed(positions),
             Ok(Err(error)) => {
                 warn!(partition = self.partition, %error, "offset commit refused (partition moving?)")
             }
@@ -564,7 +530,7 @@ impl PartitionWorker {
             }
         }
         let partition = self.partition.to_string();
-        for state in STATES {
+        for state in SagaPhase::NAMES {
             metrics::gauge!("sagas", "state" => state, "partition" => partition.clone())
                 .set(counts.get(state).copied().unwrap_or(0) as f64);
         }
@@ -585,18 +551,6 @@ impl PartitionWorker {
         }
     }
 }
-
-/// Every phase name, so a gauge drops to 0 when its last saga leaves it.
-const STATES: [&str; 8] = [
-    "RESERVING_STOCK",
-    "RESERVING_CREDIT",
-    "APPROVING",
-    "APPROVED",
-    "COMPENSATING",
-    "FINISHING",
-    "REJECTED",
-    "CANCELLED",
-];
 
 fn outcome_label(outcome: schemas::ReplyOutcome) -> &'static str {
     use schemas::ReplyOutcome as O;

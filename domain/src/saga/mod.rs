@@ -63,6 +63,19 @@ impl SagaPhase {
     /// The names (`as_str`) of the terminal phases, for readers that keep only the name.
     pub const TERMINAL_NAMES: [&'static str; 3] = ["APPROVED", "REJECTED", "CANCELLED"];
 
+    /// The name (`as_str`) of every phase, in the order a saga goes through them: for gauges
+    /// that must drop to 0 when a phase's last saga leaves it.
+    pub const NAMES: [&'static str; 8] = [
+        "RESERVING_STOCK",
+        "RESERVING_CREDIT",
+        "APPROVING",
+        "APPROVED",
+        "COMPENSATING",
+        "FINISHING",
+        "REJECTED",
+        "CANCELLED",
+    ];
+
     /// Stable names for views and metrics.
     pub fn as_str(&self) -> &'static str {
         match self {

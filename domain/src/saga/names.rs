@@ -87,6 +87,35 @@ impl CreditReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::order::RejectionReason;
+    use crate::saga::{SagaOutcome, SagaPhase};
+
+    #[test]
+    fn every_phase_has_its_name_in_the_list_of_names_and_the_terminal_ones_in_theirs() {
+        let cancel = SagaOutcome::Cancel;
+        let phases = [
+            SagaPhase::ReservingStock { line: 0 },
+            SagaPhase::ReservingCredit,
+            SagaPhase::Approving,
+            SagaPhase::Approved,
+            SagaPhase::Compensating {
+                outcome: cancel.clone(),
+            },
+            SagaPhase::Finishing { outcome: cancel },
+            SagaPhase::Rejected {
+                reason: RejectionReason::Timeout,
+            },
+            SagaPhase::Cancelled,
+        ];
+        let names: Vec<&str> = phases.iter().map(SagaPhase::as_str).collect();
+        assert_eq!(names, SagaPhase::NAMES);
+        let terminal: Vec<&str> = phases
+            .iter()
+            .filter(|p| p.is_terminal())
+            .map(SagaPhase::as_str)
+            .collect();
+        assert_eq!(terminal, SagaPhase::TERMINAL_NAMES);
+    }
 
     #[test]
     fn every_step_name_parses_back_to_its_step() {
