@@ -22,12 +22,14 @@
 //! - `group`: group membership; a worker per partition.
 //! - `partition`: one partition's sagas: replay, act, deadlines, commits, metrics.
 //! - `offset_book`: which offsets a worker may commit (pure, unit-tested).
+//! - `deadlines`: when a saga's awaited steps are past their deadline (pure, unit-tested).
 //! - `sender`: participant commands and saga inputs through the command path, with retries.
 //! - [`translate`]: what order events and replies mean to the saga (pure).
 //! - [`ids`]: deterministic command ids.
 
 pub mod app;
 pub mod config;
+mod deadlines;
 mod group;
 pub mod ids;
 mod offset_book;

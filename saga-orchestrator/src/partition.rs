@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::deadlines;
 use crate::ids;
 use crate::offset_book::{OffsetBook, Source};
 use crate::shared::Shared;
@@ -432,9 +433,12 @@ impl PartitionWorker {
     /// from the saga's last event, or from this worker's start if later (a restarted
     /// orchestrator first re-sends what was in flight).
     fn check_deadlines(&mut self) {
-        let now = Utc::now();
-        let timeout = chrono::Duration::from_std(self.shared.settings.step_timeout)
-            .unwrap_or(chrono::Duration::MAX);
+        let clock = deadlines::Clock {
+            now: Utc::now(),
+            started_at: self.started_at,
+            step_timeout: chrono::Duration::from_std(self.shared.settings.step_timeout)
+                .unwrap_or(chrono::Duration::MAX),
+        };
         for (saga_id, tracked) in &mut self.sagas {
             if tracked.unreadable {
                 continue;
@@ -444,11 +448,13 @@ impl PartitionWorker {
                 continue;
             };
             let (order_id, awaiting) = (saga.order_id, saga.awaiting());
-            let since = tracked.last_event_at.max(self.started_at);
-            if awaiting.is_empty()
-                || now - since < timeout
-                || tracked.deadlines_sent_at == Some(version)
-            {
+            let state = deadlines::Awaiting {
+                steps: !awaiting.is_empty(),
+                version,
+                last_event_at: tracked.last_event_at,
+                sent_at: tracked.deadlines_sent_at,
+            };
+            if !deadlines::due(&clock, &state) {
                 continue;
             }
             tracked.deadlines_sent_at = Some(version);
