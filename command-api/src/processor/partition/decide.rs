@@ -361,9 +361,13 @@ where
     A::State: Send + Sync,
 {
     let version = last_version(&events, current.version);
-    let mut pending = Vec::with_capacity(events.len());
-    for event in events {
-        let payload = schemas::encode(&event.event).map_err(|error| {
+    // Every event is encoded before the batch's state moves: a refusal must leave the state
+    // as it was, or the batch's next command would build on an event never appended.
+    let payloads = events
+        .iter()
+        .map(|event| schemas::encode(&event.event))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| {
             tracing::error!(%error, "event does not fit its schema");
             refuse(
                 incoming,
@@ -374,6 +378,8 @@ where
                 "internal error",
             )
         })?;
+    let mut pending = Vec::with_capacity(events.len());
+    for (event, payload) in events.into_iter().zip(payloads) {
         let stamped = EventEnvelope {
             event_id: (inputs.new_event_id)(),
             event_type: schemas::WireRecord::event_type(&event.event).to_owned(),

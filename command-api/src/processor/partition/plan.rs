@@ -16,7 +16,8 @@ pub(crate) enum Plan {
     Reply(Box<CommandReply>),
     /// A second copy of a command earlier in the same batch (a concurrent retry).
     SameAs(usize),
-    /// Append these events; the answer depends on the log's verdict on them.
+    /// Append these events; answered "accepted" at the positions they must get, and the batch
+    /// commits only if they get exactly those and the log-order rule accepts them.
     Append {
         aggregate_id: String,
         version: Version,

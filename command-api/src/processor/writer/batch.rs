@@ -1,8 +1,10 @@
-//! A batch of commands in one transaction: plan each, append every event, check they landed
-//! right after what the writer has read, answer, commit the command offsets, commit. A batch
-//! that cannot commit is aborted (nothing of it becomes visible, no answer is seen) and tried
-//! again on the log as it then is, until it commits, the partition is revoked, or the writer is
-//! fenced.
+//! A batch of commands in one transaction: plan each, then send the command offsets, the
+//! events and the answers at once (each answer names the positions its events must get: right
+//! after what this writer has read, in order), check the events landed exactly there and that
+//! the log-order rule accepts them, commit. A batch that cannot commit is aborted (nothing of
+//! it becomes visible, no answer is seen) and tried again on the log as it then is, until it
+//! commits, the partition is revoked, or the writer is fenced. Every abort waits for the
+//! offsets call first (librdkafka runs one transactional call at a time).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -147,6 +149,10 @@ where
         if let Err(failure) = offsets_sent {
             return Err(self.aborted(failure, Recovery::CatchUp { past }).await);
         }
+        if !replies_acknowledged {
+            let failure = TransactionFailure::NotAcknowledged;
+            return Err(self.aborted(failure, Recovery::CatchUp { past }).await);
+        }
         // Nothing lies between what this writer has read and its events: the log holds exactly
         // these records there, in this order, so they are judged here as if read back.
         let appended = self.appended_in_order(&plans, &offsets);
@@ -172,12 +178,7 @@ where
             // only refuse them if the model and the log disagree: start again from the log.
             error!(kind = %A::KIND, partition = self.partition, "the log-order rule refused events planned on this writer's own view; rebuilding");
             return Err(self
-                .aborted(TransactionFailure::Interleaved, Recovery::Rebuild)
-                .await);
-        }
-        if !replies_acknowledged {
-            return Err(self
-                .aborted(TransactionFailure::NotAcknowledged, then)
+                .aborted(TransactionFailure::Refused, Recovery::Rebuild)
                 .await);
         }
         match transaction::commit(&self.producer).await {

@@ -3,8 +3,9 @@
 //! the partition's transactional id aborts their open transaction and refuses their later
 //! sends), rebuilds state by reading the partition's committed records (applying the log-order
 //! rule), then handles commands in batches, one Kafka transaction each: decide on the current
-//! state, append, check that its events landed right after what it has read, answer, commit the
-//! command offsets, commit. Callers see the answers only once the transaction commits.
+//! state, send the command offsets, the events and the answers together, check that the events
+//! landed right after what it has read, commit. Callers see the answers only once the
+//! transaction commits.
 //!
 //! The decisions themselves are pure and live in [`super::partition`]; the writer does the I/O.
 //!

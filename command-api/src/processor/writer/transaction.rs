@@ -88,6 +88,10 @@ pub(super) enum TransactionFailure {
     /// view.
     #[error("another producer appended to the partition")]
     Interleaved,
+    /// The log-order rule refused events planned on this writer's own view: the view and the
+    /// log disagree, so the writer rebuilds its view from the log.
+    #[error("the log-order rule refused the batch's own events")]
+    Refused,
     /// The offsets or the commit were refused (group generation moved, broker trouble): the
     /// transaction must be aborted.
     #[error("the transaction could not commit")]
