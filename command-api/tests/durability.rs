@@ -196,6 +196,7 @@ async fn an_unreachable_broker_is_a_bounded_503_then_a_fast_one_from_the_breaker
     );
     // The client retries with the same key once the broker is back: it is applied exactly once.
     let mut retry = None;
+    let mut seen = Vec::new();
     for _ in 0..30 {
         let reply = app
             .post(
@@ -209,9 +210,16 @@ async fn an_unreachable_broker_is_a_bounded_503_then_a_fast_one_from_the_breaker
             retry = Some(reply);
             break;
         }
+        seen.push(format!("{} {}", reply.status, reply.body));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(retry.expect("succeeds after recovery").body["version"], 2);
+    let retry = retry.unwrap_or_else(|| {
+        panic!(
+            "the retry never succeeded after recovery; answers: {seen:#?}; {}",
+            outage_diagnosis(&kafka, &broker)
+        )
+    });
+    assert_eq!(retry.body["version"], 2);
     app.stop().await;
 }
 
@@ -220,8 +228,7 @@ async fn an_unreachable_broker_is_a_bounded_503_then_a_fast_one_from_the_breaker
 /// transactions, warnings and errors: a failure here is a post-mortem of a broker restart.
 fn outage_diagnosis(kafka: &TestKafka, broker: &BrokerProcess) -> String {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let topic = kafka.topics().events(AggregateKind::InventoryItem);
-    let watermarks = |isolation: &str| -> String {
+    let watermarks = |topic: &str, isolation: &str| -> String {
         let consumer: Result<BaseConsumer, _> = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &kafka.settings.brokers)
             .set("isolation.level", isolation)
@@ -233,21 +240,34 @@ fn outage_diagnosis(kafka: &TestKafka, broker: &BrokerProcess) -> String {
             .map(|p| {
                 format!(
                     "{p}: {:?}",
-                    consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))
+                    consumer.fetch_watermarks(topic, p, Duration::from_secs(5))
                 )
             })
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let topics = [
+        kafka.topics().events(AggregateKind::InventoryItem),
+        kafka.topics().events(AggregateKind::IdempotencyKey),
+        kafka.topics().replies(),
+    ];
+    let ends: Vec<String> = topics
+        .iter()
+        .map(|topic| {
+            format!(
+                "{topic}: read_committed [{}], read_uncommitted [{}]",
+                watermarks(topic, "read_committed"),
+                watermarks(topic, "read_uncommitted")
+            )
+        })
+        .collect();
     let log = std::fs::read_to_string(broker.dir().join("logs/server.log")).unwrap_or_default();
     let notable: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("ransaction") || l.contains(" WARN ") || l.contains(" ERROR "))
         .collect();
     format!(
-        "read_committed watermarks [{}]; read_uncommitted [{}]; broker log (transactions, warnings, errors):\n{}",
-        watermarks("read_committed"),
-        watermarks("read_uncommitted"),
+        "watermarks (apart: a transaction is open): {ends:#?}; broker log (transactions, warnings, errors):\n{}",
         notable[notable.len().saturating_sub(80)..].join("\n")
     )
 }
