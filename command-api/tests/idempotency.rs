@@ -220,3 +220,27 @@ async fn of_concurrent_requests_with_one_key_and_different_bodies_exactly_one_co
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn if_match_on_a_keyed_request_is_checked_against_its_aggregate_not_its_key() {
+    let app = TestApp::spawn().await;
+    seed(&app, "c-1", "apple", 5).await;
+    let stock = |if_match: &'static str| {
+        let app = &app;
+        async move {
+            app.post(
+                "/v1/inventory/apple/stock",
+                Some(&admin()),
+                &json!({"quantity": 1}),
+                &[("idempotency-key", if_match), ("if-match", if_match)],
+            )
+            .await
+        }
+    };
+    let fresh = stock("\"1\"").await;
+    assert_eq!(fresh.status, StatusCode::OK, "{:?}", fresh.body);
+    assert_eq!(fresh.body["version"], 2);
+    let stale = stock("\"5\"").await;
+    assert_eq!(stale.status, StatusCode::CONFLICT, "{:?}", stale.body);
+    app.stop().await;
+}

@@ -108,12 +108,14 @@ pub enum Submitted {
 /// partition's writer (from its log) however many times it is sent, across restarts.
 pub fn command_id(caller: &Caller, route: &str, key: Option<&str>) -> String {
     match key {
-        Some(key) => {
-            let name = format!("{}\n{route}\n{key}", caller.subject);
-            Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
-        }
+        Some(key) => derived(&format!("{}\n{route}\n{key}", caller.subject)).to_string(),
         None => Uuid::now_v7().to_string(),
     }
+}
+
+/// The same id for the same name, every time and on every instance.
+fn derived(name: &str) -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes())
 }
 
 /// A hash of the request, to tell a retry from a reused key with another body.
@@ -128,16 +130,17 @@ fn request_hash(route: &str, body: &[u8]) -> String {
 /// The id under which a caller's key is claimed: the same for every route, so one key names
 /// one request whatever aggregate, partition or path that request has.
 fn key_id(caller: &Caller, key: &str) -> KeyId {
-    let name = format!("idempotency-key\n{}\n{key}", caller.subject);
-    KeyId::from_uuid(Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()))
+    KeyId::from_uuid(derived(&format!(
+        "idempotency-key\n{}\n{key}",
+        caller.subject
+    )))
 }
 
 /// The command id of one request's claim of a key: the same request claims with the same id
 /// (its retry is answered from the log), another request with another (refused by the key),
 /// and two requests waiting on one instance never take each other's answer.
 fn claim_id(key_id: KeyId, request_hash: &str) -> String {
-    let name = format!("{key_id}\n{request_hash}");
-    Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
+    derived(&format!("{key_id}\n{request_hash}")).to_string()
 }
 
 /// The floor of the wait a command gets after its key's claim took most of the request's.
@@ -171,6 +174,7 @@ pub async fn submit<C: WireRecord>(
             command_type: submission.command.event_type(),
             aggregate_id: submission.aggregate_id.clone(),
             request_hash,
+            expected_version: submission.headers.expected_version,
             deadline,
         },
     );
@@ -216,7 +220,7 @@ async fn claim_key<C>(
         key_id,
         route: submission.route.clone(),
     };
-    let mut envelope = envelope(
+    let envelope = envelope(
         app,
         submission,
         Addressed {
@@ -224,11 +228,11 @@ async fn claim_key<C>(
             command_type: claim.event_type(),
             aggregate_id: key_id.to_string(),
             request_hash: Some(hash.to_owned()),
+            // If-Match is about the request's aggregate, not the key.
+            expected_version: None,
             deadline,
         },
     );
-    // If-Match is about the request's aggregate, not the key.
-    envelope.expected_version = None;
     let wait = app.command_wait();
     match send(app, AggregateKind::IdempotencyKey, &envelope, &claim, wait).await? {
         Some(reply) if reply.outcome == ReplyOutcome::Accepted => Ok(()),
@@ -243,6 +247,7 @@ struct Addressed<'t> {
     command_type: &'t str,
     aggregate_id: String,
     request_hash: Option<String>,
+    expected_version: Option<Version>,
     deadline: chrono::DateTime<chrono::Utc>,
 }
 
@@ -257,7 +262,7 @@ fn envelope<C>(
         command_type: addressed.command_type.to_owned(),
         aggregate_id: addressed.aggregate_id,
         reply_to: Some(app.bus().reply_key().to_owned()),
-        expected_version: submission.headers.expected_version,
+        expected_version: addressed.expected_version,
         request_hash: addressed.request_hash,
         actor: Actor {
             subject: submission.caller.subject.clone(),

@@ -15,6 +15,19 @@ struct Claim {
     route: String,
 }
 
+fn claim_record(key_id: KeyId, route: &str) -> Result<Value, apache_avro::Error> {
+    to_record(Claim {
+        key_id: key_id.to_string(),
+        route: route.to_owned(),
+    })
+}
+
+/// The key and route of a `KeyClaimed` or `ClaimKey` record.
+fn claim_of(event_type: &str, value: &Value) -> Result<(KeyId, String), DecodeError> {
+    let r: Claim = from_record(event_type, value)?;
+    Ok((parse::<KeyId>("key_id", &r.key_id)?, r.route))
+}
+
 impl WireRecord for KeyEvent {
     const FAMILY: &'static str = IdempotencyKey::KIND.as_str();
 
@@ -26,21 +39,15 @@ impl WireRecord for KeyEvent {
 
     fn to_avro(&self) -> Result<Value, apache_avro::Error> {
         match self {
-            Self::Claimed { key_id, route } => to_record(Claim {
-                key_id: key_id.to_string(),
-                route: route.clone(),
-            }),
+            Self::Claimed { key_id, route } => claim_record(*key_id, route),
         }
     }
 
     fn from_avro(event_type: &str, value: &Value) -> Result<Self, DecodeError> {
         match event_type {
             "KeyClaimed" => {
-                let r: Claim = from_record(event_type, value)?;
-                Ok(Self::Claimed {
-                    key_id: parse::<KeyId>("key_id", &r.key_id)?,
-                    route: r.route,
-                })
+                let (key_id, route) = claim_of(event_type, value)?;
+                Ok(Self::Claimed { key_id, route })
             }
             other => Err(DecodeError::UnhandledEventType(other.to_owned())),
         }
@@ -58,21 +65,15 @@ impl WireRecord for KeyCommand {
 
     fn to_avro(&self) -> Result<Value, apache_avro::Error> {
         match self {
-            Self::Claim { key_id, route } => to_record(Claim {
-                key_id: key_id.to_string(),
-                route: route.clone(),
-            }),
+            Self::Claim { key_id, route } => claim_record(*key_id, route),
         }
     }
 
     fn from_avro(event_type: &str, value: &Value) -> Result<Self, DecodeError> {
         match event_type {
             "ClaimKey" => {
-                let r: Claim = from_record(event_type, value)?;
-                Ok(Self::Claim {
-                    key_id: parse::<KeyId>("key_id", &r.key_id)?,
-                    route: r.route,
-                })
+                let (key_id, route) = claim_of(event_type, value)?;
+                Ok(Self::Claim { key_id, route })
             }
             other => Err(DecodeError::UnhandledEventType(other.to_owned())),
         }
