@@ -306,7 +306,12 @@ async fn the_orchestrator_counts_sagas_by_state_and_times_each_step() {
     stack.settled(&rejected, REJECTED).await;
 
     let metrics = stack
-        .orchestrator_metrics_when(|m| metric(m, "sagas", &["state=\"APPROVED\""]) == 1.0)
+        .orchestrator_metrics_when(|m| {
+            // The gauges are refreshed on the orchestrator's tick, after the views can show
+            // both sagas settled: wait for the tick that counts both.
+            metric(m, "sagas", &["state=\"APPROVED\""]) == 1.0
+                && metric(m, "sagas", &["state=\"REJECTED\""]) == 1.0
+        })
         .await;
     assert_eq!(
         metric(&metrics, "sagas", &["state=\"APPROVED\""]),
