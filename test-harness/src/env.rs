@@ -3,24 +3,49 @@
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-const HOW: &str = "start the local infrastructure with `scripts/test` (runs the suite), or \
-                   `scripts/up` and then `set -a; . ./.env.local` in this shell";
+const HOW: &str = "either set it to running infrastructure (`scripts/up`, then `set -a; . \
+                   ./.env.local` in this shell; or `scripts/test`, which runs the suite), or \
+                   give the harness a Docker-compatible engine (Docker, or Podman's API \
+                   service) through DOCKER_HOST or /var/run/docker.sock, and it starts Kafka \
+                   and PostgreSQL containers itself";
 
-/// `KAFKA_BROKERS`, checked to accept connections.
+/// `KAFKA_BROKERS` if set (checked to accept connections), else a broker in a container.
 pub fn kafka_brokers() -> String {
-    let brokers = std::env::var("KAFKA_BROKERS")
-        .unwrap_or_else(|_| panic!("KAFKA_BROKERS is not set: {HOW}"));
-    let first = brokers.split(',').next().unwrap_or_default().to_owned();
-    assert_reachable("Kafka broker (KAFKA_BROKERS)", &first);
-    brokers
+    match std::env::var("KAFKA_BROKERS") {
+        Ok(brokers) => {
+            let first = brokers.split(',').next().unwrap_or_default().to_owned();
+            assert_reachable("Kafka broker (KAFKA_BROKERS)", &first);
+            brokers
+        }
+        Err(_) => from_containers("KAFKA_BROKERS", |shared| shared.brokers.clone()),
+    }
 }
 
-/// `DATABASE_URL` (a superuser URL on the test cluster), checked to accept connections.
+/// `DATABASE_URL` (a superuser URL) if set (checked to accept connections), else Postgres in a
+/// container.
 pub fn database_url() -> String {
-    let url =
-        std::env::var("DATABASE_URL").unwrap_or_else(|_| panic!("DATABASE_URL is not set: {HOW}"));
-    assert_reachable("PostgreSQL (DATABASE_URL)", &host_port(&url));
-    url
+    match std::env::var("DATABASE_URL") {
+        Ok(url) => {
+            assert_reachable("PostgreSQL (DATABASE_URL)", &host_port(&url));
+            url
+        }
+        Err(_) => from_containers("DATABASE_URL", |shared| shared.database_url.clone()),
+    }
+}
+
+fn from_containers(
+    variable: &str,
+    pick: impl Fn(&crate::containers::Shared) -> Option<String>,
+) -> String {
+    if !crate::containers::engine::reachable() {
+        let engine = crate::containers::engine::address()
+            .map_or("no engine is configured".to_owned(), |a| {
+                format!("no engine answers at {a}")
+            });
+        panic!("{variable} is not set and {engine}: {HOW}");
+    }
+    pick(crate::containers::shared())
+        .unwrap_or_else(|| panic!("{variable} was not set when the containers were started"))
 }
 
 fn host_port(url: &str) -> String {

@@ -2,8 +2,9 @@
 //!
 //! Every test gets its own Kafka topic prefix and its own Postgres database (migrations applied),
 //! so tests run in parallel without seeing each other's data. The broker and database come from
-//! `KAFKA_BROKERS` and `DATABASE_URL`; when they are missing or unreachable the harness fails
-//! with the command to run, rather than skipping silently.
+//! `KAFKA_BROKERS` and `DATABASE_URL`; when one is not set and a Docker-compatible engine answers,
+//! from a container the harness starts ([`containers`]); with neither, the harness fails with
+//! what to provide, rather than skipping silently.
 //!
 //! # Layout
 //!
@@ -15,11 +16,14 @@
 //! - [`proxy`]: [`FaultProxy`], a TCP proxy in front of Kafka that can swallow or hold back
 //!   Produce responses.
 //! - [`cut`]: [`CuttableProxy`], a TCP proxy (in front of Postgres) a test cuts and restores.
+//! - [`containers`]: Kafka and Postgres started with testcontainers when the environment names
+//!   neither (once per test process).
 
 // Test support: a failed set-up should stop the test at once with a clear message.
 #![allow(clippy::expect_used, clippy::panic, unreachable_pub)]
 
 pub mod broker;
+pub mod containers;
 pub mod cut;
 pub mod database;
 pub mod env;
