@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Containers for the tests that run through testcontainers (issue #18, decision 0008): Podman
+# Containers for the tests that run through testcontainers (issue #18, decision 0006): Podman
 # from Debian's packages serving the Docker Engine API on a socket of our own, and the Kafka and
 # PostgreSQL images built here from Debian's archive and Maven Central (no registry needed).
 # Sourced after infra.sh.
@@ -83,12 +83,19 @@ build_local_images() {
 }
 
 # start_podman_service SOCKET: Podman's Docker Engine API on SOCKET, until stop_podman_service.
+# A service a killed run left on SOCKET (its pid kept beside it) is stopped first.
 start_podman_service() {
   PODMAN_SOCKET="$1"
+  local pidfile="$PODMAN_SOCKET.pid"
   mkdir -p "$(dirname "$PODMAN_SOCKET")"
+  if [ -f "$pidfile" ]; then
+    kill "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+  fi
   rm -f "$PODMAN_SOCKET"
   podman system service --time=0 "unix://$PODMAN_SOCKET" >"$LOCAL_DIR/podman-service.log" 2>&1 &
   PODMAN_SERVICE_PID=$!
+  echo "$PODMAN_SERVICE_PID" >"$pidfile"
   local i
   for i in $(seq 1 100); do
     [ -S "$PODMAN_SOCKET" ] && return 0
@@ -97,20 +104,28 @@ start_podman_service() {
   die "Podman's API service did not open $PODMAN_SOCKET (log: $LOCAL_DIR/podman-service.log)"
 }
 
-# Stops the service and removes every container the harness left (also a killed run's).
+# Stops the service and removes the containers the harness left whose test process is gone.
 stop_podman_service() {
-  remove_harness_containers
+  remove_orphaned_harness_containers
   if [ -n "${PODMAN_SERVICE_PID:-}" ]; then
     kill "$PODMAN_SERVICE_PID" 2>/dev/null || true
     wait "$PODMAN_SERVICE_PID" 2>/dev/null || true
     PODMAN_SERVICE_PID=""
   fi
-  rm -f "${PODMAN_SOCKET:-}"
+  rm -f "${PODMAN_SOCKET:-}" "${PODMAN_SOCKET:-}.pid"
 }
 
-remove_harness_containers() {
+# The harness's containers whose owner (label host/pid/start-time) is no longer running on this
+# host: the same rule as test-harness/src/containers/orphans.rs, so a test process running
+# beside this script keeps its containers.
+remove_orphaned_harness_containers() {
   command -v podman >/dev/null || return 0
-  local ids
-  ids="$(podman ps -aq --filter "label=$HARNESS_LABEL" 2>/dev/null || true)"
-  [ -z "$ids" ] || podman rm -f $ids >/dev/null 2>&1 || true
+  local id owner host pid start current
+  podman ps -a --filter "label=$HARNESS_LABEL" --format "{{.ID}} {{index .Labels \"$HARNESS_LABEL\"}}" 2>/dev/null |
+    while read -r id owner; do
+      IFS=/ read -r host pid start <<<"$owner"
+      [ "$host" = "$(cat /proc/sys/kernel/hostname)" ] && [ "$start" != unknown ] || continue
+      current="$(awk '{sub(/.*\) /, ""); print $20}' "/proc/$pid/stat" 2>/dev/null || true)"
+      [ "$current" = "$start" ] || podman rm -f -v "$id" >/dev/null 2>&1 || true
+    done
 }

@@ -133,6 +133,7 @@ async fn a_killed_test_process_leaves_no_container_past_the_next_run() {
         "child_uses_the_shared_containers",
         &[("HARNESS_CHILD_HANGS", "1")],
     )
+    .stderr(Stdio::null())
     .spawn()
     .expect("child");
     let stdout = hanging.stdout.take().expect("stdout");
@@ -178,6 +179,29 @@ async fn a_container_that_fails_to_start_is_reported_with_its_last_log_lines() {
     assert!(
         text.contains("gardener"),
         "the broker's own complaint is among the log lines:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn without_infrastructure_or_an_engine_the_error_names_both_ways_to_provide_them() {
+    let output = child(
+        "child_uses_the_shared_containers",
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    )
+    .output()
+    .expect("child");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("KAFKA_BROKERS is not set")
+            && text.contains("no engine answers at unix:///nonexistent/docker.sock")
+            && text.contains("scripts/up")
+            && text.contains("DOCKER_HOST"),
+        "{text}"
     );
 }
 

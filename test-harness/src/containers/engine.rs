@@ -1,24 +1,46 @@
-//! The Docker-compatible engine testcontainers talks to.
+//! The Docker-compatible engine testcontainers talks to, found the way testcontainers finds it.
 
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-/// Where an engine would be: `DOCKER_HOST`, else Docker's default socket if it exists.
+use testcontainers::bollard::Docker;
+
+/// Where an engine would be: `DOCKER_HOST`, else the first socket that exists of Docker's
+/// default, `$XDG_RUNTIME_DIR/.docker/run`, `~/.docker/run` and `~/.docker/desktop` (rootless
+/// Docker, Docker Desktop), as testcontainers looks for them.
 pub fn address() -> Option<String> {
     if let Ok(host) = std::env::var("DOCKER_HOST") {
         return Some(host);
     }
-    let default = "/var/run/docker.sock";
-    Path::new(default)
-        .exists()
-        .then(|| format!("unix://{default}"))
+    let mut candidates = vec!["/var/run/docker.sock".to_owned()];
+    for (variable, under) in [
+        ("XDG_RUNTIME_DIR", ".docker/run/docker.sock"),
+        ("HOME", ".docker/run/docker.sock"),
+        ("HOME", ".docker/desktop/docker.sock"),
+    ] {
+        if let Some(dir) = std::env::var_os(variable) {
+            candidates.push(Path::new(&dir).join(under).display().to_string());
+        }
+    }
+    candidates
+        .into_iter()
+        .find(|path| Path::new(path).exists())
+        .map(|path| format!("unix://{path}"))
 }
 
 /// Whether an engine accepts connections at [`address`].
 pub fn reachable() -> bool {
     address().is_some_and(|address| answers(&address))
+}
+
+/// A client of the engine at [`address`] (the one testcontainers uses).
+pub fn client() -> Result<Docker, testcontainers::bollard::errors::Error> {
+    match address() {
+        Some(address) => Docker::connect_with_host(&address),
+        None => Docker::connect_with_defaults(),
+    }
 }
 
 fn answers(address: &str) -> bool {
@@ -29,7 +51,7 @@ fn answers(address: &str) -> bool {
         .strip_prefix("tcp://")
         .or_else(|| address.strip_prefix("http://"))
         .unwrap_or(address);
-    host_port
-        .parse()
-        .is_ok_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
+    host_port.to_socket_addrs().is_ok_and(|mut addrs| {
+        addrs.any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
+    })
 }

@@ -64,15 +64,16 @@ pub async fn start(
     image: &str,
     overrides: &[(&str, &str)],
 ) -> Result<RunningContainer, ContainerError> {
-    let host_port = crate::broker::free_port();
     let (name, tag) = name_and_tag(image);
-    let request = GenericImage::new(name, tag)
-        .with_entrypoint("sh")
-        .with_cmd(["-c", SCRIPT])
-        .with_env_var("NODE_PROPERTIES", properties(host_port, overrides))
-        .with_env_var("NODE_LOG4J", LOG4J)
-        .with_env_var("CLUSTER_ID", CLUSTER_ID);
-    let container = running::start(image, request, CLIENT_PORT, host_port).await?;
+    let request_for = |host_port: u16| {
+        GenericImage::new(name, tag)
+            .with_entrypoint("sh")
+            .with_cmd(["-c", SCRIPT])
+            .with_env_var("NODE_PROPERTIES", properties(host_port, overrides))
+            .with_env_var("NODE_LOG4J", LOG4J)
+            .with_env_var("CLUSTER_ID", CLUSTER_ID)
+    };
+    let (container, host_port) = running::start(image, request_for, CLIENT_PORT).await?;
     let address = format!("127.0.0.1:{host_port}");
     let container = running::wait_until_ready(
         image,

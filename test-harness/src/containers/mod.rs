@@ -44,49 +44,74 @@ pub struct Shared {
 
 /// Starts (once per process) a container for each of Kafka and Postgres the environment does
 /// not name, and returns where they serve. Panics with the container's last log lines when one
-/// does not start: a test cannot go on without it.
+/// does not start: a test cannot go on without it. A failed start is not retried by the next
+/// test (each would wait minutes for the same failure): every later call panics with the same
+/// error.
 pub fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Shared> = OnceLock::new();
-    SHARED.get_or_init(|| {
+    static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
+    let started = SHARED.get_or_init(|| {
         let need_kafka = std::env::var_os("KAFKA_BROKERS").is_none();
         let need_postgres = std::env::var_os("DATABASE_URL").is_none();
         let images = Images::from_env();
-        let started = block_on(move || async move {
-            if let Err(error) = orphans::remove_orphans().await {
-                tracing::warn!(%error, "could not look for containers left by killed test processes");
-            }
-            let kafka = async {
-                match need_kafka {
-                    true => kafka::start(&images.kafka, &[]).await.map(Some),
-                    false => Ok(None),
-                }
-            };
-            let postgres = async {
-                match need_postgres {
-                    true => postgres::start(&images.postgres).await.map(Some),
-                    false => Ok(None),
-                }
-            };
-            let (kafka, postgres) = tokio::join!(kafka, postgres);
-            let mut shared = Shared {
-                brokers: None,
-                database_url: None,
-            };
+        block_on(move || start_both(images, need_kafka, need_postgres))
+    });
+    match started {
+        Ok(shared) => shared,
+        Err(error) => panic!("{error}"),
+    }
+}
+
+async fn start_both(
+    images: Images,
+    need_kafka: bool,
+    need_postgres: bool,
+) -> Result<Shared, String> {
+    match orphans::remove_orphans().await {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(
+                count = removed.len(),
+                "removed containers left by killed test processes"
+            )
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(%error, "could not look for containers left by killed test processes")
+        }
+    }
+    let kafka = async {
+        match need_kafka {
+            true => kafka::start(&images.kafka, &[]).await.map(Some),
+            false => Ok(None),
+        }
+    };
+    let postgres = async {
+        match need_postgres {
+            true => postgres::start(&images.postgres).await.map(Some),
+            false => Ok(None),
+        }
+    };
+    match tokio::join!(kafka, postgres) {
+        (Ok(kafka), Ok(postgres)) => Ok(Shared {
+            brokers: kafka.map(registry::keep),
+            database_url: postgres.map(registry::keep),
+        }),
+        (kafka, postgres) => {
+            // One started and the other did not: the test cannot run, so nothing is kept.
             let mut failures = Vec::new();
-            for (started, slot) in [(kafka, &mut shared.brokers), (postgres, &mut shared.database_url)] {
+            for started in [kafka, postgres] {
                 match started {
-                    Ok(Some(container)) => *slot = Some(registry::keep(container)),
+                    Ok(Some(running)) => {
+                        if let Err(error) = running.container.rm().await {
+                            tracing::warn!(%error, "could not remove a container");
+                        }
+                    }
                     Ok(None) => {}
                     Err(error) => failures.push(error.to_string()),
                 }
             }
-            match failures.is_empty() {
-                true => Ok(shared),
-                false => Err(failures.join("\n\n")),
-            }
-        });
-        started.unwrap_or_else(|error| panic!("{error}"))
-    })
+            Err(failures.join("\n\n"))
+        }
+    }
 }
 
 /// Runs the future `make` makes on the containers' own runtime, from any thread (also a test's

@@ -9,19 +9,27 @@ use std::collections::HashMap;
 use testcontainers::bollard::query_parameters::{
     ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
-use testcontainers::bollard::Docker;
 
 pub const OWNER_LABEL: &str = "org.orderstream.test-harness.owner";
 
+/// Written where a process's start time cannot be read (no /proc): such containers are never
+/// judged orphans, by anyone.
+const UNKNOWN_START: &str = "unknown";
+
 /// `host/pid/start-time` of this process.
 pub fn owner() -> String {
-    owner_of(std::process::id()).unwrap_or_else(|| format!("{}/{}/0", host(), std::process::id()))
+    owner_of(std::process::id())
+        .unwrap_or_else(|| format!("{}/{}/{UNKNOWN_START}", host(), std::process::id()))
 }
 
 /// Removes the containers whose owner is a process of this host that is gone; returns their
 /// ids.
 pub async fn remove_orphans() -> Result<Vec<String>, testcontainers::bollard::errors::Error> {
-    let docker = Docker::connect_with_defaults()?;
+    if owner_of(std::process::id()).is_none() {
+        // No /proc here: whether an owner is alive cannot be told.
+        return Ok(Vec::new());
+    }
+    let docker = super::engine::client()?;
     let filters = HashMap::from([("label", vec![OWNER_LABEL])]);
     let listed = docker
         .list_containers(Some(
@@ -63,10 +71,10 @@ pub fn is_orphan(
     current_owner: impl Fn(u32) -> Option<String>,
 ) -> bool {
     let mut parts = owner.rsplitn(3, '/');
-    let (Some(_start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
-    if host != this_host {
+    if host != this_host || start == UNKNOWN_START {
         return false;
     }
     let Ok(pid) = pid.parse::<u32>() else {
@@ -106,6 +114,10 @@ mod tests {
         );
         assert!(!is_orphan("other/8/99", "box", alive), "another host's");
         assert!(!is_orphan("garbage", "box", alive));
+        assert!(
+            !is_orphan("box/8/unknown", "box", alive),
+            "owner's start time unknown"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use futures::future::join_all;
+use testcontainers::bollard::query_parameters::RemoveContainerOptionsBuilder;
 use testcontainers::{ContainerAsync, GenericImage};
 
 use super::RunningContainer;
@@ -51,8 +52,21 @@ extern "C" fn remove_kept() {
         if kept.is_empty() {
             return;
         }
+        // By id, within the time limit: a `ContainerAsync` dropped by a timed-out removal would
+        // remove itself again, without a limit.
+        let ids: Vec<String> = kept.iter().map(|c| c.id().to_owned()).collect();
+        kept.into_iter().for_each(std::mem::forget);
         super::block_on(move || async move {
-            let removals = kept.into_iter().map(|container| container.rm());
+            let Ok(docker) = super::engine::client() else {
+                return;
+            };
+            let options = RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(true)
+                .build();
+            let removals = ids
+                .iter()
+                .map(|id| docker.remove_container(id, Some(options.clone())));
             let _ = tokio::time::timeout(Duration::from_secs(20), join_all(removals)).await;
         });
     });
