@@ -25,8 +25,8 @@
 //!   (fencing, transactions, answers).
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
 
+pub use command_bus::bus;
 pub use platform::auth;
-pub mod bus;
 pub mod config;
 pub mod dto;
 pub mod json;

@@ -9,9 +9,8 @@ use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use platform::config::KafkaSettings;
 use platform::consistency::TokenKey;
-use platform::kafka::{ensure_topics, producer_config, KafkaSetupError};
+use platform::kafka::{producer_config, KafkaSetupError};
 use platform::topics::Topics;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
@@ -21,10 +20,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use command_bus::{ensure_all_topics, TopicSetupError};
+
 use crate::auth::Auth;
 use crate::bus::CommandBus;
 use crate::config::Settings;
-use crate::processor::{Processor, COMMAND_KINDS};
+use crate::processor::Processor;
 use crate::routes;
 
 /// How long the broker may take to acknowledge a command before the caller gets a 503.
@@ -45,13 +46,8 @@ pub enum StartupError {
     Kafka(#[from] KafkaSetupError),
     #[error("Kafka client failed")]
     Client(#[from] rdkafka::error::KafkaError),
-    #[error("topics {events} and {commands} have different partition counts ({a} and {b}); they must match")]
-    PartitionMismatch {
-        events: String,
-        commands: String,
-        a: usize,
-        b: usize,
-    },
+    #[error("setting up the command path's topics failed")]
+    Topics(#[from] TopicSetupError),
     #[error("serving HTTP failed")]
     Serve(#[source] std::io::Error),
 }
@@ -241,67 +237,4 @@ fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(platform::http::record_request))
         .with_state(state)
-}
-
-/// Creates every topic the write path uses and returns the partition count, refusing to start
-/// when an events topic and its commands topic disagree (writers map partition p to p).
-/// Shared with the saga orchestrator, which sends commands down the same path.
-pub async fn ensure_all_topics(
-    kafka: &KafkaSettings,
-    topics: &Topics,
-) -> Result<i32, StartupError> {
-    let mut names: Vec<String> = topics.all_events();
-    names.extend(COMMAND_KINDS.iter().map(|k| topics.commands(*k)));
-    names.push(topics.replies());
-    ensure_topics(kafka, &names, kafka.partitions).await?;
-    let client: Arc<BaseConsumer> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
-            .create()?,
-    );
-    let mut partitions = 0;
-    for kind in COMMAND_KINDS {
-        let (events, commands) = (topics.events(kind), topics.commands(kind));
-        let (a, b) = (
-            partition_count(&client, &events).await?,
-            partition_count(&client, &commands).await?,
-        );
-        if a != b || a == 0 {
-            return Err(StartupError::PartitionMismatch {
-                events,
-                commands,
-                a,
-                b,
-            });
-        }
-        partitions = a;
-    }
-    Ok(i32::try_from(partitions).unwrap_or(i32::MAX))
-}
-
-/// Partitions of `topic` once metadata shows them. A freshly created topic (or a broker that
-/// has just started) answers "not leader" for a moment while its partitions elect a leader:
-/// such answers are retried for five seconds before they count as a failure.
-async fn partition_count(client: &Arc<BaseConsumer>, topic: &str) -> Result<usize, StartupError> {
-    let mut last_error = None;
-    for _ in 0..50 {
-        let (client, name) = (client.clone(), topic.to_owned());
-        let count = tokio::task::spawn_blocking(move || {
-            client
-                .fetch_metadata(Some(&name), Duration::from_secs(5))
-                .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
-        })
-        .await
-        .map_err(|_| rdkafka::error::KafkaError::Canceled)?;
-        match count {
-            Ok(count) if count > 0 => return Ok(count),
-            Ok(_) => {}
-            Err(error) => last_error = Some(error),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    match last_error {
-        Some(error) => Err(error.into()),
-        None => Ok(0),
-    }
 }

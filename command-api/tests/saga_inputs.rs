@@ -42,24 +42,20 @@ fn envelope(
     message: &SagaMessage,
     role: &str,
 ) -> CommandEnvelope {
-    CommandEnvelope {
-        command_id: uuid::Uuid::now_v7().to_string(),
-        command_type: message.event_type().to_owned(),
-        aggregate_id: saga_id.to_string(),
-        reply_to: Some(bus.reply_key().to_owned()),
-        expected_version: None,
-        request_hash: None,
-        actor: Actor {
+    bus.envelope(
+        uuid::Uuid::now_v7().to_string(),
+        message.event_type(),
+        saga_id.to_string(),
+        Actor {
             subject: "someone".into(),
             role: role.into(),
         },
-        deadline: None,
-        trace: Trace {
+        Trace {
             correlation_id: "c".into(),
             causation_id: "c".into(),
             traceparent: None,
         },
-    }
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 pub const ROLE_ADMIN: &str = "admin";
 /// A customer acting for itself (`sub` = customer id).
 pub const ROLE_CUSTOMER: &str = "customer";
+/// The saga orchestrator: never a caller of the HTTP API, only of the command bus.
+pub const ROLE_SYSTEM: &str = "system";
 
 /// Why a request was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -19,8 +19,7 @@ use crate::projection::Projection;
 use crate::projections::{self, ForProjection};
 use crate::runner::{BatchLimits, Runner};
 
-/// The read-model schema, applied by every process that owns it before it starts.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub use read_models::MIGRATOR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

@@ -12,7 +12,7 @@
 //!
 //! # Layout
 //!
-//! - `migrations/`: the read-model schema (applied by sqlx migrations, never ad hoc).
+//! - the read-model schema (migrations) lives in the `read-models` crate, shared with query-api.
 //! - [`projection`]: the `Projection` trait: load rows, pure fold, one UNNEST upsert.
 //! - [`projections`]: `customers`, `inventory`, `orders`, `order_sagas`, and the one list of
 //!   them (`ALL`, `by_name`) that running, status, rebuilds and `dlq` go through.

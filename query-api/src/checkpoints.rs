@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::AggregateKind;
-use projectors::applier::CHECKPOINT_CHANNEL;
+use read_models::CHECKPOINT_CHANNEL;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;

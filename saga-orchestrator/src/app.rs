@@ -7,8 +7,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use command_api::bus::CommandBus;
-use command_api::startup::{ensure_all_topics, StartupError};
+use command_bus::{ensure_all_topics, CommandBus, TopicSetupError};
 use domain::AggregateKind;
 use platform::dead_letters::DeadLetters;
 use platform::kafka::{ensure_topics, producer_config};
@@ -26,7 +25,7 @@ use crate::shared::Shared;
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("setting up topics")]
-    Topics(#[from] StartupError),
+    Topics(#[from] TopicSetupError),
     #[error("setting up dead-letter topics")]
     KafkaSetup(#[from] platform::kafka::KafkaSetupError),
     #[error("kafka")]

@@ -6,7 +6,7 @@
 //!
 //! - `OrderPlaced` / `OrderCancellationRequested` (orders.events) -> saga inputs;
 //! - saga events that request a step -> participant commands (reserve / release stock and
-//!   credit, approve / reject / cancel the order) through `command_api::bus::CommandBus`;
+//!   credit, approve / reject / cancel the order) through `command_bus::CommandBus`;
 //! - participants' replies -> saga inputs (`domain::saga::reply_for`);
 //! - steps awaited past `SAGA_STEP_TIMEOUT_MS` -> `DeadlinePassed` inputs.
 //!

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use command_api::bus::{BusError, CommandBus};
-use command_api::processor::ROLE_SYSTEM;
+use command_bus::{BusError, CommandBus};
 use domain::saga::{ParticipantCommand, SagaCommand, SagaMessage};
 use domain::AggregateKind;
+use platform::auth::ROLE_SYSTEM;
 use platform::envelope::{Actor, CommandEnvelope, Trace};
 use schemas::{CommandReply, ReplyOutcome, WireRecord};
 use tokio_util::sync::CancellationToken;
@@ -37,20 +37,12 @@ impl Sender {
         aggregate_id: String,
         trace: Trace,
     ) -> CommandEnvelope {
-        CommandEnvelope {
-            command_id,
-            command_type: command_type.to_owned(),
-            aggregate_id,
-            reply_to: Some(self.bus.reply_key().to_owned()),
-            expected_version: None,
-            request_hash: None,
-            actor: Actor {
-                subject: ACTOR_SUBJECT.into(),
-                role: ROLE_SYSTEM.into(),
-            },
-            deadline: None,
-            trace,
-        }
+        let actor = Actor {
+            subject: ACTOR_SUBJECT.into(),
+            role: ROLE_SYSTEM.into(),
+        };
+        self.bus
+            .envelope(command_id, command_type, aggregate_id, actor, trace)
     }
 
     /// Sends a participant command and waits up to the step timeout for its reply. `None`: no

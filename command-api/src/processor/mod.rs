@@ -39,16 +39,7 @@ use group::{GroupContext, Polled, REVOKE_WAIT};
 pub use models::{rejection_code, ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SYSTEM};
 use writer::Writer;
 
-/// The aggregate kinds that take commands (each has a commands topic and partition writers).
-/// The order saga is one of them: the orchestrator records its inputs through the same path;
-/// so are idempotency keys, which requests claim before their command is sent.
-pub const COMMAND_KINDS: [AggregateKind; 5] = [
-    AggregateKind::Customer,
-    AggregateKind::InventoryItem,
-    AggregateKind::Order,
-    AggregateKind::OrderSaga,
-    AggregateKind::IdempotencyKey,
-];
+pub use command_bus::COMMAND_KINDS;
 
 /// The consumer group of command writers.
 pub const GROUP_SUFFIX: &str = "command-writers";

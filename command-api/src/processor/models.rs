@@ -12,9 +12,7 @@ use schemas::WireRecord;
 
 /// Roles the writer knows. HTTP checks the coarse rules (admin-only endpoints); the writer
 /// checks what needs the aggregate's state (whose order it is).
-pub use platform::auth::{ROLE_ADMIN, ROLE_CUSTOMER};
-/// Commands issued by the saga orchestrator.
-pub const ROLE_SYSTEM: &str = "system";
+pub use platform::auth::{ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SYSTEM};
 
 /// An aggregate the command writer can host.
 pub(crate) trait WriteModel: Aggregate + Send + Sync + 'static

@@ -257,23 +257,26 @@ fn envelope<C>(
     submission: &Submission<'_, C>,
     addressed: Addressed<'_>,
 ) -> CommandEnvelope {
+    let actor = Actor {
+        subject: submission.caller.subject.clone(),
+        role: submission.caller.role().to_owned(),
+    };
+    let trace = Trace {
+        correlation_id: submission.headers.correlation_id.clone(),
+        causation_id: addressed.command_id.clone(),
+        traceparent: submission.headers.traceparent.clone(),
+    };
     CommandEnvelope {
-        command_id: addressed.command_id.clone(),
-        command_type: addressed.command_type.to_owned(),
-        aggregate_id: addressed.aggregate_id,
-        reply_to: Some(app.bus().reply_key().to_owned()),
         expected_version: addressed.expected_version,
         request_hash: addressed.request_hash,
-        actor: Actor {
-            subject: submission.caller.subject.clone(),
-            role: submission.caller.role().to_owned(),
-        },
         deadline: Some(addressed.deadline),
-        trace: Trace {
-            correlation_id: submission.headers.correlation_id.clone(),
-            causation_id: addressed.command_id,
-            traceparent: submission.headers.traceparent.clone(),
-        },
+        ..app.bus().envelope(
+            addressed.command_id,
+            addressed.command_type,
+            addressed.aggregate_id,
+            actor,
+            trace,
+        )
     }
 }
 

@@ -56,11 +56,7 @@ pub enum Generation {
     Fixed(i32),
 }
 
-/// The Postgres channel on which every move of a projection's offsets is announced, with the
-/// projection's name (`orders`, ...) as payload. The notification is sent by the transaction
-/// that moves the offsets, so it is delivered on commit, never for a batch that rolled back.
-/// query-api listens on it to wake consistency-token waits instead of polling.
-pub const CHECKPOINT_CHANNEL: &str = "projection_checkpoints";
+pub use read_models::CHECKPOINT_CHANNEL;
 
 /// The key a generation's offsets, parking and anomalies are stored under.
 pub fn generation_key(projection: &str, generation: i32) -> String {

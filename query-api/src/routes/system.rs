@@ -21,7 +21,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     let (database, migrations) = match applied {
         Ok(versions) => (
             true,
-            projectors::app::MIGRATOR
+            read_models::MIGRATOR
                 .iter()
                 .all(|m| versions.contains(&m.version)),
         ),

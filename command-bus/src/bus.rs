@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use domain::AggregateKind;
 use platform::config::KafkaSettings;
-use platform::envelope::CommandEnvelope;
+use platform::envelope::{Actor, CommandEnvelope, Trace};
 use platform::partitioner::partition_for;
 use platform::resilience::{Breaker, BreakerPolicy};
 use platform::telemetry::propagation as telemetry;
@@ -115,6 +115,30 @@ impl CommandBus {
     /// This requester's reply key, to put in command envelopes.
     pub fn reply_key(&self) -> &str {
         &self.reply_key
+    }
+
+    /// The envelope of a command sent through this bus: its reply comes back here. The
+    /// conditions a requester may add (`expected_version`, `request_hash`, `deadline`) start
+    /// empty; one that has them sets them on the result. The one way envelopes are built.
+    pub fn envelope(
+        &self,
+        command_id: String,
+        command_type: &str,
+        aggregate_id: String,
+        actor: Actor,
+        trace: Trace,
+    ) -> CommandEnvelope {
+        CommandEnvelope {
+            command_id,
+            command_type: command_type.to_owned(),
+            aggregate_id,
+            reply_to: Some(self.reply_key.clone()),
+            expected_version: None,
+            request_hash: None,
+            actor,
+            deadline: None,
+            trace,
+        }
     }
 
     /// Partitions per topic (commands and events topics have the same count).

@@ -1,0 +1,18 @@
+//! The command path's client side, shared by command-api (HTTP handlers) and the saga
+//! orchestrator, so that neither service crate depends on the other.
+//!
+//! # Layout
+//!
+//! - [`bus`]: [`CommandBus`], the one path every write takes: a command onto its aggregate's
+//!   commands topic, its reply back on the replies topic; and [`CommandBus::envelope`], the one
+//!   way a requester addresses a command.
+//! - [`topics`]: the kinds that take commands ([`COMMAND_KINDS`]) and the set-up of every topic
+//!   the command path uses, checked for matching partition counts.
+//!
+//! The other side (partition writers that decide commands) is command-api's `processor`.
+
+pub mod bus;
+pub mod topics;
+
+pub use bus::{BusError, CommandBus};
+pub use topics::{ensure_all_topics, TopicSetupError, COMMAND_KINDS};
