@@ -17,9 +17,9 @@
 //! - [`dto`]: request/response bodies and their validation into domain commands.
 //! - [`json`]: the JSON body extractor; `auth` is `platform::auth` (shared with query-api).
 //! - [`problem`]: the one place errors become problem+json.
-//! - [`bus`]: **the library API for other writers**: the saga orchestrator sends its commands
-//!   with `CommandBus::send` (its own reply key, deterministic command ids, `actor.role =
-//!   "system"`), so every write in the system goes through the partition writers.
+//! - [`bus`]: re-exported from the `command-bus` crate, the requester side of the command path
+//!   that the saga orchestrator uses too (its own reply key, deterministic command ids,
+//!   `actor.role = "system"`), so every write in the system goes through the partition writers.
 //! - [`processor`]: the consumer group (polled on its own thread), the pure partition model
 //!   (the decision for each command, unit-tested without a broker) and the partition writers
 //!   (fencing, transactions, answers).

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::Settings;
-use crate::group::{dispatch, GroupContext};
+use crate::saga_context::SagaContext;
+use crate::saga_group::{dispatch, GroupContext};
 use crate::sender::Sender;
-use crate::shared::Shared;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -80,7 +80,7 @@ impl Orchestrator {
                     assigned_once: assigned.clone(),
                 })?;
         group.subscribe(&[orders_topic.as_str(), sagas_topic.as_str()])?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(SagaContext {
             sender: Sender::new(bus, settings.step_timeout),
             dead_letters: DeadLetters::new(producer, "saga-orchestrator"),
             group: Arc::new(group),

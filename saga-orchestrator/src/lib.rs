@@ -19,8 +19,10 @@
 //!
 //! - [`app`]: start-up (topics, bus, group, health and metrics server).
 //! - [`config`]: settings from the environment.
-//! - `group`: group membership; a worker per partition.
-//! - `partition`: one partition's sagas: replay, act, deadlines, commits, metrics.
+//! - `saga_group`: group membership; a `saga_partition` worker per partition.
+//! - `saga_partition`: one partition's sagas: replay, act, deadlines, commits, metrics.
+//! - `saga_context`: what every partition worker of the process shares (settings, the group
+//!   member, the sender, dead letters).
 //! - `offset_book`: which offsets a worker may commit (pure, unit-tested).
 //! - `deadlines`: when a saga's awaited steps are past their deadline (pure, unit-tested).
 //! - `sender`: participant commands and saga inputs through the command path, with retries.
@@ -30,12 +32,12 @@
 pub mod app;
 pub mod config;
 mod deadlines;
-mod group;
 pub mod ids;
 mod offset_book;
-mod partition;
+mod saga_context;
+mod saga_group;
+mod saga_partition;
 mod sender;
-mod shared;
 pub mod translate;
 
 pub use sender::ACTOR_SUBJECT;

@@ -36,7 +36,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::deadlines;
 use crate::ids;
 use crate::offset_book::{OffsetBook, Source};
-use crate::shared::Shared;
+use crate::saga_context::SagaContext;
 use crate::translate::{order_event_input, outcome_of, ORDER_EVENTS_OF_INTEREST};
 
 /// What the worker knows of one saga.
@@ -64,8 +64,8 @@ fn running(current: &Current<OrderSagaAggregate>) -> Option<&OrderSaga> {
     }
 }
 
-pub(crate) struct PartitionWorker {
-    shared: Arc<Shared>,
+pub(crate) struct SagaPartition {
+    shared: Arc<SagaContext>,
     partition: i32,
     topics: [String; 2],
     tail: Arc<StreamConsumer<LagContext>>,
@@ -93,8 +93,8 @@ pub(crate) enum WorkerError {
     Join,
 }
 
-impl PartitionWorker {
-    pub(crate) async fn run(shared: Arc<Shared>, partition: i32, stop: CancellationToken) {
+impl SagaPartition {
+    pub(crate) async fn run(shared: Arc<SagaContext>, partition: i32, stop: CancellationToken) {
         let mut worker = loop {
             match Self::start(shared.clone(), partition, stop.clone()).await {
                 Ok(worker) => break worker,
@@ -117,7 +117,7 @@ impl PartitionWorker {
     }
 
     async fn start(
-        shared: Arc<Shared>,
+        shared: Arc<SagaContext>,
         partition: i32,
         stop: CancellationToken,
     ) -> Result<Self, WorkerError> {

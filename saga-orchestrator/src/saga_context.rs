@@ -6,10 +6,10 @@ use platform::dead_letters::DeadLetters;
 use rdkafka::consumer::StreamConsumer;
 
 use crate::config::Settings;
-use crate::group::GroupContext;
+use crate::saga_group::GroupContext;
 use crate::sender::Sender;
 
-pub(crate) struct Shared {
+pub(crate) struct SagaContext {
     pub(crate) settings: Settings,
     pub(crate) orders_topic: String,
     pub(crate) sagas_topic: String,

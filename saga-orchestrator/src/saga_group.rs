@@ -1,6 +1,6 @@
 //! Group membership: the orchestrators share the partitions of `orders.events` and
 //! `order-sagas.events` through one consumer group with the range assignor, so partition p of
-//! both topics goes to the same member, which runs one [`PartitionWorker`] for it. The group
+//! both topics goes to the same member, which runs one [`SagaPartition`] for it. The group
 //! consumer itself reads nothing (its partitions are paused); workers read with their own
 //! consumer from offset 0 and commit through the group, so a member left behind by a
 //! rebalance cannot commit.
@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::partition::PartitionWorker;
-use crate::shared::Shared;
+use crate::saga_context::SagaContext;
+use crate::saga_partition::SagaPartition;
 
 pub(crate) enum Change {
     Assigned(Vec<i32>),
@@ -73,7 +73,7 @@ impl ConsumerContext for GroupContext {
 
 /// Runs a worker per assigned partition until `shutdown`; polls the member meanwhile.
 pub(crate) async fn dispatch(
-    shared: Arc<Shared>,
+    shared: Arc<SagaContext>,
     mut changes: mpsc::UnboundedReceiver<Change>,
     shutdown: CancellationToken,
 ) {
@@ -90,7 +90,7 @@ pub(crate) async fn dispatch(
                         if let Some(previous) = running.insert(partition, stop.clone()) {
                             previous.cancel();
                         }
-                        workers.spawn(PartitionWorker::run(shared.clone(), partition, stop));
+                        workers.spawn(SagaPartition::run(shared.clone(), partition, stop));
                     }
                 }
                 Change::Revoked(partitions) => {
