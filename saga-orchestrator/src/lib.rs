@@ -25,6 +25,8 @@
 //!   member, the sender, dead letters).
 //! - `offset_book`: which offsets a worker may commit (pure, unit-tested).
 //! - `deadlines`: when a saga's awaited steps are past their deadline (pure, unit-tested).
+//! - `timers`: per-saga timers ordered by due time (deadlines, stuck checks), so no tick
+//!   scans every saga (pure, unit-tested).
 //! - `sender`: participant commands and saga inputs through the command path, with retries.
 //! - [`translate`]: what order events and replies mean to the saga (pure).
 //! - [`ids`]: deterministic command ids.
@@ -38,6 +40,7 @@ mod saga_context;
 mod saga_group;
 mod saga_partition;
 mod sender;
+mod timers;
 pub mod translate;
 
 pub use sender::ACTOR_SUBJECT;

@@ -37,6 +37,7 @@ use crate::deadlines;
 use crate::ids;
 use crate::offset_book::{OffsetBook, Source};
 use crate::saga_context::SagaContext;
+use crate::timers::Timers;
 use crate::translate::{order_event_input, outcome_of, ORDER_EVENTS_OF_INTEREST};
 
 /// What the worker knows of one saga.
@@ -49,6 +50,7 @@ struct Tracked {
     last_progress_at: DateTime<Utc>,
     /// The version at which deadlines were last sent, so each is sent once per version.
     deadlines_sent_at: Option<Version>,
+    /// Counted in the stuck gauge (and warned about): no progress past the stuck threshold.
     stuck_reported: bool,
     /// An accepted event of this saga cannot be decoded: hands off until fixed (dead-lettered).
     unreadable: bool,
@@ -75,6 +77,14 @@ pub(crate) struct SagaPartition {
     /// What may be committed: the offsets whose effects are all done.
     offsets: OffsetBook,
     sagas: HashMap<String, Tracked>,
+    /// When each saga that awaits a step has its deadline.
+    deadline_timers: Timers,
+    /// When each running saga would count as stuck without progress.
+    stuck_timers: Timers,
+    /// Running sagas by phase name, kept as events are read (the `sagas` gauge).
+    phase_counts: HashMap<&'static str, u64>,
+    /// Sagas counted as stuck (the `sagas_stuck` gauge).
+    stuck_count: u64,
     started_at: DateTime<Utc>,
     actions: JoinSet<Option<(Source, i64)>>,
     /// Per saga, the end of its latest participant command: the next one waits for it, so a
@@ -162,6 +172,10 @@ impl SagaPartition {
             replay_until,
             offsets: OffsetBook::starting_at(replay_until),
             sagas: HashMap::new(),
+            deadline_timers: Timers::default(),
+            stuck_timers: Timers::default(),
+            phase_counts: HashMap::new(),
+            stuck_count: 0,
             started_at: Utc::now(),
             actions: JoinSet::new(),
             saga_turns: HashMap::new(),
@@ -344,6 +358,7 @@ impl SagaPartition {
             Ok(event) => event,
             Err(error) => {
                 tracked.unreadable = true;
+                self.deadline_timers.set(&saga_id, None);
                 error!(%saga_id, offset = message.offset(), %error, "accepted saga event cannot be decoded; saga parked");
                 if live {
                     self.dead_letter(Source::Sagas, message, error.to_string())
@@ -352,22 +367,51 @@ impl SagaPartition {
                 return;
             }
         };
+        let phase_before = running(&tracked.current).map(|saga| saga.phase.as_str());
         if let Err(gap) = tracked.current.apply(&Versioned {
             version: envelope.version,
             event: event.clone(),
         }) {
             error!(%saga_id, ?gap, "saga event out of order; saga parked");
             tracked.unreadable = true;
+            self.deadline_timers.set(&saga_id, None);
             return;
         }
-        if event.is_progress(tracked.last_event.as_ref()) {
+        let progressed = event.is_progress(tracked.last_event.as_ref());
+        if progressed {
             tracked.last_progress_at = envelope.occurred_at;
-            tracked.stuck_reported = false;
         }
         tracked.last_event_at = envelope.occurred_at;
         tracked.last_event = Some(event.clone());
         tracked.last_traceparent = envelope.trace.traceparent.clone();
         observe(&event, envelope, started_at);
+
+        // The gauges and timers follow the event, instead of a scan of every saga per tick.
+        let saga = running(&tracked.current);
+        let phase_after = saga.map(|saga| saga.phase.as_str());
+        if phase_before != phase_after {
+            if let Some(count) = phase_before.and_then(|p| self.phase_counts.get_mut(p)) {
+                *count = count.saturating_sub(1);
+            }
+            if let Some(phase) = phase_after {
+                *self.phase_counts.entry(phase).or_default() += 1;
+            }
+        }
+        let ended = saga.is_none_or(|saga| saga.phase.is_terminal());
+        if tracked.stuck_reported && (progressed || ended) {
+            tracked.stuck_reported = false;
+            self.stuck_count = self.stuck_count.saturating_sub(1);
+        }
+        let settings = &self.shared.settings;
+        let awaits = saga.is_some_and(|saga| !saga.awaiting().is_empty());
+        let deadline_at = awaits
+            .then(|| later_of(tracked.last_event_at, started_at, settings.step_timeout))
+            .flatten();
+        self.deadline_timers.set(&saga_id, deadline_at);
+        let stuck_at = (!ended)
+            .then(|| later_of(tracked.last_progress_at, started_at, settings.stuck_after))
+            .flatten();
+        self.stuck_timers.set(&saga_id, stuck_at);
         if !live {
             return;
         }
@@ -439,7 +483,11 @@ impl SagaPartition {
             step_timeout: chrono::Duration::from_std(self.shared.settings.step_timeout)
                 .unwrap_or(chrono::Duration::MAX),
         };
-        for (saga_id, tracked) in &mut self.sagas {
+        for saga_id in self.deadline_timers.pop_due(clock.now) {
+            let Some(tracked) = self.sagas.get_mut(&saga_id) else {
+                continue;
+            };
+            let saga_id = &saga_id;
             if tracked.unreadable {
                 continue;
             }
@@ -514,33 +562,38 @@ impl SagaPartition {
         }
     }
 
-    /// Publishes saga counts by state and the stuck ones.
+    /// Counts the sagas whose stuck check is due and that made no progress since, and
+    /// publishes the gauges (kept as events are read).
     fn report(&mut self) {
         let now = Utc::now();
-        let stuck_after = chrono::Duration::from_std(self.shared.settings.stuck_after)
-            .unwrap_or(chrono::Duration::MAX);
-        let mut counts: HashMap<&'static str, u64> = HashMap::new();
-        let mut stuck = 0u64;
-        for (saga_id, tracked) in &mut self.sagas {
+        let stuck_after = self.shared.settings.stuck_after;
+        for saga_id in self.stuck_timers.pop_due(now) {
+            let Some(tracked) = self.sagas.get_mut(&saga_id) else {
+                continue;
+            };
             let Some(saga) = running(&tracked.current) else {
                 continue;
             };
-            *counts.entry(saga.phase.as_str()).or_default() += 1;
-            let since = tracked.last_progress_at.max(self.started_at);
-            if !saga.phase.is_terminal() && now - since > stuck_after {
-                stuck += 1;
-                if !tracked.stuck_reported {
-                    tracked.stuck_reported = true;
-                    warn!(%saga_id, state = saga.phase.as_str(), awaiting = ?saga.awaiting().iter().map(|s| s.name()).collect::<Vec<_>>(), since = %since, "saga is stuck: no progress past its timeouts");
-                }
+            if saga.phase.is_terminal() || tracked.stuck_reported {
+                continue;
             }
+            let since = tracked.last_progress_at.max(self.started_at);
+            if chrono::Duration::from_std(stuck_after).is_ok_and(|after| now - since <= after) {
+                // Due to the millisecond, not past it: look again a moment later.
+                let again = now.checked_add_signed(chrono::Duration::milliseconds(1));
+                self.stuck_timers.set(&saga_id, again);
+                continue;
+            }
+            tracked.stuck_reported = true;
+            self.stuck_count += 1;
+            warn!(%saga_id, state = saga.phase.as_str(), awaiting = ?saga.awaiting().iter().map(|s| s.name()).collect::<Vec<_>>(), since = %since, "saga is stuck: no progress past its timeouts");
         }
         let partition = self.partition.to_string();
         for state in SagaPhase::NAMES {
             metrics::gauge!("sagas", "state" => state, "partition" => partition.clone())
-                .set(counts.get(state).copied().unwrap_or(0) as f64);
+                .set(self.phase_counts.get(state).copied().unwrap_or(0) as f64);
         }
-        metrics::gauge!("sagas_stuck", "partition" => partition).set(stuck as f64);
+        metrics::gauge!("sagas_stuck", "partition" => partition).set(self.stuck_count as f64);
     }
 
     async fn dead_letter(&self, source: Source, message: &BorrowedMessage<'_>, error: String) {
@@ -567,6 +620,17 @@ fn outcome_label(outcome: schemas::ReplyOutcome) -> &'static str {
         O::Forbidden => "forbidden",
         O::Unavailable => "unavailable",
     }
+}
+
+/// `duration` after the later of `time` and `started_at` (a restarted worker counts from its
+/// start); `None` when that is past what a timestamp holds (a timeout meaning "never").
+fn later_of(
+    time: DateTime<Utc>,
+    started_at: DateTime<Utc>,
+    duration: Duration,
+) -> Option<DateTime<Utc>> {
+    let duration = chrono::Duration::from_std(duration).ok()?;
+    time.max(started_at).checked_add_signed(duration)
 }
 
 /// Step names without the line number, to keep metric labels bounded.
