@@ -386,32 +386,10 @@ impl SagaPartition {
         tracked.last_traceparent = envelope.trace.traceparent.clone();
         observe(&event, envelope, started_at);
 
-        // The gauges and timers follow the event, instead of a scan of every saga per tick.
-        let saga = running(&tracked.current);
-        let phase_after = saga.map(|saga| saga.phase.as_str());
-        if phase_before != phase_after {
-            if let Some(count) = phase_before.and_then(|p| self.phase_counts.get_mut(p)) {
-                *count = count.saturating_sub(1);
-            }
-            if let Some(phase) = phase_after {
-                *self.phase_counts.entry(phase).or_default() += 1;
-            }
-        }
-        let ended = saga.is_none_or(|saga| saga.phase.is_terminal());
-        if tracked.stuck_reported && (progressed || ended) {
-            tracked.stuck_reported = false;
-            self.stuck_count = self.stuck_count.saturating_sub(1);
-        }
-        let settings = &self.shared.settings;
-        let awaits = saga.is_some_and(|saga| !saga.awaiting().is_empty());
-        let deadline_at = awaits
-            .then(|| later_of(tracked.last_event_at, started_at, settings.step_timeout))
-            .flatten();
-        self.deadline_timers.set(&saga_id, deadline_at);
-        let stuck_at = (!ended)
-            .then(|| later_of(tracked.last_progress_at, started_at, settings.stuck_after))
-            .flatten();
-        self.stuck_timers.set(&saga_id, stuck_at);
+        self.follow(&saga_id, phase_before, progressed);
+        let Some(tracked) = self.sagas.get(&saga_id) else {
+            return;
+        };
         if !live {
             return;
         }
@@ -471,6 +449,39 @@ impl SagaPartition {
             }
             Some((Source::Sagas, offset))
         }.instrument(span));
+    }
+
+    /// Keeps the gauges and the saga's timers (deadline, stuck check) in step with the event
+    /// just applied to it, instead of a scan of every saga on every tick.
+    fn follow(&mut self, saga_id: &str, phase_before: Option<&'static str>, progressed: bool) {
+        let Some(tracked) = self.sagas.get_mut(saga_id) else {
+            return;
+        };
+        let saga = running(&tracked.current);
+        let phase_after = saga.map(|saga| saga.phase.as_str());
+        if phase_before != phase_after {
+            if let Some(count) = phase_before.and_then(|p| self.phase_counts.get_mut(p)) {
+                *count = count.saturating_sub(1);
+            }
+            if let Some(phase) = phase_after {
+                *self.phase_counts.entry(phase).or_default() += 1;
+            }
+        }
+        let ended = saga.is_none_or(|saga| saga.phase.is_terminal());
+        if tracked.stuck_reported && (progressed || ended) {
+            tracked.stuck_reported = false;
+            self.stuck_count = self.stuck_count.saturating_sub(1);
+        }
+        let (settings, started_at) = (&self.shared.settings, self.started_at);
+        let awaits = saga.is_some_and(|saga| !saga.awaiting().is_empty());
+        let deadline_at = awaits
+            .then(|| later_of(tracked.last_event_at, started_at, settings.step_timeout))
+            .flatten();
+        self.deadline_timers.set(saga_id, deadline_at);
+        let stuck_at = (!ended)
+            .then(|| later_of(tracked.last_progress_at, started_at, settings.stuck_after))
+            .flatten();
+        self.stuck_timers.set(saga_id, stuck_at);
     }
 
     /// Sends `DeadlinePassed` for every step awaited longer than the step timeout. Time counts

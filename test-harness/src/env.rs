@@ -1,6 +1,6 @@
 //! Finds the infrastructure, or explains how to start it.
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 const HOW: &str = "either set it to running infrastructure (`scripts/up`, then `set -a; . \
@@ -59,14 +59,20 @@ fn host_port(url: &str) -> String {
 }
 
 fn assert_reachable(what: &str, address: &str) {
-    let addrs: Vec<SocketAddr> = address
-        .to_socket_addrs()
-        .unwrap_or_else(|e| panic!("{what} address {address:?} is invalid ({e}): {HOW}"))
-        .collect();
-    let reachable = addrs
-        .iter()
-        .any(|addr| TcpStream::connect_timeout(addr, Duration::from_secs(2)).is_ok());
-    assert!(reachable, "{what} at {address} is not reachable: {HOW}");
+    if let Err(error) = address.to_socket_addrs() {
+        panic!("{what} address {address:?} is invalid ({error}): {HOW}");
+    }
+    assert!(
+        accepts_connections(address),
+        "{what} at {address} is not reachable: {HOW}"
+    );
+}
+
+/// Whether something accepts TCP connections at `host:port` (within 2 s per address).
+pub(crate) fn accepts_connections(address: &str) -> bool {
+    address.to_socket_addrs().is_ok_and(|mut addrs| {
+        addrs.any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
+    })
 }
 
 #[cfg(test)]

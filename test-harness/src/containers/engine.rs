@@ -1,10 +1,9 @@
 //! The Docker-compatible engine testcontainers talks to, found the way testcontainers finds it.
 
-use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
 
+use testcontainers::bollard::query_parameters::RemoveContainerOptionsBuilder;
 use testcontainers::bollard::Docker;
 
 /// Where an engine would be: `DOCKER_HOST`, else the first socket that exists of Docker's
@@ -43,6 +42,18 @@ pub fn client() -> Result<Docker, testcontainers::bollard::errors::Error> {
     }
 }
 
+/// Removes a container (stopping it first) and its anonymous volumes.
+pub(crate) async fn remove(
+    docker: &Docker,
+    id: &str,
+) -> Result<(), testcontainers::bollard::errors::Error> {
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    docker.remove_container(id, Some(options)).await
+}
+
 fn answers(address: &str) -> bool {
     if let Some(path) = address.strip_prefix("unix://") {
         return UnixStream::connect(path).is_ok();
@@ -51,7 +62,5 @@ fn answers(address: &str) -> bool {
         .strip_prefix("tcp://")
         .or_else(|| address.strip_prefix("http://"))
         .unwrap_or(address);
-    host_port.to_socket_addrs().is_ok_and(|mut addrs| {
-        addrs.any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
-    })
+    crate::env::accepts_connections(host_port)
 }

@@ -6,9 +6,7 @@
 
 use std::collections::HashMap;
 
-use testcontainers::bollard::query_parameters::{
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-};
+use testcontainers::bollard::query_parameters::ListContainersOptionsBuilder;
 
 pub const OWNER_LABEL: &str = "org.orderstream.test-harness.owner";
 
@@ -50,11 +48,7 @@ pub async fn remove_orphans() -> Result<Vec<String>, testcontainers::bollard::er
         if !is_orphan(owner, &host(), owner_of) {
             continue;
         }
-        let options = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
-            .build();
-        if docker.remove_container(&id, Some(options)).await.is_ok() {
+        if super::engine::remove(&docker, &id).await.is_ok() {
             tracing::info!(%id, %owner, "removed a container left by a killed test process");
             removed.push(id);
         }

@@ -9,7 +9,6 @@ use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use futures::future::join_all;
-use testcontainers::bollard::query_parameters::RemoveContainerOptionsBuilder;
 use testcontainers::{ContainerAsync, GenericImage};
 
 use super::RunningContainer;
@@ -60,13 +59,7 @@ extern "C" fn remove_kept() {
             let Ok(docker) = super::engine::client() else {
                 return;
             };
-            let options = RemoveContainerOptionsBuilder::default()
-                .force(true)
-                .v(true)
-                .build();
-            let removals = ids
-                .iter()
-                .map(|id| docker.remove_container(id, Some(options.clone())));
+            let removals = ids.iter().map(|id| super::engine::remove(&docker, id));
             let _ = tokio::time::timeout(Duration::from_secs(20), join_all(removals)).await;
         });
     });

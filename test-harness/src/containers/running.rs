@@ -4,9 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use testcontainers::bollard::models::PortBinding;
-use testcontainers::bollard::query_parameters::{
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-};
+use testcontainers::bollard::query_parameters::ListContainersOptionsBuilder;
 use testcontainers::core::ContainerPort;
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
@@ -139,11 +137,7 @@ async fn remove_attempt(label: &str) {
         .unwrap_or_default()
     {
         if let Some(id) = container.id {
-            let options = RemoveContainerOptionsBuilder::default()
-                .force(true)
-                .v(true)
-                .build();
-            let _ = docker.remove_container(&id, Some(options)).await;
+            let _ = super::engine::remove(&docker, &id).await;
         }
     }
 }
