@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use platform::http::Problem;
-use schemas::{CommandReply, ReplyOutcome};
+use schemas::{CommandReply, RejectionCode, ReplyOutcome};
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -109,38 +109,60 @@ impl ApiError {
     /// Maps a writer's refusal to HTTP. Only called for replies that are not `Accepted`.
     pub fn from_reply(reply: &CommandReply) -> Self {
         let detail = reply.detail.clone();
-        let version = Some(reply.version);
-        match (reply.outcome, reply.error_code.as_deref()) {
-            (ReplyOutcome::Conflict, _) => Self::Conflict {
+        match reply.outcome {
+            ReplyOutcome::Conflict => Self::Conflict {
                 detail,
-                current_version: version,
+                current_version: Some(reply.version),
             },
-            (ReplyOutcome::Forbidden, _) => Self::Forbidden(detail),
-            (ReplyOutcome::Unavailable, _) => Self::Unavailable(detail),
-            (_, Some("not-found")) => Self::NotFound(detail),
-            (_, Some("already-exists" | "invalid-transition" | "cancellation-pending")) => {
-                Self::Conflict {
-                    detail,
-                    current_version: version,
-                }
+            ReplyOutcome::Forbidden => Self::Forbidden(detail),
+            ReplyOutcome::Unavailable => Self::Unavailable(detail),
+            ReplyOutcome::Rejected => Self::from_rejection(reply),
+            ReplyOutcome::Accepted => {
+                tracing::error!(command_id = %reply.command_id, "an accepted reply mapped as a refusal");
+                Self::Internal
             }
-            (_, Some("idempotency-key-reused")) => Self::invalid_field("Idempotency-Key", detail),
-            (
-                _,
-                Some(
-                    "empty-order" | "mixed-currencies" | "duplicate-sku" | "total-out-of-range"
-                    | "stock-out-of-range",
-                ),
-            ) => Self::Invalid {
+        }
+    }
+
+    /// The domain's refusals. Every code is named, so a new one cannot become a 500 unnoticed;
+    /// codes the HTTP routes never provoke (saga inputs, the writer's own faults) are logged.
+    fn from_rejection(reply: &CommandReply) -> Self {
+        let detail = reply.detail.clone();
+        let field = |path: String| Self::invalid_field(path, detail.clone());
+        let line = reply.line.unwrap_or_default();
+        match reply.code {
+            Some(RejectionCode::NotFound) => Self::NotFound(detail),
+            Some(
+                RejectionCode::AlreadyExists
+                | RejectionCode::InvalidTransition
+                | RejectionCode::CancellationPending,
+            ) => Self::Conflict {
                 detail,
-                errors: reply
-                    .field_errors
-                    .iter()
-                    .map(|(k, v)| (k.clone(), vec![v.clone()]))
-                    .collect(),
+                current_version: Some(reply.version),
             },
-            _ => {
-                tracing::error!(code = ?reply.error_code, detail = %reply.detail, "unexpected command rejection");
+            Some(RejectionCode::IdempotencyKeyReused) => field("Idempotency-Key".into()),
+            Some(RejectionCode::EmptyOrder | RejectionCode::TotalOutOfRange) => {
+                field("lines".into())
+            }
+            Some(RejectionCode::MixedCurrencies) => {
+                field(format!("lines[{line}].unit_price.currency"))
+            }
+            Some(RejectionCode::DuplicateSku) => field(format!("lines[{line}].sku")),
+            Some(RejectionCode::StockOutOfRange) => field("quantity".into()),
+            Some(
+                RejectionCode::UnknownLine
+                | RejectionCode::MisaddressedSaga
+                | RejectionCode::InvalidCommand
+                | RejectionCode::Misrouted
+                | RejectionCode::VersionConflict
+                | RejectionCode::Forbidden
+                | RejectionCode::Expired
+                | RejectionCode::UnreadableAggregate
+                | RejectionCode::EncodeFailed
+                | RejectionCode::Unknown,
+            )
+            | None => {
+                tracing::error!(code = ?reply.code, detail = %reply.detail, "unexpected command rejection");
                 Self::Internal
             }
         }
@@ -172,5 +194,66 @@ impl IntoResponse for ApiError {
             _ => problem,
         }
         .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(code: RejectionCode, line: Option<i32>) -> CommandReply {
+        CommandReply {
+            command_id: "c".into(),
+            outcome: ReplyOutcome::Rejected,
+            aggregate_id: "a".into(),
+            version: 4,
+            event_types: vec![],
+            positions: vec![],
+            code: Some(code),
+            line,
+            detail: "why".into(),
+        }
+    }
+
+    fn field_of(error: ApiError) -> Vec<String> {
+        match error {
+            ApiError::Invalid { errors, .. } => errors.into_keys().collect(),
+            other => panic!("expected a 422, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_rejection_about_one_line_points_at_that_line() {
+        let error = ApiError::from_reply(&rejected(RejectionCode::DuplicateSku, Some(2)));
+        assert_eq!(field_of(error), ["lines[2].sku"]);
+        let error = ApiError::from_reply(&rejected(RejectionCode::MixedCurrencies, Some(1)));
+        assert_eq!(field_of(error), ["lines[1].unit_price.currency"]);
+        let error = ApiError::from_reply(&rejected(RejectionCode::IdempotencyKeyReused, None));
+        assert_eq!(field_of(error), ["Idempotency-Key"]);
+    }
+
+    #[test]
+    fn each_refusal_gets_its_status() {
+        let status = |code| {
+            ApiError::from_reply(&rejected(code, None))
+                .into_response()
+                .status()
+        };
+        assert_eq!(status(RejectionCode::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(status(RejectionCode::AlreadyExists), StatusCode::CONFLICT);
+        assert_eq!(
+            status(RejectionCode::InvalidTransition),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status(RejectionCode::EmptyOrder),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        // A code only the saga or a writer fault produces is a server error, never a 4xx
+        // blaming the client.
+        assert_eq!(
+            status(RejectionCode::Misrouted),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

@@ -150,7 +150,12 @@ async fn saga_inputs_are_refused_unless_the_orchestrator_sends_them_well_formed(
         .unwrap()
         .expect("a reply");
     assert_eq!(reply.outcome, ReplyOutcome::Rejected);
-    assert_eq!(reply.error_code.as_deref(), Some("unknown-line"));
+    assert_eq!(reply.code, Some(schemas::RejectionCode::UnknownLine));
+    assert_eq!(
+        reply.line,
+        Some(7),
+        "the rejection names the line it is about"
+    );
 
     // An answer for a saga that never started means nothing and appends nothing.
     let stranger = OrderId::from_uuid(uuid::Uuid::now_v7());

@@ -317,7 +317,7 @@ impl SagaPartition {
         self.actions.spawn(async move {
             match sender.record(command_id, &input, trace, &stop).await {
                 Some(reply) if reply.outcome != schemas::ReplyOutcome::Accepted => {
-                    warn!(saga_id = %input.saga_id, code = ?reply.error_code, detail = %reply.detail, "saga refused an order event's input");
+                    warn!(saga_id = %input.saga_id, code = ?reply.code, detail = %reply.detail, "saga refused an order event's input");
                 }
                 Some(_) => {}
                 None => return None,
@@ -445,7 +445,7 @@ impl SagaPartition {
                     .record(ids::answer(&saga_id, &command), &message, trace, &stop)
                     .await?;
             } else {
-                debug!(%saga_id, %step, outcome = ?reply.outcome, code = ?reply.error_code, "reply means nothing to the saga");
+                debug!(%saga_id, %step, outcome = ?reply.outcome, code = ?reply.code, "reply means nothing to the saga");
             }
             Some((Source::Sagas, offset))
         }.instrument(span));

@@ -5,7 +5,7 @@ use domain::customer::CustomerEvent;
 use domain::inventory::InventoryEvent;
 use domain::order::OrderEvent;
 use domain::saga::{ParticipantOutcome, SagaInput, SagaMessage};
-use schemas::{CommandReply, ReplyOutcome};
+use schemas::{CommandReply, RejectionCode, ReplyOutcome};
 
 /// The saga input an order event means, if any.
 pub fn order_event_input(event: OrderEvent) -> Option<SagaMessage> {
@@ -47,11 +47,38 @@ pub fn outcome_of(reply: &CommandReply) -> Option<ParticipantOutcome> {
         ReplyOutcome::Accepted => Some(ParticipantOutcome::Applied {
             declined: reply.event_types.iter().any(|t| is_decline(t)),
         }),
-        ReplyOutcome::Rejected if reply.error_code.as_deref() == Some("not-found") => {
-            Some(ParticipantOutcome::NotFound)
-        }
-        ReplyOutcome::Rejected => Some(ParticipantOutcome::Refused),
+        ReplyOutcome::Rejected => Some(refusal(reply.code)),
         ReplyOutcome::Conflict | ReplyOutcome::Forbidden | ReplyOutcome::Unavailable => None,
+    }
+}
+
+/// A participant's refusal as the saga sees it: only "no such customer/sku" differs from a
+/// plain refusal. Every code is named, so a new one is a decision here, not a silent default.
+fn refusal(code: Option<RejectionCode>) -> ParticipantOutcome {
+    match code {
+        Some(RejectionCode::NotFound) => ParticipantOutcome::NotFound,
+        Some(
+            RejectionCode::AlreadyExists
+            | RejectionCode::EmptyOrder
+            | RejectionCode::MixedCurrencies
+            | RejectionCode::DuplicateSku
+            | RejectionCode::TotalOutOfRange
+            | RejectionCode::StockOutOfRange
+            | RejectionCode::InvalidTransition
+            | RejectionCode::CancellationPending
+            | RejectionCode::UnknownLine
+            | RejectionCode::MisaddressedSaga
+            | RejectionCode::IdempotencyKeyReused
+            | RejectionCode::InvalidCommand
+            | RejectionCode::Misrouted
+            | RejectionCode::VersionConflict
+            | RejectionCode::Forbidden
+            | RejectionCode::Expired
+            | RejectionCode::UnreadableAggregate
+            | RejectionCode::EncodeFailed
+            | RejectionCode::Unknown,
+        )
+        | None => ParticipantOutcome::Refused,
     }
 }
 
@@ -74,7 +101,11 @@ mod tests {
     use domain::values::{Currency, CustomerId, Money, OrderId, Quantity, Sku};
     use schemas::WireRecord;
 
-    fn reply(outcome: ReplyOutcome, event_types: &[&str], code: Option<&str>) -> CommandReply {
+    fn reply(
+        outcome: ReplyOutcome,
+        event_types: &[&str],
+        code: Option<RejectionCode>,
+    ) -> CommandReply {
         CommandReply {
             command_id: "c".into(),
             outcome,
@@ -82,9 +113,9 @@ mod tests {
             version: 1,
             event_types: event_types.iter().map(|t| (*t).to_owned()).collect(),
             positions: vec![],
-            error_code: code.map(str::to_owned),
+            code,
+            line: None,
             detail: String::new(),
-            field_errors: Default::default(),
         }
     }
 
@@ -130,19 +161,27 @@ mod tests {
             Some(ParticipantOutcome::Applied { declined: true })
         );
         assert_eq!(
-            outcome_of(&reply(ReplyOutcome::Rejected, &[], Some("not-found"))),
+            outcome_of(&reply(
+                ReplyOutcome::Rejected,
+                &[],
+                Some(RejectionCode::NotFound)
+            )),
             Some(ParticipantOutcome::NotFound)
         );
         assert_eq!(
             outcome_of(&reply(
                 ReplyOutcome::Rejected,
                 &[],
-                Some("invalid-transition")
+                Some(RejectionCode::InvalidTransition)
             )),
             Some(ParticipantOutcome::Refused)
         );
         assert_eq!(
-            outcome_of(&reply(ReplyOutcome::Unavailable, &[], Some("expired"))),
+            outcome_of(&reply(
+                ReplyOutcome::Unavailable,
+                &[],
+                Some(RejectionCode::Expired)
+            )),
             None
         );
     }

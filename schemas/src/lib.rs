@@ -23,5 +23,5 @@ pub mod wire;
 
 pub use codec::{decode, encode, peek};
 pub use error::{DecodeError, EncodeError};
-pub use wire::reply::{CommandReply, ReplyOutcome};
+pub use wire::reply::{CommandReply, RejectionCode, ReplyOutcome};
 pub use wire::WireRecord;

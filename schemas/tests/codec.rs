@@ -15,7 +15,9 @@ use domain::values::{
 };
 use schemas::compat::{backward_violations, SchemaVersion};
 use schemas::registry::registry;
-use schemas::{decode, encode, peek, DecodeError, WireRecord};
+use schemas::{
+    decode, encode, peek, CommandReply, DecodeError, RejectionCode, ReplyOutcome, WireRecord,
+};
 
 fn usd(amount: i64) -> Money {
     Money::new(amount, Currency::try_from("USD").unwrap()).unwrap()
@@ -158,8 +160,8 @@ fn every_event_type_has_exactly_one_schema_per_version() {
     assert_eq!(names.len(), before);
     assert_eq!(
         registry().entries().len(),
-        57,
-        "13 events (OrderRejected in two versions), 11 commands, 1 reply, 19 saga events, 10 saga inputs, 1 key claim and its command"
+        58,
+        "13 events (OrderRejected in two versions), 11 commands, 1 reply (in two versions), 19 saga events, 10 saga inputs, 1 key claim and its command"
     );
 }
 
@@ -168,7 +170,6 @@ fn every_command_and_the_reply_round_trip() {
     use domain::customer::CustomerCommand;
     use domain::inventory::InventoryCommand;
     use domain::order::OrderCommand;
-    use schemas::{CommandReply, ReplyOutcome};
     round_trip(vec![
         CustomerCommand::Register {
             customer_id: customer(),
@@ -240,13 +241,9 @@ fn every_command_and_the_reply_round_trip() {
             partition: 2,
             offset: 41,
         }],
-        error_code: Some("not-found".into()),
-        detail: "customer c-1 does not exist".into(),
-        field_errors: [(
-            "lines[0].quantity".to_owned(),
-            "must be at least 1".to_owned(),
-        )]
-        .into(),
+        code: Some(RejectionCode::DuplicateSku),
+        line: Some(2),
+        detail: "line 2 repeats sku a".into(),
     }]);
 }
 
@@ -399,6 +396,91 @@ fn an_old_v1_record_is_read_by_the_v2_reader_with_the_default() {
             detail: String::new(),
         }
     );
+}
+
+/// A reply written by a v1 writer (a string code and HTTP field paths) during a rolling upgrade
+/// decodes: the outcome and detail survive, and the untyped code is read as none.
+#[test]
+fn a_v1_reply_is_read_by_the_v2_reader_without_its_string_code() {
+    use apache_avro::types::Value;
+    let v1 = Value::Record(vec![
+        ("command_id".into(), Value::String("cmd-1".into())),
+        ("outcome".into(), Value::Enum(1, "REJECTED".into())),
+        ("aggregate_id".into(), Value::String("c-1".into())),
+        ("version".into(), Value::Long(3)),
+        ("event_types".into(), Value::Array(vec![])),
+        ("positions".into(), Value::Array(vec![])),
+        (
+            "error_code".into(),
+            Value::Union(1, Box::new(Value::String("not-found".into()))),
+        ),
+        (
+            "detail".into(),
+            Value::String("customer c-1 does not exist".into()),
+        ),
+        ("field_errors".into(), Value::Map(Default::default())),
+    ]);
+    let reply = decode::<CommandReply>(&encode_with_version("CommandReply", 1, v1)).unwrap();
+    assert_eq!(reply.outcome, ReplyOutcome::Rejected);
+    assert_eq!(reply.code, None);
+    assert_eq!(reply.detail, "customer c-1 does not exist");
+}
+
+/// A code added by a newer writer reaches an older reader as `Unknown` (the Avro enum's
+/// default), not as an undecodable reply.
+#[test]
+fn a_rejection_code_this_reader_does_not_know_reads_as_unknown() {
+    let current = &registry()
+        .entries()
+        .iter()
+        .find(|e| e.event_type == "CommandReply" && e.version == 2)
+        .unwrap()
+        .schema;
+    let newer_text = include_str!("../avro/command-replies/CommandReply.v2.avsc").replace(
+        r#""ENCODE_FAILED","#,
+        r#""ENCODE_FAILED", "SOMETHING_NEW","#,
+    );
+    let newer = Schema::parse_str(&newer_text).unwrap();
+    let mut body = Vec::new();
+    let value = apache_avro::to_value(CommandReply {
+        command_id: "cmd-1".into(),
+        outcome: ReplyOutcome::Rejected,
+        aggregate_id: "c-1".into(),
+        version: 1,
+        event_types: vec![],
+        positions: vec![],
+        code: Some(RejectionCode::Unknown),
+        line: None,
+        detail: String::new(),
+    })
+    .unwrap();
+    let value = match value {
+        apache_avro::types::Value::Record(mut fields) => {
+            for (name, field) in &mut fields {
+                if name == "code" {
+                    *field = apache_avro::types::Value::Union(
+                        1,
+                        Box::new(apache_avro::types::Value::Enum(19, "SOMETHING_NEW".into())),
+                    );
+                }
+            }
+            apache_avro::types::Value::Record(fields)
+        }
+        other => other,
+    };
+    GenericDatumWriter::builder(&newer)
+        .build()
+        .unwrap()
+        .write_value(&mut body, value)
+        .unwrap();
+    let read = apache_avro::reader::datum::GenericDatumReader::builder(&newer)
+        .reader_schema(current)
+        .build()
+        .unwrap()
+        .read_value(&mut body.as_slice())
+        .unwrap();
+    let reply: CommandReply = apache_avro::from_value(&read).unwrap();
+    assert_eq!(reply.code, Some(RejectionCode::Unknown));
 }
 
 fn versions() -> Vec<SchemaVersion> {

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use group::{GroupContext, Polled, REVOKE_WAIT};
-pub use models::{rejection_code, ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SYSTEM};
+pub use models::{rejection, ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SYSTEM};
 use writer::Writer;
 
 pub use command_bus::COMMAND_KINDS;

@@ -8,7 +8,7 @@ use domain::order::{OrderAggregate, OrderCommand, OrderState};
 use domain::saga::{OrderSagaAggregate, SagaMessage};
 use domain::{Aggregate, DomainError};
 use platform::envelope::Actor;
-use schemas::WireRecord;
+use schemas::{RejectionCode, WireRecord};
 
 /// Roles the writer knows. HTTP checks the coarse rules (admin-only endpoints); the writer
 /// checks what needs the aggregate's state (whose order it is).
@@ -112,26 +112,22 @@ impl WriteModel for IdempotencyKey {
     }
 }
 
-/// A stable machine-readable code for each domain rejection (the HTTP layer maps codes to
-/// statuses), plus the field a 422 should point at.
-pub fn rejection_code(error: &DomainError) -> (&'static str, Option<String>) {
+/// The typed code for each domain rejection, plus the order line it is about when it is about
+/// one. What the code means to a client (status, field path) is decided in `problem.rs` only.
+pub fn rejection(error: &DomainError) -> (RejectionCode, Option<i32>) {
+    let line = |line: &usize| i32::try_from(*line).ok();
     match error {
-        DomainError::AlreadyExists { .. } => ("already-exists", None),
-        DomainError::NotFound { .. } => ("not-found", None),
-        DomainError::EmptyOrder => ("empty-order", Some("lines".into())),
-        DomainError::MixedCurrencies { line, .. } => (
-            "mixed-currencies",
-            Some(format!("lines[{line}].unit_price.currency")),
-        ),
-        DomainError::DuplicateSku { line, .. } => {
-            ("duplicate-sku", Some(format!("lines[{line}].sku")))
-        }
-        DomainError::TotalOutOfRange => ("total-out-of-range", Some("lines".into())),
-        DomainError::StockOutOfRange => ("stock-out-of-range", Some("quantity".into())),
-        DomainError::InvalidTransition { .. } => ("invalid-transition", None),
-        DomainError::CancellationPending { .. } => ("cancellation-pending", None),
-        DomainError::UnknownLine { .. } => ("unknown-line", None),
-        DomainError::MisaddressedSaga { .. } => ("misaddressed-saga", None),
-        DomainError::IdempotencyKeyReused => ("idempotency-key-reused", None),
+        DomainError::AlreadyExists { .. } => (RejectionCode::AlreadyExists, None),
+        DomainError::NotFound { .. } => (RejectionCode::NotFound, None),
+        DomainError::EmptyOrder => (RejectionCode::EmptyOrder, None),
+        DomainError::MixedCurrencies { line: at, .. } => (RejectionCode::MixedCurrencies, line(at)),
+        DomainError::DuplicateSku { line: at, .. } => (RejectionCode::DuplicateSku, line(at)),
+        DomainError::TotalOutOfRange => (RejectionCode::TotalOutOfRange, None),
+        DomainError::StockOutOfRange => (RejectionCode::StockOutOfRange, None),
+        DomainError::InvalidTransition { .. } => (RejectionCode::InvalidTransition, None),
+        DomainError::CancellationPending { .. } => (RejectionCode::CancellationPending, None),
+        DomainError::UnknownLine { line: at, .. } => (RejectionCode::UnknownLine, line(at)),
+        DomainError::MisaddressedSaga { .. } => (RejectionCode::MisaddressedSaga, None),
+        DomainError::IdempotencyKeyReused => (RejectionCode::IdempotencyKeyReused, None),
     }
 }

@@ -1,8 +1,6 @@
 //! The reply a partition's writer sends for every command it handled, to the requester's reply
 //! partition (`avro/command-replies/`).
 
-use std::collections::HashMap;
-
 use apache_avro::types::Value;
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +13,7 @@ use crate::error::DecodeError;
 pub enum ReplyOutcome {
     /// Events appended and read back as accepted (or nothing to append).
     Accepted,
-    /// The domain refused it; `error_code` says why.
+    /// The domain refused it; `code` says why.
     Rejected,
     /// `If-Match` did not hold, or another writer's event won the version.
     Conflict,
@@ -23,6 +21,56 @@ pub enum ReplyOutcome {
     Forbidden,
     /// The broker did not acknowledge; the outcome is unknown (retry with the same command id).
     Unavailable,
+}
+
+/// Why a command was not accepted: one typed code from the writer to every place that turns it
+/// into something else (HTTP in command-api's `problem.rs`, a saga input in the orchestrator's
+/// `translate.rs`), each matching it exhaustively, so a new code is a compile error there rather
+/// than a silent 500. The Avro enum's default is `Unknown`: a reader older than the writer reads
+/// a code it does not know as `Unknown` instead of failing to decode the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RejectionCode {
+    /// The aggregate already exists (registering twice).
+    AlreadyExists,
+    /// The aggregate does not exist.
+    NotFound,
+    /// An order with no lines.
+    EmptyOrder,
+    /// An order line priced in another currency than the first (`line` says which).
+    MixedCurrencies,
+    /// An order line repeating an earlier line's sku (`line` says which).
+    DuplicateSku,
+    /// The order total does not fit.
+    TotalOutOfRange,
+    /// Stock on hand would exceed the maximum.
+    StockOutOfRange,
+    /// The order's status does not allow the command.
+    InvalidTransition,
+    /// The order has a pending cancellation.
+    CancellationPending,
+    /// A saga input names an order line the order does not have.
+    UnknownLine,
+    /// A saga input addressed to another saga than the one it starts.
+    MisaddressedSaga,
+    /// The Idempotency-Key was used with another request.
+    IdempotencyKeyReused,
+    /// The command record could not be read (a bug or a foreign producer).
+    InvalidCommand,
+    /// The command reached a partition that does not host its aggregate.
+    Misrouted,
+    /// `If-Match` did not hold.
+    VersionConflict,
+    /// The actor may not act on this aggregate.
+    Forbidden,
+    /// The requester gave up before the command was handled; nothing was applied.
+    Expired,
+    /// The aggregate's history has records this version cannot read.
+    UnreadableAggregate,
+    /// An event did not fit its own schema (a bug); nothing was applied.
+    EncodeFailed,
+    /// A code this reader does not know (written by a newer writer).
+    Unknown,
 }
 
 /// Where an event sits in its topic.
@@ -41,9 +89,11 @@ pub struct CommandReply {
     pub version: i64,
     pub event_types: Vec<String>,
     pub positions: Vec<Position>,
-    pub error_code: Option<String>,
+    /// Why the command was not accepted; `None` when it was.
+    pub code: Option<RejectionCode>,
+    /// The order line (0-based) the rejection is about, for codes about one line.
+    pub line: Option<i32>,
     pub detail: String,
-    pub field_errors: HashMap<String, String>,
 }
 
 impl WireRecord for CommandReply {

@@ -9,12 +9,12 @@ use domain::{Current, Versioned};
 use platform::envelope::{CommandEnvelope, EventEnvelope, Trace};
 use platform::partitioner::partition_for;
 use schemas::wire::reply::Position;
-use schemas::ReplyOutcome;
+use schemas::{CommandReply, RejectionCode, ReplyOutcome};
 use uuid::Uuid;
 
 use super::plan::refuse;
 use super::{accepted, answer, last_version, Batch, Inputs, PartitionModel, PendingEvent, Plan};
-use crate::processor::models::{rejection_code, WriteModel};
+use crate::processor::models::{rejection, WriteModel};
 use crate::processor::IncomingCommand;
 
 /// A step's verdict: go on with `T`, or stop with this plan.
@@ -79,7 +79,7 @@ where
                 ReplyOutcome::Rejected,
                 &recorded.aggregate_id,
                 recorded.version.get(),
-                "idempotency-key-reused",
+                RejectionCode::IdempotencyKeyReused,
                 "this Idempotency-Key was used with a different request",
             ));
         }
@@ -119,7 +119,7 @@ where
             ReplyOutcome::Rejected,
             aggregate_id,
             0,
-            "misrouted",
+            RejectionCode::Misrouted,
             "command is not for this partition's aggregate",
         ))
     }
@@ -133,7 +133,7 @@ where
             ReplyOutcome::Unavailable,
             &envelope.aggregate_id,
             0,
-            "unreadable-aggregate",
+            RejectionCode::UnreadableAggregate,
             "this aggregate's history cannot be read by this version",
         ))
     }
@@ -172,7 +172,7 @@ fn well_formed(incoming: &IncomingCommand) -> Step<&CommandEnvelope> {
             ReplyOutcome::Rejected,
             "",
             0,
-            "invalid-command",
+            RejectionCode::InvalidCommand,
             &error.to_string(),
         )
     })
@@ -198,7 +198,7 @@ where
                 ReplyOutcome::Rejected,
                 &envelope.aggregate_id,
                 0,
-                "idempotency-key-reused",
+                RejectionCode::IdempotencyKeyReused,
                 "this Idempotency-Key was used with a different request",
             ))
         }
@@ -231,7 +231,7 @@ fn not_expired(
         ReplyOutcome::Unavailable,
         &envelope.aggregate_id,
         0,
-        "expired",
+        RejectionCode::Expired,
         "the requester gave up before this command was handled",
     ))
 }
@@ -251,7 +251,7 @@ where
             ReplyOutcome::Rejected,
             &envelope.aggregate_id,
             0,
-            "invalid-command",
+            RejectionCode::InvalidCommand,
             detail,
         )
     };
@@ -285,7 +285,7 @@ where
         ReplyOutcome::Forbidden,
         &envelope.aggregate_id,
         current.version.get(),
-        "forbidden",
+        RejectionCode::Forbidden,
         "not allowed to act on this aggregate",
     ))
 }
@@ -306,7 +306,7 @@ where
             ReplyOutcome::Conflict,
             &envelope.aggregate_id,
             current.version.get(),
-            "version-conflict",
+            RejectionCode::VersionConflict,
             &format!(
                 "expected version {expected}, but it is at {}",
                 current.version
@@ -328,8 +328,8 @@ where
     A::State: Send + Sync,
 {
     current.decide(command).map_err(|error| {
-        let (code, field) = rejection_code(&error);
-        let mut reply = answer(
+        let (code, line) = rejection(&error);
+        let reply = answer(
             incoming,
             ReplyOutcome::Rejected,
             &envelope.aggregate_id,
@@ -337,10 +337,7 @@ where
             Some(code),
             &error.to_string(),
         );
-        if let Some(field) = field {
-            reply.field_errors.insert(field, error.to_string());
-        }
-        Plan::Reply(Box::new(reply))
+        Plan::Reply(Box::new(CommandReply { line, ..reply }))
     })
 }
 
@@ -374,7 +371,7 @@ where
                 ReplyOutcome::Unavailable,
                 &envelope.aggregate_id,
                 current.version.get(),
-                "encode-failed",
+                RejectionCode::EncodeFailed,
                 "internal error",
             )
         })?;

@@ -1,11 +1,9 @@
 //! What a decision produces, and the replies a writer sends.
 
-use std::collections::HashMap;
-
 use domain::Version;
 use platform::envelope::EventEnvelope;
 use schemas::wire::reply::Position;
-use schemas::{CommandReply, ReplyOutcome};
+use schemas::{CommandReply, RejectionCode, ReplyOutcome};
 
 use crate::processor::IncomingCommand;
 
@@ -45,7 +43,7 @@ pub(crate) fn answer(
     outcome: ReplyOutcome,
     aggregate_id: &str,
     version: u64,
-    code: Option<&str>,
+    code: Option<RejectionCode>,
     detail: &str,
 ) -> CommandReply {
     CommandReply {
@@ -55,9 +53,9 @@ pub(crate) fn answer(
         version: i64::try_from(version).unwrap_or(i64::MAX),
         event_types: vec![],
         positions: vec![],
-        error_code: code.map(str::to_owned),
+        code,
+        line: None,
         detail: detail.to_owned(),
-        field_errors: HashMap::new(),
     }
 }
 
@@ -88,7 +86,7 @@ pub(super) fn refuse(
     outcome: ReplyOutcome,
     aggregate_id: &str,
     version: u64,
-    code: &str,
+    code: RejectionCode,
     detail: &str,
 ) -> Plan {
     Plan::Reply(Box::new(answer(

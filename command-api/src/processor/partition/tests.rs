@@ -9,7 +9,7 @@ use domain::values::{OrderId, Quantity, Sku};
 use domain::{AggregateKind, Version};
 use platform::envelope::{Actor, CommandEnvelope, EventEnvelope, Trace};
 use platform::partitioner::partition_for;
-use schemas::{CommandReply, ReplyOutcome};
+use schemas::{CommandReply, RejectionCode, ReplyOutcome};
 use uuid::Uuid;
 
 use super::{Batch, Inputs, Judged, PartitionModel, Plan};
@@ -163,9 +163,9 @@ fn reply(plan: &Plan) -> &CommandReply {
     }
 }
 
-fn refused(plan: &Plan) -> (ReplyOutcome, &str) {
+fn refused(plan: &Plan) -> (ReplyOutcome, Option<RejectionCode>) {
     let reply = reply(plan);
-    (reply.outcome, reply.error_code.as_deref().unwrap_or(""))
+    (reply.outcome, reply.code)
 }
 
 #[test]
@@ -249,7 +249,10 @@ fn a_key_reused_with_another_request_is_refused() {
     );
     assert_eq!(
         refused(&plan),
-        (ReplyOutcome::Rejected, "idempotency-key-reused")
+        (
+            ReplyOutcome::Rejected,
+            Some(RejectionCode::IdempotencyKeyReused)
+        )
     );
 }
 
@@ -278,7 +281,10 @@ fn a_key_reused_with_another_request_in_the_same_batch_is_refused() {
     assert!(matches!(plans[0], Plan::Append { .. }));
     assert_eq!(
         refused(&plans[1]),
-        (ReplyOutcome::Rejected, "idempotency-key-reused")
+        (
+            ReplyOutcome::Rejected,
+            Some(RejectionCode::IdempotencyKeyReused)
+        )
     );
 }
 
@@ -290,7 +296,10 @@ fn a_command_past_its_deadline_appends_nothing() {
             .with(|e| e.deadline = Some(now() - chrono::Duration::milliseconds(1)))
             .incoming(),
     );
-    assert_eq!(refused(&plan), (ReplyOutcome::Unavailable, "expired"));
+    assert_eq!(
+        refused(&plan),
+        (ReplyOutcome::Unavailable, Some(RejectionCode::Expired))
+    );
 }
 
 #[test]
@@ -305,7 +314,10 @@ fn a_command_for_an_aggregate_of_another_partition_is_misrouted() {
         quantity: Quantity::try_from(1).unwrap(),
     };
     let plan = given().when_one(command.incoming());
-    assert_eq!(refused(&plan), (ReplyOutcome::Rejected, "misrouted"));
+    assert_eq!(
+        refused(&plan),
+        (ReplyOutcome::Rejected, Some(RejectionCode::Misrouted))
+    );
 }
 
 #[test]
@@ -315,7 +327,10 @@ fn a_command_whose_key_names_another_aggregate_is_misrouted() {
             .with(|e| e.aggregate_id = "pear".into())
             .incoming(),
     );
-    assert_eq!(refused(&plan), (ReplyOutcome::Rejected, "misrouted"));
+    assert_eq!(
+        refused(&plan),
+        (ReplyOutcome::Rejected, Some(RejectionCode::Misrouted))
+    );
 }
 
 #[test]
@@ -330,7 +345,10 @@ fn an_actor_without_the_right_role_is_forbidden() {
             })
             .incoming(),
     );
-    assert_eq!(refused(&plan), (ReplyOutcome::Forbidden, "forbidden"));
+    assert_eq!(
+        refused(&plan),
+        (ReplyOutcome::Forbidden, Some(RejectionCode::Forbidden))
+    );
 }
 
 #[test]
@@ -341,7 +359,10 @@ fn a_stale_if_match_is_a_conflict_at_the_current_version() {
             .with(|e| e.expected_version = Some(Version::NONE))
             .incoming(),
     );
-    assert_eq!(refused(&plan), (ReplyOutcome::Conflict, "version-conflict"));
+    assert_eq!(
+        refused(&plan),
+        (ReplyOutcome::Conflict, Some(RejectionCode::VersionConflict))
+    );
     assert_eq!(reply(&plan).version, 1);
 }
 
@@ -354,7 +375,10 @@ fn a_domain_rejection_is_answered_with_its_code() {
         quantity: Quantity::try_from(1).unwrap(),
     };
     let plan = given().when_one(command.incoming());
-    assert_eq!(refused(&plan), (ReplyOutcome::Rejected, "not-found"));
+    assert_eq!(
+        refused(&plan),
+        (ReplyOutcome::Rejected, Some(RejectionCode::NotFound))
+    );
 }
 
 #[test]
@@ -362,7 +386,10 @@ fn a_record_without_a_readable_command_is_invalid() {
     let mut incoming = add_stock(1, "garbled").incoming();
     incoming.payload = Some(vec![0xC3, 0x01, 0, 1, 2]);
     let plan = given().when_one(incoming);
-    assert_eq!(refused(&plan), (ReplyOutcome::Rejected, "invalid-command"));
+    assert_eq!(
+        refused(&plan),
+        (ReplyOutcome::Rejected, Some(RejectionCode::InvalidCommand))
+    );
 }
 
 #[test]
