@@ -11,11 +11,11 @@ mod support;
 use std::time::Duration;
 
 use command_api::bus::CommandBus;
-use command_api::processor::ROLE_SYSTEM;
 use domain::order::OrderLine;
 use domain::saga::{SagaInput, SagaMessage, StockReply};
 use domain::values::{Currency, CustomerId, Money, OrderId, Quantity, Sku};
 use domain::AggregateKind;
+use platform::auth::ROLE_SYSTEM;
 use platform::envelope::{Actor, CommandEnvelope, Trace};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::{ReplyOutcome, WireRecord};

@@ -20,12 +20,12 @@
 //!   operators' durable skips), and the operators' `redrive` / `skip`. Needs no consumer.
 //! - [`runner`]: the consumer loop around an applier: batching, retries, resuming from offsets.
 //! - [`dead_letters`]: re-exported from `platform` (shared with the saga orchestrator).
-//! - [`app`]: `projectors run` (health and metrics on `PROJECTORS_ADDR`).
+//! - [`startup`]: `projectors run`: `Application::build` / `run_until`, the start/stop shape
+//!   every service shares (health and metrics on `PROJECTORS_ADDR`).
 //! - [`rebuild`]: blue/green `projectors rebuild <projection>`: fill the next generation from
 //!   offset 0 while the live one serves, then switch the view in one transaction.
 //! - [`cli`]: `projectors status`, `projectors dlq list|redrive|skip`.
 
-pub mod app;
 pub mod applier;
 pub mod cli;
 pub use platform::dead_letters;
@@ -33,3 +33,23 @@ pub mod projection;
 pub mod projections;
 pub mod rebuild;
 pub mod runner;
+pub mod startup;
+
+/// `projectors run` as the binary runs it: settings from the environment, every projection
+/// until SIGTERM or SIGINT, then each commits what it applied and stops; telemetry flushed.
+pub async fn run_from_env() -> anyhow::Result<()> {
+    use anyhow::Context;
+    let telemetry = platform::telemetry::init("projectors");
+    let served = async {
+        let settings = startup::Settings::from_env().context("reading configuration")?;
+        let app = startup::Application::build(settings)
+            .await
+            .context("starting projectors")?;
+        app.run_until(platform::shutdown::signal())
+            .await
+            .context("serving")
+    }
+    .await;
+    telemetry.shutdown().await;
+    served
+}

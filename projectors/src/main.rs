@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use platform::config::KafkaSettings;
-use projectors::app;
+use projectors::startup;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -67,11 +67,11 @@ enum DlqCommand {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command.unwrap_or(Command::Run) {
         Command::Run => {
-            app::run_from_env().await?;
+            projectors::run_from_env().await?;
         }
         Command::Status => {
             let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
-            let pool = app::connect(&url)
+            let pool = startup::connect(&url)
                 .await
                 .context("connecting to the database")?;
             projectors::cli::status(&pool, &KafkaSettings::from_env()).await?;
@@ -116,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn connect_from_env() -> anyhow::Result<sqlx::PgPool> {
     let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
-    app::connect(&url)
+    startup::connect(&url)
         .await
         .context("connecting to the database")
 }
@@ -150,10 +150,10 @@ async fn rebuild(projection: &str) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let _telemetry = platform::telemetry::init("projectors");
     let url = std::env::var("DATABASE_URL").context("DATABASE_URL is not set")?;
-    let pool = app::connect(&url)
+    let pool = startup::connect(&url)
         .await
         .context("connecting to the database")?;
-    app::MIGRATOR
+    startup::MIGRATOR
         .run(&pool)
         .await
         .context("applying migrations")?;

@@ -25,7 +25,7 @@ fn start_projectors(
     world: &World,
     database_url: &str,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let settings = projectors::app::Settings {
+    let settings = projectors::startup::Settings {
         database_url: database_url.to_owned(),
         kafka: world.kafka.settings.clone(),
         addr: "127.0.0.1:0".parse().unwrap(),
@@ -33,7 +33,14 @@ fn start_projectors(
     };
     let stop = CancellationToken::new();
     let token = stop.clone();
-    let running = tokio::spawn(async move { projectors::app::run(settings, token).await.unwrap() });
+    let running = tokio::spawn(async move {
+        projectors::startup::Application::build(settings)
+            .await
+            .unwrap()
+            .run_until(async move { token.cancelled().await })
+            .await
+            .unwrap()
+    });
     (stop, running)
 }
 

@@ -8,8 +8,9 @@
 //!
 //! # Layout
 //!
-//! - [`startup`]: settings, state, router, server.
-//! - [`routes`]: one module per view (`orders`, `customers`, `inventory`, `system`).
+//! - [`startup`]: settings, state, router, server: `Application::build` / `run_until`, the
+//!   start/stop shape every service shares.
+//! - [`routes`]: one module per view (`orders`, `customers`, `inventory`, `sagas`, `system`).
 //! - [`consistency`]: the token check (signature, bounds) and the wait against the
 //!   projections' stored offsets.
 //! - [`checkpoints`]: the `LISTEN` task that wakes waits when a projection's checkpoint moves.

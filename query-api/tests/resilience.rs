@@ -25,7 +25,7 @@ fn metric(text: &str, line_start: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_postgres_down_the_breaker_opens_fails_fast_without_calling_it_and_closes_after_recovery(
 ) {
-    let db = TestDatabase::create(Some(&projectors::app::MIGRATOR)).await;
+    let db = TestDatabase::create(Some(&projectors::startup::MIGRATOR)).await;
     let proxy = CuttableProxy::start(test_harness::cut::upstream_of(&db.url)).await;
     let app = query_api::startup::Application::build(query_api::startup::Settings {
         addr: "127.0.0.1:0".parse().unwrap(),

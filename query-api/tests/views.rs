@@ -34,7 +34,7 @@ impl Stack {
     async fn start(with_projectors: bool) -> Self {
         let mut kafka = TestKafka::new();
         kafka.settings.partitions = 3;
-        let db = TestDatabase::create(Some(&projectors::app::MIGRATOR)).await;
+        let db = TestDatabase::create(Some(&projectors::startup::MIGRATOR)).await;
         let stop = CancellationToken::new();
         let command_settings = command_api::config::Settings {
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -92,14 +92,21 @@ impl Stack {
 
     fn start_projectors(&mut self) {
         let token = CancellationToken::new();
-        let settings = projectors::app::Settings {
+        let settings = projectors::startup::Settings {
             database_url: self.db.url.clone(),
             kafka: self.kafka.settings.clone(),
             addr: "127.0.0.1:0".parse().unwrap(),
             limits: projectors::runner::BatchLimits::default(),
         };
         let signal = token.clone();
-        tokio::spawn(async move { projectors::app::run(settings, signal).await.unwrap() });
+        tokio::spawn(async move {
+            projectors::startup::Application::build(settings)
+                .await
+                .unwrap()
+                .run_until(async move { signal.cancelled().await })
+                .await
+                .unwrap()
+        });
         self.projectors = Some(token);
     }
 

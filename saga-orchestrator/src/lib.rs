@@ -17,7 +17,8 @@
 //!
 //! # Layout
 //!
-//! - [`app`]: start-up (topics, bus, group, health and metrics server).
+//! - [`startup`]: `Application::build` / `run_until`, the start/stop shape every service shares
+//!   (topics, bus, group, health and metrics server).
 //! - [`config`]: settings from the environment.
 //! - `saga_group`: group membership; a `saga_partition` worker per partition.
 //! - `saga_partition`: one partition's sagas: replay, act, deadlines, commits, metrics.
@@ -31,7 +32,6 @@
 //! - [`translate`]: what order events and replies mean to the saga (pure).
 //! - [`ids`]: deterministic command ids.
 
-pub mod app;
 pub mod config;
 mod deadlines;
 pub mod ids;
@@ -40,7 +40,27 @@ mod saga_context;
 mod saga_group;
 mod saga_partition;
 mod sender;
+pub mod startup;
 mod timers;
 pub mod translate;
 
 pub use sender::ACTOR_SUBJECT;
+
+/// The process: settings from the environment, run until SIGTERM / SIGINT, stop cleanly
+/// (workers commit what they finished), flush telemetry.
+pub async fn run_from_env() -> anyhow::Result<()> {
+    use anyhow::Context;
+    let telemetry = platform::telemetry::init("saga-orchestrator");
+    let served = async {
+        let settings = config::Settings::from_env().context("reading configuration")?;
+        let app = startup::Application::build(settings)
+            .await
+            .context("starting the saga orchestrator")?;
+        app.run_until(platform::shutdown::signal())
+            .await
+            .context("serving")
+    }
+    .await;
+    telemetry.shutdown().await;
+    served
+}

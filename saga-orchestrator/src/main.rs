@@ -21,6 +21,6 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command.unwrap_or(Command::Run) {
-        Command::Run => saga_orchestrator::app::run_from_env().await,
+        Command::Run => saga_orchestrator::run_from_env().await,
     }
 }

@@ -7,11 +7,11 @@
 //! Layout: this file dispatches commands and rebalances to writers; `group` polls the consumer
 //! group on its own thread; `partition` is the pure partition model (state as the log says, the
 //! decision for each command); `writer` does a partition's I/O (fencing, reading, transactions,
-//! answers); `models` what each aggregate kind adds for the writer.
+//! answers); `write_model` what each aggregate kind adds for the writer.
 
 mod group;
-mod models;
 mod partition;
+mod write_model;
 mod writer;
 
 use std::collections::{HashMap, VecDeque};
@@ -36,7 +36,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use group::{GroupContext, Polled, REVOKE_WAIT};
-pub use models::{rejection, ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SYSTEM};
 use writer::Writer;
 
 pub use command_bus::COMMAND_KINDS;

@@ -2,7 +2,7 @@
 //! id), so a partition writer can route it, and the saga's events form an ordinary aggregate
 //! stream with gap-free versions and the log-order rule.
 
-use super::{OrderSagaDecider, SagaEvent, SagaInput, SagaState};
+use super::{decide, evolve, SagaEvent, SagaInput, SagaState};
 use crate::aggregate::{Aggregate, AggregateKind};
 use crate::values::OrderId;
 use crate::DomainError;
@@ -14,7 +14,9 @@ pub struct SagaMessage {
     pub input: SagaInput,
 }
 
-/// [`OrderSagaDecider`] behind addressed inputs: the aggregate the command path hosts.
+/// The order saga as an event-sourced aggregate (saga id = order id): its one name. Each input
+/// is addressed to one saga, so the command path routes it like any other command; the rules
+/// themselves are `decide.rs` and `evolve.rs`.
 #[derive(Debug)]
 pub enum OrderSagaAggregate {}
 
@@ -33,11 +35,11 @@ impl Aggregate for OrderSagaAggregate {
                 });
             }
         }
-        OrderSagaDecider::decide(state, message.input)
+        decide::decide(state, message.input)
     }
 
     fn evolve(state: SagaState, event: &SagaEvent) -> SagaState {
-        OrderSagaDecider::evolve(state, event)
+        evolve::evolve(state, event)
     }
 }
 

@@ -20,12 +20,10 @@ pub use addressed::{OrderSagaAggregate, SagaMessage};
 pub use names::UnknownName;
 pub use replies::{reply_for, ParticipantOutcome};
 
-use crate::aggregate::{Aggregate, AggregateKind};
 use crate::customer::CustomerCommand;
 use crate::inventory::InventoryCommand;
 use crate::order::{OrderCommand, OrderLine, RejectionReason};
 use crate::values::{CustomerId, Money, OrderId};
-use crate::DomainError;
 
 /// What the saga is waiting for, or where it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,25 +330,6 @@ pub enum SagaState {
     #[default]
     NotStarted,
     Running(OrderSaga),
-}
-
-/// The order saga as an event-sourced decider (saga id = order id).
-#[derive(Debug)]
-pub enum OrderSagaDecider {}
-
-impl Aggregate for OrderSagaDecider {
-    const KIND: AggregateKind = AggregateKind::OrderSaga;
-    type State = SagaState;
-    type Command = SagaInput;
-    type Event = SagaEvent;
-
-    fn decide(state: &SagaState, input: SagaInput) -> Result<Vec<SagaEvent>, DomainError> {
-        decide::decide(state, input)
-    }
-
-    fn evolve(state: SagaState, event: &SagaEvent) -> SagaState {
-        evolve::evolve(state, event)
-    }
 }
 
 impl OrderSaga {

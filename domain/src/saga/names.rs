@@ -163,8 +163,7 @@ mod tests {
     #[test]
     fn the_phase_named_after_each_event_is_the_phase_evolve_reaches() {
         use super::super::evolve::evolve;
-        use super::super::{OrderSagaDecider, SagaInput, SagaState};
-        use crate::aggregate::Aggregate;
+        use super::super::{decide::decide, SagaInput, SagaState};
         use crate::fixtures::{customer_id, order_id, qty, sku, usd};
         use crate::order::OrderLine;
         // Walk every path the decider takes (approval, a refusal with compensation, a
@@ -212,7 +211,7 @@ mod tests {
         for path in paths {
             let mut state = SagaState::NotStarted;
             for input in path {
-                for event in OrderSagaDecider::decide(&state, input).unwrap() {
+                for event in decide(&state, input).unwrap() {
                     state = evolve(state, &event);
                     let SagaState::Running(saga) = &state else {
                         panic!("not started")

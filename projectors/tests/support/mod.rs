@@ -17,7 +17,7 @@ use domain::{AggregateKind, Version};
 use platform::envelope::{EventEnvelope, Trace};
 use platform::log_end::{Extent, Gap, LogEnds};
 use platform::partitioner::partition_for;
-use projectors::app::MIGRATOR;
+use projectors::startup::MIGRATOR;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use schemas::WireRecord;
@@ -41,7 +41,7 @@ impl World {
     pub async fn new() -> Self {
         let mut kafka = TestKafka::new();
         kafka.settings.partitions = PARTITIONS;
-        projectors::app::ensure_read_topics(&kafka.settings)
+        projectors::startup::ensure_read_topics(&kafka.settings)
             .await
             .unwrap();
         for topic in kafka.topics().all_events() {
@@ -335,7 +335,7 @@ pub fn header(headers: OwnedHeaders, key: &str, value: &str) -> OwnedHeaders {
 
 /// Runs every projection in this process until the returned token is cancelled.
 pub fn run_projectors(world: &World) -> CancellationToken {
-    let settings = projectors::app::Settings {
+    let settings = projectors::startup::Settings {
         database_url: world.db.url.clone(),
         kafka: world.kafka.settings.clone(),
         addr: "127.0.0.1:0".parse().unwrap(),
@@ -343,7 +343,14 @@ pub fn run_projectors(world: &World) -> CancellationToken {
     };
     let stop = CancellationToken::new();
     let token = stop.clone();
-    tokio::spawn(async move { projectors::app::run(settings, token).await.unwrap() });
+    tokio::spawn(async move {
+        projectors::startup::Application::build(settings)
+            .await
+            .unwrap()
+            .run_until(async move { token.cancelled().await })
+            .await
+            .unwrap()
+    });
     stop
 }
 

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    saga_orchestrator::app::run_from_env().await
+    saga_orchestrator::run_from_env().await
 }

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    projectors::app::run_from_env().await
+    projectors::run_from_env().await
 }

@@ -129,7 +129,7 @@ impl Stack {
     pub async fn start_with(options: Options) -> Self {
         let mut kafka = TestKafka::new();
         kafka.settings.partitions = PARTITIONS;
-        let db = TestDatabase::create(Some(&projectors::app::MIGRATOR)).await;
+        let db = TestDatabase::create(Some(&projectors::startup::MIGRATOR)).await;
         let auth = Auth::new(SECRET, 1_000_000);
         let admin = auth.sign("operator", &["admin"], 3600).unwrap();
         let mut stack = Self {
@@ -199,15 +199,20 @@ impl Stack {
                 .run_until(async move { signal.cancelled().await })
                 .await;
         });
-        let projector_settings = projectors::app::Settings {
+        let projector_settings = projectors::startup::Settings {
             database_url: self.db.url.clone(),
             kafka: self.kafka.settings.clone(),
             addr: "127.0.0.1:0".parse().unwrap(),
             limits: projectors::runner::BatchLimits::default(),
         };
+        let projectors_app = projectors::startup::Application::build(projector_settings)
+            .await
+            .unwrap();
         let signal = self.stop.child_token();
         tokio::spawn(async move {
-            let _ = projectors::app::run(projector_settings, signal).await;
+            let _ = projectors_app
+                .run_until(async move { signal.cancelled().await })
+                .await;
         });
         if self.options.inventory_writers {
             self.start_inventory_writers().await;
@@ -299,9 +304,13 @@ impl Stack {
             stuck_after: self.options.step_timeout * 3,
             group: format!("{}.saga-orchestrator", self.kafka.settings.topic_prefix),
         };
-        saga_orchestrator::app::Orchestrator::start(settings, self.stop.child_token())
+        let app = saga_orchestrator::startup::Application::build(settings)
             .await
             .unwrap();
+        let signal = self.stop.child_token();
+        tokio::spawn(async move {
+            let _ = app.run_until(async move { signal.cancelled().await }).await;
+        });
     }
 
     /// SIGKILL: no goodbye, no last commit.

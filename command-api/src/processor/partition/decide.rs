@@ -13,8 +13,9 @@ use schemas::{CommandReply, RejectionCode, ReplyOutcome};
 use uuid::Uuid;
 
 use super::plan::refuse;
+use super::rejection::rejection;
 use super::{accepted, answer, last_version, Batch, Inputs, PartitionModel, PendingEvent, Plan};
-use crate::processor::models::{rejection, WriteModel};
+use crate::processor::write_model::WriteModel;
 use crate::processor::IncomingCommand;
 
 /// A step's verdict: go on with `T`, or stop with this plan.

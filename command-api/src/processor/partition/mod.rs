@@ -6,10 +6,12 @@
 //! here, given a history, when a command, then a plan (`tests`).
 //!
 //! Layout: this file holds the model and a batch's scratch state; `decide` the named steps of
-//! one decision; `plan` what a decision produces and the replies it may carry.
+//! one decision; `plan` what a decision produces and the replies it may carry; `rejection` a domain
+//! rejection as a typed code.
 
 mod decide;
 mod plan;
+mod rejection;
 #[cfg(test)]
 mod tests;
 
@@ -21,7 +23,7 @@ use platform::envelope::EventEnvelope;
 use platform::log_order::{LogOrder, LoserReason, Verdict};
 use uuid::Uuid;
 
-use super::models::WriteModel;
+use super::write_model::WriteModel;
 
 pub(crate) use plan::{accepted, answer, command_id, PendingEvent, Plan};
 

@@ -18,7 +18,7 @@ use schemas::{CommandReply, ReplyOutcome};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::processor::models::WriteModel;
+use crate::processor::write_model::WriteModel;
 use crate::processor::IncomingCommand;
 
 use super::transaction::{self, TransactionFailure};

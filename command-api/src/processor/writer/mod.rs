@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use super::models::WriteModel;
 use super::partition::{Judged, PartitionModel};
+use super::write_model::WriteModel;
 use super::{IncomingCommand, WriterContext};
 use batch::Handled;
 

@@ -7,8 +7,8 @@ use chrono::Utc;
 use platform::telemetry::propagation::{self as telemetry, SpanRole};
 use uuid::Uuid;
 
-use crate::processor::models::WriteModel;
 use crate::processor::partition::{Batch, Inputs, Plan};
+use crate::processor::write_model::WriteModel;
 use crate::processor::IncomingCommand;
 
 use super::Writer;

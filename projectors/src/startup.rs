@@ -1,5 +1,9 @@
 //! `projectors run`: migrate, create the topics it reads and the dead-letter topics, run every
 //! projection, serve `/healthz`, `/readyz` and `/metrics`, stop cleanly on the signal.
+//!
+//! The same shape as every service of the workspace: [`Application::build`] sets everything up
+//! and starts the work (bound, not yet serving), [`Application::run_until`] serves until a
+//! signal and then stops the work cleanly.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,7 +26,7 @@ use crate::runner::{BatchLimits, Runner};
 pub use read_models::MIGRATOR;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub enum StartupError {
     #[error("{0} is not set")]
     Missing(&'static str),
     #[error("database")]
@@ -48,10 +52,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_env() -> Result<Self, AppError> {
+    pub fn from_env() -> Result<Self, StartupError> {
         Ok(Self {
             database_url: std::env::var("DATABASE_URL")
-                .map_err(|_| AppError::Missing("DATABASE_URL"))?,
+                .map_err(|_| StartupError::Missing("DATABASE_URL"))?,
             kafka: KafkaSettings::from_env(),
             addr: std::env::var("PROJECTORS_ADDR")
                 .ok()
@@ -71,7 +75,7 @@ pub async fn connect(database_url: &str) -> Result<PgPool, sqlx::Error> {
 }
 
 /// Creates the events topics (if the command side has not yet) and their dead-letter twins.
-pub async fn ensure_read_topics(kafka: &KafkaSettings) -> Result<(), AppError> {
+pub async fn ensure_read_topics(kafka: &KafkaSettings) -> Result<(), StartupError> {
     let topics = Topics::new(kafka.topic_prefix.clone());
     let mut names = topics.all_events();
     names.extend(topics.all_events().iter().map(|t| Topics::dead_letters(t)));
@@ -79,47 +83,77 @@ pub async fn ensure_read_topics(kafka: &KafkaSettings) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Runs every projection until `shutdown` resolves.
-/// `projectors run` as the binary runs it: settings from the environment, every projection
-/// until SIGTERM or SIGINT, then each commits what it applied and stops; telemetry flushed.
-pub async fn run_from_env() -> anyhow::Result<()> {
-    use anyhow::Context;
-    let telemetry = platform::telemetry::init("projectors");
-    let ran = async {
-        let settings = Settings::from_env().context("reading configuration")?;
-        let shutdown = CancellationToken::new();
-        let signal = shutdown.clone();
-        tokio::spawn(async move {
-            platform::shutdown::signal().await;
-            signal.cancel();
-        });
-        run(settings, shutdown).await.context("running projections")
-    }
-    .await;
-    telemetry.shutdown().await;
-    ran
+/// A set-up projectors process: every projection running, health and metrics bound but not yet
+/// served.
+#[allow(missing_debug_implementations)]
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    runners: JoinSet<()>,
+    shutdown: CancellationToken,
 }
 
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
-    let pool = connect(&settings.database_url).await?;
-    MIGRATOR.run(&pool).await?;
-    ensure_read_topics(&settings.kafka).await?;
-    let producer = producer_config(&settings.kafka).create()?;
-    let mut runners = JoinSet::new();
-    for name in projections::ALL {
-        let spawn = Spawn {
-            runners: &mut runners,
-            pool: &pool,
-            settings: &settings,
-            producer: &producer,
-            shutdown: &shutdown,
-        };
-        projections::by_name(name, spawn).unwrap_or(Ok(()))?;
+impl Application {
+    /// Migrates, creates the topics it reads, starts every projection's runner and binds
+    /// `settings.addr`.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let pool = connect(&settings.database_url).await?;
+        MIGRATOR.run(&pool).await?;
+        ensure_read_topics(&settings.kafka).await?;
+        let producer = producer_config(&settings.kafka).create()?;
+        let shutdown = CancellationToken::new();
+        let mut runners = JoinSet::new();
+        for name in projections::ALL {
+            let spawn = Spawn {
+                runners: &mut runners,
+                pool: &pool,
+                settings: &settings,
+                producer: &producer,
+                shutdown: &shutdown,
+            };
+            if let Some(started) = projections::by_name(name, spawn) {
+                // A runner that failed to start must not leave the others running.
+                started.inspect_err(|_| shutdown.cancel())?;
+            }
+        }
+        let listener = tokio::net::TcpListener::bind(settings.addr).await?;
+        Ok(Self {
+            listener,
+            router: health_router(pool),
+            runners,
+            shutdown,
+        })
     }
 
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves health and metrics until `signal` resolves, then stops every projection after
+    /// its current batch (each commits what it applied).
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        info!(addr = ?self.local_addr(), "projectors serving health and metrics");
+        let shutdown = self.shutdown.clone();
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move {
+                signal.await;
+                info!("shutting down: projections finish their batch");
+                shutdown.cancel();
+            })
+            .await;
+        self.shutdown.cancel();
+        while self.runners.join_next().await.is_some() {}
+        info!("projectors stopped");
+        served.map_err(StartupError::Io)
+    }
+}
+
+fn health_router(pool: PgPool) -> Router {
     let metrics = platform::telemetry::metrics_handle();
-    let ready_pool = pool.clone();
-    let router = Router::new()
+    Router::new()
         .route(
             "/healthz",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
@@ -127,7 +161,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         .route(
             "/readyz",
             get(move || {
-                let pool = ready_pool.clone();
+                let pool = pool.clone();
                 async move {
                     let ok = sqlx::query("SELECT 1").execute(&pool).await.is_ok();
                     let status = if ok {
@@ -145,18 +179,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         .route(
             "/metrics",
             get(move || std::future::ready(metrics.render())),
-        );
-    let listener = tokio::net::TcpListener::bind(settings.addr).await?;
-    info!(addr = %settings.addr, "projectors serving health and metrics");
-    let http_shutdown = shutdown.clone();
-    let http = tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await;
-    });
-    while runners.join_next().await.is_some() {}
-    let _ = http.await;
-    Ok(())
+        )
 }
 
 /// Starts one projection's runner.
@@ -169,7 +192,7 @@ struct Spawn<'a> {
 }
 
 impl ForProjection for Spawn<'_> {
-    type Output = Result<(), AppError>;
+    type Output = Result<(), StartupError>;
 
     fn call<P: Projection>(self) -> Self::Output {
         let runner = Runner::<P>::new(

@@ -1,5 +1,9 @@
 //! `saga-orchestrator run`: topics, the command bus, the group, a worker per partition, and
 //! `/healthz`, `/readyz`, `/metrics`; stops cleanly on the signal.
+//!
+//! The same shape as every service of the workspace: [`Application::build`] sets everything up
+//! and starts the work (bound, not yet serving), [`Application::run_until`] serves until a
+//! signal and then stops the work cleanly.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,7 +27,7 @@ use crate::saga_group::{dispatch, GroupContext};
 use crate::sender::Sender;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub enum StartupError {
     #[error("setting up topics")]
     Topics(#[from] TopicSetupError),
     #[error("setting up dead-letter topics")]
@@ -34,16 +38,20 @@ pub enum AppError {
     Io(#[from] std::io::Error),
 }
 
-/// A started orchestrator: its health address, and the task to wait for.
+/// A set-up orchestrator: the group joined and its workers dispatching, health and metrics
+/// bound but not yet served.
 #[allow(missing_debug_implementations)]
-pub struct Orchestrator {
-    pub addr: std::net::SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    workers: tokio::task::JoinHandle<()>,
+    shutdown: CancellationToken,
 }
 
-impl Orchestrator {
-    /// Sets everything up and starts serving; returns once health and metrics are listening.
-    pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Self, AppError> {
+impl Application {
+    /// Creates the topics, starts the command bus, joins the group (a worker per assigned
+    /// partition) and binds `settings.addr`.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let topics = Topics::new(settings.kafka.topic_prefix.clone());
         let partitions = ensure_all_topics(&settings.kafka, &topics).await?;
         let orders_topic = topics.events(AggregateKind::Order);
@@ -57,8 +65,10 @@ impl Orchestrator {
             settings.kafka.partitions,
         )
         .await?;
+        let listener = TcpListener::bind(settings.addr).await?;
         let producer: rdkafka::producer::FutureProducer =
             producer_config(&settings.kafka).create()?;
+        let shutdown = CancellationToken::new();
         let reply_key = format!("saga-orchestrator-{}", uuid::Uuid::now_v7());
         let bus = CommandBus::start(
             &settings.kafka,
@@ -78,8 +88,11 @@ impl Orchestrator {
                     changes,
                     sagas_topic: sagas_topic.clone(),
                     assigned_once: assigned.clone(),
-                })?;
-        group.subscribe(&[orders_topic.as_str(), sagas_topic.as_str()])?;
+                })
+                .inspect_err(|_| shutdown.cancel())?;
+        group
+            .subscribe(&[orders_topic.as_str(), sagas_topic.as_str()])
+            .inspect_err(|_| shutdown.cancel())?;
         let shared = Arc::new(SagaContext {
             sender: Sender::new(bus, settings.step_timeout),
             dead_letters: DeadLetters::new(producer, "saga-orchestrator"),
@@ -88,43 +101,40 @@ impl Orchestrator {
             sagas_topic,
             settings: settings.clone(),
         });
-        let listener = TcpListener::bind(settings.addr).await?;
-        let addr = listener.local_addr()?;
-        info!(%addr, step_timeout_ms = settings.step_timeout.as_millis() as u64, "saga orchestrator serving health and metrics");
-        let router = health_router(assigned);
-        let http_shutdown = shutdown.clone();
-        let http = tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-                .await;
-        });
-        let task = tokio::spawn(async move {
-            dispatch(shared, change_rx, shutdown).await;
-            let _ = http.await;
-        });
-        Ok(Self { addr, task })
+        let workers = tokio::spawn(dispatch(shared, change_rx, shutdown.clone()));
+        info!(addr = ?listener.local_addr().ok(), step_timeout_ms = settings.step_timeout.as_millis() as u64, "saga orchestrator started");
+        Ok(Self {
+            listener,
+            router: health_router(assigned),
+            workers,
+            shutdown,
+        })
     }
 
-    /// Waits until every worker has stopped and committed.
-    pub async fn stopped(self) {
-        let _ = self.task.await;
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listener.local_addr().ok()
     }
-}
 
-/// The process: settings from the environment, run until SIGTERM / SIGINT, stop cleanly.
-pub async fn run_from_env() -> anyhow::Result<()> {
-    use anyhow::Context;
-    let telemetry = platform::telemetry::init("saga-orchestrator");
-    let settings = Settings::from_env().context("reading configuration")?;
-    let shutdown = CancellationToken::new();
-    let orchestrator = Orchestrator::start(settings, shutdown.clone())
-        .await
-        .context("starting the saga orchestrator")?;
-    platform::shutdown::signal().await;
-    shutdown.cancel();
-    orchestrator.stopped().await;
-    telemetry.shutdown().await;
-    Ok(())
+    /// Serves health and metrics until `signal` resolves, then stops every worker (each
+    /// commits what it finished) and the bus.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        info!(addr = ?self.local_addr(), "saga orchestrator serving health and metrics");
+        let shutdown = self.shutdown.clone();
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move {
+                signal.await;
+                info!("shutting down: workers finish what they started");
+                shutdown.cancel();
+            })
+            .await;
+        self.shutdown.cancel();
+        let _ = self.workers.await;
+        info!("saga orchestrator stopped");
+        served.map_err(StartupError::Io)
+    }
 }
 
 fn health_router(assigned: Arc<AtomicBool>) -> Router {

@@ -1,18 +1,18 @@
 //! What the writer needs to know about each aggregate kind beyond `decide`/`evolve`: which
-//! aggregate a command targets, and who may issue it.
+//! aggregate a command targets, and who may issue it (`WriteModel` and its impls).
 
 use domain::customer::{CustomerAggregate, CustomerCommand};
 use domain::idempotency::{IdempotencyKey, KeyCommand};
 use domain::inventory::{InventoryCommand, InventoryItem};
 use domain::order::{OrderAggregate, OrderCommand, OrderState};
 use domain::saga::{OrderSagaAggregate, SagaMessage};
-use domain::{Aggregate, DomainError};
+use domain::Aggregate;
 use platform::envelope::Actor;
-use schemas::{RejectionCode, WireRecord};
+use schemas::WireRecord;
 
-/// Roles the writer knows. HTTP checks the coarse rules (admin-only endpoints); the writer
-/// checks what needs the aggregate's state (whose order it is).
-pub use platform::auth::{ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SYSTEM};
+// HTTP checks the coarse rules (admin-only endpoints); the writer checks what needs the
+// aggregate's state (whose order it is).
+use platform::auth::{ROLE_ADMIN, ROLE_CUSTOMER, ROLE_SYSTEM};
 
 /// An aggregate the command writer can host.
 pub(crate) trait WriteModel: Aggregate + Send + Sync + 'static
@@ -109,25 +109,5 @@ impl WriteModel for IdempotencyKey {
 
     fn authorize(_: &Self::State, _: &KeyCommand, _: &Actor) -> bool {
         true
-    }
-}
-
-/// The typed code for each domain rejection, plus the order line it is about when it is about
-/// one. What the code means to a client (status, field path) is decided in `problem.rs` only.
-pub fn rejection(error: &DomainError) -> (RejectionCode, Option<i32>) {
-    let line = |line: &usize| i32::try_from(*line).ok();
-    match error {
-        DomainError::AlreadyExists { .. } => (RejectionCode::AlreadyExists, None),
-        DomainError::NotFound { .. } => (RejectionCode::NotFound, None),
-        DomainError::EmptyOrder => (RejectionCode::EmptyOrder, None),
-        DomainError::MixedCurrencies { line: at, .. } => (RejectionCode::MixedCurrencies, line(at)),
-        DomainError::DuplicateSku { line: at, .. } => (RejectionCode::DuplicateSku, line(at)),
-        DomainError::TotalOutOfRange => (RejectionCode::TotalOutOfRange, None),
-        DomainError::StockOutOfRange => (RejectionCode::StockOutOfRange, None),
-        DomainError::InvalidTransition { .. } => (RejectionCode::InvalidTransition, None),
-        DomainError::CancellationPending { .. } => (RejectionCode::CancellationPending, None),
-        DomainError::UnknownLine { line: at, .. } => (RejectionCode::UnknownLine, line(at)),
-        DomainError::MisaddressedSaga { .. } => (RejectionCode::MisaddressedSaga, None),
-        DomainError::IdempotencyKeyReused => (RejectionCode::IdempotencyKeyReused, None),
     }
 }
