@@ -46,9 +46,18 @@ impl FieldErrors {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MoneyBody {
+    #[schema(minimum = 0, maximum = 10_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::json::integer")]
     pub amount_minor: i64,
+    /// An ISO 4217 code: three upper-case letters.
+    #[schema(pattern = "^[A-Z]{3}$", min_length = 3, max_length = 3)]
     pub currency: String,
 }
+
+/// The largest amount one price or credit limit may have, in minor units (100 million in a
+/// two-decimal currency): with at most [`MAX_LINES`] lines of at most `Quantity::MAX` units, an
+/// order's total can never overflow, so a well-formed order is never refused for its total.
+pub const MAX_AMOUNT_MINOR: i64 = 10_000_000_000;
 
 impl MoneyBody {
     fn validate(&self, field: &str, errors: &mut FieldErrors) -> Option<Money> {
@@ -60,6 +69,12 @@ impl MoneyBody {
             errors.add(
                 format!("{field}.amount_minor"),
                 InvalidValue::NegativeAmount.to_string(),
+            );
+            None
+        } else if self.amount_minor > MAX_AMOUNT_MINOR {
+            errors.add(
+                format!("{field}.amount_minor"),
+                format!("must be at most {MAX_AMOUNT_MINOR}"),
             );
             None
         } else {
@@ -82,7 +97,10 @@ impl From<Money> for MoneyBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterCustomerBody {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
     pub customer_id: String,
+    /// Trimmed; at least one character that is not white space.
+    #[schema(pattern = "\\S", min_length = 1, max_length = 200)]
     pub name: String,
     pub credit_limit: MoneyBody,
 }
@@ -105,6 +123,8 @@ impl RegisterCustomerBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddStockBody {
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(deserialize_with = "crate::json::integer")]
     pub quantity: i64,
 }
 
@@ -120,16 +140,23 @@ pub fn validate_stock(sku: &str, body: &AddStockBody) -> Result<(Sku, Quantity),
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLineBody {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
     pub sku: String,
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(deserialize_with = "crate::json::integer")]
     pub quantity: i64,
     pub unit_price: MoneyBody,
 }
 
-/// POST /v1/orders
+/// POST /v1/orders. Two rules relate several lines, so no schema can state them: every line
+/// is priced in the first line's currency (else 422 at `lines[i].unit_price.currency`), and no
+/// sku appears on two lines (else 422 at `lines[i].sku`; put the whole quantity on one line).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderBody {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
     pub customer_id: String,
+    #[schema(min_items = 1, max_items = 100)]
     pub lines: Vec<OrderLineBody>,
 }
 
@@ -189,6 +216,8 @@ impl PlaceOrderBody {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelOrderBody {
+    /// Trimmed; at least one character that is not white space.
+    #[schema(pattern = "\\S", min_length = 1, max_length = 500)]
     pub reason: Option<String>,
 }
 

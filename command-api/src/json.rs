@@ -79,3 +79,69 @@ fn strip_position(message: &str) -> String {
         None => message.to_owned(),
     }
 }
+
+/// A JSON integer as JSON Schema defines it: any number with no fractional part, so `5`, `5.0`
+/// and `5e0` are all 5 (a generated client may send any of them). Anything else is a type error
+/// naming the field. Used with `#[serde(deserialize_with)]` on the bodies' integer fields.
+pub fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    struct Integer;
+
+    impl serde::de::Visitor<'_> for Integer {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<i64, E> {
+            Ok(value)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<i64, E> {
+            i64::try_from(value).map_err(|_| E::custom("integer out of range"))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<i64, E> {
+            // Inside ±2^63 every float with no fraction converts exactly.
+            let in_range =
+                (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&value);
+            if value.fract() == 0.0 && in_range {
+                #[allow(clippy::cast_possible_truncation)]
+                Ok(value as i64)
+            } else {
+                Err(E::invalid_type(serde::de::Unexpected::Float(value), &self))
+            }
+        }
+    }
+
+    deserializer.deserialize_any(Integer)
+}
+
+#[cfg(test)]
+mod integer_tests {
+    #[derive(Debug, serde::Deserialize)]
+    struct Body {
+        #[serde(deserialize_with = "super::integer")]
+        n: i64,
+    }
+
+    fn read(text: &str) -> Option<i64> {
+        serde_json::from_str::<Body>(text).ok().map(|b| b.n)
+    }
+
+    #[test]
+    fn a_number_with_no_fraction_is_an_integer_however_it_is_written() {
+        assert_eq!(read(r#"{"n": 5}"#), Some(5));
+        assert_eq!(read(r#"{"n": 5.0}"#), Some(5));
+        assert_eq!(read(r#"{"n": 5e2}"#), Some(500));
+        assert_eq!(read(r#"{"n": -3}"#), Some(-3));
+    }
+
+    #[test]
+    fn a_fraction_a_string_or_an_overflow_is_not() {
+        assert_eq!(read(r#"{"n": 5.5}"#), None);
+        assert_eq!(read(r#"{"n": "5"}"#), None);
+        assert_eq!(read(r#"{"n": 1e30}"#), None);
+        assert_eq!(read(r#"{"n": 18446744073709551615}"#), None);
+    }
+}

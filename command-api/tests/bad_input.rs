@@ -214,6 +214,48 @@ async fn negative_money_is_422() {
     case.nothing_sent();
 }
 
+/// Above the documented maximum a price could make an order's total overflow; it is refused
+/// where it is sent, before any command exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn money_above_the_documented_maximum_is_422() {
+    let case = Case::new().await;
+    let too_much = command_api::dto::MAX_AMOUNT_MINOR + 1;
+    let customer = json!({"customer_id": "c-2", "name": "Bo", "credit_limit": money(too_much)});
+    let reply = case
+        .app
+        .post("/v1/customers", Some(&admin()), &customer, &[])
+        .await;
+    assert!(problem(&reply, StatusCode::UNPROCESSABLE_ENTITY)["errors"]
+        ["credit_limit.amount_minor"]
+        .is_array());
+    let order = case
+        .order(
+            &c1(),
+            json!({"customer_id": "c-1", "lines": [line("apple", 1, too_much, "USD")]}),
+        )
+        .await;
+    assert!(problem(&order, StatusCode::UNPROCESSABLE_ENTITY)["errors"]
+        ["lines[0].unit_price.amount_minor"]
+        .is_array());
+    case.nothing_sent();
+}
+
+/// JSON Schema's integers include `5.0`; a fraction is a type error naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fractional_quantity_is_422_naming_the_field() {
+    let case = Case::new().await;
+    let order = case
+        .order(
+            &c1(),
+            json!({"customer_id": "c-1", "lines": [{"sku": "apple", "quantity": 1.5, "unit_price": {"amount_minor": 100, "currency": "USD"}}]}),
+        )
+        .await;
+    assert!(
+        problem(&order, StatusCode::UNPROCESSABLE_ENTITY)["errors"]["lines[0].quantity"].is_array()
+    );
+    case.nothing_sent();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bad_currency_code_is_422() {
     let case = Case::new().await;

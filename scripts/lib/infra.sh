@@ -19,6 +19,10 @@ MAVEN_DEPENDENCY_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 KUBERNETES_VALIDATE_VERSION="1.34.0"
 TOOLS_VENV="$CACHE_DIR/tools-venv-kv$KUBERNETES_VALIDATE_VERSION"
 KUBERNETES_VALIDATE="$TOOLS_VENV/bin/kubernetes-validate"
+# The schema-driven API fuzzer scripts/lib/fuzz/run uses, pinned.
+SCHEMATHESIS_VERSION="4.32.5"
+FUZZ_VENV="$CACHE_DIR/fuzz-venv-st$SCHEMATHESIS_VERSION"
+SCHEMATHESIS="$FUZZ_VENV/bin/schemathesis"
 
 log() { printf '\033[1m[%s]\033[0m %s\n' "$(basename "$0")" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -56,6 +60,16 @@ ensure_kubernetes_validate() {
   python3 -m venv "$TOOLS_VENV"
   "$TOOLS_VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
     || die "could not install kubernetes-validate"
+}
+
+# schemathesis from PyPI into its own virtualenv in the cache. Safe to run twice.
+ensure_schemathesis() {
+  if "$SCHEMATHESIS" --version >/dev/null 2>&1; then return 0; fi
+  log "installing schemathesis $SCHEMATHESIS_VERSION into $FUZZ_VENV"
+  rm -rf "$FUZZ_VENV"
+  python3 -m venv "$FUZZ_VENV"
+  "$FUZZ_VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" \
+    || die "could not install schemathesis"
 }
 
 pg_bin_dir() {

@@ -15,6 +15,7 @@ use crate::problem::ApiError;
 use crate::startup::AppState;
 
 #[utoipa::path(post, path = "/v1/customers", request_body = RegisterCustomerBody,
+    params(super::params::CommandHeaderParams),
     responses((status = 201, body = CustomerAccepted), (status = 202, body = CommandPending),
               (status = 400), (status = 401), (status = 403), (status = 409), (status = 413),
               (status = 415), (status = 422), (status = 429), (status = 503)),

@@ -3,6 +3,7 @@
 pub mod customers;
 pub mod inventory;
 pub mod orders;
+pub mod params;
 pub mod system;
 
 use std::time::Duration;

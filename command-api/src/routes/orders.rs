@@ -32,9 +32,11 @@ fn new_order_id(command_id: &str, keyed: bool, partitions: i32) -> OrderId {
 }
 
 #[utoipa::path(post, path = "/v1/orders", request_body = PlaceOrderBody,
+    params(super::params::CommandHeaderParams),
     responses((status = 202, body = OrderAccepted, description = "PENDING; the saga runs on"),
-              (status = 400), (status = 401), (status = 403), (status = 413), (status = 415),
-              (status = 422), (status = 429), (status = 503)),
+              (status = 400), (status = 401), (status = 403),
+              (status = 409, description = "If-Match named a version the order is not at"),
+              (status = 413), (status = 415), (status = 422), (status = 429), (status = 503)),
     security(("bearer" = [])))]
 pub async fn place(
     State(app): State<AppState>,
@@ -87,7 +89,7 @@ pub async fn place(
 }
 
 #[utoipa::path(post, path = "/v1/orders/{order_id}/cancel", request_body = CancelOrderBody,
-    params(("order_id" = String, Path, description = "the order's UUID")),
+    params(super::params::OrderIdPath, super::params::CommandHeaderParams),
     responses((status = 202, body = OrderAccepted, description = "cancellation requested; the saga releases holds"),
               (status = 400), (status = 401), (status = 403), (status = 404), (status = 409),
               (status = 413), (status = 415), (status = 422), (status = 429), (status = 503)),

@@ -3,5 +3,6 @@
 pub mod customers;
 pub mod inventory;
 pub mod orders;
+pub mod params;
 pub mod sagas;
 pub mod system;

@@ -48,7 +48,7 @@ fn view(row: &PgRow) -> Result<OrderView, ApiError> {
     })
 }
 
-#[utoipa::path(get, path = "/v1/orders/{order_id}", params(("order_id" = String, Path)),
+#[utoipa::path(get, path = "/v1/orders/{order_id}", params(super::params::OrderIdPath, super::params::ConsistencyHeaders),
     responses((status = 200, body = OrderView), (status = 400), (status = 401), (status = 403), (status = 404), (status = 504)),
     security(("bearer" = [])))]
 pub async fn get(
@@ -88,13 +88,25 @@ async fn owner_of(app: &AppState, id: Uuid) -> Result<Option<String>, ApiError> 
     Ok(owner)
 }
 
-/// Query string of the listing.
+/// Query string of the listing. A customer lists its own orders (the filter defaults to
+/// itself); an admin lists anyone's.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    #[param(
+        nullable = false,
+        pattern = "^[A-Za-z0-9_-]{1,64}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub customer_id: Option<String>,
+    #[param(nullable = false, pattern = "^(PENDING|APPROVED|REJECTED|CANCELLED)$")]
     pub status: Option<String>,
-    /// 1 to 100, default 20.
+    /// Page size, 1 to 100 (default 20).
+    #[param(nullable = false, value_type = Option<i64>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
+    /// `next_cursor` of the previous page (opaque; any other value is 422).
+    #[param(nullable = false)]
     pub cursor: Option<String>,
 }
 
@@ -118,7 +130,7 @@ fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
     ))
 }
 
-#[utoipa::path(get, path = "/v1/orders", params(ListQuery),
+#[utoipa::path(get, path = "/v1/orders", params(ListQuery, super::params::ConsistencyHeaders),
     responses((status = 200, body = OrderPage), (status = 400), (status = 401), (status = 403), (status = 422), (status = 504)),
     security(("bearer" = [])))]
 pub async fn list(

@@ -1,0 +1,46 @@
+//! What the views read from paths and headers, as the OpenAPI document states it: the same
+//! bounds the handlers enforce, so a generated client knows them. Only the document uses these
+//! types.
+
+use utoipa::IntoParams;
+
+/// Read-your-writes: the headers every view reads (see `consistency`).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // read by `ReadAfter`; this type only describes them
+pub struct ConsistencyHeaders {
+    /// A token from a command's response (opaque, signed by command-api): the view answers
+    /// only once it includes that command's events. Any other value is 400.
+    #[param(rename = "X-Consistency-Token", required = false, max_length = 4096)]
+    pub token: String,
+    /// How long to wait for the token's events before answering 504 (default 5000).
+    #[param(rename = "X-Consistency-Wait-Ms", required = false, value_type = u64, minimum = 0, maximum = 30000)]
+    pub wait_ms: String,
+}
+
+/// `{customer_id}` in a path.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct CustomerIdPath {
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
+    pub customer_id: String,
+}
+
+/// `{sku}` in a path.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct SkuPath {
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
+    pub sku: String,
+}
+
+/// `{order_id}` in a path: the order's UUID (anything else is 404).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct OrderIdPath {
+    #[param(format = Uuid)]
+    pub order_id: String,
+}
