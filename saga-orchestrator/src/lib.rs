@@ -21,7 +21,9 @@
 //!   (topics, bus, group, health and metrics server).
 //! - [`config`]: settings from the environment.
 //! - `saga_group`: group membership; a `saga_partition` worker per partition.
-//! - `saga_partition`: one partition's sagas: replay, act, deadlines, commits, metrics.
+//! - `saga_partition`: one partition's sagas: replay and act (deadlines, commits and metrics
+//!   through the modules below).
+//! - `saga_metrics`: the saga gauges (kept as events are read) and counters.
 //! - `saga_context`: what every partition worker of the process shares (settings, the group
 //!   member, the sender, dead letters).
 //! - `offset_book`: which offsets a worker may commit (pure, unit-tested).
@@ -38,6 +40,7 @@ pub mod ids;
 mod offset_book;
 mod saga_context;
 mod saga_group;
+mod saga_metrics;
 mod saga_partition;
 mod sender;
 pub mod startup;

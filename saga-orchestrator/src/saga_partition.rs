@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::order::OrderEvent;
-use domain::saga::{reply_for, OrderSaga, OrderSagaAggregate, SagaEvent, SagaPhase, SagaState};
+use domain::saga::{reply_for, OrderSaga, OrderSagaAggregate, SagaEvent, SagaState};
 use domain::{Current, Version, Versioned};
 use platform::dead_letters::DeadLetter;
 use platform::envelope::{EventEnvelope, Trace};
@@ -37,6 +37,7 @@ use crate::deadlines;
 use crate::ids;
 use crate::offset_book::{OffsetBook, Source};
 use crate::saga_context::SagaContext;
+use crate::saga_metrics::{self, SagaGauges};
 use crate::timers::Timers;
 use crate::translate::{order_event_input, outcome_of, ORDER_EVENTS_OF_INTEREST};
 
@@ -81,10 +82,8 @@ pub(crate) struct SagaPartition {
     deadline_timers: Timers,
     /// When each running saga would count as stuck without progress.
     stuck_timers: Timers,
-    /// Running sagas by phase name, kept as events are read (the `sagas` gauge).
-    phase_counts: HashMap<&'static str, u64>,
-    /// Sagas counted as stuck (the `sagas_stuck` gauge).
-    stuck_count: u64,
+    /// The `sagas` and `sagas_stuck` gauges, kept as events are read.
+    gauges: SagaGauges,
     started_at: DateTime<Utc>,
     actions: JoinSet<Option<(Source, i64)>>,
     /// Per saga, the end of its latest participant command: the next one waits for it, so a
@@ -174,8 +173,7 @@ impl SagaPartition {
             sagas: HashMap::new(),
             deadline_timers: Timers::default(),
             stuck_timers: Timers::default(),
-            phase_counts: HashMap::new(),
-            stuck_count: 0,
+            gauges: SagaGauges::new(partition),
             started_at: Utc::now(),
             actions: JoinSet::new(),
             saga_turns: HashMap::new(),
@@ -232,11 +230,7 @@ impl SagaPartition {
         }
         self.actions.abort_all();
         self.commit().await;
-        for state in SagaPhase::NAMES {
-            metrics::gauge!("sagas", "state" => state, "partition" => self.partition.to_string())
-                .set(0.0);
-        }
-        metrics::gauge!("sagas_stuck", "partition" => self.partition.to_string()).set(0.0);
+        self.gauges.clear();
         debug!(partition = self.partition, "saga partition stopped");
     }
 
@@ -384,9 +378,9 @@ impl SagaPartition {
         tracked.last_event_at = envelope.occurred_at;
         tracked.last_event = Some(event.clone());
         tracked.last_traceparent = envelope.trace.traceparent.clone();
-        observe(&event, envelope, started_at);
+        let after_start = envelope.occurred_at >= started_at;
 
-        self.follow(&saga_id, phase_before, progressed);
+        self.follow(&saga_id, phase_before, progressed, after_start);
         let Some(tracked) = self.sagas.get(&saga_id) else {
             return;
         };
@@ -429,12 +423,10 @@ impl SagaPartition {
                 if stop.is_cancelled() {
                     return None;
                 }
-                metrics::counter!("saga_commands_total", "step" => step_kind(&step), "outcome" => "no-reply").increment(1);
+                saga_metrics::command_unanswered(&step);
                 return Some((Source::Sagas, offset));
             };
-            metrics::histogram!("saga_step_duration_seconds", "step" => step_kind(&step))
-                .record(sent_at.elapsed().as_secs_f64());
-            metrics::counter!("saga_commands_total", "step" => step_kind(&step), "outcome" => outcome_label(reply.outcome)).increment(1);
+            saga_metrics::command_answered(&step, reply.outcome, sent_at.elapsed());
             let input = outcome_of(&reply).and_then(|outcome| reply_for(&command, &outcome));
             if let Some(input) = input {
                 let message = domain::saga::SagaMessage {
@@ -453,24 +445,23 @@ impl SagaPartition {
 
     /// Keeps the gauges and the saga's timers (deadline, stuck check) in step with the event
     /// just applied to it, instead of a scan of every saga on every tick.
-    fn follow(&mut self, saga_id: &str, phase_before: Option<&'static str>, progressed: bool) {
+    fn follow(
+        &mut self,
+        saga_id: &str,
+        phase_before: Option<&'static str>,
+        progressed: bool,
+        after_start: bool,
+    ) {
         let Some(tracked) = self.sagas.get_mut(saga_id) else {
             return;
         };
         let saga = running(&tracked.current);
         let phase_after = saga.map(|saga| saga.phase.as_str());
-        if phase_before != phase_after {
-            if let Some(count) = phase_before.and_then(|p| self.phase_counts.get_mut(p)) {
-                *count = count.saturating_sub(1);
-            }
-            if let Some(phase) = phase_after {
-                *self.phase_counts.entry(phase).or_default() += 1;
-            }
-        }
+        self.gauges.moved(phase_before, phase_after, after_start);
         let ended = saga.is_none_or(|saga| saga.phase.is_terminal());
         if tracked.stuck_reported && (progressed || ended) {
             tracked.stuck_reported = false;
-            self.stuck_count = self.stuck_count.saturating_sub(1);
+            self.gauges.unstuck();
         }
         let (settings, started_at) = (&self.shared.settings, self.started_at);
         let awaits = saga.is_some_and(|saga| !saga.awaiting().is_empty());
@@ -535,8 +526,7 @@ impl SagaPartition {
                     &trace,
                 );
                 span.in_scope(|| info!(%saga_id, step = %step, "step deadline passed"));
-                metrics::counter!("saga_deadlines_total", "step" => step_kind(&step.name()))
-                    .increment(1);
+                saga_metrics::deadline_sent(&step.name());
                 let (sender, stop) = (self.shared.sender.clone(), self.stop.clone());
                 self.actions.spawn(
                     async move {
@@ -596,15 +586,10 @@ impl SagaPartition {
                 continue;
             }
             tracked.stuck_reported = true;
-            self.stuck_count += 1;
+            self.gauges.stuck();
             warn!(%saga_id, state = saga.phase.as_str(), awaiting = ?saga.awaiting().iter().map(|s| s.name()).collect::<Vec<_>>(), since = %since, "saga is stuck: no progress past its timeouts");
         }
-        let partition = self.partition.to_string();
-        for state in SagaPhase::NAMES {
-            metrics::gauge!("sagas", "state" => state, "partition" => partition.clone())
-                .set(self.phase_counts.get(state).copied().unwrap_or(0) as f64);
-        }
-        metrics::gauge!("sagas_stuck", "partition" => partition).set(self.stuck_count as f64);
+        self.gauges.publish();
     }
 
     async fn dead_letter(&self, source: Source, message: &BorrowedMessage<'_>, error: String) {
@@ -622,17 +607,6 @@ impl SagaPartition {
     }
 }
 
-fn outcome_label(outcome: schemas::ReplyOutcome) -> &'static str {
-    use schemas::ReplyOutcome as O;
-    match outcome {
-        O::Accepted => "accepted",
-        O::Rejected => "rejected",
-        O::Conflict => "conflict",
-        O::Forbidden => "forbidden",
-        O::Unavailable => "unavailable",
-    }
-}
-
 /// `duration` after the later of `time` and `started_at` (a restarted worker counts from its
 /// start); `None` when that is past what a timestamp holds (a timeout meaning "never").
 fn later_of(
@@ -644,11 +618,6 @@ fn later_of(
     time.max(started_at).checked_add_signed(duration)
 }
 
-/// Step names without the line number, to keep metric labels bounded.
-fn step_kind(step: &str) -> String {
-    step.split('/').next().unwrap_or(step).to_owned()
-}
-
 /// Trace context for whatever an event causes.
 fn caused_by(envelope: &EventEnvelope) -> Trace {
     Trace {
@@ -656,18 +625,4 @@ fn caused_by(envelope: &EventEnvelope) -> Trace {
         causation_id: envelope.event_id.to_string(),
         traceparent: envelope.trace.traceparent.clone(),
     }
-}
-
-/// Counts sagas that end after this worker started (terminal events).
-fn observe(event: &SagaEvent, envelope: &EventEnvelope, started_at: DateTime<Utc>) {
-    if envelope.occurred_at < started_at {
-        return;
-    }
-    let ended = match event {
-        SagaEvent::SagaApproved => "APPROVED",
-        SagaEvent::SagaRejected { .. } => "REJECTED",
-        SagaEvent::SagaCancelled => "CANCELLED",
-        _ => return,
-    };
-    metrics::counter!("sagas_finished_total", "state" => ended).increment(1);
 }

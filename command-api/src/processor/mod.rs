@@ -83,10 +83,19 @@ impl Processor {
         let topics = Topics::new(kafka.topic_prefix.clone());
         let (out, polled) = mpsc::channel(1024);
         let ready = Arc::new(AtomicBool::new(false));
+        // Incremental (cooperative) rebalancing: a member joining or leaving moves only the
+        // partitions that change owner; every other writer keeps its state and its open
+        // transaction (decision 0007). The classic protocol's cooperative-sticky assignor, not
+        // KIP-848's, because the writers' KIP-447 fencing (`send_offsets_to_transaction` with the
+        // group metadata) is proven on it with librdkafka.
         let group: BaseConsumer<GroupContext> =
-            platform::kafka::latency_consumer_config(&kafka, group_id).create_with_context(
-                GroupContext::new(topics.clone(), out.clone(), ready.clone()),
-            )?;
+            platform::kafka::latency_consumer_config(&kafka, group_id)
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .create_with_context(GroupContext::new(
+                    topics.clone(),
+                    out.clone(),
+                    ready.clone(),
+                ))?;
         let command_topics: Vec<String> = kinds.iter().map(|k| topics.commands(*k)).collect();
         let names: Vec<&str> = command_topics.iter().map(String::as_str).collect();
         group.subscribe(&names)?;
@@ -201,6 +210,9 @@ async fn dispatch(
                 }
             }
             Some(Polled::Revoked { partitions, done }) => {
+                partitions
+                    .iter()
+                    .for_each(|&(kind, partition)| count_owned(kind, partition, false));
                 let stopping: Vec<JoinHandle<()>> = partitions
                     .iter()
                     .filter_map(|key| writers.remove(key))
@@ -385,7 +397,19 @@ fn writer_for<'a>(
         .or_insert_with(|| spawn_writer(context.clone(), kind, partition))
 }
 
+/// `command_writer_starts_total{aggregate, partition}` counts every writer this process started
+/// for a partition (each start replays the partition), and `command_writer_owned` says which
+/// partitions it holds now: together they show that a rebalance restarted only the partitions
+/// that moved.
+fn count_owned(kind: AggregateKind, partition: i32, owned: bool) {
+    metrics::gauge!("command_writer_owned", "aggregate" => kind.as_str(), "partition" => partition.to_string())
+        .set(if owned { 1.0 } else { 0.0 });
+}
+
 fn spawn_writer(context: Arc<WriterContext>, kind: AggregateKind, partition: i32) -> RunningWriter {
+    metrics::counter!("command_writer_starts_total", "aggregate" => kind.as_str(), "partition" => partition.to_string())
+        .increment(1);
+    count_owned(kind, partition, true);
     let (commands, rx) = mpsc::channel(1024);
     let revoked = CancellationToken::new();
     let fenced = Arc::new(AtomicBool::new(false));

@@ -23,6 +23,19 @@ pub enum ReplyOutcome {
     Unavailable,
 }
 
+impl ReplyOutcome {
+    /// Stable lower-case names for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Rejected => "rejected",
+            Self::Conflict => "conflict",
+            Self::Forbidden => "forbidden",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Why a command was not accepted: one typed code from the writer to every place that turns it
 /// into something else (HTTP in command-api's `problem.rs`, a saga input in the orchestrator's
 /// `translate.rs`), each matching it exhaustively, so a new code is a compile error there rather

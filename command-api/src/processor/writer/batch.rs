@@ -14,7 +14,7 @@ use platform::envelope::EventEnvelope;
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::wire::reply::Position;
-use schemas::{CommandReply, ReplyOutcome};
+use schemas::CommandReply;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
@@ -209,7 +209,7 @@ where
                 "commands_total",
                 "aggregate" => A::KIND.as_str(),
                 "command" => command_type,
-                "outcome" => outcome_label(reply.outcome)
+                "outcome" => reply.outcome.as_str()
             )
             .increment(1);
         }
@@ -442,16 +442,6 @@ async fn replies_acknowledged(queued: Option<Vec<DeliveryFuture>>) -> bool {
         platform::kafka::count_producer_error("command-replies");
     }
     delivered
-}
-
-fn outcome_label(outcome: ReplyOutcome) -> &'static str {
-    match outcome {
-        ReplyOutcome::Accepted => "accepted",
-        ReplyOutcome::Rejected => "rejected",
-        ReplyOutcome::Conflict => "conflict",
-        ReplyOutcome::Forbidden => "forbidden",
-        ReplyOutcome::Unavailable => "unavailable",
-    }
 }
 
 /// Sleeps `pause` (doubling it for next time, up to `MAX_RETRY_PAUSE`); false when the
