@@ -100,7 +100,7 @@ pub struct RegisterCustomerBody {
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
     pub customer_id: String,
     /// Trimmed; at least one character that is not white space.
-    #[schema(pattern = "\\S", min_length = 1, max_length = 200)]
+    #[schema(pattern = "[^\\s\\u0085]", min_length = 1, max_length = 200)]
     pub name: String,
     pub credit_limit: MoneyBody,
 }
@@ -217,7 +217,7 @@ impl PlaceOrderBody {
 #[serde(deny_unknown_fields)]
 pub struct CancelOrderBody {
     /// Trimmed; at least one character that is not white space.
-    #[schema(pattern = "\\S", min_length = 1, max_length = 500)]
+    #[schema(pattern = "[^\\s\\u0085]", min_length = 1, max_length = 500)]
     pub reason: Option<String>,
 }
 
@@ -257,6 +257,15 @@ pub struct OrderAccepted {
     pub status: String,
     pub version: i64,
     pub consistency_token: String,
+}
+
+/// 202 from the order routes: the command was applied (`OrderAccepted`, the saga runs on) or its
+/// outcome did not arrive within the wait (`CommandPending`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum OrderAnswer {
+    Accepted(OrderAccepted),
+    Pending(CommandPending),
 }
 
 /// 202 when the outcome did not arrive within the wait: the command is queued and will be

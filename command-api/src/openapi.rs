@@ -12,7 +12,7 @@ use crate::routes;
     paths(routes::customers::register, routes::inventory::add_stock, routes::orders::place, routes::orders::cancel),
     components(schemas(
         dto::MoneyBody, dto::RegisterCustomerBody, dto::AddStockBody, dto::OrderLineBody, dto::PlaceOrderBody,
-        dto::CancelOrderBody, dto::CustomerAccepted, dto::StockAccepted, dto::OrderAccepted, dto::CommandPending
+        dto::CancelOrderBody, dto::CustomerAccepted, dto::StockAccepted, dto::OrderAccepted, dto::OrderAnswer, dto::CommandPending
     )),
     modifiers(&BearerAuth)
 )]

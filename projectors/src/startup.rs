@@ -91,6 +91,9 @@ pub struct Application {
     router: Router,
     runners: JoinSet<()>,
     shutdown: CancellationToken,
+    /// Cancels `shutdown` when the application is dropped without `run_until` (or its
+    /// `run_until` is cancelled): its work stops instead of running on detached.
+    _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 impl Application {
@@ -100,6 +103,8 @@ impl Application {
         let pool = connect(&settings.database_url).await?;
         MIGRATOR.run(&pool).await?;
         ensure_read_topics(&settings.kafka).await?;
+        // Bound before any runner starts: a taken port fails the start with nothing running.
+        let listener = tokio::net::TcpListener::bind(settings.addr).await?;
         let producer = producer_config(&settings.kafka).create()?;
         let shutdown = CancellationToken::new();
         let mut runners = JoinSet::new();
@@ -116,11 +121,11 @@ impl Application {
                 started.inspect_err(|_| shutdown.cancel())?;
             }
         }
-        let listener = tokio::net::TcpListener::bind(settings.addr).await?;
         Ok(Self {
             listener,
             router: health_router(pool),
             runners,
+            _stop_on_drop: shutdown.clone().drop_guard(),
             shutdown,
         })
     }

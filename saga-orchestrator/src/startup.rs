@@ -46,6 +46,9 @@ pub struct Application {
     router: Router,
     workers: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
+    /// Cancels `shutdown` when the application is dropped without `run_until` (or its
+    /// `run_until` is cancelled): its work stops instead of running on detached.
+    _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 impl Application {
@@ -107,6 +110,7 @@ impl Application {
             listener,
             router: health_router(assigned),
             workers,
+            _stop_on_drop: shutdown.clone().drop_guard(),
             shutdown,
         })
     }

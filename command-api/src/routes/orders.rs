@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::customers::pending;
 use super::{accepted_headers, command_id, submit, CommandHeaders, Submission, Submitted};
 use crate::auth::Caller;
-use crate::dto::{CancelOrderBody, OrderAccepted, PlaceOrderBody};
+use crate::dto::{CancelOrderBody, OrderAccepted, OrderAnswer, PlaceOrderBody};
 use crate::json::JsonBody;
 use crate::problem::ApiError;
 use crate::startup::AppState;
@@ -33,7 +33,7 @@ fn new_order_id(command_id: &str, keyed: bool, partitions: i32) -> OrderId {
 
 #[utoipa::path(post, path = "/v1/orders", request_body = PlaceOrderBody,
     params(super::params::CommandHeaderParams),
-    responses((status = 202, body = OrderAccepted, description = "PENDING; the saga runs on"),
+    responses((status = 202, body = OrderAnswer, description = "PENDING, the saga runs on (or the outcome is still pending: CommandPending)"),
               (status = 400), (status = 401), (status = 403),
               (status = 409, description = "If-Match named a version the order is not at"),
               (status = 413), (status = 415), (status = 422), (status = 429), (status = 503)),
@@ -90,7 +90,7 @@ pub async fn place(
 
 #[utoipa::path(post, path = "/v1/orders/{order_id}/cancel", request_body = CancelOrderBody,
     params(super::params::OrderIdPath, super::params::CommandHeaderParams),
-    responses((status = 202, body = OrderAccepted, description = "cancellation requested; the saga releases holds"),
+    responses((status = 202, body = OrderAnswer, description = "cancellation requested, the saga releases holds (or the outcome is still pending: CommandPending)"),
               (status = 400), (status = 401), (status = 403), (status = 404), (status = 409),
               (status = 413), (status = 415), (status = 422), (status = 429), (status = 503)),
     security(("bearer" = [])))]

@@ -39,8 +39,11 @@ impl ReplyOutcome {
 /// Why a command was not accepted: one typed code from the writer to every place that turns it
 /// into something else (HTTP in command-api's `problem.rs`, a saga input in the orchestrator's
 /// `translate.rs`), each matching it exhaustively, so a new code is a compile error there rather
-/// than a silent 500. The Avro enum's default is `Unknown`: a reader older than the writer reads
-/// a code it does not know as `Unknown` instead of failing to decode the reply.
+/// than a silent 500. The Avro enum's default is `Unknown`, for a reader that has a newer
+/// writer's schema registered but not its symbol. Upgrade order: a reader decodes only schemas it
+/// knows (by fingerprint), so readers of replies (every command-api and orchestrator instance)
+/// must run a version that knows a new `CommandReply` schema before any writer writes it; a v1
+/// reply read by a v2 reader keeps its outcome and detail but not its string code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RejectionCode {
