@@ -192,3 +192,43 @@ async fn a_reservation_refused_for_an_unknown_sku_leaves_no_hold_once_the_sku_ex
     );
     assert_eq!(stack.credit_reserved("ada", 0).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_saga_killed_after_its_deadline_was_armed_or_recorded_still_times_out_after_a_restart() {
+    // Deadlines live in the orchestrator's memory (timers set as saga events are read), so a
+    // restart must arm them again from the log. The inventory does not answer: the orchestrator
+    // is SIGKILLed right after the saga asks for stock (the reservation's deadline armed, not
+    // due), and again right after the saga records that the step timed out (the release's
+    // deadline armed). Each time the restarted orchestrator still times the step out, and once
+    // the inventory is back the saga ends rejected for TIMEOUT with nothing held.
+    let mut stack = Stack::start_with(Options {
+        step_timeout: Duration::from_secs(2),
+        ..Options::default()
+    })
+    .await;
+    let watch = SagaWatch::new(&stack);
+    stack.given_customer("ada", 10_000).await;
+    stack.given_stock("apple", 5).await;
+    stack.stop_inventory_writers().await;
+
+    let order = stack.place_order("ada", &[line("apple", 2, 150)]).await;
+    watch.until(&order, "StockReservationRequested").await;
+    stack.kill_orchestrator().await;
+    stack.start_orchestrator().await;
+    watch.until(&order, "StepTimedOut").await;
+
+    stack.kill_orchestrator().await;
+    stack.start_orchestrator().await;
+    // The release the compensation asked for is not answered either: it times out too.
+    watch.until(&order, "StepTimedOut").await;
+
+    stack.start_inventory_writers().await;
+    let view = stack.settled(&order, REJECTED).await;
+    assert_eq!(view["rejection_reason"], "TIMEOUT");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stack.stock_of("apple", 0).await,
+        (5, 0, 5),
+        "the late reservation is released"
+    );
+}
