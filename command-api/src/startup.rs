@@ -160,6 +160,7 @@ impl Application {
             partitions,
             shutdown.clone(),
         )?;
+        watch_open_transactions(&settings, &topics, &shutdown);
         let ready = processor.ready_flag();
         let serving = processor.serving_counter();
         let state = AppState(Arc::new(Inner {
@@ -218,6 +219,31 @@ impl Application {
         self.processor.stopped().await;
         info!("command-api stopped");
         result
+    }
+}
+
+/// Reports events partitions an open transaction holds for too long (a hanging transaction
+/// stops every reader there; see `platform::open_transactions`). A detached thread: it blocks on
+/// the broker and must never hold up the process's exit.
+fn watch_open_transactions(settings: &Settings, topics: &Topics, shutdown: &CancellationToken) {
+    let kafka = settings.kafka.clone();
+    let events: Vec<String> = settings
+        .writer_kinds
+        .iter()
+        .map(|kind| topics.events(*kind))
+        .collect();
+    let stop = shutdown.clone();
+    let started = std::thread::Builder::new()
+        .name("open-transactions".into())
+        .spawn(move || {
+            if let Err(error) =
+                platform::open_transactions::watch(&kafka, &events, || stop.is_cancelled())
+            {
+                tracing::warn!(%error, "cannot watch the events partitions for open transactions");
+            }
+        });
+    if let Err(error) = started {
+        tracing::warn!(%error, "cannot start the open-transaction watch");
     }
 }
 

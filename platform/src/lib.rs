@@ -39,6 +39,7 @@ pub mod http;
 pub mod kafka;
 pub mod log_end;
 pub mod log_order;
+pub mod open_transactions;
 pub mod partitioner;
 pub mod resilience;
 pub mod shutdown;
