@@ -40,8 +40,7 @@ pub mod startup;
 /// SIGINT, stop cleanly (finish in-flight requests and batches, commit), flush telemetry.
 pub async fn run_from_env() -> anyhow::Result<()> {
     use anyhow::Context;
-    let telemetry = platform::telemetry::init("command-api");
-    let served = async {
+    platform::telemetry::run_traced("command-api", async {
         let settings = config::Settings::from_env().context("reading configuration")?;
         let app = startup::Application::build(settings)
             .await
@@ -49,8 +48,6 @@ pub async fn run_from_env() -> anyhow::Result<()> {
         app.run_until(platform::shutdown::signal())
             .await
             .context("serving")
-    }
-    .await;
-    telemetry.shutdown().await;
-    served
+    })
+    .await
 }

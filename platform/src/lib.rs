@@ -41,6 +41,7 @@ pub mod log_end;
 pub mod log_order;
 pub mod open_transactions;
 pub mod partitioner;
+pub mod path_params;
 pub mod resilience;
 pub mod shutdown;
 pub mod telemetry;

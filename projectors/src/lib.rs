@@ -39,8 +39,7 @@ pub mod startup;
 /// until SIGTERM or SIGINT, then each commits what it applied and stops; telemetry flushed.
 pub async fn run_from_env() -> anyhow::Result<()> {
     use anyhow::Context;
-    let telemetry = platform::telemetry::init("projectors");
-    let served = async {
+    platform::telemetry::run_traced("projectors", async {
         let settings = startup::Settings::from_env().context("reading configuration")?;
         let app = startup::Application::build(settings)
             .await
@@ -48,8 +47,6 @@ pub async fn run_from_env() -> anyhow::Result<()> {
         app.run_until(platform::shutdown::signal())
             .await
             .context("serving")
-    }
-    .await;
-    telemetry.shutdown().await;
-    served
+    })
+    .await
 }

@@ -30,8 +30,7 @@ pub mod views;
 /// SIGINT, stop cleanly, flush telemetry.
 pub async fn run_from_env() -> anyhow::Result<()> {
     use anyhow::Context;
-    let telemetry = platform::telemetry::init("query-api");
-    let served = async {
+    platform::telemetry::run_traced("query-api", async {
         let settings = startup::Settings::from_env().context("reading configuration")?;
         let app = startup::Application::build(settings)
             .await
@@ -39,8 +38,6 @@ pub async fn run_from_env() -> anyhow::Result<()> {
         app.run_until(platform::shutdown::signal())
             .await
             .context("serving")
-    }
-    .await;
-    telemetry.shutdown().await;
-    served
+    })
+    .await
 }

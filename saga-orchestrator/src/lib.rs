@@ -53,8 +53,7 @@ pub use sender::ACTOR_SUBJECT;
 /// (workers commit what they finished), flush telemetry.
 pub async fn run_from_env() -> anyhow::Result<()> {
     use anyhow::Context;
-    let telemetry = platform::telemetry::init("saga-orchestrator");
-    let served = async {
+    platform::telemetry::run_traced("saga-orchestrator", async {
         let settings = config::Settings::from_env().context("reading configuration")?;
         let app = startup::Application::build(settings)
             .await
@@ -62,8 +61,6 @@ pub async fn run_from_env() -> anyhow::Result<()> {
         app.run_until(platform::shutdown::signal())
             .await
             .context("serving")
-    }
-    .await;
-    telemetry.shutdown().await;
-    served
+    })
+    .await
 }

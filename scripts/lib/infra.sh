@@ -51,25 +51,23 @@ ensure_system_packages() {
   id postgres >/dev/null 2>&1 || die "the 'postgres' system user is missing (apt-get install postgresql creates it)"
 }
 
-# kubernetes-validate from PyPI into a virtualenv in the cache (Debian forbids pip installs into
-# the system Python). Safe to run twice.
-ensure_kubernetes_validate() {
-  if "$KUBERNETES_VALIDATE" --version >/dev/null 2>&1; then return 0; fi
-  log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $TOOLS_VENV"
-  rm -rf "$TOOLS_VENV"
-  python3 -m venv "$TOOLS_VENV"
-  "$TOOLS_VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
-    || die "could not install kubernetes-validate"
+# A pinned tool from PyPI in a virtualenv of its own in the cache (Debian forbids pip installs
+# into the system Python). Safe to run twice: nothing happens once `binary --version` answers.
+ensure_venv_tool() { # venv binary requirement
+  local venv="$1" binary="$2" requirement="$3"
+  if "$binary" --version >/dev/null 2>&1; then return 0; fi
+  log "installing $requirement into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "$requirement" || die "could not install $requirement"
 }
 
-# schemathesis from PyPI into its own virtualenv in the cache. Safe to run twice.
+ensure_kubernetes_validate() {
+  ensure_venv_tool "$TOOLS_VENV" "$KUBERNETES_VALIDATE" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+}
+
 ensure_schemathesis() {
-  if "$SCHEMATHESIS" --version >/dev/null 2>&1; then return 0; fi
-  log "installing schemathesis $SCHEMATHESIS_VERSION into $FUZZ_VENV"
-  rm -rf "$FUZZ_VENV"
-  python3 -m venv "$FUZZ_VENV"
-  "$FUZZ_VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" \
-    || die "could not install schemathesis"
+  ensure_venv_tool "$FUZZ_VENV" "$SCHEMATHESIS" "schemathesis==$SCHEMATHESIS_VERSION"
 }
 
 pg_bin_dir() {

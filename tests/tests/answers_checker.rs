@@ -31,7 +31,7 @@ use platform::log_order::{LogOrder, Verdict};
 use rdkafka::message::Message;
 use reqwest::StatusCode;
 use serde_json::json;
-use support::process::{ServiceProcess, COMMAND_API};
+use support::process::{command_api_env, ServiceProcess, COMMAND_API};
 use test_harness::broker::{free_port, BrokerProcess};
 use test_harness::proxy::FaultProxy;
 use test_harness::TestKafka;
@@ -126,18 +126,7 @@ async fn no_answer_is_contradicted_by_the_log_through_joins_kills_freezes_and_sl
     let proxy = FaultProxy::start(proxy_port, broker.brokers()).await;
     let mut kafka = TestKafka::at(&format!("127.0.0.1:{proxy_port}"));
     kafka.settings.partitions = PARTITIONS;
-    let env: Vec<(String, String)> = vec![
-        ("KAFKA_BROKERS".into(), kafka.settings.brokers.clone()),
-        (
-            "KAFKA_TOPIC_PREFIX".into(),
-            kafka.settings.topic_prefix.clone(),
-        ),
-        ("KAFKA_PARTITIONS".into(), PARTITIONS.to_string()),
-        ("AUTH_JWT_SECRET".into(), SECRET.into()),
-        ("RATE_LIMIT_PER_SECOND".into(), "100000".into()),
-        ("COMMAND_WAIT_MS".into(), "8000".into()),
-        ("RUST_LOG".into(), "warn".into()),
-    ];
+    let env = command_api_env(&kafka, SECRET);
     let mut apis = vec![];
     for _ in 0..3 {
         apis.push(ServiceProcess::start(COMMAND_API, env.clone()).await);

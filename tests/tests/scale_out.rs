@@ -17,7 +17,7 @@ use std::time::Duration;
 use platform::auth::Auth;
 use reqwest::StatusCode;
 use serde_json::json;
-use support::process::{ServiceProcess, COMMAND_API};
+use support::process::{command_api_env, ServiceProcess, COMMAND_API};
 use test_harness::TestKafka;
 
 const PARTITIONS: i32 = 3;
@@ -96,18 +96,7 @@ async fn kept_without_restart(api: &ServiceProcess, owned: &[Partition], label: 
 async fn scaling_out_moves_only_the_partitions_that_change_owner() {
     let mut kafka = TestKafka::new();
     kafka.settings.partitions = PARTITIONS;
-    let env: Vec<(String, String)> = vec![
-        ("KAFKA_BROKERS".into(), kafka.settings.brokers.clone()),
-        (
-            "KAFKA_TOPIC_PREFIX".into(),
-            kafka.settings.topic_prefix.clone(),
-        ),
-        ("KAFKA_PARTITIONS".into(), PARTITIONS.to_string()),
-        ("AUTH_JWT_SECRET".into(), SECRET.into()),
-        ("RATE_LIMIT_PER_SECOND".into(), "100000".into()),
-        ("COMMAND_WAIT_MS".into(), "8000".into()),
-        ("RUST_LOG".into(), "warn".into()),
-    ];
+    let env = command_api_env(&kafka, SECRET);
     let mut apis = vec![ServiceProcess::start(COMMAND_API, env.clone()).await];
     let alone = settled(&apis).await;
     assert_eq!(alone[0].len(), WRITERS);

@@ -16,7 +16,7 @@ use crate::problem::ApiError;
 use crate::startup::AppState;
 
 #[utoipa::path(post, path = "/v1/inventory/{sku}/stock", request_body = AddStockBody,
-    params(super::params::SkuPath, super::params::CommandHeaderParams),
+    params(platform::path_params::SkuPath, super::params::CommandHeaderParams),
     responses((status = 200, body = StockAccepted), (status = 202, body = CommandPending),
               (status = 400), (status = 401), (status = 403), (status = 409), (status = 413),
               (status = 415), (status = 422), (status = 429), (status = 503)),

@@ -89,7 +89,7 @@ pub async fn place(
 }
 
 #[utoipa::path(post, path = "/v1/orders/{order_id}/cancel", request_body = CancelOrderBody,
-    params(super::params::OrderIdPath, super::params::CommandHeaderParams),
+    params(platform::path_params::OrderIdPath, super::params::CommandHeaderParams),
     responses((status = 202, body = OrderAnswer, description = "cancellation requested, the saga releases holds (or the outcome is still pending: CommandPending)"),
               (status = 400), (status = 401), (status = 403), (status = 404), (status = 409),
               (status = 413), (status = 415), (status = 422), (status = 429), (status = 503)),

@@ -27,21 +27,3 @@ pub struct CommandHeaderParams {
     )]
     pub if_match: String,
 }
-
-/// `{sku}` in a path.
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-pub struct SkuPath {
-    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
-    pub sku: String,
-}
-
-/// `{order_id}` in a path: the UUID the order was placed under (anything else is 404).
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-pub struct OrderIdPath {
-    #[param(format = Uuid)]
-    pub order_id: String,
-}

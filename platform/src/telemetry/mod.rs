@@ -51,6 +51,16 @@ impl Telemetry {
     }
 }
 
+/// Runs a service's whole life (`run`: settings, start, serve, stop) with telemetry installed
+/// first, and flushes buffered spans after it ends, however it ends. Every binary's
+/// `run_from_env` goes through here.
+pub async fn run_traced<T>(service: &'static str, run: impl std::future::Future<Output = T>) -> T {
+    let telemetry = init(service);
+    let ran = run.await;
+    telemetry.shutdown().await;
+    ran
+}
+
 /// Installs logs and, when [`OTLP_ENDPOINT`] is set, OTLP trace export. Later calls in the same
 /// process are no-ops (tests start several services in one process).
 pub fn init(service: &'static str) -> Telemetry {

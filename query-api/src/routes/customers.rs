@@ -11,7 +11,7 @@ use crate::startup::AppState;
 use crate::views::{CustomerView, MoneyView};
 use platform::auth::Caller;
 
-#[utoipa::path(get, path = "/v1/customers/{customer_id}", params(super::params::CustomerIdPath, super::params::ConsistencyHeaders),
+#[utoipa::path(get, path = "/v1/customers/{customer_id}", params(platform::path_params::CustomerIdPath, super::params::ConsistencyHeaders),
     responses((status = 200, body = CustomerView), (status = 400), (status = 401), (status = 403), (status = 404), (status = 504)),
     security(("bearer" = [])))]
 pub async fn get(

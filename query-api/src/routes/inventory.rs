@@ -11,7 +11,7 @@ use crate::startup::AppState;
 use crate::views::InventoryView;
 use platform::auth::Caller;
 
-#[utoipa::path(get, path = "/v1/inventory/{sku}", params(super::params::SkuPath, super::params::ConsistencyHeaders),
+#[utoipa::path(get, path = "/v1/inventory/{sku}", params(platform::path_params::SkuPath, super::params::ConsistencyHeaders),
     responses((status = 200, body = InventoryView), (status = 400), (status = 401), (status = 404), (status = 504)),
     security(("bearer" = [])))]
 pub async fn get(

@@ -48,7 +48,7 @@ fn view(row: &PgRow) -> Result<OrderView, ApiError> {
     })
 }
 
-#[utoipa::path(get, path = "/v1/orders/{order_id}", params(super::params::OrderIdPath, super::params::ConsistencyHeaders),
+#[utoipa::path(get, path = "/v1/orders/{order_id}", params(platform::path_params::OrderIdPath, super::params::ConsistencyHeaders),
     responses((status = 200, body = OrderView), (status = 400), (status = 401), (status = 403), (status = 404), (status = 504)),
     security(("bearer" = [])))]
 pub async fn get(

@@ -17,30 +17,3 @@ pub struct ConsistencyHeaders {
     #[param(rename = "X-Consistency-Wait-Ms", required = false, value_type = u64, minimum = 0, maximum = 30000)]
     pub wait_ms: String,
 }
-
-/// `{customer_id}` in a path.
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-pub struct CustomerIdPath {
-    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
-    pub customer_id: String,
-}
-
-/// `{sku}` in a path.
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-pub struct SkuPath {
-    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
-    pub sku: String,
-}
-
-/// `{order_id}` in a path: the order's UUID (anything else is 404).
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-pub struct OrderIdPath {
-    #[param(format = Uuid)]
-    pub order_id: String,
-}

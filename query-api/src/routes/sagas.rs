@@ -13,7 +13,7 @@ use crate::problem::ApiError;
 use crate::startup::AppState;
 use crate::views::{SagaStepView, SagaView};
 
-#[utoipa::path(get, path = "/v1/orders/{order_id}/saga", params(super::params::OrderIdPath, super::params::ConsistencyHeaders),
+#[utoipa::path(get, path = "/v1/orders/{order_id}/saga", params(platform::path_params::OrderIdPath, super::params::ConsistencyHeaders),
     responses((status = 200, body = SagaView), (status = 400), (status = 401), (status = 403), (status = 404), (status = 504)),
     security(("bearer" = [])))]
 pub async fn get(

@@ -8,7 +8,29 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use test_harness::TestKafka;
 use tokio::process::{Child, Command};
+
+/// The environment of a command-api process writing every aggregate kind on `kafka`'s
+/// namespace (its partition count included), signing with `secret`, with no rate limit to
+/// speak of and an 8 s command wait.
+pub fn command_api_env(kafka: &TestKafka, secret: &str) -> Vec<(String, String)> {
+    vec![
+        ("KAFKA_BROKERS".into(), kafka.settings.brokers.clone()),
+        (
+            "KAFKA_TOPIC_PREFIX".into(),
+            kafka.settings.topic_prefix.clone(),
+        ),
+        (
+            "KAFKA_PARTITIONS".into(),
+            kafka.settings.partitions.to_string(),
+        ),
+        ("AUTH_JWT_SECRET".into(), secret.into()),
+        ("RATE_LIMIT_PER_SECOND".into(), "100000".into()),
+        ("COMMAND_WAIT_MS".into(), "8000".into()),
+        ("RUST_LOG".into(), "warn".into()),
+    ]
+}
 
 /// Which binary, and the variable that tells it where to listen.
 #[derive(Debug, Clone, Copy)]
