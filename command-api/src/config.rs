@@ -55,7 +55,10 @@ impl Settings {
                     crate::processor::GROUP_SUFFIX
                 )
             }),
-            kafka: KafkaSettings::from_env(),
+            kafka: KafkaSettings::from_env().map_err(|e| ConfigError::Invalid {
+                name: e.name,
+                value: e.value,
+            })?,
             writer_kinds: writer_kinds()?,
             jwt_secret: std::env::var("AUTH_JWT_SECRET")
                 .ok()

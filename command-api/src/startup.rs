@@ -1,5 +1,6 @@
 //! Builds the application (topics, producer, bus, writers, router) and runs it until shutdown.
 
+use platform::log_order::CommandWindow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +69,8 @@ struct Inner {
     /// Signs the consistency tokens of accepted commands (query-api verifies them).
     token_key: TokenKey,
     command_wait: Duration,
+    /// How long an Idempotency-Key's claim lasts.
+    command_window: CommandWindow,
     metrics: PrometheusHandle,
     processor_ready: Box<dyn Fn() -> bool + Send + Sync>,
     writers_serving: Box<dyn Fn() -> usize + Send + Sync>,
@@ -91,6 +94,11 @@ impl AppState {
     }
     pub fn command_wait(&self) -> Duration {
         self.0.command_wait
+    }
+
+    /// How long an Idempotency-Key's claim lasts (the deployment's idempotency window).
+    pub fn command_window(&self) -> CommandWindow {
+        self.0.command_window
     }
     pub fn metrics(&self) -> &PrometheusHandle {
         &self.0.metrics
@@ -158,6 +166,7 @@ impl Application {
             &settings.writer_group,
             &settings.writer_kinds,
             partitions,
+            settings.kafka.command_window,
             shutdown.clone(),
         )?;
         watch_open_transactions(&settings, &topics, &shutdown);
@@ -168,6 +177,7 @@ impl Application {
             auth: Auth::new(&settings.jwt_secret, settings.rate_limit_per_second),
             token_key: TokenKey::from_secret(&settings.jwt_secret),
             command_wait: settings.command_wait,
+            command_window: settings.kafka.command_window,
             metrics: metrics_handle(),
             processor_ready: Box::new(ready),
             writers_serving: Box::new(serving),

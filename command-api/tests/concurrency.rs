@@ -109,7 +109,7 @@ async fn accepted_chain(app: &TestApp) -> (Vec<(Version, String)>, usize) {
     let mut losers = 0;
     for record in stored.iter().filter(|s| s.partition == partition) {
         let envelope = record.envelope.clone().expect("envelope");
-        match log.judge(&envelope, record.offset) {
+        match log.judge(&envelope, record.offset, record.timestamp) {
             Verdict::Accepted => chain.push((envelope.version, envelope.command_id)),
             Verdict::Loser(_) => losers += 1,
         }
@@ -459,7 +459,7 @@ async fn an_append_by_another_writer_the_live_writer_has_not_read_yet_decides_be
         let mut head = None;
         for record in stored.iter().filter(|s| s.partition == partition) {
             let envelope = record.envelope.clone().unwrap();
-            if log.judge(&envelope, record.offset) == Verdict::Accepted {
+            if log.judge(&envelope, record.offset, record.timestamp) == Verdict::Accepted {
                 head = Some(envelope);
             }
         }

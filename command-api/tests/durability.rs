@@ -345,7 +345,7 @@ async fn a_graceful_stop_finishes_what_it_acknowledged_and_nothing_applies_twice
     let mut applied = Vec::new();
     for record in events(&kafka, AggregateKind::InventoryItem).await {
         let envelope = record.envelope.unwrap();
-        if log.judge(&envelope, record.offset) == Verdict::Accepted {
+        if log.judge(&envelope, record.offset, record.timestamp) == Verdict::Accepted {
             applied.push(envelope.command_id);
         }
     }

@@ -4,6 +4,11 @@
 //! that request would land. Each request's claim is a command of its own (its id names the key
 //! and the request), so the write path's per-command deduplication answers the same request's
 //! claim again from the log, and any other request's claim reaches `decide`, which refuses it.
+//!
+//! A claim lasts the deployment's idempotency window (a day by default, as the major payment
+//! APIs keep keys): a request claiming the key after its claim expired claims it afresh, as if
+//! the key were new. Times are milliseconds since the epoch, stamped by the API that took the
+//! request.
 
 use std::fmt;
 
@@ -40,8 +45,14 @@ impl fmt::Display for KeyId {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyCommand {
-    /// Claims the key for the request on `route` (`METHOD path`, kept for operators).
-    Claim { key_id: KeyId, route: String },
+    /// Claims the key for the request on `route` (`METHOD path`, kept for operators), received
+    /// at `requested_at_ms`; the claim lasts until `expires_at_ms`.
+    Claim {
+        key_id: KeyId,
+        route: String,
+        requested_at_ms: i64,
+        expires_at_ms: i64,
+    },
 }
 
 impl KeyCommand {
@@ -54,7 +65,12 @@ impl KeyCommand {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyEvent {
-    Claimed { key_id: KeyId, route: String },
+    /// `expires_at_ms` is `None` for claims recorded before keys expired: those never do.
+    Claimed {
+        key_id: KeyId,
+        route: String,
+        expires_at_ms: Option<i64>,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -63,6 +79,7 @@ pub enum KeyState {
     Unclaimed,
     Claimed {
         route: String,
+        expires_at_ms: Option<i64>,
     },
 }
 
@@ -76,25 +93,43 @@ impl Aggregate for IdempotencyKey {
     type Command = KeyCommand;
     type Event = KeyEvent;
 
-    /// A key is claimed once. The claiming request's own claim, sent again, is answered from
-    /// the log before `decide` is asked, so a claim of a claimed key here is another request's.
+    /// A key is claimed once per window. The claiming request's own claim, sent again within
+    /// the window, is answered from the log before `decide` is asked, so a claim of a claimed
+    /// key here is another request's (or one that came back after the claim expired).
     fn decide(state: &KeyState, command: KeyCommand) -> Result<Vec<KeyEvent>, DomainError> {
-        match (state, command) {
-            (KeyState::Unclaimed, KeyCommand::Claim { key_id, route }) => {
-                Ok(vec![KeyEvent::Claimed { key_id, route }])
-            }
-            (KeyState::Claimed { .. }, KeyCommand::Claim { .. }) => {
-                Err(DomainError::IdempotencyKeyReused)
-            }
+        let KeyCommand::Claim {
+            key_id,
+            route,
+            requested_at_ms,
+            expires_at_ms,
+        } = command;
+        let free = match state {
+            KeyState::Unclaimed => true,
+            KeyState::Claimed {
+                expires_at_ms: expires,
+                ..
+            } => expires.is_some_and(|expires| requested_at_ms >= expires),
+        };
+        if !free {
+            return Err(DomainError::IdempotencyKeyReused);
         }
+        Ok(vec![KeyEvent::Claimed {
+            key_id,
+            route,
+            expires_at_ms: Some(expires_at_ms),
+        }])
     }
 
-    fn evolve(state: KeyState, event: &KeyEvent) -> KeyState {
-        match (state, event) {
-            (KeyState::Unclaimed, KeyEvent::Claimed { route, .. }) => KeyState::Claimed {
+    fn evolve(_state: KeyState, event: &KeyEvent) -> KeyState {
+        match event {
+            KeyEvent::Claimed {
+                route,
+                expires_at_ms,
+                ..
+            } => KeyState::Claimed {
                 route: route.clone(),
+                expires_at_ms: *expires_at_ms,
             },
-            (state, _) => state,
         }
     }
 }
@@ -104,40 +139,61 @@ mod tests {
     use super::*;
     use crate::testing::Scenario;
 
+    const DAY: i64 = 86_400_000;
+
     fn key() -> KeyId {
         KeyId::from_uuid(Uuid::from_u128(7))
     }
 
-    fn claim() -> KeyCommand {
+    fn claim_at(requested_at_ms: i64) -> KeyCommand {
         KeyCommand::Claim {
             key_id: key(),
             route: "POST /v1/customers".into(),
+            requested_at_ms,
+            expires_at_ms: requested_at_ms + DAY,
+        }
+    }
+
+    fn claimed(route: &str, expires_at_ms: Option<i64>) -> KeyEvent {
+        KeyEvent::Claimed {
+            key_id: key(),
+            route: route.into(),
+            expires_at_ms,
         }
     }
 
     #[test]
     fn an_unused_key_is_claimed() {
         let state = Scenario::<IdempotencyKey>::given(vec![])
-            .when(claim())
-            .then(vec![KeyEvent::Claimed {
-                key_id: key(),
-                route: "POST /v1/customers".into(),
-            }]);
+            .when(claim_at(0))
+            .then(vec![claimed("POST /v1/customers", Some(DAY))]);
         assert_eq!(
             state,
             KeyState::Claimed {
-                route: "POST /v1/customers".into()
+                route: "POST /v1/customers".into(),
+                expires_at_ms: Some(DAY),
             }
         );
     }
 
     #[test]
-    fn a_claimed_key_cannot_be_claimed_by_another_request() {
-        Scenario::<IdempotencyKey>::given(vec![KeyEvent::Claimed {
-            key_id: key(),
-            route: "POST /v1/orders".into(),
-        }])
-        .when(claim())
-        .then_error(DomainError::IdempotencyKeyReused);
+    fn a_claimed_key_cannot_be_claimed_by_another_request_within_its_window() {
+        Scenario::<IdempotencyKey>::given(vec![claimed("POST /v1/orders", Some(DAY))])
+            .when(claim_at(DAY - 1))
+            .then_error(DomainError::IdempotencyKeyReused);
+    }
+
+    #[test]
+    fn an_expired_claim_leaves_the_key_free_for_a_new_request() {
+        Scenario::<IdempotencyKey>::given(vec![claimed("POST /v1/orders", Some(DAY))])
+            .when(claim_at(DAY))
+            .then(vec![claimed("POST /v1/customers", Some(2 * DAY))]);
+    }
+
+    #[test]
+    fn a_claim_recorded_before_keys_expired_never_expires() {
+        Scenario::<IdempotencyKey>::given(vec![claimed("POST /v1/orders", None)])
+            .when(claim_at(100 * DAY))
+            .then_error(DomainError::IdempotencyKeyReused);
     }
 }

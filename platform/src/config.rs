@@ -2,6 +2,8 @@
 
 use std::env;
 
+use crate::log_order::CommandWindow;
+
 /// Where the broker is and which topic namespace this deployment uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaSettings {
@@ -17,6 +19,11 @@ pub struct KafkaSettings {
     /// `KAFKA_MIN_INSYNC_REPLICAS`: replicas that must have a record before `acks=all` is
     /// answered, set on every topic this process creates (1 locally; 2 in production).
     pub min_insync_replicas: i32,
+    /// `IDEMPOTENCY_WINDOW_SECONDS` (default a day): how long the log remembers a command id
+    /// and an Idempotency-Key's claim. Part of the log-order rule, so like the topic prefix and
+    /// the partition count it must be the same for every service reading the deployment's
+    /// logs (decision 0008).
+    pub command_window: CommandWindow,
 }
 
 impl KafkaSettings {
@@ -33,11 +40,14 @@ impl KafkaSettings {
             partitions,
             replication_factor: 1,
             min_insync_replicas: 1,
+            command_window: CommandWindow::DEFAULT,
         }
     }
 
-    pub fn from_env() -> Self {
-        Self {
+    /// The settings from the environment; an invalid `IDEMPOTENCY_WINDOW_SECONDS` is refused
+    /// (a service guessing the window would judge the log unlike the others).
+    pub fn from_env() -> Result<Self, InvalidSetting> {
+        Ok(Self {
             brokers: env::var("KAFKA_BROKERS").unwrap_or_else(|_| Self::DEFAULT_BROKERS.into()),
             topic_prefix: env::var("KAFKA_TOPIC_PREFIX")
                 .unwrap_or_else(|_| Self::DEFAULT_PREFIX.into()),
@@ -48,7 +58,8 @@ impl KafkaSettings {
                 .unwrap_or(Self::DEFAULT_PARTITIONS),
             replication_factor: positive_env("KAFKA_REPLICATION_FACTOR", 1),
             min_insync_replicas: positive_env("KAFKA_MIN_INSYNC_REPLICAS", 1),
-        }
+            command_window: CommandWindow::from_env()?,
+        })
     }
 }
 

@@ -4,15 +4,83 @@
 //!
 //! an event is **accepted** only if it extends its aggregate's accepted chain: its version is the
 //! next one, its predecessor is the chain's last accepted event, and its command id was not
-//! already used by an earlier command in the partition. Anything else is a **loser**: skipped,
-//! counted, inert. A zombie's later events follow a loser, so they are losers too.
+//! already used by an earlier command in the partition **within the command window**. Anything
+//! else is a **loser**: skipped, counted, inert. A zombie's later events follow a loser, so they
+//! are losers too.
+//!
+//! The window keeps what every reader must remember bounded (decision 0008): a command's use is
+//! forgotten once the partition's clock has passed its time by more than the window. The clock is
+//! the log's own, so every reader computes the same one: the greatest Kafka record timestamp of
+//! the partition's committed records up to and including the one judged (valid or not, judged or
+//! not). A use is stamped with the clock at its first event. The clock only grows, so a use can
+//! be dropped for good once expired; and a writer, which stamps its events with the time it
+//! decides at, decides by `max(clock, now)`: a use it finds expired is expired where its events
+//! land. Counting the record's own timestamp lets a retry after the window be a new command even
+//! on a partition nothing else was appended to; the price is that a writer whose clock runs a
+//! whole window ahead could run a command twice, as with any time-windowed idempotency.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use domain::Version;
 use uuid::Uuid;
 
 use crate::envelope::EventEnvelope;
+
+/// How long the log remembers that a command id was used: a command retried within it is
+/// answered from the log, and after it is a new command. One value for every reader of a
+/// deployment (`IDEMPOTENCY_WINDOW_SECONDS`): readers with different windows would judge the
+/// same log differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandWindow(Duration);
+
+impl CommandWindow {
+    /// A day, as the major payment APIs keep idempotency keys.
+    pub const DEFAULT: Self = Self(Duration::from_secs(24 * 60 * 60));
+    pub const SETTING: &'static str = "IDEMPOTENCY_WINDOW_SECONDS";
+
+    pub fn new(window: Duration) -> Self {
+        Self(window)
+    }
+
+    /// `IDEMPOTENCY_WINDOW_SECONDS`, a day by default.
+    pub fn from_env() -> Result<Self, crate::config::InvalidSetting> {
+        let default = Self::DEFAULT.0.as_secs();
+        crate::config::positive_number(Self::SETTING, default)
+            .map(|seconds| Self(Duration::from_secs(seconds)))
+    }
+
+    pub fn duration(self) -> Duration {
+        self.0
+    }
+
+    fn millis(self) -> i64 {
+        i64::try_from(self.0.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Whether a use stamped `used_at` still counts for a record judged at `clock` (both
+    /// milliseconds of the partition's clock).
+    pub fn remembers(self, used_at: i64, clock: i64) -> bool {
+        clock.saturating_sub(used_at) <= self.millis()
+    }
+
+    /// The oldest use stamp that still counts at `clock`.
+    pub fn oldest_remembered(self, clock: i64) -> i64 {
+        clock.saturating_sub(self.millis())
+    }
+}
+
+impl Default for CommandWindow {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A partition's clock: the greatest record timestamp read so far (milliseconds since the epoch;
+/// 0 before the first record). A record without a timestamp leaves it as it is.
+pub fn advance(clock: i64, record_timestamp: Option<i64>) -> i64 {
+    record_timestamp.map_or(clock, |ts| clock.max(ts))
+}
 
 /// The last accepted event of one aggregate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +99,8 @@ pub struct RecordedCommand {
     pub event_types: Vec<String>,
     pub offsets: Vec<i64>,
     pub request_hash: Option<String>,
+    /// The partition's clock after the command's first event (milliseconds).
+    pub used_at: i64,
 }
 
 /// Why an event does not count.
@@ -40,7 +110,7 @@ pub enum LoserReason {
     Version { expected: Version, found: Version },
     /// The right version, but it follows an event that is not the chain's head.
     Predecessor,
-    /// Its command id was already used by an earlier command.
+    /// Its command id was already used by an earlier command within the window.
     RepeatedCommand,
 }
 
@@ -50,20 +120,24 @@ pub enum Verdict {
     Loser(LoserReason),
 }
 
-/// What the log shows of a command's earlier accepted events: the aggregate they extended and
-/// the version of the last one. A reader that keeps no [`LogOrder`] (a projector, which keeps
-/// chain heads in its rows) stores these to apply the repeated-command part of the rule.
+/// What the log shows of a command's earlier accepted events: the aggregate they extended, the
+/// version of the last one, and when it was first used. A reader that keeps no [`LogOrder`] (a
+/// projector, which keeps chain heads in its rows) stores these to apply the repeated-command
+/// part of the rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandUse {
     pub aggregate_id: String,
     pub last_version: Version,
+    /// The partition's clock after the command's first event (milliseconds).
+    pub used_at: i64,
 }
 
 /// The log-order rule for one event, the one implementation every reader applies: it extends
 /// its aggregate's accepted chain iff its version is the next one after `head` (version and
 /// event id of the chain's last accepted event), it names `head` as its predecessor, and its
-/// command id was not used before (`earlier`), unless the head itself is that command's own
-/// event (a command that wrote several events to one aggregate).
+/// command id was not used before (`earlier`, a use the window still remembers: see
+/// [`CommandWindow::remembers`]), unless the head itself is that command's own event (a command
+/// that wrote several events to one aggregate).
 pub fn extends_chain(
     head: Option<(Version, Uuid)>,
     envelope: &EventEnvelope,
@@ -90,24 +164,42 @@ pub fn extends_chain(
     }
 }
 
-/// The accepted chains of every aggregate in one partition, and the commands behind them.
+/// The accepted chains of every aggregate in one partition, and the commands behind them that
+/// the window still remembers (older ones are dropped: memory holds a window of commands).
 #[derive(Debug, Default)]
 pub struct LogOrder {
+    window: CommandWindow,
+    clock: i64,
     heads: HashMap<String, ChainHead>,
     commands: HashMap<String, RecordedCommand>,
+    /// Commands in the order of their `used_at` (which only grows): the front expires first.
+    by_age: VecDeque<(i64, String)>,
     losers: u64,
 }
 
 impl LogOrder {
-    /// Judges the next event read from the partition, and records it if accepted.
-    pub fn judge(&mut self, envelope: &EventEnvelope, offset: i64) -> Verdict {
+    pub fn new(window: CommandWindow) -> Self {
+        Self {
+            window,
+            ..Self::default()
+        }
+    }
+
+    /// Judges the next event read from the partition (its record's timestamp `timestamp`), and
+    /// records it if accepted.
+    pub fn judge(
+        &mut self,
+        envelope: &EventEnvelope,
+        offset: i64,
+        timestamp: Option<i64>,
+    ) -> Verdict {
+        self.pass(timestamp);
         let head = self
             .heads
             .get(&envelope.aggregate_id)
             .map(|h| (h.version, h.event_id));
         let earlier = self
-            .commands
-            .get(&envelope.command_id)
+            .command(&envelope.command_id)
             .map(|r| (r.aggregate_id.as_str(), r.version));
         let verdict = extends_chain(head, envelope, earlier);
         match verdict {
@@ -115,6 +207,11 @@ impl LogOrder {
             Verdict::Loser(_) => self.losers += 1,
         }
         verdict
+    }
+
+    /// Moves the clock past a record that is not judged (no valid envelope).
+    pub fn pass(&mut self, timestamp: Option<i64>) {
+        self.clock = advance(self.clock, timestamp);
     }
 
     fn accept(&mut self, envelope: &EventEnvelope, offset: i64) {
@@ -127,28 +224,79 @@ impl LogOrder {
                 offset,
             },
         );
-        let record = self
-            .commands
-            .entry(envelope.command_id.clone())
-            .or_insert_with(|| RecordedCommand {
-                aggregate_id: envelope.aggregate_id.clone(),
-                version: envelope.version,
-                event_types: vec![],
-                offsets: vec![],
-                request_hash: envelope.request_hash.clone(),
-            });
-        record.version = envelope.version;
-        record.event_types.push(envelope.event_type.clone());
-        record.offsets.push(offset);
+        let remembered = self.command(&envelope.command_id).is_some();
+        if !remembered {
+            self.commands.insert(
+                envelope.command_id.clone(),
+                RecordedCommand {
+                    aggregate_id: envelope.aggregate_id.clone(),
+                    version: envelope.version,
+                    event_types: vec![],
+                    offsets: vec![],
+                    request_hash: envelope.request_hash.clone(),
+                    used_at: self.clock,
+                },
+            );
+            self.by_age
+                .push_back((self.clock, envelope.command_id.clone()));
+        }
+        if let Some(record) = self.commands.get_mut(&envelope.command_id) {
+            record.version = envelope.version;
+            record.event_types.push(envelope.event_type.clone());
+            record.offsets.push(offset);
+        }
+        self.forget_expired();
+    }
+
+    /// Drops the uses the window no longer remembers: they can never count again, since the
+    /// clock only grows.
+    fn forget_expired(&mut self) {
+        let oldest = self.window.oldest_remembered(self.clock);
+        while let Some((used_at, _)) = self.by_age.front() {
+            if *used_at >= oldest {
+                break;
+            }
+            let Some((used_at, command_id)) = self.by_age.pop_front() else {
+                break;
+            };
+            // A command used again after it expired has a newer entry further back.
+            if self
+                .commands
+                .get(&command_id)
+                .is_some_and(|r| r.used_at == used_at)
+            {
+                self.commands.remove(&command_id);
+            }
+        }
     }
 
     pub fn head(&self, aggregate_id: &str) -> Option<&ChainHead> {
         self.heads.get(aggregate_id)
     }
 
-    /// The accepted outcome of a command id, if it has events in this partition.
+    /// The accepted outcome of a command id, if it has events in this partition that the
+    /// window still remembers.
     pub fn command(&self, command_id: &str) -> Option<&RecordedCommand> {
-        self.commands.get(command_id)
+        self.command_at(command_id, self.clock)
+    }
+
+    /// [`Self::command`] for an event stamped `now` (milliseconds) appended next: what a writer
+    /// deciding at `now` must go by, since its event is judged by a clock at least `now`.
+    pub fn command_at(&self, command_id: &str, now: i64) -> Option<&RecordedCommand> {
+        let clock = self.clock.max(now);
+        self.commands
+            .get(command_id)
+            .filter(|r| self.window.remembers(r.used_at, clock))
+    }
+
+    /// The partition's clock: the greatest record timestamp read so far (milliseconds).
+    pub fn clock(&self) -> i64 {
+        self.clock
+    }
+
+    /// How many command uses are held in memory (the window's, and no more).
+    pub fn remembered_commands(&self) -> usize {
+        self.commands.len()
     }
 
     /// How many losers were skipped so far.
@@ -192,9 +340,9 @@ mod tests {
     fn accepts_a_chain_that_extends_one_event_at_a_time() {
         let mut log = LogOrder::default();
         let first = event("a", 1, None, "c1");
-        assert_eq!(log.judge(&first, 0), Verdict::Accepted);
+        assert_eq!(log.judge(&first, 0, None), Verdict::Accepted);
         let second = event("a", 2, Some(first.event_id), "c2");
-        assert_eq!(log.judge(&second, 1), Verdict::Accepted);
+        assert_eq!(log.judge(&second, 1, None), Verdict::Accepted);
         assert_eq!(log.head("a").map(|h| h.version), Some(Version::new(2)));
         assert_eq!(log.command("c2").map(|c| c.offsets.clone()), Some(vec![1]));
     }
@@ -203,10 +351,10 @@ mod tests {
     fn a_second_event_at_a_taken_version_loses() {
         let mut log = LogOrder::default();
         let winner = event("a", 1, None, "c1");
-        log.judge(&winner, 0);
+        log.judge(&winner, 0, None);
         let zombie = event("a", 1, None, "c2");
         assert_eq!(
-            log.judge(&zombie, 1),
+            log.judge(&zombie, 1, None),
             Verdict::Loser(LoserReason::Version {
                 expected: Version::new(2),
                 found: Version::new(1)
@@ -223,29 +371,29 @@ mod tests {
     fn an_event_following_a_loser_loses_too() {
         let mut log = LogOrder::default();
         let winner = event("a", 1, None, "c1");
-        log.judge(&winner, 0);
+        log.judge(&winner, 0, None);
         let zombie = event("a", 1, None, "z1");
-        log.judge(&zombie, 1);
+        log.judge(&zombie, 1, None);
         // The zombie pipelines its next event after its own (losing) one.
         let zombie_next = event("a", 2, Some(zombie.event_id), "z2");
         assert_eq!(
-            log.judge(&zombie_next, 2),
+            log.judge(&zombie_next, 2, None),
             Verdict::Loser(LoserReason::Predecessor)
         );
         let honest_next = event("a", 2, Some(winner.event_id), "c3");
-        assert_eq!(log.judge(&honest_next, 3), Verdict::Accepted);
+        assert_eq!(log.judge(&honest_next, 3, None), Verdict::Accepted);
     }
 
     #[test]
     fn a_repeated_command_id_loses() {
         let mut log = LogOrder::default();
         let first = event("a", 1, None, "c1");
-        log.judge(&first, 0);
+        log.judge(&first, 0, None);
         let other = event("b", 1, None, "c2");
-        log.judge(&other, 1);
+        log.judge(&other, 1, None);
         let again = event("a", 2, Some(first.event_id), "c2");
         assert_eq!(
-            log.judge(&again, 2),
+            log.judge(&again, 2, None),
             Verdict::Loser(LoserReason::RepeatedCommand)
         );
     }
@@ -254,9 +402,9 @@ mod tests {
     fn several_events_of_one_command_are_one_chain_segment() {
         let mut log = LogOrder::default();
         let first = event("a", 1, None, "c1");
-        log.judge(&first, 0);
+        log.judge(&first, 0, None);
         let second = event("a", 2, Some(first.event_id), "c1");
-        assert_eq!(log.judge(&second, 1), Verdict::Accepted);
+        assert_eq!(log.judge(&second, 1, None), Verdict::Accepted);
         assert_eq!(log.command("c1").map(|c| c.version), Some(Version::new(2)));
     }
 
@@ -265,10 +413,10 @@ mod tests {
         // A keyed retry that drew a new order id: the same command id creates a second order.
         let mut log = LogOrder::default();
         let first = event("order-a", 1, None, "x");
-        assert_eq!(log.judge(&first, 0), Verdict::Accepted);
+        assert_eq!(log.judge(&first, 0, None), Verdict::Accepted);
         let phantom = event("order-b", 1, None, "x");
         assert_eq!(
-            log.judge(&phantom, 1),
+            log.judge(&phantom, 1, None),
             Verdict::Loser(LoserReason::RepeatedCommand)
         );
         assert_eq!(
@@ -301,5 +449,84 @@ mod tests {
             Verdict::Accepted,
             "a command's second event continues its own first"
         );
+    }
+
+    const HOUR: i64 = 3_600_000;
+
+    fn hourly() -> LogOrder {
+        LogOrder::new(CommandWindow::new(std::time::Duration::from_secs(3600)))
+    }
+
+    #[test]
+    fn a_command_id_repeated_within_the_window_loses() {
+        let mut log = hourly();
+        let first = event("a", 1, None, "x");
+        log.judge(&first, 0, Some(0));
+        let again = event("b", 1, None, "x");
+        assert_eq!(
+            log.judge(&again, 1, Some(HOUR)),
+            Verdict::Loser(LoserReason::RepeatedCommand),
+            "exactly a window later is still within it"
+        );
+        assert!(log.command("x").is_some());
+    }
+
+    #[test]
+    fn a_command_id_used_again_after_the_window_is_a_new_command() {
+        let mut log = hourly();
+        let first = event("a", 1, None, "x");
+        log.judge(&first, 0, Some(1_000));
+        let other = event("c", 1, None, "y");
+        log.judge(&other, 1, Some(1_000 + HOUR + 1));
+        assert!(
+            log.command("x").is_none(),
+            "the partition's clock has passed the use by more than the window"
+        );
+        let again = event("b", 1, None, "x");
+        assert_eq!(log.judge(&again, 2, Some(1_000 + HOUR + 2)), Verdict::Accepted);
+        assert_eq!(
+            log.command("x").map(|c| (c.aggregate_id.clone(), c.offsets.clone())),
+            Some(("b".to_owned(), vec![2])),
+            "the new use is recorded, not added to the old one"
+        );
+    }
+
+    #[test]
+    fn a_record_is_judged_by_the_clock_including_its_own_timestamp() {
+        // A retry after the window on a partition nothing else was appended to is new.
+        let mut log = hourly();
+        log.judge(&event("a", 1, None, "x"), 0, Some(0));
+        assert!(log.command_at("x", HOUR).is_some());
+        assert!(
+            log.command_at("x", HOUR + 1).is_none(),
+            "a writer deciding a window later finds the use expired"
+        );
+        let retry = event("b", 1, None, "x");
+        assert_eq!(log.judge(&retry, 1, Some(HOUR + 1)), Verdict::Accepted);
+    }
+
+    #[test]
+    fn records_that_are_not_judged_move_the_clock_too() {
+        let mut log = hourly();
+        log.judge(&event("a", 1, None, "x"), 0, Some(0));
+        log.pass(Some(2 * HOUR));
+        assert!(log.command("x").is_none());
+        assert_eq!(log.clock(), 2 * HOUR);
+        log.pass(Some(HOUR));
+        assert_eq!(log.clock(), 2 * HOUR, "the clock never goes back");
+    }
+
+    #[test]
+    fn memory_holds_the_window_of_commands_and_no_more() {
+        let mut log = hourly();
+        let minute = 60_000;
+        for n in 0..600_i64 {
+            let id = format!("agg-{n}");
+            log.judge(&event(&id, 1, None, &format!("c{n}")), n, Some(n * minute));
+        }
+        // Ten hours of one command a minute; the last hour's 61 uses are remembered.
+        assert_eq!(log.remembered_commands(), 61);
+        assert!(log.command("c538").is_none());
+        assert!(log.command("c539").is_some());
     }
 }

@@ -40,12 +40,15 @@ impl Retention {
 
     /// The topic configs our code creates the topic with (replication aside). Every topic is
     /// `cleanup.policy=delete`, never `compact`: compaction would drop an aggregate's older
-    /// events, and the whole chain is the source of truth.
-    pub fn topic_configs(self) -> [(&'static str, String); 3] {
+    /// events, and the whole chain is the source of truth. Record timestamps are the
+    /// producer's (`CreateTime`): a writer stamps its events' records with their `occurred_at`
+    /// and judges them by it, so the log-order rule's clock must read what the writer wrote.
+    pub fn topic_configs(self) -> [(&'static str, String); 4] {
         [
             ("cleanup.policy", "delete".to_owned()),
             ("retention.ms", self.retention_ms()),
             ("retention.bytes", "-1".to_owned()),
+            ("message.timestamp.type", "CreateTime".to_owned()),
         ]
     }
 }

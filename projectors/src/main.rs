@@ -74,12 +74,12 @@ async fn main() -> anyhow::Result<()> {
             let pool = startup::connect(&url)
                 .await
                 .context("connecting to the database")?;
-            projectors::cli::status(&pool, &KafkaSettings::from_env()).await?;
+            projectors::cli::status(&pool, &KafkaSettings::from_env()?).await?;
         }
         Command::Rebuild { projection } => rebuild(&projection).await?,
         Command::Dlq {
             command: DlqCommand::List { topic },
-        } => projectors::cli::dlq_list(&KafkaSettings::from_env(), topic.as_deref())?,
+        } => projectors::cli::dlq_list(&KafkaSettings::from_env()?, topic.as_deref())?,
         Command::Dlq {
             command:
                 DlqCommand::Redrive {
@@ -91,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
             let pool = connect_from_env().await?;
             projectors::cli::dlq_redrive(
                 &pool,
-                &KafkaSettings::from_env(),
+                &KafkaSettings::from_env()?,
                 &topic,
                 partition,
                 offset,
@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let pool = connect_from_env().await?;
-            projectors::cli::dlq_skip(&pool, &KafkaSettings::from_env(), &topic, partition, offset)
+            projectors::cli::dlq_skip(&pool, &KafkaSettings::from_env()?, &topic, partition, offset)
                 .await?;
         }
     }
@@ -157,7 +157,7 @@ async fn rebuild(projection: &str) -> anyhow::Result<()> {
         .run(&pool)
         .await
         .context("applying migrations")?;
-    let kafka = KafkaSettings::from_env();
+    let kafka = KafkaSettings::from_env()?;
     let progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {
         Box::new(TerminalProgress::new(projection))
     } else {

@@ -110,7 +110,7 @@ impl<P: Projection> Runner<P> {
         generation: Generation,
         group: &str,
     ) -> Result<Self, rdkafka::error::KafkaError> {
-        let applier = Applier::new(pool, kafka, producer, generation);
+        let applier = Applier::new(pool, kafka, producer, generation, kafka.command_window);
         let (tx, rx) = mpsc::unbounded_channel();
         let consumer: ProjectionConsumer = platform::kafka::consumer_config(kafka, group)
             .set("fetch.wait.max.ms", "20")

@@ -29,6 +29,8 @@ pub use read_models::MIGRATOR;
 pub enum StartupError {
     #[error("{0} is not set")]
     Missing(&'static str),
+    #[error(transparent)]
+    Invalid(#[from] platform::config::InvalidSetting),
     #[error("database")]
     Database(#[from] sqlx::Error),
     #[error("migrations")]
@@ -56,7 +58,7 @@ impl Settings {
         Ok(Self {
             database_url: std::env::var("DATABASE_URL")
                 .map_err(|_| StartupError::Missing("DATABASE_URL"))?,
-            kafka: KafkaSettings::from_env(),
+            kafka: KafkaSettings::from_env()?,
             addr: std::env::var("PROJECTORS_ADDR")
                 .ok()
                 .and_then(|a| a.parse().ok())

@@ -30,7 +30,7 @@ pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(60);
 
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let kafka = KafkaSettings::from_env();
+        let kafka = KafkaSettings::from_env()?;
         let addr =
             std::env::var("SAGA_ORCHESTRATOR_ADDR").unwrap_or_else(|_| "127.0.0.1:8083".into());
         Ok(Self {

@@ -162,12 +162,13 @@ impl SagaPartition {
             assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
         }
         tail.assign(&assignment)?;
+        let window = shared.settings.kafka.command_window;
         Ok(Self {
             shared,
             partition,
             topics,
             tail: Arc::new(tail),
-            logs: Default::default(),
+            logs: std::array::from_fn(|_| LogOrder::new(window)),
             replay_until,
             offsets: OffsetBook::starting_at(replay_until),
             sagas: HashMap::new(),
@@ -251,9 +252,11 @@ impl SagaPartition {
         let offset = message.offset();
         self.offsets.read(source, offset);
         let live = offset >= self.replay_until[source as usize];
+        let timestamp = message.timestamp().to_millis();
         let envelope = match EventEnvelope::from_headers(message.headers()) {
             Ok(envelope) => envelope,
             Err(error) => {
+                self.logs[source as usize].pass(timestamp);
                 if live {
                     self.dead_letter(source, message, format!("invalid envelope: {error}"))
                         .await;
@@ -261,7 +264,7 @@ impl SagaPartition {
                 return;
             }
         };
-        if let Verdict::Loser(reason) = self.logs[source as usize].judge(&envelope, offset) {
+        if let Verdict::Loser(reason) = self.logs[source as usize].judge(&envelope, offset, timestamp) {
             metrics::counter!("log_order_rejections_total", "reader" => "saga-orchestrator", "aggregate" => envelope.aggregate_kind.as_str())
                 .increment(1);
             debug!(aggregate_id = %envelope.aggregate_id, ?reason, "inert event (lost in log order)");

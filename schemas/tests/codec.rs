@@ -160,8 +160,8 @@ fn every_event_type_has_exactly_one_schema_per_version() {
     assert_eq!(names.len(), before);
     assert_eq!(
         registry().entries().len(),
-        58,
-        "13 events (OrderRejected in two versions), 11 commands, 1 reply (in two versions), 19 saga events, 10 saga inputs, 1 key claim and its command"
+        60,
+        "13 events (OrderRejected in two versions), 11 commands, 1 reply (in two versions), 19 saga events, 10 saga inputs, 1 key claim and its command (both in two versions)"
     );
 }
 
@@ -226,10 +226,13 @@ fn every_command_and_the_reply_round_trip() {
     round_trip(vec![domain::idempotency::KeyCommand::Claim {
         key_id,
         route: "POST /v1/customers".into(),
+        requested_at_ms: 1_000,
+        expires_at_ms: 86_401_000,
     }]);
     round_trip(vec![domain::idempotency::KeyEvent::Claimed {
         key_id,
         route: "POST /v1/customers".into(),
+        expires_at_ms: Some(86_401_000),
     }]);
     round_trip(vec![CommandReply {
         command_id: "cmd-1".into(),
@@ -377,6 +380,38 @@ fn random_bytes_after_a_valid_header_never_panic() {
         let _ = decode::<CustomerEvent>(&bytes);
         let _ = decode::<InventoryEvent>(&bytes);
     }
+}
+
+/// Claims recorded before keys expired never expire; a claim sent by an API that predates expiry
+/// claims the key for good, as it did.
+#[test]
+fn a_v1_key_claim_is_read_as_never_expiring() {
+    use apache_avro::types::Value;
+    use domain::idempotency::{KeyCommand, KeyEvent, KeyId};
+    let key_id = KeyId::from_uuid(uuid::Uuid::from_u128(42));
+    let v1 = || {
+        Value::Record(vec![
+            ("key_id".into(), Value::String(key_id.to_string())),
+            ("route".into(), Value::String("POST /v1/orders".into())),
+        ])
+    };
+    assert_eq!(
+        decode::<KeyEvent>(&encode_with_version("KeyClaimed", 1, v1())).unwrap(),
+        KeyEvent::Claimed {
+            key_id,
+            route: "POST /v1/orders".into(),
+            expires_at_ms: None,
+        }
+    );
+    assert_eq!(
+        decode::<KeyCommand>(&encode_with_version("ClaimKey", 1, v1())).unwrap(),
+        KeyCommand::Claim {
+            key_id,
+            route: "POST /v1/orders".into(),
+            requested_at_ms: 0,
+            expires_at_ms: i64::MAX,
+        }
+    );
 }
 
 #[test]

@@ -277,7 +277,7 @@ async fn fold_the_log(kafka: &TestKafka) -> (HashMap<String, Vec<(String, u64)>>
         let envelope =
             EventEnvelope::from_headers(message.headers().map(|h| h.as_borrowed())).unwrap();
         let log = logs.entry(message.partition()).or_default();
-        match log.judge(&envelope, message.offset()) {
+        match log.judge(&envelope, message.offset(), message.timestamp().to_millis()) {
             Verdict::Accepted => chains
                 .entry(envelope.aggregate_id.clone())
                 .or_default()

@@ -14,6 +14,7 @@ mod partition;
 mod write_model;
 mod writer;
 
+use platform::log_order::CommandWindow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub(crate) struct WriterContext {
     kafka: KafkaSettings,
     topics: Topics,
     partitions: i32,
+    /// How long command ids are remembered: the log-order rule's window.
+    window: CommandWindow,
     /// The group consumer, for the group metadata each transaction commits offsets with.
     group: Arc<BaseConsumer<GroupContext>>,
     /// The commands topics the group is subscribed to.
@@ -78,6 +81,7 @@ impl Processor {
         group_id: &str,
         kinds: &[AggregateKind],
         partitions: i32,
+        window: CommandWindow,
         shutdown: CancellationToken,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let topics = Topics::new(kafka.topic_prefix.clone());
@@ -113,6 +117,7 @@ impl Processor {
             kafka,
             topics,
             partitions,
+            window,
             group,
             subscription: command_topics,
             writers_ready: AtomicUsize::new(0),

@@ -217,9 +217,13 @@ async fn claim_key<C>(
     deadline: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), ApiError> {
     let key_id = key_id(submission.caller, key);
+    let requested_at_ms = chrono::Utc::now().timestamp_millis();
+    let window = i64::try_from(app.command_window().duration().as_millis()).unwrap_or(i64::MAX);
     let claim = KeyCommand::Claim {
         key_id,
         route: submission.route.clone(),
+        requested_at_ms,
+        expires_at_ms: requested_at_ms.saturating_add(window),
     };
     let envelope = envelope(
         app,

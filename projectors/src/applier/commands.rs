@@ -3,7 +3,8 @@
 //! the commands behind them in `projection_commands`, so that it judges every event with the
 //! same rule ([`platform::log_order::extends_chain`]): a command id that already extended one
 //! aggregate cannot create another (a keyed retry that drew a new order id would otherwise show
-//! a PENDING order no saga ever runs).
+//! a PENDING order no saga ever runs). Uses are remembered for the command window, measured on
+//! the partition's clock (kept with the offsets); older ones are deleted, as writers forget them.
 
 use std::collections::HashMap;
 
@@ -27,7 +28,7 @@ pub(super) async fn load(
     let (partitions, ids): (Vec<i32>, Vec<&str>) =
         command_ids.iter().map(|(p, id)| (*p, id.as_str())).unzip();
     let rows = sqlx::query(
-        "SELECT c.partition, c.command_id, c.aggregate_id, c.last_version \
+        "SELECT c.partition, c.command_id, c.aggregate_id, c.last_version, c.used_at_ms \
          FROM projection_commands c JOIN UNNEST($2::int4[], $3::text[]) AS w(p, id) \
          ON c.partition = w.p AND c.command_id = w.id WHERE c.projection = $1",
     )
@@ -47,6 +48,7 @@ pub(super) async fn load(
                 CommandUse {
                     aggregate_id: row.try_get("aggregate_id")?,
                     last_version: Version::new(u64::try_from(version).unwrap_or(0)),
+                    used_at: row.try_get("used_at_ms")?,
                 },
             ))
         })
@@ -62,23 +64,51 @@ pub(super) async fn store(
     if uses.is_empty() {
         return Ok(());
     }
-    let (mut partitions, mut ids, mut aggregates, mut versions) = (vec![], vec![], vec![], vec![]);
+    let (mut partitions, mut ids, mut aggregates, mut versions, mut used_at) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for ((partition, command_id), used) in uses {
         partitions.push(*partition);
         ids.push(command_id.as_str());
         aggregates.push(used.aggregate_id.as_str());
         versions.push(i64::try_from(used.last_version.get()).unwrap_or(i64::MAX));
+        used_at.push(used.used_at);
     }
+    // A use after the old one expired replaces it whole (aggregate and time too).
     sqlx::query(
-        "INSERT INTO projection_commands (projection, partition, command_id, aggregate_id, last_version) \
-         SELECT $1, p, c, a, v FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::int8[]) AS u(p, c, a, v) \
-         ON CONFLICT (projection, partition, command_id) DO UPDATE SET last_version = EXCLUDED.last_version",
+        "INSERT INTO projection_commands (projection, partition, command_id, aggregate_id, last_version, used_at_ms) \
+         SELECT $1, p, c, a, v, t FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::int8[], $6::int8[]) AS u(p, c, a, v, t) \
+         ON CONFLICT (projection, partition, command_id) DO UPDATE \
+         SET aggregate_id = EXCLUDED.aggregate_id, last_version = EXCLUDED.last_version, used_at_ms = EXCLUDED.used_at_ms",
     )
     .bind(projection)
     .bind(partitions)
     .bind(ids)
     .bind(aggregates)
     .bind(versions)
+    .bind(used_at)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the uses the window no longer remembers at each partition's clock (`oldest`: the
+/// oldest use time still remembered, per partition): they can never count again.
+pub(super) async fn forget_expired(
+    connection: &mut PgConnection,
+    projection: &str,
+    oldest: &[(i32, i64)],
+) -> Result<(), sqlx::Error> {
+    if oldest.is_empty() {
+        return Ok(());
+    }
+    let (partitions, times): (Vec<i32>, Vec<i64>) = oldest.iter().copied().unzip();
+    sqlx::query(
+        "DELETE FROM projection_commands c USING UNNEST($2::int4[], $3::int8[]) AS w(p, oldest) \
+         WHERE c.projection = $1 AND c.partition = w.p AND c.used_at_ms < w.oldest",
+    )
+    .bind(projection)
+    .bind(partitions)
+    .bind(times)
     .execute(connection)
     .await?;
     Ok(())

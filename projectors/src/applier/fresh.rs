@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use rdkafka::message::Message;
 
+use super::sql::Progress;
 use super::Incoming;
 
 /// The records of `batch` at or after their partition's stored offset, each offset once, in
@@ -12,8 +13,14 @@ use super::Incoming;
 /// records from before the seek followed by the same records again from the stored offset.
 /// Taking each offset only once, and only above the last one taken, keeps every event applied
 /// once.
-pub(super) fn records<E>(batch: &[Incoming<E>], stored: HashMap<i32, i64>) -> Vec<&Incoming<E>> {
-    let mut next = stored;
+pub(super) fn records<'b, E>(
+    batch: &'b [Incoming<E>],
+    stored: &HashMap<i32, Progress>,
+) -> Vec<&'b Incoming<E>> {
+    let mut next: HashMap<i32, i64> = stored
+        .iter()
+        .map(|(partition, progress)| (*partition, progress.next_offset))
+        .collect();
     batch
         .iter()
         .filter(|incoming| {
@@ -50,7 +57,19 @@ mod tests {
         batch: &[Incoming<domain::inventory::InventoryEvent>],
         stored: &[(i32, i64)],
     ) -> Vec<(i32, i64)> {
-        records(batch, stored.iter().copied().collect())
+        let stored = stored
+            .iter()
+            .map(|(partition, next_offset)| {
+                (
+                    *partition,
+                    Progress {
+                        next_offset: *next_offset,
+                        clock: 0,
+                    },
+                )
+            })
+            .collect();
+        records(batch, &stored)
             .into_iter()
             .map(|i| (i.message.partition(), i.message.offset()))
             .collect()

@@ -19,7 +19,7 @@ mod skips;
 mod sql;
 
 use domain::Version;
-use platform::log_order::{extends_chain, CommandUse, LoserReason, Verdict};
+use platform::log_order::{advance, extends_chain, CommandUse, CommandWindow, LoserReason, Verdict};
 use platform::telemetry::exporting_traces;
 use platform::telemetry::propagation::{record_span, SpanRole};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -43,7 +43,7 @@ use cache::RowCache;
 pub use error::ApplyError;
 pub use operator::{Redriven, Skipped};
 use skips::Skips;
-use sql::{headers_json, lock_offsets, parked_aggregates, record, store_offsets};
+use sql::{headers_json, lock_offsets, parked_aggregates, record, store_offsets, Progress};
 
 /// Which generation of the read model a runner writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +157,11 @@ struct Sorted<R> {
     outcome: Outcome,
     commands: commands::CommandUses,
     commands_changed: HashSet<(i32, String)>,
+    /// The log-order rule's clock of each partition, after the records sorted so far. `None`
+    /// when records are sorted away from their place in the log (an operator's redrive or skip
+    /// of parked events): each is then judged at its own timestamp, the closest stand-in for the
+    /// clock at it.
+    clocks: Option<HashMap<i32, i64>>,
 }
 
 impl<R: Clone> Sorted<R> {
@@ -164,6 +169,7 @@ impl<R: Clone> Sorted<R> {
         rows: HashMap<String, R>,
         parked: HashSet<String>,
         commands: commands::CommandUses,
+        clocks: Option<HashMap<i32, i64>>,
     ) -> Self {
         Self {
             rows,
@@ -172,6 +178,20 @@ impl<R: Clone> Sorted<R> {
             outcome: Outcome::default(),
             commands,
             commands_changed: HashSet::new(),
+            clocks,
+        }
+    }
+
+    /// Moves the partition's clock past `message`: the clock it is judged at.
+    fn tick(&mut self, message: &OwnedMessage) -> i64 {
+        let stamp = message.timestamp().to_millis();
+        match &mut self.clocks {
+            Some(clocks) => {
+                let clock = clocks.entry(message.partition()).or_insert(0);
+                *clock = advance(*clock, stamp);
+                *clock
+            }
+            None => stamp.unwrap_or(0),
         }
     }
 
@@ -222,6 +242,8 @@ pub struct Applier<P: Projection> {
     dead_letters: DeadLetters,
     topic: String,
     generation: Generation,
+    /// How long the log-order rule remembers a command id.
+    window: CommandWindow,
     /// A rebuild's rows as written (none for the live generation, which others write too).
     cache: Option<Mutex<RowCache<P::Row>>>,
     /// Records whose offsets this applier's committed transactions moved past (applied, inert,
@@ -249,12 +271,14 @@ impl<P: Projection> Applier<P> {
         kafka: &KafkaSettings,
         producer: FutureProducer,
         generation: Generation,
+        window: CommandWindow,
     ) -> Self {
         Self {
             pool,
             dead_letters: DeadLetters::new(producer, P::NAME),
             topic: Topics::new(kafka.topic_prefix.clone()).events(P::KIND),
             generation,
+            window,
             cache: match generation {
                 Generation::Live => None,
                 Generation::Fixed(_) => {
@@ -368,7 +392,7 @@ impl<P: Projection> Applier<P> {
             .into_iter()
             .collect();
         let stored = lock_offsets(&mut tx, &key, &self.topic, &partitions).await?;
-        let fresh = fresh::records(batch, stored);
+        let fresh = fresh::records(batch, &stored);
         if fresh.is_empty() {
             return Ok(tx.commit().await?);
         }
@@ -382,7 +406,8 @@ impl<P: Projection> Applier<P> {
         let skips = skips::load(&mut tx, P::NAME, &self.topic, &ids).await?;
         let rows = self.rows_of(&mut tx, &table, &ids).await?;
         let used = commands::load(&mut tx, &key, &command_ids(fresh.iter().copied())).await?;
-        let mut sorted = Sorted::new(rows, parked, used);
+        let clocks = stored.iter().map(|(p, progress)| (*p, progress.clock));
+        let mut sorted = Sorted::new(rows, parked, used, Some(clocks.collect()));
         for incoming in fresh.iter().copied() {
             self.sort_event(incoming, &skips, &mut sorted, attempts);
         }
@@ -392,15 +417,24 @@ impl<P: Projection> Applier<P> {
             mut rows,
             changed,
             outcome,
+            clocks,
             ..
         } = sorted;
         record(&mut tx, &key, &self.topic, &outcome).await?;
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let clocks = clocks.unwrap_or_default();
+        let mut next: BTreeMap<i32, Progress> = BTreeMap::new();
         for incoming in &fresh {
-            let entry = next.entry(incoming.message.partition()).or_insert(0);
-            *entry = (*entry).max(incoming.message.offset() + 1);
+            let partition = incoming.message.partition();
+            let entry = next.entry(partition).or_default();
+            entry.next_offset = entry.next_offset.max(incoming.message.offset() + 1);
+            entry.clock = clocks.get(&partition).copied().unwrap_or(0);
         }
         store_offsets(&mut tx, &key, &self.topic, &next).await?;
+        let oldest: Vec<(i32, i64)> = next
+            .iter()
+            .map(|(p, progress)| (*p, self.window.oldest_remembered(progress.clock)))
+            .collect();
+        commands::forget_expired(&mut tx, &key, &oldest).await?;
         // Dead letters must be durable before the offsets move past them.
         self.dead_letters
             .publish(&outcome.dead)
@@ -420,9 +454,9 @@ impl<P: Projection> Applier<P> {
                 );
         }
         if self.generation == Generation::Live {
-            for (partition, next_offset) in &next {
+            for (partition, progress) in &next {
                 metrics::gauge!("projection_checkpoint", "projection" => P::NAME, "topic" => self.topic.clone(), "partition" => partition.to_string())
-                    .set(*next_offset as f64);
+                    .set(progress.next_offset as f64);
             }
         }
         metrics::counter!("projector_events_applied_total", "projection" => P::NAME)
@@ -454,6 +488,8 @@ impl<P: Projection> Applier<P> {
         sorted: &mut Sorted<P::Row>,
         attempts: u32,
     ) {
+        // Every record moves the clock, whatever becomes of it: every reader sees them all.
+        let clock = sorted.tick(&incoming.message);
         let Sorted {
             rows,
             changed,
@@ -461,6 +497,7 @@ impl<P: Projection> Applier<P> {
             outcome,
             commands: used,
             commands_changed,
+            ..
         } = sorted;
         let message = &incoming.message;
         let (partition, offset) = (message.partition(), message.offset());
@@ -520,7 +557,9 @@ impl<P: Projection> Applier<P> {
         let command = (partition, envelope.command_id.clone());
         let earlier = used
             .get(&command)
+            .filter(|u| self.window.remembers(u.used_at, clock))
             .map(|u| (u.aggregate_id.as_str(), u.last_version));
+        let remembered = earlier.is_some();
         if let Verdict::Loser(reason) = extends_chain(chain_head, envelope, earlier) {
             let expected = head.map_or(1, |h| h.version + 1);
             let (kind, detail) = match reason {
@@ -570,11 +609,16 @@ impl<P: Projection> Applier<P> {
                         &envelope.trace,
                     ));
                 }
+                let used_at = match used.get(&command) {
+                    Some(earlier) if remembered => earlier.used_at,
+                    _ => clock,
+                };
                 used.insert(
                     command.clone(),
                     CommandUse {
                         aggregate_id: key.clone(),
                         last_version: envelope.version,
+                        used_at,
                     },
                 );
                 commands_changed.insert(command);
@@ -596,7 +640,11 @@ impl<P: Projection> Applier<P> {
         let mut tx = self.pool.begin().await?;
         let key = generation_key(P::NAME, self.generation_in(&mut tx).await?);
         let stored = lock_offsets(&mut tx, &key, &self.topic, &[message.partition()]).await?;
-        if message.offset() < stored.get(&message.partition()).copied().unwrap_or(0) {
+        let progress = stored
+            .get(&message.partition())
+            .copied()
+            .unwrap_or_default();
+        if message.offset() < progress.next_offset {
             return Ok(tx.commit().await?);
         }
         let mut outcome = Outcome::default();
@@ -616,7 +664,13 @@ impl<P: Projection> Applier<P> {
             &mut tx,
             &key,
             &self.topic,
-            &BTreeMap::from([(message.partition(), message.offset() + 1)]),
+            &BTreeMap::from([(
+                message.partition(),
+                Progress {
+                    next_offset: message.offset() + 1,
+                    clock: advance(progress.clock, message.timestamp().to_millis()),
+                },
+            )]),
         )
         .await?;
         self.dead_letters

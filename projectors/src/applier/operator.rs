@@ -169,7 +169,7 @@ impl<P: Projection> Applier<P> {
         let incoming: Vec<Incoming<P::Event>> =
             messages.into_iter().map(Incoming::prepare).collect();
         let used = commands::load(&mut tx, &key, &command_ids(&incoming)).await?;
-        let mut sorted = Sorted::new(rows, HashSet::new(), used);
+        let mut sorted = Sorted::new(rows, HashSet::new(), used, None);
         for record in &incoming {
             self.sort_event(record, &skips, &mut sorted, 1);
         }
@@ -283,7 +283,7 @@ impl<P: Projection> Applier<P> {
         let incoming: Vec<Incoming<P::Event>> =
             parked_messages.into_iter().map(Incoming::prepare).collect();
         let used = commands::load(&mut tx, &key, &command_ids(&incoming)).await?;
-        let mut sorted = Sorted::new(rows, HashSet::new(), used);
+        let mut sorted = Sorted::new(rows, HashSet::new(), used, None);
         for record in &incoming {
             self.sort_event(record, &skips, &mut sorted, 1);
         }

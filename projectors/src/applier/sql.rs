@@ -39,12 +39,20 @@ pub(super) fn headers_json(message: &OwnedMessage) -> serde_json::Value {
     serde_json::Value::Object(map)
 }
 
+/// Where a projection stands in one partition: the next offset to apply, and the log-order
+/// rule's clock after the records before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Progress {
+    pub(super) next_offset: i64,
+    pub(super) clock: i64,
+}
+
 pub(super) async fn lock_offsets(
     connection: &mut PgConnection,
     projection: &str,
     topic: &str,
     partitions: &[i32],
-) -> Result<HashMap<i32, i64>, sqlx::Error> {
+) -> Result<HashMap<i32, Progress>, sqlx::Error> {
     // Make sure the rows exist, so FOR UPDATE serialises concurrent batches on a partition.
     sqlx::query(
         "INSERT INTO projection_offsets (projection, topic, partition, next_offset, updated_at) \
@@ -56,7 +64,7 @@ pub(super) async fn lock_offsets(
     .execute(&mut *connection)
     .await?;
     let rows = sqlx::query(
-        "SELECT partition, next_offset FROM projection_offsets \
+        "SELECT partition, next_offset, clock_ms FROM projection_offsets \
          WHERE projection = $1 AND topic = $2 AND partition = ANY($3) FOR UPDATE",
     )
     .bind(projection)
@@ -68,7 +76,10 @@ pub(super) async fn lock_offsets(
         .map(|r| {
             Ok((
                 r.try_get::<i32, _>("partition")?,
-                r.try_get::<i64, _>("next_offset")?,
+                Progress {
+                    next_offset: r.try_get("next_offset")?,
+                    clock: r.try_get("clock_ms")?,
+                },
             ))
         })
         .collect()
@@ -82,20 +93,22 @@ pub(super) async fn store_offsets(
     connection: &mut PgConnection,
     projection: &str,
     topic: &str,
-    next: &BTreeMap<i32, i64>,
+    next: &BTreeMap<i32, Progress>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH moved AS ( \
-           UPDATE projection_offsets o SET next_offset = GREATEST(o.next_offset, n.next), updated_at = now() \
-           FROM UNNEST($3::int4[], $4::int8[]) AS n(partition, next) \
+           UPDATE projection_offsets o SET next_offset = GREATEST(o.next_offset, n.next), \
+             clock_ms = GREATEST(o.clock_ms, n.clock), updated_at = now() \
+           FROM UNNEST($3::int4[], $4::int8[], $6::int8[]) AS n(partition, next, clock) \
            WHERE o.projection = $1 AND o.topic = $2 AND o.partition = n.partition) \
          SELECT pg_notify($5, split_part($1, '@', 1))",
     )
     .bind(projection)
     .bind(topic)
     .bind(next.keys().copied().collect::<Vec<_>>())
-    .bind(next.values().copied().collect::<Vec<_>>())
+    .bind(next.values().map(|p| p.next_offset).collect::<Vec<_>>())
     .bind(super::CHECKPOINT_CHANNEL)
+    .bind(next.values().map(|p| p.clock).collect::<Vec<_>>())
     .execute(connection)
     .await?;
     Ok(())

@@ -176,6 +176,7 @@ impl<'a> ForProjection for Act<'a> {
             self.kafka,
             self.producer,
             Generation::Live,
+            self.kafka.command_window,
         );
         Box::pin(act(applier, self.action))
     }

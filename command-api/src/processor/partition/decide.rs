@@ -49,7 +49,7 @@ where
     ) -> Step<Plan> {
         let envelope = well_formed(incoming)?;
         first_copy_in_batch(batch, incoming, envelope, index)?;
-        self.not_in_the_log_yet(incoming, envelope)?;
+        self.not_in_the_log_yet(incoming, envelope, inputs)?;
         not_expired(incoming, envelope, inputs)?;
         let command = decoded::<A>(incoming, envelope)?;
         self.routed_here(incoming, envelope, &command)?;
@@ -64,14 +64,17 @@ where
         stamped(incoming, envelope, current, head, events, inputs)
     }
 
-    /// A command whose events the log already holds is answered with its recorded outcome; the
-    /// same key with another request is 422.
+    /// A command whose events the log already holds (within the command window, as the events
+    /// this decision appends will be judged: at `now` at least) is answered with its recorded
+    /// outcome; the same key with another request is 422. Past the window it is a new command.
     fn not_in_the_log_yet(
         &self,
         incoming: &IncomingCommand,
         envelope: &CommandEnvelope,
+        inputs: &Inputs<'_>,
     ) -> Step<()> {
-        let Some(recorded) = self.log.command(&envelope.command_id) else {
+        let now = inputs.now.timestamp_millis();
+        let Some(recorded) = self.log.command_at(&envelope.command_id, now) else {
             return Ok(());
         };
         if envelope.request_hash.is_some() && recorded.request_hash != envelope.request_hash {

@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use domain::{Current, Version, Versioned};
 use platform::envelope::EventEnvelope;
-use platform::log_order::{LogOrder, LoserReason, Verdict};
+use platform::log_order::{CommandWindow, LogOrder, LoserReason, Verdict};
 use uuid::Uuid;
 
 use super::write_model::WriteModel;
@@ -67,12 +67,12 @@ where
     A::Command: schemas::WireRecord + Clone + Send + Sync,
     A::State: Send + Sync,
 {
-    /// An empty partition `partition` of `partitions`.
-    pub(crate) fn new(partition: i32, partitions: i32) -> Self {
+    /// An empty partition `partition` of `partitions`, remembering command ids for `window`.
+    pub(crate) fn new(partition: i32, partitions: i32, window: CommandWindow) -> Self {
         Self {
             partition,
             partitions,
-            log: LogOrder::default(),
+            log: LogOrder::new(window),
             states: HashMap::new(),
             unreadable: HashSet::new(),
         }
@@ -83,14 +83,16 @@ where
         self.partition
     }
 
-    /// Judges the partition's next record by the log-order rule and, when it counts, applies it.
+    /// Judges the partition's next record (its Kafka timestamp `timestamp`) by the log-order
+    /// rule and, when it counts, applies it.
     pub(crate) fn judge(
         &mut self,
         offset: i64,
         envelope: &EventEnvelope,
         payload: Option<&[u8]>,
+        timestamp: Option<i64>,
     ) -> Judged {
-        if let Verdict::Loser(reason) = self.log.judge(envelope, offset) {
+        if let Verdict::Loser(reason) = self.log.judge(envelope, offset, timestamp) {
             return Judged::Rejected(reason);
         }
         let decoded = payload
@@ -113,6 +115,11 @@ where
                 Judged::Unreadable(error.to_string())
             }
         }
+    }
+
+    /// Moves the log's clock past a record that is not judged (no valid envelope).
+    pub(crate) fn pass(&mut self, timestamp: Option<i64>) {
+        self.log.pass(timestamp);
     }
 
     /// What the log shows of a command, if its events are in this partition.

@@ -32,7 +32,11 @@ struct Given {
 
 fn given() -> Given {
     Given {
-        model: PartitionModel::new(partition_for(SKU.as_bytes(), PARTITIONS), PARTITIONS),
+        model: PartitionModel::new(
+            partition_for(SKU.as_bytes(), PARTITIONS),
+            PARTITIONS,
+            Default::default(),
+        ),
         next_offset: 0,
         last_event: None,
         version: 0,
@@ -51,7 +55,7 @@ impl Given {
         .unwrap();
         assert_eq!(
             self.model
-                .judge(self.next_offset, &envelope, Some(&payload)),
+                .judge(self.next_offset, &envelope, Some(&payload), None),
             Judged::Accepted
         );
         self.next_offset += 2; // a commit marker follows each transaction
@@ -401,7 +405,7 @@ fn an_event_the_log_order_rule_rejects_changes_nothing() {
         quantity: Quantity::try_from(1000).unwrap(),
     })
     .unwrap();
-    let judged = given.model.judge(2, &zombie, Some(&payload));
+    let judged = given.model.judge(2, &zombie, Some(&payload), None);
     assert!(matches!(judged, Judged::Rejected(_)), "{judged:?}");
     assert_eq!(given.model.version_of(SKU), 1);
     assert!(given.model.recorded("zombie").is_none());

@@ -188,7 +188,7 @@ where
             tail: Arc::new(tail),
             next_offset: 0,
             known_end: 0,
-            model: PartitionModel::new(partition, ctx.partitions),
+            model: PartitionModel::new(partition, ctx.partitions, ctx.window),
             command_floor,
             recovery: Recovery::None,
             ctx,
@@ -236,7 +236,8 @@ where
             }
             Recovery::Rebuild => {
                 self.tail = Arc::new(Self::tail(&self.ctx, &self.events_topic, self.partition)?);
-                self.model = PartitionModel::new(self.partition, self.ctx.partitions);
+                self.model =
+                    PartitionModel::new(self.partition, self.ctx.partitions, self.ctx.window);
                 self.next_offset = 0;
                 self.known_end = 0;
                 self.catch_up(REBUILD_TIMEOUT).await?;
@@ -304,28 +305,36 @@ where
         if message.offset() < self.next_offset {
             return None;
         }
+        let timestamp = message.timestamp().to_millis();
         let envelope = match EventEnvelope::from_headers(message.headers()) {
             Ok(envelope) => envelope,
             Err(error) => {
                 self.next_offset = message.offset() + 1;
+                self.model.pass(timestamp);
                 warn!(topic = %self.events_topic, partition = self.partition, offset = message.offset(), %error, "event without a valid envelope ignored");
                 return None;
             }
         };
-        Some(self.absorb_record(message.offset(), &envelope, message.payload()))
+        Some(self.absorb_record(
+            message.offset(),
+            &envelope,
+            message.payload(),
+            timestamp,
+        ))
     }
 
-    /// Judges the record at `offset` (the next one in the partition) by the log-order rule and,
-    /// when accepted, applies it to the aggregate's state. Returns the event id and whether it
-    /// counts.
+    /// Judges the record at `offset` (the next one in the partition, stamped `timestamp`) by the
+    /// log-order rule and, when accepted, applies it to the aggregate's state. Returns the event
+    /// id and whether it counts.
     fn absorb_record(
         &mut self,
         offset: i64,
         envelope: &EventEnvelope,
         payload: Option<&[u8]>,
+        timestamp: Option<i64>,
     ) -> (Uuid, bool) {
         self.next_offset = offset + 1;
-        let accepted = match self.model.judge(offset, envelope, payload) {
+        let accepted = match self.model.judge(offset, envelope, payload, timestamp) {
             Judged::Accepted => true,
             Judged::Rejected(reason) => {
                 metrics::counter!("log_order_rejections_total", "reader" => "command-writer", "aggregate" => A::KIND.as_str())
