@@ -238,10 +238,22 @@ impl EventLog {
         headers: Option<OwnedHeaders>,
         payload: &[u8],
     ) -> i64 {
+        self.raw_at(kind, key, headers, payload, None).await
+    }
+
+    /// [`Self::raw`] with the record's Kafka timestamp set to `timestamp` (milliseconds).
+    pub async fn raw_at(
+        &self,
+        kind: AggregateKind,
+        key: Option<&str>,
+        headers: Option<OwnedHeaders>,
+        payload: &[u8],
+        timestamp: Option<i64>,
+    ) -> i64 {
         if self.transactional {
             self.producer.begin_transaction().unwrap();
         }
-        let offset = self.send(kind, key, headers, payload).await;
+        let offset = self.send(kind, key, headers, payload, timestamp).await;
         if self.transactional {
             self.end_transaction(true).await;
         }
@@ -268,7 +280,7 @@ impl EventLog {
         let payload = schemas::encode(&event).unwrap();
         self.producer.begin_transaction().unwrap();
         let offset = self
-            .send(kind, Some(id), Some(envelope.to_headers()), &payload)
+            .send(kind, Some(id), Some(envelope.to_headers()), &payload, None)
             .await;
         self.end_transaction(false).await;
         offset
@@ -295,6 +307,7 @@ impl EventLog {
         key: Option<&str>,
         headers: Option<OwnedHeaders>,
         payload: &[u8],
+        timestamp: Option<i64>,
     ) -> i64 {
         let topic = self.kafka.topics().events(kind);
         let partition = key.map_or(0, |k| partition_for(k.as_bytes(), PARTITIONS));
@@ -306,6 +319,9 @@ impl EventLog {
         }
         if let Some(headers) = headers {
             record = record.headers(headers);
+        }
+        if let Some(timestamp) = timestamp {
+            record = record.timestamp(timestamp);
         }
         self.producer
             .send(record, Duration::from_secs(10))

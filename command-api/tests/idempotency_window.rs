@@ -1,0 +1,154 @@
+//! Guarantee: idempotency keys and command ids are remembered for the deployment's window
+//! (`IDEMPOTENCY_WINDOW_SECONDS`, a day by default; decision 0008), and what falls out of it
+//! costs nothing. Within the window a retry gets the first answer and another request with the
+//! key is 422; after it the key is free and the same request is a new one, like a payment API's
+//! expired key. Every reader applying the log-order rule with the same window counts what the
+//! writers answered: the events of a command run again after the window are not judged repeats.
+//!
+//! The window here is a few seconds, so the test waits it out for real.
+
+// Test code: a failed expectation should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use domain::AggregateKind;
+use platform::log_order::{CommandWindow, LogOrder, Verdict};
+use platform::partitioner::partition_for;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::*;
+
+const WINDOW: Duration = Duration::from_secs(3);
+
+async fn spawn_with_short_window() -> TestApp {
+    TestApp::spawn_on(&kafka(), |settings| {
+        settings.kafka.command_window = CommandWindow::new(WINDOW);
+    })
+    .await
+}
+
+/// Sleeps until the window has passed since `since` (taken once an answer arrived, so after
+/// the events it answers for were stamped), with a margin for clock steps.
+async fn wait_out_the_window(since: Instant) {
+    let until = since + WINDOW + Duration::from_millis(300);
+    tokio::time::sleep_until(until.into()).await;
+}
+
+/// Two customer ids on one partition: the second registration, keyed like the first, carries
+/// the first's command id, which its writer remembers until the window has passed.
+fn on_one_partition() -> (String, String) {
+    let first = "w-1".to_owned();
+    let home = partition_for(first.as_bytes(), PARTITIONS);
+    let second = (2..100)
+        .map(|n| format!("w-{n}"))
+        .find(|id| partition_for(id.as_bytes(), PARTITIONS) == home)
+        .expect("an id on the same partition");
+    (first, second)
+}
+
+fn customer(id: &str) -> Value {
+    json!({"customer_id": id, "name": "Ada", "credit_limit": money(10_000)})
+}
+
+/// Whether each of `kind`'s events counts, as every reader with this window judges the log
+/// (the rule holds per partition).
+async fn verdicts(app: &TestApp, kind: AggregateKind) -> Vec<(String, bool)> {
+    let mut logs: HashMap<i32, LogOrder> = HashMap::new();
+    events(&app.kafka, kind)
+        .await
+        .into_iter()
+        .filter_map(|record| {
+            let log = logs
+                .entry(record.partition)
+                .or_insert_with(|| LogOrder::new(CommandWindow::new(WINDOW)));
+            let envelope = record.envelope?;
+            let counts = log.judge(&envelope, record.offset, record.timestamp) == Verdict::Accepted;
+            Some((envelope.event_type, counts))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotency_key_is_remembered_for_the_window_and_free_after_it() {
+    let app = spawn_with_short_window().await;
+    let (first, second) = on_one_partition();
+    let key = [("idempotency-key", "window-1")];
+    let created = app
+        .post("/v1/customers", Some(&admin()), &customer(&first), &key)
+        .await;
+    let first_answered = Instant::now();
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let reused = app
+        .post("/v1/customers", Some(&admin()), &customer(&second), &key)
+        .await;
+    assert_eq!(
+        reused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "within the window another request with the key is refused: {:?}",
+        reused.body
+    );
+
+    wait_out_the_window(first_answered).await;
+    let after = app
+        .post("/v1/customers", Some(&admin()), &customer(&second), &key)
+        .await;
+    assert_eq!(
+        after.status,
+        StatusCode::CREATED,
+        "after the window the key is free: {:?}",
+        after.body
+    );
+    assert_eq!(
+        verdicts(&app, AggregateKind::Customer).await,
+        [
+            ("CustomerRegistered".to_owned(), true),
+            ("CustomerRegistered".to_owned(), true)
+        ],
+        "both registrations count for every reader"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_request_after_the_window_is_a_new_command_and_counts_again() {
+    let app = spawn_with_short_window().await;
+    let key = [("idempotency-key", "restock-1")];
+    let body = json!({"quantity": 5});
+    let first = app
+        .post("/v1/inventory/pear/stock", Some(&admin()), &body, &key)
+        .await;
+    let first_answered = Instant::now();
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    let retried = app
+        .post("/v1/inventory/pear/stock", Some(&admin()), &body, &key)
+        .await;
+    assert_eq!(
+        (retried.status, &retried.body),
+        (StatusCode::OK, &first.body),
+        "within the window the retry gets the first answer"
+    );
+
+    wait_out_the_window(first_answered).await;
+    let again = app
+        .post("/v1/inventory/pear/stock", Some(&admin()), &body, &key)
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+    assert_ne!(
+        again.body["version"], first.body["version"],
+        "a new command, at a new version: {:?}",
+        again.body
+    );
+    assert_eq!(
+        verdicts(&app, AggregateKind::InventoryItem).await,
+        [
+            ("StockAdded".to_owned(), true),
+            ("StockAdded".to_owned(), true)
+        ],
+        "the 200 after the window counts once, like the first"
+    );
+    app.stop().await;
+}
