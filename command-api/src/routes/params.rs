@@ -11,6 +11,8 @@ use utoipa::IntoParams;
 pub struct CommandHeaderParams {
     /// Makes a retry safe: the same key from the same caller on the same route is the same
     /// command, answered from the log, never applied twice; reused with another body it is 422.
+    /// Keys are remembered for the deployment's idempotency window (24 hours unless configured):
+    /// after it the key is free and a request with it is a new one.
     #[param(
         rename = "Idempotency-Key",
         required = false,

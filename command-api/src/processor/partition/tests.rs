@@ -44,10 +44,22 @@ fn given() -> Given {
 }
 
 impl Given {
-    /// `StockAdded` for `SKU` by `command_id`, read from the log.
-    fn stock_added(mut self, quantity: i64, command_id: &str, request_hash: Option<&str>) -> Self {
+    /// `StockAdded` for `SKU` by `command_id`, read from the log, stamped `now()`.
+    fn stock_added(self, quantity: i64, command_id: &str, request_hash: Option<&str>) -> Self {
+        self.stock_added_at(now(), quantity, command_id, request_hash)
+    }
+
+    /// `StockAdded` for `SKU` by `command_id`, read from the log, stamped `at`.
+    fn stock_added_at(
+        mut self,
+        at: DateTime<Utc>,
+        quantity: i64,
+        command_id: &str,
+        request_hash: Option<&str>,
+    ) -> Self {
         self.version += 1;
-        let envelope = event(self.version, self.last_event, command_id, request_hash);
+        let mut envelope = event(self.version, self.last_event, command_id, request_hash);
+        envelope.occurred_at = at;
         let payload = schemas::encode(&InventoryEvent::StockAdded {
             sku: Sku::try_from(SKU).unwrap(),
             quantity: Quantity::try_from(quantity).unwrap(),
@@ -55,7 +67,12 @@ impl Given {
         .unwrap();
         assert_eq!(
             self.model
-                .judge(self.next_offset, &envelope, Some(&payload), None),
+                .judge(
+                    self.next_offset,
+                    &envelope,
+                    Some(&payload),
+                    Some(at.timestamp_millis())
+                ),
             Judged::Accepted
         );
         self.next_offset += 2; // a commit marker follows each transaction
@@ -241,6 +258,23 @@ fn a_command_the_log_already_holds_is_answered_with_its_outcome_and_appends_noth
     assert_eq!(reply.positions.len(), 1);
     assert_eq!(reply.positions[0].offset, 0);
     assert_eq!(reply.event_types, ["StockAdded"]);
+}
+
+#[test]
+fn a_command_the_log_holds_from_before_the_window_is_a_new_command() {
+    // The default window is a day; the partition's clock has not moved since, but the writer
+    // decides at `now`, and its event will be judged at a clock of at least `now`.
+    let a_day_ago = now() - chrono::Duration::hours(24) - chrono::Duration::milliseconds(1);
+    let given = given().stock_added_at(a_day_ago, 5, "first", Some("hash-a"));
+    let plan = given.when_one(
+        add_stock(5, "first")
+            .with(|e| e.request_hash = Some("hash-a".into()))
+            .incoming(),
+    );
+    let Plan::Append { version, .. } = plan else {
+        panic!("expected an append, got {plan:?}");
+    };
+    assert_eq!(version.get(), 2);
 }
 
 #[test]
