@@ -47,6 +47,7 @@ pub async fn ensure_all_topics(
 ) -> Result<i32, TopicSetupError> {
     let mut names: Vec<String> = topics.all_events();
     names.extend(COMMAND_KINDS.iter().map(|k| topics.commands(*k)));
+    names.extend(COMMAND_KINDS.iter().map(|k| topics.snapshots(*k)));
     names.push(topics.replies());
     ensure_topics(kafka, &names, kafka.partitions).await?;
     let client: Arc<BaseConsumer> = Arc::new(

@@ -174,6 +174,9 @@ pub struct LogOrder {
     commands: HashMap<String, RecordedCommand>,
     /// Commands in the order of their `used_at` (which only grows): the front expires first.
     by_age: VecDeque<(i64, String)>,
+    /// Uses dropped since the last [`LogOrder::take_forgotten`] (a writer's snapshot deletes
+    /// them too).
+    forgotten: Vec<String>,
     losers: u64,
 }
 
@@ -183,6 +186,45 @@ impl LogOrder {
             window,
             ..Self::default()
         }
+    }
+
+    /// The log order a snapshot recorded: the partition's `clock`, every chain head, and the
+    /// command uses (those the window no longer remembers are dropped at once).
+    pub fn restored(
+        window: CommandWindow,
+        clock: i64,
+        heads: impl IntoIterator<Item = (String, ChainHead)>,
+        commands: impl IntoIterator<Item = (String, RecordedCommand)>,
+    ) -> Self {
+        let oldest = window.oldest_remembered(clock);
+        let commands: HashMap<String, RecordedCommand> = commands
+            .into_iter()
+            .filter(|(_, r)| r.used_at >= oldest)
+            .collect();
+        let mut by_age: Vec<(i64, String)> = commands
+            .iter()
+            .map(|(id, r)| (r.used_at, id.clone()))
+            .collect();
+        by_age.sort_unstable();
+        Self {
+            window,
+            clock,
+            heads: heads.into_iter().collect(),
+            commands,
+            by_age: by_age.into(),
+            forgotten: Vec::new(),
+            losers: 0,
+        }
+    }
+
+    /// The uses dropped since the last call.
+    pub fn take_forgotten(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.forgotten)
+    }
+
+    /// A command's recorded use as held in memory, remembered by the window or not yet dropped.
+    pub fn recorded(&self, command_id: &str) -> Option<&RecordedCommand> {
+        self.commands.get(command_id)
     }
 
     /// Judges the next event read from the partition (its record's timestamp `timestamp`), and
@@ -266,6 +308,7 @@ impl LogOrder {
                 .is_some_and(|r| r.used_at == used_at)
             {
                 self.commands.remove(&command_id);
+                self.forgotten.push(command_id);
             }
         }
     }
@@ -483,9 +526,13 @@ mod tests {
             "the partition's clock has passed the use by more than the window"
         );
         let again = event("b", 1, None, "x");
-        assert_eq!(log.judge(&again, 2, Some(1_000 + HOUR + 2)), Verdict::Accepted);
         assert_eq!(
-            log.command("x").map(|c| (c.aggregate_id.clone(), c.offsets.clone())),
+            log.judge(&again, 2, Some(1_000 + HOUR + 2)),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            log.command("x")
+                .map(|c| (c.aggregate_id.clone(), c.offsets.clone())),
             Some(("b".to_owned(), vec![2])),
             "the new use is recorded, not added to the old one"
         );

@@ -145,7 +145,7 @@ async fn create_missing(
     partitions: i32,
 ) -> Result<(), KafkaSetupError> {
     let min_insync = settings.min_insync_replicas.to_string();
-    let configs: Vec<[(&'static str, String); 4]> = topics
+    let configs: Vec<Vec<(&'static str, String)>> = topics
         .iter()
         .map(|name| Topics::retention(name).topic_configs())
         .collect();

@@ -27,13 +27,16 @@ pub enum Retention {
     Forever,
     /// In-flight traffic: deleted once older than this.
     For(Duration),
+    /// Writers' snapshots: compacted (the newest record of each key is kept), a cache of state
+    /// the events can always rebuild, so compaction loses nothing that counts.
+    Compacted,
 }
 
 impl Retention {
     /// The topic's `retention.ms` as Kafka writes it (`-1`: forever).
     pub fn retention_ms(self) -> String {
         match self {
-            Retention::Forever => "-1".to_owned(),
+            Retention::Forever | Retention::Compacted => "-1".to_owned(),
             Retention::For(age) => age.as_millis().to_string(),
         }
     }
@@ -43,13 +46,26 @@ impl Retention {
     /// events, and the whole chain is the source of truth. Record timestamps are the
     /// producer's (`CreateTime`): a writer stamps its events' records with their `occurred_at`
     /// and judges them by it, so the log-order rule's clock must read what the writer wrote.
-    pub fn topic_configs(self) -> [(&'static str, String); 4] {
-        [
-            ("cleanup.policy", "delete".to_owned()),
+    ///
+    /// A compacted topic rolls segments every 10 minutes and cleans once a tenth is dirty, so a
+    /// snapshot topic holds about one record per key, not every write since the last roll.
+    pub fn topic_configs(self) -> Vec<(&'static str, String)> {
+        let mut configs = vec![
             ("retention.ms", self.retention_ms()),
             ("retention.bytes", "-1".to_owned()),
             ("message.timestamp.type", "CreateTime".to_owned()),
-        ]
+        ];
+        match self {
+            Retention::Compacted => configs.extend([
+                ("cleanup.policy", "compact".to_owned()),
+                ("segment.ms", "600000".to_owned()),
+                ("min.cleanable.dirty.ratio", "0.1".to_owned()),
+            ]),
+            Retention::Forever | Retention::For(_) => {
+                configs.push(("cleanup.policy", "delete".to_owned()));
+            }
+        }
+        configs
     }
 }
 
@@ -78,6 +94,12 @@ impl Topics {
         format!("{}.{}.commands", self.prefix, kind.as_str())
     }
 
+    /// `<prefix>.<kind>.snapshots`: the partition writers' snapshots (compacted), partition p
+    /// written by the writer of events partition p.
+    pub fn snapshots(&self, kind: AggregateKind) -> String {
+        format!("{}.{}.snapshots", self.prefix, kind.as_str())
+    }
+
     /// `<prefix>.command-replies`: outcomes, keyed by the requester's reply key.
     pub fn replies(&self) -> String {
         format!("{}.command-replies", self.prefix)
@@ -102,6 +124,8 @@ impl Topics {
             Retention::For(COMMANDS_RETENTION)
         } else if topic.ends_with(".command-replies") {
             Retention::For(REPLIES_RETENTION)
+        } else if topic.ends_with(".snapshots") {
+            Retention::Compacted
         } else {
             Retention::Forever
         }

@@ -107,8 +107,14 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let pool = connect_from_env().await?;
-            projectors::cli::dlq_skip(&pool, &KafkaSettings::from_env()?, &topic, partition, offset)
-                .await?;
+            projectors::cli::dlq_skip(
+                &pool,
+                &KafkaSettings::from_env()?,
+                &topic,
+                partition,
+                offset,
+            )
+            .await?;
         }
     }
     Ok(())

@@ -126,6 +126,10 @@ async fn a_command_id_counts_again_after_the_window_and_not_within_it_on_the_log
     .fetch_all(world.pool())
     .await
     .unwrap();
-    assert_eq!(remembered, ["z"], "what falls out of the window costs nothing");
+    assert_eq!(
+        remembered,
+        ["z"],
+        "what falls out of the window costs nothing"
+    );
     stop.cancel();
 }

@@ -264,7 +264,9 @@ impl SagaPartition {
                 return;
             }
         };
-        if let Verdict::Loser(reason) = self.logs[source as usize].judge(&envelope, offset, timestamp) {
+        if let Verdict::Loser(reason) =
+            self.logs[source as usize].judge(&envelope, offset, timestamp)
+        {
             metrics::counter!("log_order_rejections_total", "reader" => "saga-orchestrator", "aggregate" => envelope.aggregate_kind.as_str())
                 .increment(1);
             debug!(aggregate_id = %envelope.aggregate_id, ?reason, "inert event (lost in log order)");

@@ -1,13 +1,15 @@
 //! What the writer needs to know about each aggregate kind beyond `decide`/`evolve`: which
-//! aggregate a command targets, and who may issue it (`WriteModel` and its impls).
+//! aggregate a command targets, who may issue it, and how its state is written to and read from
+//! the partition's snapshot (`WriteModel` and its impls).
 
-use domain::customer::{CustomerAggregate, CustomerCommand};
-use domain::idempotency::{IdempotencyKey, KeyCommand};
-use domain::inventory::{InventoryCommand, InventoryItem};
+use domain::customer::{CustomerAggregate, CustomerCommand, CustomerState};
+use domain::idempotency::{IdempotencyKey, KeyCommand, KeyState};
+use domain::inventory::{InventoryCommand, InventoryItem, InventoryState};
 use domain::order::{OrderAggregate, OrderCommand, OrderState};
-use domain::saga::{OrderSagaAggregate, SagaMessage};
+use domain::saga::{OrderSagaAggregate, SagaMessage, SagaState};
 use domain::Aggregate;
 use platform::envelope::Actor;
+use schemas::wire::snapshots::{Claim, Head, Snapshot};
 use schemas::WireRecord;
 
 // HTTP checks the coarse rules (admin-only endpoints); the writer checks what needs the
@@ -26,6 +28,12 @@ where
 
     /// Whether `actor` may issue `command` against `state`.
     fn authorize(state: &Self::State, command: &Self::Command, actor: &Actor) -> bool;
+
+    /// The snapshot record of one aggregate (`state` is `None` when unreadable).
+    fn snapshot(head: Head, state: Option<&Self::State>) -> Snapshot;
+
+    /// The head and state in a snapshot record of this kind; `None` for any other record.
+    fn restored(snapshot: Snapshot) -> Option<(Head, Self::State)>;
 }
 
 fn is_privileged(actor: &Actor) -> bool {
@@ -45,6 +53,24 @@ impl WriteModel for CustomerAggregate {
             }
         }
     }
+
+    fn snapshot(head: Head, state: Option<&CustomerState>) -> Snapshot {
+        let customer = match state {
+            Some(CustomerState::Registered(customer)) => Some(customer.clone()),
+            _ => None,
+        };
+        Snapshot::Customer(head, customer)
+    }
+
+    fn restored(snapshot: Snapshot) -> Option<(Head, CustomerState)> {
+        match snapshot {
+            Snapshot::Customer(head, customer) => Some((
+                head,
+                customer.map_or(CustomerState::Unregistered, CustomerState::Registered),
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl WriteModel for InventoryItem {
@@ -56,6 +82,24 @@ impl WriteModel for InventoryItem {
         match command {
             InventoryCommand::AddStock { .. } => actor.role == ROLE_ADMIN,
             _ => is_privileged(actor),
+        }
+    }
+
+    fn snapshot(head: Head, state: Option<&InventoryState>) -> Snapshot {
+        let item = match state {
+            Some(InventoryState::Stocked(item)) => Some(item.clone()),
+            _ => None,
+        };
+        Snapshot::InventoryItem(head, item)
+    }
+
+    fn restored(snapshot: Snapshot) -> Option<(Head, InventoryState)> {
+        match snapshot {
+            Snapshot::InventoryItem(head, item) => Some((
+                head,
+                item.map_or(InventoryState::Unknown, InventoryState::Stocked),
+            )),
+            _ => None,
         }
     }
 }
@@ -87,6 +131,24 @@ impl WriteModel for OrderAggregate {
             _ => false,
         }
     }
+
+    fn snapshot(head: Head, state: Option<&OrderState>) -> Snapshot {
+        let order = match state {
+            Some(OrderState::Placed(order)) => Some(order.clone()),
+            _ => None,
+        };
+        Snapshot::Order(head, order)
+    }
+
+    fn restored(snapshot: Snapshot) -> Option<(Head, OrderState)> {
+        match snapshot {
+            Snapshot::Order(head, order) => Some((
+                head,
+                order.map_or(OrderState::NotPlaced, OrderState::Placed),
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Only the orchestrator moves a saga: its inputs are participants' answers and deadlines.
@@ -97,6 +159,23 @@ impl WriteModel for OrderSagaAggregate {
 
     fn authorize(_: &Self::State, _: &SagaMessage, actor: &Actor) -> bool {
         actor.role == ROLE_SYSTEM
+    }
+
+    fn snapshot(head: Head, state: Option<&SagaState>) -> Snapshot {
+        let saga = match state {
+            Some(SagaState::Running(saga)) => Some(saga.clone()),
+            _ => None,
+        };
+        Snapshot::OrderSaga(head, saga)
+    }
+
+    fn restored(snapshot: Snapshot) -> Option<(Head, SagaState)> {
+        match snapshot {
+            Snapshot::OrderSaga(head, saga) => {
+                Some((head, saga.map_or(SagaState::NotStarted, SagaState::Running)))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -109,5 +188,32 @@ impl WriteModel for IdempotencyKey {
 
     fn authorize(_: &Self::State, _: &KeyCommand, _: &Actor) -> bool {
         true
+    }
+
+    fn snapshot(head: Head, state: Option<&KeyState>) -> Snapshot {
+        let claim = match state {
+            Some(KeyState::Claimed {
+                route,
+                expires_at_ms,
+            }) => Some(Claim {
+                route: route.clone(),
+                expires_at_ms: *expires_at_ms,
+            }),
+            _ => None,
+        };
+        Snapshot::IdempotencyKey(head, claim)
+    }
+
+    fn restored(snapshot: Snapshot) -> Option<(Head, KeyState)> {
+        match snapshot {
+            Snapshot::IdempotencyKey(head, claim) => Some((
+                head,
+                claim.map_or(KeyState::Unclaimed, |c| KeyState::Claimed {
+                    route: c.route,
+                    expires_at_ms: c.expires_at_ms,
+                }),
+            )),
+            _ => None,
+        }
     }
 }

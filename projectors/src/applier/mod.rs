@@ -19,7 +19,9 @@ mod skips;
 mod sql;
 
 use domain::Version;
-use platform::log_order::{advance, extends_chain, CommandUse, CommandWindow, LoserReason, Verdict};
+use platform::log_order::{
+    advance, extends_chain, CommandUse, CommandWindow, LoserReason, Verdict,
+};
 use platform::telemetry::exporting_traces;
 use platform::telemetry::propagation::{record_span, SpanRole};
 use std::collections::{BTreeMap, HashMap, HashSet};

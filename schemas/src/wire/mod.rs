@@ -9,6 +9,7 @@ mod inventory;
 mod orders;
 pub mod reply;
 mod saga;
+pub mod snapshots;
 
 use apache_avro::types::Value;
 use domain::values::{Currency, InvalidValue, Money, OrderId, Quantity};

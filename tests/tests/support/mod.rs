@@ -653,7 +653,8 @@ impl Stack {
             let envelope =
                 EventEnvelope::from_headers(message.headers().map(|h| h.as_borrowed())).unwrap();
             let accepted =
-                judge.judge(&envelope, message.offset(), message.timestamp().to_millis()) == platform::log_order::Verdict::Accepted;
+                judge.judge(&envelope, message.offset(), message.timestamp().to_millis())
+                    == platform::log_order::Verdict::Accepted;
             if accepted && envelope.aggregate_id == aggregate_id {
                 accepted_events.push(envelope);
             }

@@ -12,6 +12,7 @@
 mod decide;
 mod plan;
 mod rejection;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -26,6 +27,7 @@ use uuid::Uuid;
 use super::write_model::WriteModel;
 
 pub(crate) use plan::{accepted, answer, command_id, PendingEvent, Plan};
+pub(crate) use snapshot::SnapshotRecords;
 
 /// What a decision takes from outside the model.
 pub(crate) struct Inputs<'a> {
@@ -59,6 +61,8 @@ where
     states: HashMap<String, Current<A>>,
     /// Aggregates with an accepted event this build cannot decode.
     unreadable: HashSet<String>,
+    /// What changed since the last snapshot that committed.
+    dirty: snapshot::Dirty,
 }
 
 impl<A: WriteModel> PartitionModel<A>
@@ -75,6 +79,7 @@ where
             log: LogOrder::new(window),
             states: HashMap::new(),
             unreadable: HashSet::new(),
+            dirty: snapshot::Dirty::default(),
         }
     }
 
@@ -95,6 +100,7 @@ where
         if let Verdict::Loser(reason) = self.log.judge(envelope, offset, timestamp) {
             return Judged::Rejected(reason);
         }
+        self.changed(&envelope.aggregate_id, Some(&envelope.command_id));
         let decoded = payload
             .ok_or(schemas::DecodeError::TooShort { len: 0 })
             .and_then(schemas::decode::<A::Event>);

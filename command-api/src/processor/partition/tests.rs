@@ -66,13 +66,12 @@ impl Given {
         })
         .unwrap();
         assert_eq!(
-            self.model
-                .judge(
-                    self.next_offset,
-                    &envelope,
-                    Some(&payload),
-                    Some(at.timestamp_millis())
-                ),
+            self.model.judge(
+                self.next_offset,
+                &envelope,
+                Some(&payload),
+                Some(at.timestamp_millis())
+            ),
             Judged::Accepted
         );
         self.next_offset += 2; // a commit marker follows each transaction
@@ -443,4 +442,127 @@ fn an_event_the_log_order_rule_rejects_changes_nothing() {
     assert!(matches!(judged, Judged::Rejected(_)), "{judged:?}");
     assert_eq!(given.model.version_of(SKU), 1);
     assert!(given.model.recorded("zombie").is_none());
+}
+
+/// The commands both models are asked: a retry, a reused key, a new command, a stale and a
+/// current `If-Match`.
+fn probes() -> Vec<IncomingCommand> {
+    vec![
+        add_stock(5, "first")
+            .with(|e| e.request_hash = Some("hash-a".into()))
+            .incoming(),
+        add_stock(7, "first")
+            .with(|e| e.request_hash = Some("hash-b".into()))
+            .incoming(),
+        add_stock(2, "third").incoming(),
+        add_stock(1, "fourth")
+            .with(|e| e.expected_version = Some(Version::new(1)))
+            .incoming(),
+        add_stock(1, "fifth")
+            .with(|e| e.expected_version = Some(Version::new(2)))
+            .incoming(),
+    ]
+}
+
+fn restored_from(source: &mut Given) -> Given {
+    let records = source.model.snapshot_records(source.next_offset).records;
+    let (model, events_end) = PartitionModel::<InventoryItem>::restore(
+        source.model.partition(),
+        PARTITIONS,
+        Default::default(),
+        records,
+    )
+    .unwrap();
+    assert_eq!(
+        events_end, source.next_offset,
+        "replay resumes after the snapshot"
+    );
+    Given {
+        model,
+        next_offset: source.next_offset,
+        last_event: source.last_event,
+        version: source.version,
+    }
+}
+
+#[test]
+fn a_model_restored_from_its_snapshot_decides_as_the_model_that_replayed_everything() {
+    let mut replayed = given()
+        .stock_added(5, "first", Some("hash-a"))
+        .stock_added(3, "second", None);
+    let restored = restored_from(&mut replayed);
+    for (probe, copy) in probes().into_iter().zip(probes()) {
+        assert_eq!(
+            format!("{:?}", restored.when_one(copy)),
+            format!("{:?}", replayed.when_one(probe)),
+        );
+    }
+}
+
+#[test]
+fn a_snapshot_without_a_checkpoint_or_of_another_format_or_kind_is_refused() {
+    use schemas::wire::snapshots::{Checkpoint, Snapshot, CHECKPOINT_KEY};
+    let mut source = given().stock_added(5, "first", None);
+    let records = source.model.snapshot_records(source.next_offset).records;
+    let restore = |records: Vec<(String, Option<Snapshot>)>| {
+        PartitionModel::<InventoryItem>::restore(0, PARTITIONS, Default::default(), records)
+            .map(|(_, end)| end)
+    };
+    let without_checkpoint: Vec<_> = records
+        .iter()
+        .filter(|(key, _)| key != CHECKPOINT_KEY)
+        .cloned()
+        .collect();
+    assert_eq!(
+        restore(without_checkpoint),
+        Err(super::snapshot::RestoreError::NoCheckpoint)
+    );
+    let mut other_format = records.clone();
+    other_format.push((
+        CHECKPOINT_KEY.to_owned(),
+        Some(Snapshot::Checkpoint(Checkpoint {
+            format: 999,
+            events_end: 1,
+            clock: 0,
+        })),
+    ));
+    assert_eq!(
+        restore(other_format),
+        Err(super::snapshot::RestoreError::Format { found: 999 })
+    );
+    let mut foreign = records;
+    foreign.push((
+        "c-1".to_owned(),
+        Some(Snapshot::IdempotencyKey(
+            schemas::wire::snapshots::Head {
+                aggregate_id: "c-1".into(),
+                version: 1,
+                event_id: Uuid::from_u128(9),
+                command_id: "x".into(),
+                offset: 0,
+                unreadable: false,
+            },
+            None,
+        )),
+    ));
+    assert!(matches!(
+        restore(foreign),
+        Err(super::snapshot::RestoreError::ForeignRecord { .. })
+    ));
+}
+
+#[test]
+fn what_changes_after_a_snapshot_was_taken_stays_to_be_written() {
+    let mut given = given().stock_added(5, "first", None);
+    assert!(given.model.has_unsnapshotted_changes());
+    let taken = given.model.snapshot_records(given.next_offset);
+    given = given.stock_added(1, "second", None);
+    given.model.snapshot_committed(&taken);
+    assert!(
+        given.model.has_unsnapshotted_changes(),
+        "the event judged after the snapshot was taken is not in it"
+    );
+    let taken = given.model.snapshot_records(given.next_offset);
+    given.model.snapshot_committed(&taken);
+    assert!(!given.model.has_unsnapshotted_changes());
 }

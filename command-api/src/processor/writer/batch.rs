@@ -100,6 +100,9 @@ where
     /// is aborted and none of those answers is ever seen (they are read `read_committed`).
     async fn attempt(&mut self, batch: &[IncomingCommand]) -> Result<(), Failed> {
         self.absorb_pending().await;
+        // Taken before the batch is planned: the model as the log holds it up to `known_end`,
+        // so the batch's own events come after the checkpoint.
+        let snapshot = self.due_snapshot();
         let mut scratch = Batch::default();
         let plans: Vec<Plan> = batch
             .iter()
@@ -125,8 +128,14 @@ where
         let events = self.send_events(&plans);
         let replies = self.replies(batch, &plans, &expected);
         let replies_queued = self.send_replies(batch, &replies);
+        let snapshot_queued = snapshot.as_ref().map(|s| self.send_snapshot(s));
         let (offsets, acknowledged) = events_acknowledged(events).await;
         let replies_acknowledged = replies_acknowledged(replies_queued).await;
+        let snapshot_acknowledged = match snapshot_queued {
+            None => true,
+            Some(None) => false,
+            Some(Some(deliveries)) => super::snapshot::acknowledged(deliveries).await,
+        };
         // librdkafka refuses a second transactional call while one runs: the offsets call has
         // ended before any abort or commit.
         let offsets_sent = offsets_sent
@@ -149,7 +158,7 @@ where
         if let Err(failure) = offsets_sent {
             return Err(self.aborted(failure, Recovery::CatchUp { past }).await);
         }
-        if !replies_acknowledged {
+        if !replies_acknowledged || !snapshot_acknowledged {
             let failure = TransactionFailure::NotAcknowledged;
             return Err(self.aborted(failure, Recovery::CatchUp { past }).await);
         }
@@ -194,6 +203,9 @@ where
                     recovery: Recovery::Restart,
                 })
             }
+        }
+        if let Some(snapshot) = &snapshot {
+            self.snapshot_committed(snapshot);
         }
         // The commit marker follows the batch's last event in the partition.
         if let Some(last) = last_appended {

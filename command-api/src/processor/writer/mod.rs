@@ -1,8 +1,9 @@
 //! The writer of one partition of one aggregate kind: the only process that appends to events
 //! partition p. It first fences every earlier writer of the partition (`init_transactions` under
 //! the partition's transactional id aborts their open transaction and refuses their later
-//! sends), rebuilds state by reading the partition's committed records (applying the log-order
-//! rule), then handles commands in batches, one Kafka transaction each: decide on the current
+//! sends), restores state from the partition's snapshot and reads the committed events after it
+//! (applying the log-order rule; all of them when there is no usable snapshot), then handles
+//! commands in batches, one Kafka transaction each: decide on the current
 //! state, send the command offsets, the events and the answers together, check that the events
 //! landed right after what it has read, commit. Callers see the answers only once the
 //! transaction commits.
@@ -11,9 +12,11 @@
 //!
 //! Layout: this file holds the partition's lifecycle (fencing, rebuild, reading the tail);
 //! `batch` a batch's transaction; `plan` the decision's span and trace around the partition
-//! model; `transaction` the producer's transactional calls and what their failures mean.
+//! model; `snapshot` restoring from and writing the partition's snapshot; `transaction` the
+//! producer's transactional calls and what their failures mean.
 mod batch;
 mod plan;
+mod snapshot;
 mod transaction;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,6 +97,8 @@ where
     /// transaction: a second delivery of one (after a handover or a restart) is dropped.
     command_floor: i64,
     recovery: Recovery,
+    /// When the snapshot last caught up with the model (or the writer started).
+    last_snapshot: std::time::Instant,
 }
 
 impl<A: WriteModel> Writer<A>
@@ -179,26 +184,47 @@ where
         let producer = transaction::fence_earlier_writers(&ctx, A::KIND, partition).await?;
         let command_floor =
             transaction::committed_floor(&ctx.group, &commands_topic, partition).await?;
-        let tail = Self::tail(&ctx, &events_topic, partition)?;
+        let (model, from) = Self::starting_point(&ctx, partition).await;
+        let tail = Self::tail(&ctx, &events_topic, partition, from)?;
         let mut writer = Self {
             partition,
             events_topic,
             commands_topic,
             producer,
             tail: Arc::new(tail),
-            next_offset: 0,
-            known_end: 0,
-            model: PartitionModel::new(partition, ctx.partitions, ctx.window),
+            next_offset: from,
+            known_end: from,
+            model,
             command_floor,
             recovery: Recovery::None,
+            last_snapshot: std::time::Instant::now(),
             ctx,
         };
         writer.catch_up(REBUILD_TIMEOUT).await?;
-        info!(kind = %A::KIND, partition, end = writer.known_end, elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "partition state rebuilt");
+        let replayed = writer.known_end - from;
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        metrics::histogram!("writer_takeover_seconds", "aggregate" => A::KIND.as_str())
+            .record(started.elapsed().as_secs_f64());
+        info!(kind = %A::KIND, partition, from, end = writer.known_end, replayed, elapsed_ms, "partition state rebuilt");
+        if replayed >= snapshot::SNAPSHOT_AFTER_REPLAY {
+            writer.snapshot_alone().await?;
+        }
         Ok(writer)
     }
 
-    /// A consumer of the events partition from its first record. It is read between batches
+    /// The model and the events offset a takeover starts from: the snapshot's, or an empty
+    /// model at offset 0 when there is no usable snapshot.
+    async fn starting_point(ctx: &WriterContext, partition: i32) -> (PartitionModel<A>, i64) {
+        match snapshot::restore::<A>(ctx, partition).await {
+            Some(restored) => (restored.model, restored.events_end),
+            None => (
+                PartitionModel::new(partition, ctx.partitions, ctx.window),
+                0,
+            ),
+        }
+    }
+
+    /// A consumer of the events partition from offset `from`. It is read between batches
     /// for records this writer did not append (there are none unless the deployment is
     /// misconfigured), so it need not poll at the request path's 5 ms: idle fetches at 5 ms
     /// from every partition's tail cost the broker more than the commands do.
@@ -206,6 +232,7 @@ where
         ctx: &WriterContext,
         events_topic: &str,
         partition: i32,
+        from: i64,
     ) -> Result<StreamConsumer<LagContext>, WriterError> {
         let mut config = platform::kafka::consumer_config(
             &ctx.kafka,
@@ -219,7 +246,7 @@ where
             .map_err(WriterError::Kafka)?;
         let mut assignment = TopicPartitionList::new();
         assignment
-            .add_partition_offset(events_topic, partition, Offset::Beginning)
+            .add_partition_offset(events_topic, partition, Offset::Offset(from))
             .map_err(WriterError::Kafka)?;
         tail.assign(&assignment).map_err(WriterError::Kafka)?;
         Ok(tail)
@@ -235,11 +262,16 @@ where
                     .await?;
             }
             Recovery::Rebuild => {
-                self.tail = Arc::new(Self::tail(&self.ctx, &self.events_topic, self.partition)?);
-                self.model =
-                    PartitionModel::new(self.partition, self.ctx.partitions, self.ctx.window);
-                self.next_offset = 0;
-                self.known_end = 0;
+                let (model, from) = Self::starting_point(&self.ctx, self.partition).await;
+                self.tail = Arc::new(Self::tail(
+                    &self.ctx,
+                    &self.events_topic,
+                    self.partition,
+                    from,
+                )?);
+                self.model = model;
+                self.next_offset = from;
+                self.known_end = from;
                 self.catch_up(REBUILD_TIMEOUT).await?;
             }
             Recovery::Restart => {
@@ -315,12 +347,7 @@ where
                 return None;
             }
         };
-        Some(self.absorb_record(
-            message.offset(),
-            &envelope,
-            message.payload(),
-            timestamp,
-        ))
+        Some(self.absorb_record(message.offset(), &envelope, message.payload(), timestamp))
     }
 
     /// Judges the record at `offset` (the next one in the partition, stamped `timestamp`) by the

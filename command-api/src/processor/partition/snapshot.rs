@@ -1,0 +1,217 @@
+//! The partition model to and from its snapshot (pure). A snapshot is a set of keyed records
+//! (compacted: the newest per key counts): one per aggregate (its chain head and state), one per
+//! command use the window remembers, and a checkpoint saying which events it covers and the
+//! log-order clock after them. The model remembers what changed since its last snapshot (with
+//! a sequence number, so a snapshot whose transaction aborts loses nothing: only what it wrote
+//! and nothing changed since is cleared, on commit).
+
+use std::collections::{HashMap, HashSet};
+
+use domain::{Current, Version};
+use platform::log_order::{ChainHead, CommandWindow, LogOrder, RecordedCommand};
+use schemas::wire::snapshots::{
+    Checkpoint, CommandUse, Head, Snapshot, CHECKPOINT_KEY, COMMAND_KEY_PREFIX,
+};
+
+use super::PartitionModel;
+use crate::processor::write_model::WriteModel;
+
+/// What the states of a snapshot mean (how they fold). A writer finding another format replays
+/// the events instead: bump it whenever `evolve` or the state types change meaning.
+pub(crate) const SNAPSHOT_FORMAT: u32 = 1;
+
+/// What changed since the last snapshot that committed: key -> the change's sequence number.
+#[derive(Debug, Default)]
+pub(crate) struct Dirty {
+    seq: u64,
+    aggregates: HashMap<String, u64>,
+    commands: HashMap<String, u64>,
+}
+
+impl Dirty {
+    fn aggregate(&mut self, id: &str) {
+        self.seq += 1;
+        self.aggregates.insert(id.to_owned(), self.seq);
+    }
+
+    fn command(&mut self, id: &str) {
+        self.seq += 1;
+        self.commands.insert(id.to_owned(), self.seq);
+    }
+}
+
+/// The records of one snapshot, and the point of the model they were taken at.
+#[derive(Debug)]
+pub(crate) struct SnapshotRecords {
+    /// (key, record); `None` deletes the key (a use the window forgot).
+    pub(crate) records: Vec<(String, Option<Snapshot>)>,
+    taken_at: u64,
+}
+
+/// Why snapshot records cannot be restored (the writer replays the events instead).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum RestoreError {
+    #[error("the snapshot has no checkpoint")]
+    NoCheckpoint,
+    #[error("the snapshot's format is {found}, this build reads {SNAPSHOT_FORMAT}")]
+    Format { found: u32 },
+    #[error("record {key:?} is not a {kind} snapshot")]
+    ForeignRecord { key: String, kind: &'static str },
+}
+
+fn command_key(command_id: &str) -> String {
+    format!("{COMMAND_KEY_PREFIX}{command_id}")
+}
+
+impl<A: WriteModel> PartitionModel<A>
+where
+    A::Event: schemas::WireRecord + Send + Sync,
+    A::Command: schemas::WireRecord + Clone + Send + Sync,
+    A::State: Send + Sync,
+{
+    /// Notes an aggregate whose head or state moved, and the command behind it.
+    pub(super) fn changed(&mut self, aggregate_id: &str, command_id: Option<&str>) {
+        self.dirty.aggregate(aggregate_id);
+        if let Some(command_id) = command_id {
+            self.dirty.command(command_id);
+        }
+    }
+
+    /// Whether anything changed since the last snapshot that committed.
+    pub(crate) fn has_unsnapshotted_changes(&mut self) -> bool {
+        for forgotten in self.log.take_forgotten() {
+            self.dirty.command(&forgotten);
+        }
+        !self.dirty.aggregates.is_empty() || !self.dirty.commands.is_empty()
+    }
+
+    /// The records that bring the snapshot up to the model as it is, covering every event
+    /// before `events_end` (everything this model has judged).
+    pub(crate) fn snapshot_records(&mut self, events_end: i64) -> SnapshotRecords {
+        let _ = self.has_unsnapshotted_changes();
+        let mut records =
+            Vec::with_capacity(self.dirty.aggregates.len() + self.dirty.commands.len() + 1);
+        for aggregate_id in self.dirty.aggregates.keys() {
+            let Some(head) = self.log.head(aggregate_id) else {
+                continue;
+            };
+            let unreadable = self.unreadable.contains(aggregate_id);
+            let head = Head {
+                aggregate_id: aggregate_id.clone(),
+                version: head.version.get(),
+                event_id: head.event_id,
+                command_id: head.command_id.clone(),
+                offset: head.offset,
+                unreadable,
+            };
+            let state = if unreadable {
+                None
+            } else {
+                self.states.get(aggregate_id).map(|c| &c.state)
+            };
+            records.push((aggregate_id.clone(), Some(A::snapshot(head, state))));
+        }
+        for command_id in self.dirty.commands.keys() {
+            let record = self
+                .log
+                .command(command_id)
+                .map(|r| Snapshot::CommandUse(command_use(command_id, r)));
+            records.push((command_key(command_id), record));
+        }
+        records.push((
+            CHECKPOINT_KEY.to_owned(),
+            Some(Snapshot::Checkpoint(Checkpoint {
+                format: SNAPSHOT_FORMAT,
+                events_end,
+                clock: self.log.clock(),
+            })),
+        ));
+        SnapshotRecords {
+            records,
+            taken_at: self.dirty.seq,
+        }
+    }
+
+    /// The snapshot `taken` committed: what it wrote and did not change since is clean.
+    pub(crate) fn snapshot_committed(&mut self, taken: &SnapshotRecords) {
+        let at = taken.taken_at;
+        self.dirty.aggregates.retain(|_, seq| *seq > at);
+        self.dirty.commands.retain(|_, seq| *seq > at);
+    }
+
+    /// The model a snapshot's records (key and record, `None` for a deleted key, in log order)
+    /// describe, and the events offset to replay from.
+    pub(crate) fn restore(
+        partition: i32,
+        partitions: i32,
+        window: CommandWindow,
+        records: impl IntoIterator<Item = (String, Option<Snapshot>)>,
+    ) -> Result<(Self, i64), RestoreError> {
+        let newest: HashMap<String, Option<Snapshot>> = records.into_iter().collect();
+        let mut checkpoint = None;
+        let (mut heads, mut states, mut unreadable, mut commands) =
+            (Vec::new(), HashMap::new(), HashSet::new(), Vec::new());
+        for (key, record) in newest {
+            let Some(record) = record else { continue };
+            match record {
+                Snapshot::Checkpoint(c) => checkpoint = Some(c),
+                Snapshot::CommandUse(u) => commands.push((u.command_id.clone(), recorded(u))),
+                aggregate => {
+                    let (head, state) =
+                        A::restored(aggregate).ok_or(RestoreError::ForeignRecord {
+                            key,
+                            kind: A::KIND.as_str(),
+                        })?;
+                    let version = Version::new(head.version);
+                    if head.unreadable {
+                        unreadable.insert(head.aggregate_id.clone());
+                    }
+                    states.insert(head.aggregate_id.clone(), Current { state, version });
+                    heads.push((
+                        head.aggregate_id,
+                        ChainHead {
+                            version,
+                            event_id: head.event_id,
+                            command_id: head.command_id,
+                            offset: head.offset,
+                        },
+                    ));
+                }
+            }
+        }
+        let checkpoint = checkpoint.ok_or(RestoreError::NoCheckpoint)?;
+        if checkpoint.format != SNAPSHOT_FORMAT {
+            return Err(RestoreError::Format {
+                found: checkpoint.format,
+            });
+        }
+        let mut model = Self::new(partition, partitions, window);
+        model.log = LogOrder::restored(window, checkpoint.clock, heads, commands);
+        model.states = states;
+        model.unreadable = unreadable;
+        Ok((model, checkpoint.events_end))
+    }
+}
+
+fn command_use(command_id: &str, r: &RecordedCommand) -> CommandUse {
+    CommandUse {
+        command_id: command_id.to_owned(),
+        aggregate_id: r.aggregate_id.clone(),
+        version: r.version.get(),
+        event_types: r.event_types.clone(),
+        offsets: r.offsets.clone(),
+        request_hash: r.request_hash.clone(),
+        used_at: r.used_at,
+    }
+}
+
+fn recorded(u: CommandUse) -> RecordedCommand {
+    RecordedCommand {
+        aggregate_id: u.aggregate_id,
+        version: Version::new(u.version),
+        event_types: u.event_types,
+        offsets: u.offsets,
+        request_hash: u.request_hash,
+        used_at: u.used_at,
+    }
+}

@@ -1,0 +1,250 @@
+//! The partition's snapshot on Kafka (decision 0009). A new owner restores its model from the
+//! compacted snapshots partition and replays only the events after the checkpoint; a snapshot
+//! that is missing, undecodable, of another format or of another kind is counted
+//! (`writer_snapshot_restores_total{outcome="fallback"}`), logged, and replaced by a replay of
+//! every event: never wrong state. The writer writes its snapshot under its own transactional
+//! id, so a fenced writer's snapshot never becomes visible, and only in a transaction whose
+//! events (if any) come after the checkpoint: the snapshot never covers an event the log does
+//! not hold, nor misses one before its checkpoint.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use platform::log_end::LogEnds;
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use schemas::wire::snapshots::Snapshot;
+use tracing::{info, warn};
+
+use super::transaction::{self, TransactionFailure};
+use super::{Writer, WriterError};
+use crate::processor::partition::{PartitionModel, SnapshotRecords};
+use crate::processor::write_model::WriteModel;
+use crate::processor::WriterContext;
+
+/// How often a busy writer brings its snapshot up to date (in the transaction of the batch
+/// that finds it due): a takeover replays at most about this much of the log.
+pub(super) const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A takeover that replayed at least this many offsets writes a snapshot before it serves, so
+/// the next owner does not replay them again.
+pub(super) const SNAPSHOT_AFTER_REPLAY: i64 = 10_000;
+
+/// How long reading a snapshot may stall before the writer replays instead.
+const READ_STALL: Duration = Duration::from_secs(10);
+
+/// What a takeover starts from.
+pub(super) struct Restored<A: WriteModel>
+where
+    A::Event: schemas::WireRecord + Send + Sync,
+    A::Command: schemas::WireRecord + Clone + Send + Sync,
+    A::State: Send + Sync,
+{
+    pub(super) model: PartitionModel<A>,
+    /// The events offset to replay from.
+    pub(super) events_end: i64,
+}
+
+/// Reads partition `partition` of the kind's snapshots topic and restores the model from it;
+/// `None` when there is no snapshot or it cannot be used (then the writer replays from 0).
+pub(super) async fn restore<A: WriteModel>(
+    ctx: &WriterContext,
+    partition: i32,
+) -> Option<Restored<A>>
+where
+    A::Event: schemas::WireRecord + Send + Sync,
+    A::Command: schemas::WireRecord + Clone + Send + Sync,
+    A::State: Send + Sync,
+{
+    let topic = ctx.topics.snapshots(A::KIND);
+    let kafka = ctx.kafka.clone();
+    let read = {
+        let topic = topic.clone();
+        tokio::task::spawn_blocking(move || read_partition(&kafka, &topic, partition)).await
+    };
+    let outcome = |outcome: &'static str| {
+        metrics::counter!("writer_snapshot_restores_total", "aggregate" => A::KIND.as_str(), "outcome" => outcome)
+            .increment(1);
+    };
+    let records = match read {
+        Ok(Ok(records)) if records.is_empty() => {
+            outcome("none");
+            return None;
+        }
+        Ok(Ok(records)) => records,
+        Ok(Err(error)) => {
+            outcome("fallback");
+            warn!(kind = %A::KIND, partition, %topic, %error, "snapshot unreadable; replaying every event instead");
+            return None;
+        }
+        Err(_) => {
+            outcome("fallback");
+            return None;
+        }
+    };
+    let count = records.len();
+    match PartitionModel::<A>::restore(partition, ctx.partitions, ctx.window, records) {
+        Ok((model, events_end)) => {
+            outcome("restored");
+            info!(kind = %A::KIND, partition, records = count, events_end, "partition state restored from its snapshot");
+            Some(Restored { model, events_end })
+        }
+        Err(error) => {
+            outcome("fallback");
+            warn!(kind = %A::KIND, partition, %topic, %error, "snapshot unusable; replaying every event instead");
+            None
+        }
+    }
+}
+
+/// Why a snapshot partition could not be read into records.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("kafka")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("reading")]
+    Read(#[from] platform::log_end::ReadError),
+    #[error("offset {offset}: the key is not UTF-8")]
+    Key { offset: i64 },
+    #[error("offset {offset}: {source}")]
+    Decode {
+        offset: i64,
+        #[source]
+        source: schemas::DecodeError,
+    },
+}
+
+/// Every committed record of the snapshots partition, decoded, in log order (a tombstone as
+/// `None`). Any record that cannot be read makes the whole snapshot unusable.
+fn read_partition(
+    kafka: &platform::config::KafkaSettings,
+    topic: &str,
+    partition: i32,
+) -> Result<Vec<(String, Option<Snapshot>)>, ReadError> {
+    let ends = LogEnds::new(kafka)?;
+    let extents: Vec<_> = ends
+        .extents(topic, Duration::from_secs(5))?
+        .into_iter()
+        .filter(|e| e.partition == partition)
+        .collect();
+    ends.read_to_end(topic, &extents, READ_STALL)?
+        .iter()
+        .map(|message| {
+            let offset = message.offset();
+            let key = message
+                .key()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .ok_or(ReadError::Key { offset })?
+                .to_owned();
+            let record = message
+                .payload()
+                .map(schemas::decode::<Snapshot>)
+                .transpose()
+                .map_err(|source| ReadError::Decode { offset, source })?;
+            Ok((key, record))
+        })
+        .collect()
+}
+
+impl<A: WriteModel> Writer<A>
+where
+    A::Event: schemas::WireRecord + Send + Sync,
+    A::Command: schemas::WireRecord + Clone + Send + Sync,
+    A::State: Send + Sync,
+{
+    /// The snapshot to write with the next batch, when one is due and anything changed: the
+    /// model as it stands before the batch, checkpointed at what this writer has read.
+    pub(super) fn due_snapshot(&mut self) -> Option<SnapshotRecords> {
+        if self.last_snapshot.elapsed() < SNAPSHOT_INTERVAL
+            || !self.model.has_unsnapshotted_changes()
+        {
+            return None;
+        }
+        Some(self.model.snapshot_records(self.known_end))
+    }
+
+    /// Queues the snapshot's records in the open transaction; `None` when one could not be
+    /// queued (the transaction is then aborted).
+    pub(super) fn send_snapshot(&self, snapshot: &SnapshotRecords) -> Option<Vec<DeliveryFuture>> {
+        let topic = self.ctx.topics.snapshots(A::KIND);
+        let mut deliveries = Vec::with_capacity(snapshot.records.len());
+        for (key, record) in &snapshot.records {
+            let payload = match record.as_ref().map(schemas::encode).transpose() {
+                Ok(payload) => payload,
+                Err(error) => {
+                    warn!(%error, %key, "snapshot record does not fit its schema");
+                    return None;
+                }
+            };
+            let mut out = FutureRecord::<str, [u8]>::to(&topic)
+                .partition(self.partition)
+                .key(key.as_str());
+            if let Some(payload) = &payload {
+                out = out.payload(payload.as_slice());
+            }
+            match self.producer.send_result(out) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((error, _)) => {
+                    platform::kafka::count_producer_error("command-writer-snapshot");
+                    warn!(%error, "snapshot record not queued");
+                    return None;
+                }
+            }
+        }
+        Some(deliveries)
+    }
+
+    /// The snapshot committed with a batch (or alone): what it wrote is clean.
+    pub(super) fn snapshot_committed(&mut self, snapshot: &SnapshotRecords) {
+        self.model.snapshot_committed(snapshot);
+        self.last_snapshot = std::time::Instant::now();
+        metrics::counter!("writer_snapshots_written_total", "aggregate" => A::KIND.as_str())
+            .increment(1);
+    }
+
+    /// A snapshot in a transaction of its own (nothing else in it), after a long replay.
+    /// A failure is not the takeover's: the writer serves, and snapshots with a later batch.
+    pub(super) async fn snapshot_alone(&mut self) -> Result<(), WriterError> {
+        if !self.model.has_unsnapshotted_changes() {
+            return Ok(());
+        }
+        let snapshot = self.model.snapshot_records(self.known_end);
+        if transaction::begin(&self.producer).is_err() {
+            return Err(WriterError::Timeout);
+        }
+        let delivered = match self.send_snapshot(&snapshot) {
+            Some(deliveries) => acknowledged(deliveries).await,
+            None => false,
+        };
+        let committed = if delivered {
+            transaction::commit(&self.producer).await
+        } else {
+            Err(TransactionFailure::NotAcknowledged)
+        };
+        match committed {
+            Ok(()) => {
+                self.snapshot_committed(&snapshot);
+                info!(kind = %A::KIND, partition = self.partition, records = snapshot.records.len(), events_end = self.known_end, "snapshot written after the takeover's replay");
+                Ok(())
+            }
+            Err(failure) => {
+                warn!(kind = %A::KIND, partition = self.partition, error = %failure, "snapshot after the replay not written; the next batches write it");
+                transaction::abort(&self.producer)
+                    .await
+                    .map_err(|_| WriterError::Timeout)
+            }
+        }
+    }
+}
+
+/// Whether the broker acknowledged every record.
+pub(super) async fn acknowledged(deliveries: Vec<DeliveryFuture>) -> bool {
+    let delivered = join_all(deliveries)
+        .await
+        .into_iter()
+        .all(|d| matches!(d, Ok(Ok(_))));
+    if !delivered {
+        platform::kafka::count_producer_error("command-writer-snapshot");
+    }
+    delivered
+}
