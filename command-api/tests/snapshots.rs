@@ -92,7 +92,11 @@ async fn a_takeover_restores_from_the_snapshot_and_a_corrupt_one_falls_back_to_a
     }
     first_owner.stop().await;
 
-    let snapshots = read_all(&kafka, &kafka.topics().snapshots(AggregateKind::InventoryItem)).await;
+    let snapshots = read_all(
+        &kafka,
+        &kafka.topics().snapshots(AggregateKind::InventoryItem),
+    )
+    .await;
     let apple_partition = partition_for(b"apple", PARTITIONS);
     let checkpoint = snapshots
         .iter()
@@ -108,17 +112,30 @@ async fn a_takeover_restores_from_the_snapshot_and_a_corrupt_one_falls_back_to_a
     // A new owner restores and answers as the first owner would have.
     let second_owner = TestApp::spawn_on(&kafka, |_| {}).await;
     let retried = add_stock(&second_owner, "apple", &keyed).await;
-    assert_eq!(retried.body, first_answer.body, "the retry gets its first answer");
+    assert_eq!(
+        retried.body, first_answer.body,
+        "the retry gets its first answer"
+    );
     let versions = chains_are_whole(&kafka).await;
     let apple = versions["apple"].to_string();
     let current = add_stock(&second_owner, "apple", &[("if-match", apple.as_str())]).await;
     assert_eq!(current.body["version"], versions["apple"] + 1);
     assert!(
-        counter(&second_owner, "writer_snapshot_restores_total", "outcome=\"restored\"").await
+        counter(
+            &second_owner,
+            "writer_snapshot_restores_total",
+            "outcome=\"restored\""
+        )
+        .await
             >= 1.0
     );
     assert_eq!(
-        counter(&second_owner, "writer_snapshot_restores_total", "outcome=\"fallback\"").await,
+        counter(
+            &second_owner,
+            "writer_snapshot_restores_total",
+            "outcome=\"fallback\""
+        )
+        .await,
         0.0
     );
     second_owner.stop().await;
@@ -146,7 +163,12 @@ async fn a_takeover_restores_from_the_snapshot_and_a_corrupt_one_falls_back_to_a
     let retried = add_stock(&third_owner, "apple", &keyed).await;
     assert_eq!(retried.body, first_answer.body);
     assert!(
-        counter(&third_owner, "writer_snapshot_restores_total", "outcome=\"fallback\"").await
+        counter(
+            &third_owner,
+            "writer_snapshot_restores_total",
+            "outcome=\"fallback\""
+        )
+        .await
             >= 1.0
     );
     third_owner.stop().await;

@@ -5,7 +5,9 @@
 //! needs ([`Topics::retention`]). Existing topics are left as they are, but checked: a topic that
 //! holds the source of truth (events, saga events, dead letters) and would delete records by age
 //! or size, or compact them away, stops the service with a message naming the topic and the
-//! setting. Kafka's defaults (7 days) would otherwise quietly delete the log a week later.
+//! setting. Kafka's defaults (7 days) would otherwise quietly delete the log a week later. An
+//! events topic whose broker stamps records itself (`LogAppendTime`) is refused too: the
+//! log-order rule's clock reads the writers' own timestamps (decision 0008).
 
 use std::time::Duration;
 
@@ -36,6 +38,13 @@ pub enum KafkaSetupError {
     },
     #[error(transparent)]
     WouldDeleteData(#[from] DataLossRisk),
+    #[error(
+        "refusing to start: topic {0} has message.timestamp.type=LogAppendTime, but the \
+         log-order rule's clock reads the writers' own record timestamps; set \
+         message.timestamp.type=CreateTime on it (for example: kafka-configs.sh --alter \
+         --entity-type topics --entity-name {0} --add-config message.timestamp.type=CreateTime)"
+    )]
+    BrokerTimestamps(String),
     #[error("some partitions of these topics are not served after 15 s: {0}")]
     NoLeader(String),
 }
@@ -206,8 +215,11 @@ async fn check_retention(
             .entries
             .iter()
             .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or_default()));
-        if let Some(risk) = data_loss_risk(topic, configs) {
+        if let Some(risk) = data_loss_risk(topic, configs.clone()) {
             return Err(risk.into());
+        }
+        if topic.ends_with(".events") && stamps_records_itself(configs) {
+            return Err(KafkaSetupError::BrokerTimestamps(topic.clone()));
         }
     }
     Ok(())
@@ -234,9 +246,28 @@ pub fn data_loss_risk<'a>(
     })
 }
 
+/// Whether `configs` make the broker replace the producers' record timestamps.
+pub fn stamps_records_itself<'a>(configs: impl IntoIterator<Item = (&'a str, &'a str)>) -> bool {
+    configs
+        .into_iter()
+        .any(|(key, value)| key == "message.timestamp.type" && value.trim() == "LogAppendTime")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::data_loss_risk;
+    use super::{data_loss_risk, stamps_records_itself};
+
+    #[test]
+    fn an_events_topic_stamped_by_the_broker_is_refused() {
+        assert!(stamps_records_itself([(
+            "message.timestamp.type",
+            "LogAppendTime"
+        )]));
+        assert!(!stamps_records_itself([(
+            "message.timestamp.type",
+            "CreateTime"
+        )]));
+    }
 
     #[test]
     fn a_topic_kept_forever_passes() {

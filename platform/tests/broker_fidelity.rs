@@ -559,6 +559,59 @@ async fn an_existing_events_topic_that_would_delete_records_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_compacted_and_events_keep_the_writers_timestamps() {
+    let kafka = TestKafka::new();
+    let topics = kafka.topics();
+    let events = topics.events(domain::AggregateKind::InventoryItem);
+    let snapshots = topics.snapshots(domain::AggregateKind::InventoryItem);
+    ensure_topics(&kafka.settings, &[events.clone(), snapshots.clone()], 2)
+        .await
+        .expect("create topics");
+    let value = |configs: &[(String, String)], key: &str| {
+        configs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let events_configs = topic_configs(&kafka, &events).await;
+    assert_eq!(
+        value(&events_configs, "message.timestamp.type"),
+        "CreateTime"
+    );
+    let snapshot_configs = topic_configs(&kafka, &snapshots).await;
+    assert_eq!(value(&snapshot_configs, "cleanup.policy"), "compact");
+    assert_eq!(value(&snapshot_configs, "segment.ms"), "600000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_events_topic_stamped_by_the_broker_is_refused() {
+    let kafka = TestKafka::new();
+    let events = kafka.topics().events(domain::AggregateKind::Order);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.settings.brokers)
+        .create()
+        .expect("admin client");
+    admin
+        .create_topics(
+            &[NewTopic::new(&events, 1, TopicReplication::Fixed(1))
+                .set("retention.ms", "-1")
+                .set("message.timestamp.type", "LogAppendTime")],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create");
+    match ensure_topics(&kafka.settings, std::slice::from_ref(&events), 1).await {
+        Err(refusal @ KafkaSetupError::BrokerTimestamps(_)) => {
+            assert!(refusal
+                .to_string()
+                .contains("message.timestamp.type=CreateTime"));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seek_to_beginning_list_offsets_and_watermarks() {
     let kafka = TestKafka::new();
     let topic = kafka.create_topic("offsets", 1).await;
