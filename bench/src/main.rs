@@ -6,12 +6,13 @@
 //! # Layout
 //!
 //! - `phases`: the run, phase by phase (baselines, command side, read side and sagas,
-//!   projectors and rebuild).
+//!   projectors, rebuild and takeover).
 //! - `services`: the release binaries as processes; readiness; peak RSS.
 //! - `kafka_load`: raw produce baseline; pre-filled event topics.
 //! - `round_trip`: raw request/reply baseline (the broker's ceiling for a command's shape).
 //! - `pg_load`: raw batched insert baseline.
 //! - `http_load`: command throughput, latency at a fixed rate, visibility, sagas.
+//! - `takeover`: a command-api taking over a grown log, by replay and from its snapshot.
 //! - `report`: the figures, `report.json` and the table.
 
 #![allow(clippy::print_stdout)] // a report on the terminal is the point
@@ -23,6 +24,7 @@ mod phases;
 mod report;
 mod round_trip;
 mod services;
+mod takeover;
 
 use std::time::Duration;
 

@@ -267,9 +267,15 @@ impl Run {
         rss.insert("projectors rebuild".to_owned(), peak_mib);
         anyhow::ensure!(status.success(), "rebuild failed");
         let rebuild_events_per_s = plan.rebuild_events as f64 / started.elapsed().as_secs_f64();
+        step(&format!(
+            "command-api taking over {} inventory events: by replay, then from its snapshot",
+            plan.rebuild_events
+        ));
+        let takeover = crate::takeover::measure(&env, rss, |service| self.api(service)).await?;
         Ok(ProjectorFigures {
             events_per_s,
             rebuild_events_per_s,
+            takeover,
         })
     }
 

@@ -30,6 +30,8 @@ pub(crate) struct ReadFigures {
 pub(crate) struct ProjectorFigures {
     pub(crate) events_per_s: f64,
     pub(crate) rebuild_events_per_s: f64,
+    /// A command-api taking over the rebuild's log (the same events).
+    pub(crate) takeover: crate::takeover::TakeoverFigures,
 }
 
 /// Everything one run measured.
@@ -77,6 +79,8 @@ impl Figures {
             "raw_insert_rows_per_s": round(self.raw_insert_rows_per_s),
             "projector_events_per_s": projectors.map(|p| round(p.events_per_s)),
             "rebuild_events_per_s": projectors.map(|p| round(p.rebuild_events_per_s)),
+            "takeover_ms": projectors.map(|p| json!({
+                "replay": round(p.takeover.replay_ms), "snapshot": round(p.takeover.snapshot_ms)})),
             "visibility_latency_ms": reads.map(|r| pct(r.visibility)),
             "sagas_per_s": reads.map(|r| round(r.sagas_per_s)),
             "rss_mib": self.rss_mib.iter().map(|(k, v)| (k.clone(), round(*v))).collect::<BTreeMap<_, _>>(),
@@ -91,6 +95,8 @@ impl Figures {
                 // raw insert moves with the machine's load as the rebuild does.
                 "rebuild_events_per_s / raw_insert_rows_per_s":
                     projectors.map(|p| ratio(p.rebuild_events_per_s, self.raw_insert_rows_per_s)),
+                "takeover_ms snapshot / replay":
+                    projectors.map(|p| ratio(p.takeover.snapshot_ms, p.takeover.replay_ms)),
             },
             "volumes": merge(volumes, json!({
                 "record_payload_bytes": self.record_payload_bytes,
@@ -164,6 +170,18 @@ pub(crate) fn print_table(report: &Value) {
                 "over {} events (target >= 100000/s), {} x raw insert",
                 report["volumes"]["rebuild_events"],
                 report["ratios"]["rebuild_events_per_s / raw_insert_rows_per_s"]
+            ),
+        ),
+        (
+            "takeover_ms",
+            format!(
+                "{}/{}",
+                r("takeover_ms")["replay"],
+                r("takeover_ms")["snapshot"]
+            ),
+            format!(
+                "replay/snapshot, {} events over 6 partitions (target: snapshot <= 2000)",
+                report["volumes"]["rebuild_events"]
             ),
         ),
         (
