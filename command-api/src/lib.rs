@@ -21,8 +21,9 @@
 //!   that the saga orchestrator uses too (its own reply key, deterministic command ids,
 //!   `actor.role = "system"`), so every write in the system goes through the partition writers.
 //! - [`processor`]: the consumer group (polled on its own thread), the pure partition model
-//!   (the decision for each command, unit-tested without a broker) and the partition writers
-//!   (fencing, transactions, answers).
+//!   (the decision for each command and the model to and from its snapshot, unit-tested without
+//!   a broker) and the partition writers (fencing, restoring from the snapshot, transactions,
+//!   answers).
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
 
 pub use command_bus::bus;
