@@ -70,6 +70,17 @@ pub async fn ensure_all_topics(
                 b,
             });
         }
+        // Writer p snapshots into partition p: fewer snapshot partitions would mix writers.
+        let snapshots = topics.snapshots(kind);
+        let c = partition_count(&client, &snapshots).await?;
+        if c != a {
+            return Err(TopicSetupError::PartitionMismatch {
+                events,
+                commands: snapshots,
+                a,
+                b: c,
+            });
+        }
         partitions = a;
     }
     Ok(i32::try_from(partitions).unwrap_or(i32::MAX))

@@ -54,7 +54,8 @@ impl CommandWindow {
         self.0
     }
 
-    fn millis(self) -> i64 {
+    /// The window in milliseconds.
+    pub fn millis(self) -> i64 {
         i64::try_from(self.0.as_millis()).unwrap_or(i64::MAX)
     }
 
@@ -189,7 +190,8 @@ impl LogOrder {
     }
 
     /// The log order a snapshot recorded: the partition's `clock`, every chain head, and the
-    /// command uses (those the window no longer remembers are dropped at once).
+    /// command uses. Those the window no longer remembers are dropped at once, and reported by
+    /// [`LogOrder::take_forgotten`] like any other, so the snapshot deletes them too.
     pub fn restored(
         window: CommandWindow,
         clock: i64,
@@ -197,10 +199,8 @@ impl LogOrder {
         commands: impl IntoIterator<Item = (String, RecordedCommand)>,
     ) -> Self {
         let oldest = window.oldest_remembered(clock);
-        let commands: HashMap<String, RecordedCommand> = commands
-            .into_iter()
-            .filter(|(_, r)| r.used_at >= oldest)
-            .collect();
+        let (commands, forgotten): (HashMap<String, RecordedCommand>, HashMap<_, _>) =
+            commands.into_iter().partition(|(_, r)| r.used_at >= oldest);
         let mut by_age: Vec<(i64, String)> = commands
             .iter()
             .map(|(id, r)| (r.used_at, id.clone()))
@@ -212,7 +212,7 @@ impl LogOrder {
             heads: heads.into_iter().collect(),
             commands,
             by_age: by_age.into(),
-            forgotten: Vec::new(),
+            forgotten: forgotten.into_keys().collect(),
             losers: 0,
         }
     }
@@ -315,6 +315,16 @@ impl LogOrder {
 
     pub fn head(&self, aggregate_id: &str) -> Option<&ChainHead> {
         self.heads.get(aggregate_id)
+    }
+
+    /// How many aggregates have an accepted chain.
+    pub fn aggregates(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// The window this log order judges with.
+    pub fn window(&self) -> CommandWindow {
+        self.window
     }
 
     /// The accepted outcome of a command id, if it has events in this partition that the

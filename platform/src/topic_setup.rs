@@ -45,6 +45,13 @@ pub enum KafkaSetupError {
          --entity-type topics --entity-name {0} --add-config message.timestamp.type=CreateTime)"
     )]
     BrokerTimestamps(String),
+    #[error(
+        "refusing to start: topic {0} holds the writers' snapshots but is not cleanup.policy=compact, \
+         so the broker would delete the records of aggregates that did not change for a while; \
+         set cleanup.policy=compact on it (for example: kafka-configs.sh --alter --entity-type \
+         topics --entity-name {0} --add-config cleanup.policy=compact)"
+    )]
+    NotCompacted(String),
     #[error("some partitions of these topics are not served after 15 s: {0}")]
     NoLeader(String),
 }
@@ -193,7 +200,12 @@ async fn check_retention(
 ) -> Result<(), KafkaSetupError> {
     let kept: Vec<&String> = topics
         .iter()
-        .filter(|t| Topics::retention(t) == Retention::Forever)
+        .filter(|t| {
+            matches!(
+                Topics::retention(t),
+                Retention::Forever | Retention::Compacted
+            )
+        })
         .collect();
     if kept.is_empty() {
         return Ok(());
@@ -215,6 +227,12 @@ async fn check_retention(
             .entries
             .iter()
             .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or_default()));
+        if Topics::retention(topic) == Retention::Compacted {
+            if !only_compacts(configs) {
+                return Err(KafkaSetupError::NotCompacted(topic.clone()));
+            }
+            continue;
+        }
         if let Some(risk) = data_loss_risk(topic, configs.clone()) {
             return Err(risk.into());
         }
@@ -244,6 +262,14 @@ pub fn data_loss_risk<'a>(
             wanted,
         })
     })
+}
+
+/// Whether `configs` make the broker keep the newest record of every key and nothing less:
+/// compaction alone (with `delete` too, records would also go by age).
+pub fn only_compacts<'a>(configs: impl IntoIterator<Item = (&'a str, &'a str)>) -> bool {
+    configs
+        .into_iter()
+        .any(|(key, value)| key == "cleanup.policy" && value.trim() == "compact")
 }
 
 /// Whether `configs` make the broker replace the producers' record timestamps.

@@ -585,6 +585,31 @@ async fn snapshots_are_compacted_and_events_keep_the_writers_timestamps() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_snapshots_topic_that_is_not_compacted_is_refused() {
+    let kafka = TestKafka::new();
+    let snapshots = kafka.topics().snapshots(domain::AggregateKind::Order);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.settings.brokers)
+        .create()
+        .expect("admin client");
+    // Pre-created with the broker's defaults: deleted after 7 days, so an aggregate unchanged
+    // for a week would vanish from the snapshot.
+    admin
+        .create_topics(
+            &[NewTopic::new(&snapshots, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create");
+    match ensure_topics(&kafka.settings, std::slice::from_ref(&snapshots), 1).await {
+        Err(refusal @ KafkaSetupError::NotCompacted(_)) => {
+            assert!(refusal.to_string().contains("cleanup.policy=compact"));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_events_topic_stamped_by_the_broker_is_refused() {
     let kafka = TestKafka::new();
     let events = kafka.topics().events(domain::AggregateKind::Order);

@@ -614,6 +614,8 @@ fn every_snapshot_record_round_trips() {
             format: 1,
             events_end: 1_000_001,
             clock: 1_796_313_932_602,
+            window_ms: 86_400_000,
+            aggregates: 3_300,
         }),
         Snapshot::CommandUse(CommandUse {
             command_id: "cmd-7".into(),

@@ -49,6 +49,10 @@ pub struct Checkpoint {
     pub events_end: i64,
     /// The log-order rule's clock at `events_end` (ms).
     pub clock: i64,
+    /// The command window the writer judged with (ms).
+    pub window_ms: i64,
+    /// How many aggregate records the snapshot holds.
+    pub aggregates: u64,
 }
 
 /// A command use the log-order rule still remembers.
@@ -98,6 +102,8 @@ struct CheckpointRecord {
     format: i32,
     events_end: i64,
     clock_ms: i64,
+    window_ms: i64,
+    aggregates: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -520,6 +526,8 @@ impl WireRecord for Snapshot {
                 format: i32::try_from(c.format).unwrap_or(i32::MAX),
                 events_end: c.events_end,
                 clock_ms: c.clock,
+                window_ms: c.window_ms,
+                aggregates: signed(c.aggregates),
             }),
             Self::CommandUse(u) => to_record(CommandUseRecord {
                 command_id: u.command_id.clone(),
@@ -565,6 +573,8 @@ impl WireRecord for Snapshot {
                         .map_err(|_| invalid("format", r.format.to_string()))?,
                     events_end: r.events_end,
                     clock: r.clock_ms,
+                    window_ms: r.window_ms,
+                    aggregates: count("aggregates", r.aggregates)?,
                 })
             }
             "CommandUse" => {

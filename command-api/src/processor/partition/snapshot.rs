@@ -26,6 +26,12 @@ pub(crate) struct Dirty {
     seq: u64,
     aggregates: HashMap<String, u64>,
     commands: HashMap<String, u64>,
+    /// The command uses the snapshot holds (bounded by the window): only those need deleting
+    /// when the window forgets them.
+    written_commands: HashSet<String>,
+    /// An aggregate id that could be taken for a snapshot's own key (only a producer other
+    /// than the writers appends such ids): this partition is never snapshotted.
+    unsafe_key: bool,
 }
 
 impl Dirty {
@@ -55,8 +61,16 @@ pub(crate) enum RestoreError {
     NoCheckpoint,
     #[error("the snapshot's format is {found}, this build reads {SNAPSHOT_FORMAT}")]
     Format { found: u32 },
-    #[error("record {key:?} is not a {kind} snapshot")]
+    #[error("record {key:?} is not a {kind} snapshot of that aggregate")]
     ForeignRecord { key: String, kind: &'static str },
+    #[error(
+        "the snapshot was judged with a {found} ms command window, this writer uses {expected} ms"
+    )]
+    Window { found: i64, expected: i64 },
+    #[error("the snapshot holds an aggregate its writer could not read ({0}); this build may")]
+    Unreadable(String),
+    #[error("the checkpoint counts {expected} aggregates, the snapshot holds {found}")]
+    Incomplete { expected: u64, found: u64 },
 }
 
 fn command_key(command_id: &str) -> String {
@@ -71,24 +85,42 @@ where
 {
     /// Notes an aggregate whose head or state moved, and the command behind it.
     pub(super) fn changed(&mut self, aggregate_id: &str, command_id: Option<&str>) {
+        if aggregate_id.starts_with('~') {
+            self.dirty.unsafe_key = true;
+        }
         self.dirty.aggregate(aggregate_id);
         if let Some(command_id) = command_id {
             self.dirty.command(command_id);
         }
     }
 
-    /// Whether anything changed since the last snapshot that committed.
-    pub(crate) fn has_unsnapshotted_changes(&mut self) -> bool {
+    /// How many records a snapshot taken now would write (0: nothing changed); `None` when
+    /// this partition cannot be snapshotted safely.
+    pub(crate) fn unsnapshotted_changes(&mut self) -> Option<usize> {
         for forgotten in self.log.take_forgotten() {
-            self.dirty.command(&forgotten);
+            if self.dirty.written_commands.contains(&forgotten) {
+                self.dirty.command(&forgotten);
+            } else {
+                // Never written: nothing to delete.
+                self.dirty.commands.remove(&forgotten);
+            }
         }
-        !self.dirty.aggregates.is_empty() || !self.dirty.commands.is_empty()
+        if self.dirty.unsafe_key {
+            return None;
+        }
+        Some(self.dirty.aggregates.len() + self.dirty.commands.len())
+    }
+
+    /// Whether anything changed since the last snapshot that committed.
+    #[cfg(test)]
+    pub(crate) fn has_unsnapshotted_changes(&mut self) -> bool {
+        self.unsnapshotted_changes().is_some_and(|n| n > 0)
     }
 
     /// The records that bring the snapshot up to the model as it is, covering every event
     /// before `events_end` (everything this model has judged).
     pub(crate) fn snapshot_records(&mut self, events_end: i64) -> SnapshotRecords {
-        let _ = self.has_unsnapshotted_changes();
+        let _ = self.unsnapshotted_changes();
         let mut records =
             Vec::with_capacity(self.dirty.aggregates.len() + self.dirty.commands.len() + 1);
         for aggregate_id in self.dirty.aggregates.keys() {
@@ -124,6 +156,8 @@ where
                 format: SNAPSHOT_FORMAT,
                 events_end,
                 clock: self.log.clock(),
+                window_ms: self.log.window().millis(),
+                aggregates: u64::try_from(self.log.aggregates()).unwrap_or(u64::MAX),
             })),
         ));
         SnapshotRecords {
@@ -137,6 +171,16 @@ where
         let at = taken.taken_at;
         self.dirty.aggregates.retain(|_, seq| *seq > at);
         self.dirty.commands.retain(|_, seq| *seq > at);
+        for (key, record) in &taken.records {
+            let Some(command_id) = key.strip_prefix(COMMAND_KEY_PREFIX) else {
+                continue;
+            };
+            if record.is_some() {
+                self.dirty.written_commands.insert(command_id.to_owned());
+            } else {
+                self.dirty.written_commands.remove(command_id);
+            }
+        }
     }
 
     /// The model a snapshot's records (key and record, `None` for a deleted key, in log order)
@@ -149,23 +193,32 @@ where
     ) -> Result<(Self, i64), RestoreError> {
         let newest: HashMap<String, Option<Snapshot>> = records.into_iter().collect();
         let mut checkpoint = None;
-        let (mut heads, mut states, mut unreadable, mut commands) =
-            (Vec::new(), HashMap::new(), HashSet::new(), Vec::new());
+        let (mut heads, mut states, mut commands) = (Vec::new(), HashMap::new(), Vec::new());
         for (key, record) in newest {
             let Some(record) = record else { continue };
             match record {
-                Snapshot::Checkpoint(c) => checkpoint = Some(c),
-                Snapshot::CommandUse(u) => commands.push((u.command_id.clone(), recorded(u))),
+                Snapshot::Checkpoint(c) if key == CHECKPOINT_KEY => checkpoint = Some(c),
+                Snapshot::CommandUse(u) if key == command_key(&u.command_id) => {
+                    commands.push((u.command_id.clone(), recorded(u)));
+                }
+                Snapshot::Checkpoint(_) | Snapshot::CommandUse(_) => {
+                    return Err(RestoreError::ForeignRecord {
+                        key,
+                        kind: A::KIND.as_str(),
+                    })
+                }
                 aggregate => {
-                    let (head, state) =
-                        A::restored(aggregate).ok_or(RestoreError::ForeignRecord {
+                    let (head, state) = A::restored(aggregate)
+                        .filter(|(head, _)| head.aggregate_id == key)
+                        .ok_or(RestoreError::ForeignRecord {
                             key,
                             kind: A::KIND.as_str(),
                         })?;
-                    let version = Version::new(head.version);
+                    // Whether it is readable is this build's to find out, by replaying.
                     if head.unreadable {
-                        unreadable.insert(head.aggregate_id.clone());
+                        return Err(RestoreError::Unreadable(head.aggregate_id));
                     }
+                    let version = Version::new(head.version);
                     states.insert(head.aggregate_id.clone(), Current { state, version });
                     heads.push((
                         head.aggregate_id,
@@ -185,10 +238,24 @@ where
                 found: checkpoint.format,
             });
         }
+        if checkpoint.window_ms != window.millis() {
+            return Err(RestoreError::Window {
+                found: checkpoint.window_ms,
+                expected: window.millis(),
+            });
+        }
+        let found = u64::try_from(heads.len()).unwrap_or(u64::MAX);
+        if found != checkpoint.aggregates {
+            return Err(RestoreError::Incomplete {
+                expected: checkpoint.aggregates,
+                found,
+            });
+        }
+        let written_commands = commands.iter().map(|(id, _)| id.clone()).collect();
         let mut model = Self::new(partition, partitions, window);
         model.log = LogOrder::restored(window, checkpoint.clock, heads, commands);
         model.states = states;
-        model.unreadable = unreadable;
+        model.dirty.written_commands = written_commands;
         Ok((model, checkpoint.events_end))
     }
 }

@@ -12,6 +12,8 @@ use platform::partitioner::partition_for;
 use schemas::{CommandReply, RejectionCode, ReplyOutcome};
 use uuid::Uuid;
 
+use schemas::wire::snapshots::Snapshot;
+
 use super::{Batch, Inputs, Judged, PartitionModel, Plan};
 use crate::processor::IncomingCommand;
 
@@ -28,6 +30,8 @@ struct Given {
     next_offset: i64,
     last_event: Option<Uuid>,
     version: u64,
+    /// Every record read: (offset, envelope, payload, timestamp), to replay into another model.
+    log: Vec<(i64, EventEnvelope, Vec<u8>, i64)>,
 }
 
 fn given() -> Given {
@@ -40,6 +44,7 @@ fn given() -> Given {
         next_offset: 0,
         last_event: None,
         version: 0,
+        log: Vec::new(),
     }
 }
 
@@ -74,6 +79,12 @@ impl Given {
             ),
             Judged::Accepted
         );
+        self.log.push((
+            self.next_offset,
+            envelope.clone(),
+            payload,
+            at.timestamp_millis(),
+        ));
         self.next_offset += 2; // a commit marker follows each transaction
         self.last_event = Some(envelope.event_id);
         self
@@ -464,46 +475,74 @@ fn probes() -> Vec<IncomingCommand> {
     ]
 }
 
-fn restored_from(source: &mut Given) -> Given {
-    let records = source.model.snapshot_records(source.next_offset).records;
-    let (model, events_end) = PartitionModel::<InventoryItem>::restore(
+/// A model restored from `records` (a snapshot's, in log order), then fed every record of
+/// `source`'s log from the checkpoint on, as a writer taking over reads the events after it.
+fn restored_from(source: &Given, records: Vec<(String, Option<Snapshot>)>) -> Given {
+    let (mut model, events_end) = PartitionModel::<InventoryItem>::restore(
         source.model.partition(),
         PARTITIONS,
         Default::default(),
         records,
     )
     .unwrap();
-    assert_eq!(
-        events_end, source.next_offset,
-        "replay resumes after the snapshot"
-    );
+    for (offset, envelope, payload, timestamp) in &source.log {
+        if *offset >= events_end {
+            assert_eq!(
+                model.judge(*offset, envelope, Some(payload), Some(*timestamp)),
+                Judged::Accepted
+            );
+        }
+    }
     Given {
         model,
         next_offset: source.next_offset,
         last_event: source.last_event,
         version: source.version,
+        log: Vec::new(),
     }
+}
+
+/// The snapshot records of `given`'s model now, committed.
+fn snapshot_of(given: &mut Given) -> Vec<(String, Option<Snapshot>)> {
+    let taken = given.model.snapshot_records(given.next_offset);
+    given.model.snapshot_committed(&taken);
+    taken.records
 }
 
 #[test]
 fn a_model_restored_from_its_snapshot_decides_as_the_model_that_replayed_everything() {
-    let mut replayed = given()
-        .stock_added(5, "first", Some("hash-a"))
-        .stock_added(3, "second", None);
-    let restored = restored_from(&mut replayed);
+    // Two snapshots, one taken but aborted in between, and a tail after the last checkpoint.
+    let mut replayed = given().stock_added(5, "first", Some("hash-a"));
+    let mut records = snapshot_of(&mut replayed);
+    replayed = replayed.stock_added(3, "second", None);
+    let _aborted = replayed.model.snapshot_records(replayed.next_offset);
+    replayed = replayed.stock_added(2, "second-b", None);
+    records.extend(snapshot_of(&mut replayed));
+    let replayed = replayed.stock_added(4, "tail", Some("hash-t"));
+    let restored = restored_from(&replayed, records);
     for (probe, copy) in probes().into_iter().zip(probes()) {
         assert_eq!(
             format!("{:?}", restored.when_one(copy)),
             format!("{:?}", replayed.when_one(probe)),
         );
     }
+    let tail_retry = || {
+        add_stock(4, "tail")
+            .with(|e| e.request_hash = Some("hash-t".into()))
+            .incoming()
+    };
+    assert_eq!(
+        format!("{:?}", restored.when_one(tail_retry())),
+        format!("{:?}", replayed.when_one(tail_retry())),
+        "a command replayed after the checkpoint is remembered too"
+    );
 }
 
 #[test]
 fn a_snapshot_without_a_checkpoint_or_of_another_format_or_kind_is_refused() {
-    use schemas::wire::snapshots::{Checkpoint, Snapshot, CHECKPOINT_KEY};
+    use schemas::wire::snapshots::{Checkpoint, CHECKPOINT_KEY};
     let mut source = given().stock_added(5, "first", None);
-    let records = source.model.snapshot_records(source.next_offset).records;
+    let records = snapshot_of(&mut source);
     let restore = |records: Vec<(String, Option<Snapshot>)>| {
         PartitionModel::<InventoryItem>::restore(0, PARTITIONS, Default::default(), records)
             .map(|(_, end)| end)
@@ -524,6 +563,8 @@ fn a_snapshot_without_a_checkpoint_or_of_another_format_or_kind_is_refused() {
             format: 999,
             events_end: 1,
             clock: 0,
+            window_ms: 86_400_000,
+            aggregates: 1,
         })),
     ));
     assert_eq!(
@@ -565,4 +606,71 @@ fn what_changes_after_a_snapshot_was_taken_stays_to_be_written() {
     let taken = given.model.snapshot_records(given.next_offset);
     given.model.snapshot_committed(&taken);
     assert!(!given.model.has_unsnapshotted_changes());
+}
+
+#[test]
+fn a_snapshot_missing_an_aggregate_or_judged_with_another_window_is_refused() {
+    use super::snapshot::RestoreError;
+    let mut source = given().stock_added(5, "first", None);
+    let records = snapshot_of(&mut source);
+    let lost: Vec<_> = records
+        .iter()
+        .filter(|(key, _)| key != SKU)
+        .cloned()
+        .collect();
+    let restore = |records, window| {
+        PartitionModel::<InventoryItem>::restore(0, PARTITIONS, window, records).map(|(_, e)| e)
+    };
+    assert_eq!(
+        restore(lost, Default::default()),
+        Err(RestoreError::Incomplete {
+            expected: 1,
+            found: 0
+        }),
+        "a record the broker lost is noticed"
+    );
+    let hour = platform::log_order::CommandWindow::new(std::time::Duration::from_secs(3600));
+    assert!(matches!(
+        restore(records, hour),
+        Err(RestoreError::Window { .. })
+    ));
+}
+
+#[test]
+fn a_snapshot_holding_an_unreadable_aggregate_is_refused_so_this_build_replays() {
+    let mut given = given();
+    let envelope = event(1, None, "first", None);
+    assert!(matches!(
+        given.model.judge(0, &envelope, Some(b"not avro"), Some(0)),
+        Judged::Unreadable(_)
+    ));
+    given.next_offset = 2;
+    let records = snapshot_of(&mut given);
+    assert!(matches!(
+        PartitionModel::<InventoryItem>::restore(0, PARTITIONS, Default::default(), records),
+        Err(super::snapshot::RestoreError::Unreadable(_))
+    ));
+}
+
+#[test]
+fn a_command_the_window_forgot_before_any_snapshot_held_it_is_not_deleted() {
+    let window = platform::log_order::CommandWindow::new(std::time::Duration::from_secs(60));
+    let mut given = Given {
+        model: PartitionModel::new(
+            partition_for(SKU.as_bytes(), PARTITIONS),
+            PARTITIONS,
+            window,
+        ),
+        ..given()
+    };
+    given = given
+        .stock_added_at(now() - chrono::Duration::hours(2), 1, "old", None)
+        .stock_added(1, "new", None);
+    let records = snapshot_of(&mut given);
+    let keys: Vec<&str> = records.iter().map(|(key, _)| key.as_str()).collect();
+    assert!(
+        !keys.iter().any(|k| k.ends_with("/old")),
+        "never written, nothing to delete: {keys:?}"
+    );
+    assert!(keys.iter().any(|k| k.ends_with("/new")), "{keys:?}");
 }

@@ -102,7 +102,7 @@ where
         self.absorb_pending().await;
         // Taken before the batch is planned: the model as the log holds it up to `known_end`,
         // so the batch's own events come after the checkpoint.
-        let snapshot = self.due_snapshot();
+        let snapshot = self.due_snapshot().await;
         let mut scratch = Batch::default();
         let plans: Vec<Plan> = batch
             .iter()
@@ -128,7 +128,7 @@ where
         let events = self.send_events(&plans);
         let replies = self.replies(batch, &plans, &expected);
         let replies_queued = self.send_replies(batch, &replies);
-        let snapshot_queued = snapshot.as_ref().map(|s| self.send_snapshot(s));
+        let snapshot_queued = snapshot.as_ref().map(|s| self.send_snapshot(&s.records));
         let (offsets, acknowledged) = events_acknowledged(events).await;
         let replies_acknowledged = replies_acknowledged(replies_queued).await;
         let snapshot_acknowledged = match snapshot_queued {
@@ -157,6 +157,9 @@ where
         }
         if let Err(failure) = offsets_sent {
             return Err(self.aborted(failure, Recovery::CatchUp { past }).await);
+        }
+        if !snapshot_acknowledged {
+            self.snapshot_failed();
         }
         if !replies_acknowledged || !snapshot_acknowledged {
             let failure = TransactionFailure::NotAcknowledged;

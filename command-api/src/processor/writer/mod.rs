@@ -207,7 +207,7 @@ where
             .record(started.elapsed().as_secs_f64());
         info!(kind = %A::KIND, partition, from, end = writer.known_end, replayed, elapsed_ms, "partition state rebuilt");
         if replayed >= snapshot::SNAPSHOT_AFTER_REPLAY {
-            writer.snapshot_alone().await?;
+            writer.snapshot_alone().await;
         }
         Ok(writer)
     }

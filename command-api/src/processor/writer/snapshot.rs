@@ -13,11 +13,11 @@ use futures::future::join_all;
 use platform::log_end::LogEnds;
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
-use schemas::wire::snapshots::Snapshot;
+use schemas::wire::snapshots::{Snapshot, CHECKPOINT_KEY};
 use tracing::{info, warn};
 
 use super::transaction::{self, TransactionFailure};
-use super::{Writer, WriterError};
+use super::Writer;
 use crate::processor::partition::{PartitionModel, SnapshotRecords};
 use crate::processor::write_model::WriteModel;
 use crate::processor::WriterContext;
@@ -29,6 +29,14 @@ pub(super) const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
 /// A takeover that replayed at least this many offsets writes a snapshot before it serves, so
 /// the next owner does not replay them again.
 pub(super) const SNAPSHOT_AFTER_REPLAY: i64 = 10_000;
+
+/// The most records a snapshot may add to a batch's transaction; a larger one (the first after
+/// a long replay, or after a burst over many aggregates) is written on its own, in chunks.
+const MAX_SNAPSHOT_RECORDS_IN_A_BATCH: usize = 2_000;
+
+/// Records per transaction of a snapshot written on its own: well within the producer's queue
+/// and the transaction timeout.
+const SNAPSHOT_CHUNK: usize = 5_000;
 
 /// How long reading a snapshot may stall before the writer replays instead.
 const READ_STALL: Duration = Duration::from_secs(10);
@@ -152,23 +160,35 @@ where
     A::Command: schemas::WireRecord + Clone + Send + Sync,
     A::State: Send + Sync,
 {
-    /// The snapshot to write with the next batch, when one is due and anything changed: the
-    /// model as it stands before the batch, checkpointed at what this writer has read.
-    pub(super) fn due_snapshot(&mut self) -> Option<SnapshotRecords> {
-        if self.last_snapshot.elapsed() < SNAPSHOT_INTERVAL
-            || !self.model.has_unsnapshotted_changes()
-        {
+    /// How many records a snapshot would write now, if one is due.
+    fn snapshot_due(&mut self) -> Option<usize> {
+        if self.last_snapshot.elapsed() < SNAPSHOT_INTERVAL {
             return None;
         }
-        Some(self.model.snapshot_records(self.known_end))
+        self.model.unsnapshotted_changes().filter(|n| *n > 0)
+    }
+
+    /// The snapshot to write with the next batch, when one is due, anything changed, and it is
+    /// small enough to ride along: the model as it stands before the batch, checkpointed at
+    /// the last record this writer has judged. A larger one is written on its own first.
+    pub(super) async fn due_snapshot(&mut self) -> Option<SnapshotRecords> {
+        let records = self.snapshot_due()?;
+        if records > MAX_SNAPSHOT_RECORDS_IN_A_BATCH {
+            self.snapshot_alone().await;
+            return None;
+        }
+        Some(self.model.snapshot_records(self.next_offset))
     }
 
     /// Queues the snapshot's records in the open transaction; `None` when one could not be
     /// queued (the transaction is then aborted).
-    pub(super) fn send_snapshot(&self, snapshot: &SnapshotRecords) -> Option<Vec<DeliveryFuture>> {
+    pub(super) fn send_snapshot(
+        &self,
+        records: &[(String, Option<Snapshot>)],
+    ) -> Option<Vec<DeliveryFuture>> {
         let topic = self.ctx.topics.snapshots(A::KIND);
-        let mut deliveries = Vec::with_capacity(snapshot.records.len());
-        for (key, record) in &snapshot.records {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for (key, record) in records {
             let payload = match record.as_ref().map(schemas::encode).transpose() {
                 Ok(payload) => payload,
                 Err(error) => {
@@ -202,17 +222,48 @@ where
             .increment(1);
     }
 
-    /// A snapshot in a transaction of its own (nothing else in it), after a long replay.
-    /// A failure is not the takeover's: the writer serves, and snapshots with a later batch.
-    pub(super) async fn snapshot_alone(&mut self) -> Result<(), WriterError> {
-        if !self.model.has_unsnapshotted_changes() {
-            return Ok(());
+    /// A snapshot that could not be written: the batch that carried it is tried again without
+    /// one, and the next attempt waits a whole interval. What it would have written stays to
+    /// be written.
+    pub(super) fn snapshot_failed(&mut self) {
+        self.last_snapshot = std::time::Instant::now();
+        metrics::counter!("writer_snapshot_failures_total", "aggregate" => A::KIND.as_str())
+            .increment(1);
+    }
+
+    /// A snapshot in transactions of its own (nothing else in them), in chunks of
+    /// [`SNAPSHOT_CHUNK`] records: the first deletes the checkpoint and the last writes the
+    /// new one, so until the last commits a restore finds no checkpoint and replays instead.
+    /// A failure is logged and counted, never the caller's: the writer serves on, and what was
+    /// not written stays to be written.
+    pub(super) async fn snapshot_alone(&mut self) {
+        if self.model.unsnapshotted_changes().is_none_or(|n| n == 0) {
+            return;
         }
-        let snapshot = self.model.snapshot_records(self.known_end);
-        if transaction::begin(&self.producer).is_err() {
-            return Err(WriterError::Timeout);
+        let snapshot = self.model.snapshot_records(self.next_offset);
+        let mut records: Vec<(String, Option<Snapshot>)> = Vec::new();
+        if snapshot.records.len() > SNAPSHOT_CHUNK {
+            records.push((CHECKPOINT_KEY.to_owned(), None));
         }
-        let delivered = match self.send_snapshot(&snapshot) {
+        records.extend(snapshot.records.iter().cloned());
+        for chunk in records.chunks(SNAPSHOT_CHUNK) {
+            if let Err(failure) = self.commit_alone(chunk).await {
+                self.snapshot_failed();
+                warn!(kind = %A::KIND, partition = self.partition, error = %failure, "snapshot not written; the next one writes it");
+                return;
+            }
+        }
+        self.snapshot_committed(&snapshot);
+        info!(kind = %A::KIND, partition = self.partition, records = snapshot.records.len(), events_end = self.next_offset, "snapshot written in transactions of its own");
+    }
+
+    /// One transaction holding `records` and nothing else.
+    async fn commit_alone(
+        &self,
+        records: &[(String, Option<Snapshot>)],
+    ) -> Result<(), TransactionFailure> {
+        transaction::begin(&self.producer)?;
+        let delivered = match self.send_snapshot(records) {
             Some(deliveries) => acknowledged(deliveries).await,
             None => false,
         };
@@ -221,19 +272,11 @@ where
         } else {
             Err(TransactionFailure::NotAcknowledged)
         };
-        match committed {
-            Ok(()) => {
-                self.snapshot_committed(&snapshot);
-                info!(kind = %A::KIND, partition = self.partition, records = snapshot.records.len(), events_end = self.known_end, "snapshot written after the takeover's replay");
-                Ok(())
-            }
-            Err(failure) => {
-                warn!(kind = %A::KIND, partition = self.partition, error = %failure, "snapshot after the replay not written; the next batches write it");
-                transaction::abort(&self.producer)
-                    .await
-                    .map_err(|_| WriterError::Timeout)
-            }
+        if committed.is_err() {
+            // A producer that cannot abort fails the next batch's `begin`, which restarts it.
+            let _ = transaction::abort(&self.producer).await;
         }
+        committed
     }
 }
 
