@@ -92,24 +92,24 @@ pub(super) async fn store(
 }
 
 /// Deletes the uses the window no longer remembers at each partition's clock (`oldest`: the
-/// oldest use time still remembered, per partition): they can never count again.
+/// oldest use time still remembered, per partition): they can never count again. One statement
+/// per partition, so each is a range scan of the `(projection, partition, used_at_ms)` index (a
+/// join with the partitions' list is planned as a scan of every row, once per batch).
 pub(super) async fn forget_expired(
     connection: &mut PgConnection,
     projection: &str,
     oldest: &[(i32, i64)],
 ) -> Result<(), sqlx::Error> {
-    if oldest.is_empty() {
-        return Ok(());
+    for (partition, oldest) in oldest {
+        sqlx::query(
+            "DELETE FROM projection_commands \
+             WHERE projection = $1 AND partition = $2 AND used_at_ms < $3",
+        )
+        .bind(projection)
+        .bind(partition)
+        .bind(oldest)
+        .execute(&mut *connection)
+        .await?;
     }
-    let (partitions, times): (Vec<i32>, Vec<i64>) = oldest.iter().copied().unzip();
-    sqlx::query(
-        "DELETE FROM projection_commands c USING UNNEST($2::int4[], $3::int8[]) AS w(p, oldest) \
-         WHERE c.projection = $1 AND c.partition = w.p AND c.used_at_ms < w.oldest",
-    )
-    .bind(projection)
-    .bind(partitions)
-    .bind(times)
-    .execute(connection)
-    .await?;
     Ok(())
 }
