@@ -10,4 +10,7 @@
 
 ALTER TABLE projection_commands ADD COLUMN used_at_ms bigint NOT NULL DEFAULT 0;
 ALTER TABLE projection_offsets ADD COLUMN clock_ms bigint NOT NULL DEFAULT 0;
-CREATE INDEX projection_commands_by_age ON projection_commands (projection, partition, used_at_ms);
+-- By age alone: an index led by (projection, partition) would compete with the primary key for
+-- the per-batch lookups by command id, and a plan that took it scanned a whole partition's uses
+-- per lookup. Forgetting scans only the expired uses, then filters.
+CREATE INDEX projection_commands_by_age ON projection_commands (used_at_ms);

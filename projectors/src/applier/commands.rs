@@ -93,8 +93,8 @@ pub(super) async fn store(
 
 /// Deletes the uses the window no longer remembers at each partition's clock (`oldest`: the
 /// oldest use time still remembered, per partition): they can never count again. One statement
-/// per partition, so each is a range scan of the `(projection, partition, used_at_ms)` index (a
-/// join with the partitions' list is planned as a scan of every row, once per batch).
+/// per partition, so each is a range scan of the `used_at_ms` index over the expired uses only
+/// (a join with the partitions' list was planned as a scan of every row, once per batch).
 pub(super) async fn forget_expired(
     connection: &mut PgConnection,
     projection: &str,

@@ -241,13 +241,12 @@ where
             return;
         }
         let snapshot = self.model.snapshot_records(self.next_offset);
-        let mut records: Vec<(String, Option<Snapshot>)> = Vec::new();
-        if snapshot.records.len() > SNAPSHOT_CHUNK {
-            records.push((CHECKPOINT_KEY.to_owned(), None));
-        }
-        records.extend(snapshot.records.iter().cloned());
-        for chunk in records.chunks(SNAPSHOT_CHUNK) {
-            if let Err(failure) = self.commit_alone(chunk).await {
+        // More than one transaction: the first deletes the checkpoint.
+        let chunks = snapshot.records.chunks(SNAPSHOT_CHUNK);
+        let first_deletes_the_checkpoint = chunks.len() > 1;
+        for (n, chunk) in chunks.enumerate() {
+            let delete_checkpoint = n == 0 && first_deletes_the_checkpoint;
+            if let Err(failure) = self.commit_alone(chunk, delete_checkpoint).await {
                 self.snapshot_failed();
                 warn!(kind = %A::KIND, partition = self.partition, error = %failure, "snapshot not written; the next one writes it");
                 return;
@@ -257,13 +256,24 @@ where
         info!(kind = %A::KIND, partition = self.partition, records = snapshot.records.len(), events_end = self.next_offset, "snapshot written in transactions of its own");
     }
 
-    /// One transaction holding `records` and nothing else.
+    /// One transaction holding `records` (after a tombstone for the checkpoint when
+    /// `delete_checkpoint`) and nothing else.
     async fn commit_alone(
         &self,
         records: &[(String, Option<Snapshot>)],
+        delete_checkpoint: bool,
     ) -> Result<(), TransactionFailure> {
         transaction::begin(&self.producer)?;
-        let delivered = match self.send_snapshot(records) {
+        let tombstone = [(CHECKPOINT_KEY.to_owned(), None)];
+        let queued = if delete_checkpoint {
+            self.send_snapshot(&tombstone).and_then(|mut deliveries| {
+                deliveries.extend(self.send_snapshot(records)?);
+                Some(deliveries)
+            })
+        } else {
+            self.send_snapshot(records)
+        };
+        let delivered = match queued {
             Some(deliveries) => acknowledged(deliveries).await,
             None => false,
         };
