@@ -80,7 +80,9 @@ impl Figures {
             "projector_events_per_s": projectors.map(|p| round(p.events_per_s)),
             "rebuild_events_per_s": projectors.map(|p| round(p.rebuild_events_per_s)),
             "takeover_ms": projectors.map(|p| json!({
-                "replay": round(p.takeover.replay_ms), "snapshot": round(p.takeover.snapshot_ms)})),
+                "replay": round(p.takeover.replay_ms), "snapshot": round(p.takeover.snapshot_ms),
+                "replay_writer": p.takeover.replay_writer_ms.map(round),
+                "snapshot_writer": p.takeover.snapshot_writer_ms.map(round)})),
             "visibility_latency_ms": reads.map(|r| pct(r.visibility)),
             "sagas_per_s": reads.map(|r| round(r.sagas_per_s)),
             "rss_mib": self.rss_mib.iter().map(|(k, v)| (k.clone(), round(*v))).collect::<BTreeMap<_, _>>(),
@@ -180,8 +182,10 @@ pub(crate) fn print_table(report: &Value) {
                 r("takeover_ms")["snapshot"]
             ),
             format!(
-                "replay/snapshot, {} events over 6 partitions (target: snapshot <= 2000)",
-                report["volumes"]["rebuild_events"]
+                "replay/snapshot, {} events over 6 partitions (target: snapshot <= 2000); a writer's own {}/{}",
+                report["volumes"]["rebuild_events"],
+                r("takeover_ms")["replay_writer"],
+                r("takeover_ms")["snapshot_writer"]
             ),
         ),
         (

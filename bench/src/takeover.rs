@@ -19,6 +19,12 @@ pub(crate) struct TakeoverFigures {
     pub(crate) replay_ms: f64,
     /// The same, restoring from the snapshot the first takeover wrote.
     pub(crate) snapshot_ms: f64,
+    /// An inventory writer's own takeover (fencing, restore, replay), on average over the
+    /// partitions, as `writer_takeover_seconds` reports it, replaying every event: no process
+    /// start, no group join.
+    pub(crate) replay_writer_ms: Option<f64>,
+    /// The same, from the snapshot.
+    pub(crate) snapshot_writer_ms: Option<f64>,
 }
 
 /// One inventory item on each of the `partitions` partitions, among the pre-filled ones.
@@ -36,12 +42,12 @@ fn one_sku_per_partition(partitions: i32) -> Vec<String> {
 }
 
 /// Starts command-api (inventory and idempotency-key writers only, answering 202 after 1 s) on
-/// `env` and waits until a command on every
-/// partition is answered 200; the time that took, and the service (still running).
+/// `env` and waits until a command on every partition is answered 200; the time that took, the
+/// inventory writers' own mean takeover, and the service (still running).
 async fn take_over(
     env: &Env,
     api_for: impl Fn(&Service) -> anyhow::Result<Api>,
-) -> anyhow::Result<(Duration, Service)> {
+) -> anyhow::Result<(Duration, Option<f64>, Service)> {
     let started = Instant::now();
     let service = Service::start(
         env,
@@ -60,7 +66,32 @@ async fn take_over(
     let api = api_for(&service)?;
     let skus = one_sku_per_partition(env.partitions);
     try_join_all(skus.iter().map(|sku| answered(&api, sku))).await?;
-    Ok((started.elapsed(), service))
+    let elapsed = started.elapsed();
+    let writer_ms = mean_writer_takeover_ms(&api).await;
+    Ok((elapsed, writer_ms, service))
+}
+
+/// The inventory writers' mean `writer_takeover_seconds`, in ms, from `/metrics`.
+async fn mean_writer_takeover_ms(api: &Api) -> Option<f64> {
+    let text = api
+        .client
+        .get(format!("http://{}/metrics", api.commands))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .filter(|line| line.starts_with(name) && line.contains("aggregate=\"inventory\""))
+            .find_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let (sum, count) = (
+        value("writer_takeover_seconds_sum{")?,
+        value("writer_takeover_seconds_count{")?,
+    );
+    (count > 0.0).then(|| sum / count * 1000.0)
 }
 
 /// Adds one unit of `sku` with one Idempotency-Key, asking again every 20 ms while the answer
@@ -93,12 +124,12 @@ pub(crate) async fn measure(
     rss: &mut BTreeMap<String, f64>,
     api_for: impl Fn(&Service) -> anyhow::Result<Api> + Copy,
 ) -> anyhow::Result<TakeoverFigures> {
-    let (replay, service) = take_over(env, api_for)
+    let (replay, replay_writer_ms, service) = take_over(env, api_for)
         .await
         .context("takeover by replay")?;
     let mut peaks = BTreeMap::new();
     service.stop(&mut peaks).await;
-    let (snapshot, service) = take_over(env, api_for)
+    let (snapshot, snapshot_writer_ms, service) = take_over(env, api_for)
         .await
         .context("takeover from the snapshot")?;
     service.stop(&mut peaks).await;
@@ -108,5 +139,7 @@ pub(crate) async fn measure(
     Ok(TakeoverFigures {
         replay_ms: replay.as_secs_f64() * 1000.0,
         snapshot_ms: snapshot.as_secs_f64() * 1000.0,
+        replay_writer_ms,
+        snapshot_writer_ms,
     })
 }

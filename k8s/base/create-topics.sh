@@ -5,9 +5,13 @@
 #   events and dead letters  kept forever      retention.ms=-1
 #   commands                 kept for 7 days   retention.ms=604800000
 #   command replies          kept for 1 day    retention.ms=86400000
-# always with retention.bytes=-1 and cleanup.policy=delete (never compact: an aggregate's whole
-# event chain is the source of truth). Every topic gets KAFKA_REPLICATION_FACTOR replicas and
-# min.insync.replicas=KAFKA_MIN_INSYNC_REPLICAS (both default to 1: one local broker).
+#   writers' snapshots       compacted         cleanup.policy=compact, segment.ms=600000,
+#                                              min.cleanable.dirty.ratio=0.1
+# always with retention.bytes=-1 and, but for snapshots, cleanup.policy=delete (never compact:
+# an aggregate's whole event chain is the source of truth), and message.timestamp.type=CreateTime
+# (the log-order rule's clock reads the writers' timestamps). Every topic gets
+# KAFKA_REPLICATION_FACTOR replicas and min.insync.replicas=KAFKA_MIN_INSYNC_REPLICAS (both
+# default to 1: one local broker).
 #
 # Safe to run again: a topic that exists is left as it is (partitions, replicas) except for its
 # retention configs, which are set again, so a rerun repairs an events topic that would delete
@@ -18,9 +22,13 @@ set -eu
 : "${KAFKA_REPLICATION_FACTOR:=1}" "${KAFKA_MIN_INSYNC_REPLICAS:=1}"
 KAFKA_BIN="${KAFKA_BIN:-/opt/kafka/bin}"
 
-FOREVER_MS=-1
-COMMANDS_RETENTION_MS=604800000 # 7 days: platform::topics::COMMANDS_RETENTION
-REPLIES_RETENTION_MS=86400000   # 1 day: platform::topics::REPLIES_RETENTION
+# The configs of each kind of topic (platform::topics::Retention::topic_configs).
+KEPT="cleanup.policy=delete,retention.ms=-1,retention.bytes=-1,message.timestamp.type=CreateTime"
+# 7 days: platform::topics::COMMANDS_RETENTION
+COMMANDS="cleanup.policy=delete,retention.ms=604800000,retention.bytes=-1,message.timestamp.type=CreateTime"
+# 1 day: platform::topics::REPLIES_RETENTION
+REPLIES="cleanup.policy=delete,retention.ms=86400000,retention.bytes=-1,message.timestamp.type=CreateTime"
+SNAPSHOTS="cleanup.policy=compact,retention.ms=-1,retention.bytes=-1,message.timestamp.type=CreateTime,segment.ms=600000,min.cleanable.dirty.ratio=0.1"
 
 positive() {
   case "$2" in
@@ -39,26 +47,27 @@ if [ "$KAFKA_MIN_INSYNC_REPLICAS" -gt "$KAFKA_REPLICATION_FACTOR" ]; then
   exit 1
 fi
 
-# create TOPIC RETENTION_MS: creates TOPIC unless it exists, then sets its retention (on a new
-# topic that changes nothing; on an old one it puts back what the code expects).
-# min.insync.replicas is only set at creation: raising it on an existing topic with fewer
-# replicas would stop every write to it.
+# create TOPIC CONFIGS: creates TOPIC unless it exists, with CONFIGS (comma-separated key=value,
+# no spaces), then sets CONFIGS again (on a new topic that changes nothing; on an old one it puts
+# back what the code expects). min.insync.replicas is only set at creation: raising it on an
+# existing topic with fewer replicas would stop every write to it.
 create() {
+  # One --config per key=value: the list is split on commas, and holds no spaces.
+  # shellcheck disable=SC2046
   "$KAFKA_BIN/kafka-topics.sh" --bootstrap-server "$KAFKA_BROKERS" --create --if-not-exists \
     --topic "$1" --partitions "$KAFKA_PARTITIONS" \
     --replication-factor "$KAFKA_REPLICATION_FACTOR" \
-    --config cleanup.policy=delete \
-    --config "retention.ms=$2" \
-    --config retention.bytes=-1 \
+    $(printf '%s\n' "$2" | tr ',' '\n' | sed 's/^/--config /') \
     --config "min.insync.replicas=$KAFKA_MIN_INSYNC_REPLICAS"
   "$KAFKA_BIN/kafka-configs.sh" --bootstrap-server "$KAFKA_BROKERS" --alter \
     --entity-type topics --entity-name "$1" \
-    --add-config "cleanup.policy=delete,retention.ms=$2,retention.bytes=-1"
+    --add-config "$2"
 }
 
 for aggregate in customers inventory orders order-sagas idempotency-keys; do
-  create "$KAFKA_TOPIC_PREFIX.$aggregate.events" "$FOREVER_MS"
-  create "$KAFKA_TOPIC_PREFIX.$aggregate.commands" "$COMMANDS_RETENTION_MS"
-  create "$KAFKA_TOPIC_PREFIX.$aggregate.events.dlq" "$FOREVER_MS"
+  create "$KAFKA_TOPIC_PREFIX.$aggregate.events" "$KEPT"
+  create "$KAFKA_TOPIC_PREFIX.$aggregate.commands" "$COMMANDS"
+  create "$KAFKA_TOPIC_PREFIX.$aggregate.events.dlq" "$KEPT"
+  create "$KAFKA_TOPIC_PREFIX.$aggregate.snapshots" "$SNAPSHOTS"
 done
-create "$KAFKA_TOPIC_PREFIX.command-replies" "$REPLIES_RETENTION_MS"
+create "$KAFKA_TOPIC_PREFIX.command-replies" "$REPLIES"

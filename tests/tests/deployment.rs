@@ -742,6 +742,7 @@ fn topics_the_code_uses(prefix: &str) -> BTreeSet<String> {
         expected.insert(topics.events(kind));
         expected.insert(topics.commands(kind));
         expected.insert(Topics::dead_letters(&topics.events(kind)));
+        expected.insert(topics.snapshots(kind));
     }
     expected
 }
