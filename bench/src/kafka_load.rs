@@ -122,8 +122,33 @@ pub(crate) async fn prefill_inventory(
     kafka: &KafkaSettings,
     count: usize,
     skus: usize,
+    span: LogSpan,
 ) -> anyhow::Result<()> {
-    prefill_inventory_more(kafka, 0, count, skus).await
+    prefill_inventory_more(kafka, 0, count, skus, span).await
+}
+
+/// When the pre-filled events happened: spread evenly over a month that ends now, as a log a
+/// month long holds them (a day of commands inside the idempotency window, not all of them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogSpan {
+    start_ms: i64,
+    step_ms: f64,
+}
+
+impl LogSpan {
+    /// `events` events over the 30 days up to now.
+    pub(crate) fn month_ending_now(events: usize) -> Self {
+        let month_ms = 30 * 24 * 3_600_000_i64;
+        Self {
+            start_ms: Utc::now().timestamp_millis() - month_ms,
+            step_ms: month_ms as f64 / events.max(1) as f64,
+        }
+    }
+
+    /// The timestamp of the `n`-th event (ms).
+    fn at(self, n: usize) -> i64 {
+        self.start_ms + (n as f64 * self.step_ms) as i64
+    }
 }
 
 /// Like [`prefill_inventory`], continuing after the first `already` events (same items, so
@@ -133,6 +158,7 @@ pub(crate) async fn prefill_inventory_more(
     already: usize,
     count: usize,
     skus: usize,
+    span: LogSpan,
 ) -> anyhow::Result<()> {
     let producer: FutureProducer = platform::kafka::producer_config(kafka)
         .set("linger.ms", "20")
@@ -160,18 +186,21 @@ pub(crate) async fn prefill_inventory_more(
             sku: Sku::try_from(sku.as_str())?,
             quantity: Quantity::try_from(1)?,
         };
-        let envelope = envelope(
+        let mut envelope = envelope(
             AggregateKind::InventoryItem,
             &sku,
             "StockAdded",
             version,
             predecessor,
         );
+        let at = span.at(already + i);
+        envelope.occurred_at = chrono::DateTime::from_timestamp_millis(at).unwrap_or_default();
         heads.insert(n, (version, envelope.event_id));
         let payload = schemas::encode(&event)?;
         let record = FutureRecord::to(&topic)
             .key(&sku)
             .payload(&payload)
+            .timestamp(at)
             .headers(envelope.to_headers());
         // The window stays far below librdkafka's queue (100,000), so the queue never fills.
         in_flight.push(

@@ -229,7 +229,8 @@ impl Run {
             "pre-filling {} inventory events",
             plan.projector_events
         ));
-        kafka_load::prefill_inventory(&kafka, plan.projector_events, FILL_ITEMS).await?;
+        let span = kafka_load::LogSpan::month_ending_now(plan.rebuild_events);
+        kafka_load::prefill_inventory(&kafka, plan.projector_events, FILL_ITEMS, span).await?;
         step("projectors catching up");
         let started = Instant::now();
         let projectors = Service::start(&env, "projectors", "PROJECTORS_ADDR", 18184, &[]).await?;
@@ -242,7 +243,8 @@ impl Run {
             "pre-filling {more} more events for the rebuild ({} in all)",
             plan.rebuild_events
         ));
-        kafka_load::prefill_inventory_more(&kafka, plan.projector_events, more, FILL_ITEMS).await?;
+        kafka_load::prefill_inventory_more(&kafka, plan.projector_events, more, FILL_ITEMS, span)
+            .await?;
         step("projectors rebuild inventory");
         let started = Instant::now();
         let mut rebuild = tokio::process::Command::new(env.bin_dir.join("projectors"))
