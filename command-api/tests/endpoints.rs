@@ -160,15 +160,7 @@ async fn health_readiness_metrics_and_openapi_are_served() {
     assert_eq!(ready.body["checks"]["partitions_assigned"], true);
 
     seed(&app, "c-1", "apple", 1).await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains("http_requests_total"), "{metrics}");
     assert!(
         metrics.contains("http_request_duration_seconds"),

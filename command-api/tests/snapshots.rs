@@ -42,15 +42,7 @@ async fn add_stock(app: &TestApp, sku: &str, headers: &[(&str, &str)]) -> Reply 
 
 /// The value of a counter with these labels in a `/metrics` text (0 when absent).
 async fn counter(app: &TestApp, name: &str, labels: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     text.lines()
         .find(|line| line.starts_with(&format!("{name}{{")) && line.contains(labels))
         .and_then(|line| line.rsplit(' ').next())

@@ -468,11 +468,23 @@ async fn consumed_offsets_commit_with_the_transaction_and_not_without_it() {
     );
 }
 
-async fn topic_configs(kafka: &TestKafka, topic: &str) -> Vec<(String, String)> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+fn admin(kafka: &TestKafka) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
         .set("bootstrap.servers", &kafka.settings.brokers)
         .create()
-        .expect("admin client");
+        .expect("admin client")
+}
+
+/// Creates a topic as an operator would, with the configs it is given and nothing of ours.
+async fn create_by_hand(kafka: &TestKafka, topic: NewTopic<'_>) {
+    admin(kafka)
+        .create_topics(&[topic], &AdminOptions::new())
+        .await
+        .expect("create");
+}
+
+async fn topic_configs(kafka: &TestKafka, topic: &str) -> Vec<(String, String)> {
+    let admin = admin(kafka);
     let described = admin
         .describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new())
         .await
@@ -529,19 +541,12 @@ async fn topics_we_create_keep_the_source_of_truth_forever_and_in_flight_traffic
 async fn an_existing_events_topic_that_would_delete_records_is_refused() {
     let kafka = TestKafka::new();
     let events = kafka.topics().events(domain::AggregateKind::Customer);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.settings.brokers)
-        .create()
-        .expect("admin client");
     // Created by hand with the broker's default retention: 7 days, then deleted.
-    admin
-        .create_topics(
-            &[NewTopic::new(&events, 1, TopicReplication::Fixed(1))
-                .set("retention.ms", "604800000")],
-            &AdminOptions::new(),
-        )
-        .await
-        .expect("create");
+    create_by_hand(
+        &kafka,
+        NewTopic::new(&events, 1, TopicReplication::Fixed(1)).set("retention.ms", "604800000"),
+    )
+    .await;
     let refused = ensure_topics(&kafka.settings, std::slice::from_ref(&events), 1).await;
     match refused {
         Err(KafkaSetupError::WouldDeleteData(risk)) => {
@@ -588,19 +593,13 @@ async fn snapshots_are_compacted_and_events_keep_the_writers_timestamps() {
 async fn an_existing_snapshots_topic_that_is_not_compacted_is_refused() {
     let kafka = TestKafka::new();
     let snapshots = kafka.topics().snapshots(domain::AggregateKind::Order);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.settings.brokers)
-        .create()
-        .expect("admin client");
     // Pre-created with the broker's defaults: deleted after 7 days, so an aggregate unchanged
     // for a week would vanish from the snapshot.
-    admin
-        .create_topics(
-            &[NewTopic::new(&snapshots, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .expect("create");
+    create_by_hand(
+        &kafka,
+        NewTopic::new(&snapshots, 1, TopicReplication::Fixed(1)),
+    )
+    .await;
     match ensure_topics(&kafka.settings, std::slice::from_ref(&snapshots), 1).await {
         Err(refusal @ KafkaSetupError::NotCompacted(_)) => {
             assert!(refusal.to_string().contains("cleanup.policy=compact"));
@@ -613,19 +612,13 @@ async fn an_existing_snapshots_topic_that_is_not_compacted_is_refused() {
 async fn an_existing_events_topic_stamped_by_the_broker_is_refused() {
     let kafka = TestKafka::new();
     let events = kafka.topics().events(domain::AggregateKind::Order);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.settings.brokers)
-        .create()
-        .expect("admin client");
-    admin
-        .create_topics(
-            &[NewTopic::new(&events, 1, TopicReplication::Fixed(1))
-                .set("retention.ms", "-1")
-                .set("message.timestamp.type", "LogAppendTime")],
-            &AdminOptions::new(),
-        )
-        .await
-        .expect("create");
+    create_by_hand(
+        &kafka,
+        NewTopic::new(&events, 1, TopicReplication::Fixed(1))
+            .set("retention.ms", "-1")
+            .set("message.timestamp.type", "LogAppendTime"),
+    )
+    .await;
     match ensure_topics(&kafka.settings, std::slice::from_ref(&events), 1).await {
         Err(refusal @ KafkaSetupError::BrokerTimestamps(_)) => {
             assert!(refusal

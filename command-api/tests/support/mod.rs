@@ -137,6 +137,18 @@ impl TestApp {
         reply(request.send().await.expect("request")).await
     }
 
+    /// The `/metrics` page, as Prometheus text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         reply(
             self.client
