@@ -8,10 +8,13 @@
 //!   way a requester addresses a command.
 //! - [`topics`]: the kinds that take commands ([`COMMAND_KINDS`]) and the set-up of every topic
 //!   the command path uses, checked for matching partition counts.
+//! - [`snapshots`]: reading a writer's snapshot back (the writers restore their partition from
+//!   it; the saga orchestrator takes over from the order and saga writers' snapshots).
 //!
 //! The other side (partition writers that decide commands) is command-api's `processor`.
 
 pub mod bus;
+pub mod snapshots;
 pub mod topics;
 
 pub use bus::{BusError, CommandBus};

@@ -342,6 +342,27 @@ impl LogOrder {
             .filter(|r| self.window.remembers(r.used_at, clock))
     }
 
+    /// Whether the event at `offset` (stamped `timestamp`), read again by a reader restored to
+    /// a point past it, was accepted when it was judged: it was iff its command's use records
+    /// that offset. `None` when the window may have forgotten the use: the stamp is missing or
+    /// older than the window at this clock. (A use is stamped no earlier than its events, since
+    /// a writer stamps every event of a command with the command's one decision time, so an
+    /// accepted event stamped within the window has its use remembered.)
+    pub fn accepted_before(
+        &self,
+        envelope: &EventEnvelope,
+        offset: i64,
+        timestamp: Option<i64>,
+    ) -> Option<bool> {
+        let stamp = timestamp?;
+        if stamp < self.window.oldest_remembered(self.clock) {
+            return None;
+        }
+        Some(self.commands.get(&envelope.command_id).is_some_and(|r| {
+            r.aggregate_id == envelope.aggregate_id && r.offsets.contains(&offset)
+        }))
+    }
+
     /// The partition's clock: the greatest record timestamp read so far (milliseconds).
     pub fn clock(&self) -> i64 {
         self.clock
@@ -585,5 +606,45 @@ mod tests {
         assert_eq!(log.remembered_commands(), 61);
         assert!(log.command("c538").is_none());
         assert!(log.command("c539").is_some());
+    }
+
+    #[test]
+    fn a_reader_past_an_event_tells_whether_it_was_accepted_as_the_judge_did() {
+        // Judged in order: accepted, a second event at a taken version, a repeated command id,
+        // and an accepted command of two events.
+        let mut log = hourly();
+        let first = event("a", 1, None, "c1");
+        let taken = event("a", 1, None, "c2");
+        let repeated = event("b", 1, None, "c1");
+        let two = event("b", 1, None, "c3");
+        let two_more = event("b", 2, Some(two.event_id), "c3");
+        let stream = [&first, &taken, &repeated, &two, &two_more];
+        let verdicts: Vec<bool> = stream
+            .iter()
+            .enumerate()
+            .map(|(offset, e)| log.judge(e, offset as i64, Some(HOUR)) == Verdict::Accepted)
+            .collect();
+        assert_eq!(verdicts, [true, false, false, true, true]);
+        // The log as it stands after them tells the same of each one.
+        let told: Vec<Option<bool>> = stream
+            .iter()
+            .enumerate()
+            .map(|(offset, e)| log.accepted_before(e, offset as i64, Some(HOUR)))
+            .collect();
+        assert_eq!(told, verdicts.into_iter().map(Some).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_reader_past_an_event_older_than_the_window_cannot_tell() {
+        let mut log = hourly();
+        let old = event("a", 1, None, "c1");
+        log.judge(&old, 0, Some(0));
+        log.pass(Some(HOUR + 1));
+        assert_eq!(log.accepted_before(&old, 0, Some(0)), None);
+        assert_eq!(
+            log.accepted_before(&old, 0, None),
+            None,
+            "without a stamp nothing says the use is still remembered"
+        );
     }
 }

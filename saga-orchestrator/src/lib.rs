@@ -21,8 +21,10 @@
 //!   (topics, bus, group, health and metrics server).
 //! - [`config`]: settings from the environment.
 //! - `saga_group`: group membership; a `saga_partition` worker per partition.
-//! - `saga_partition`: one partition's sagas: replay and act (deadlines, commits and metrics
-//!   through the modules below).
+//! - `saga_partition`: one partition's sagas: take over, fold and act (deadlines, commits and
+//!   metrics through the modules below).
+//! - `takeover`: where a worker starts: the order and saga writers' snapshots of its partition
+//!   (decision 0010), or offset 0 where there is none.
 //! - `saga_metrics`: the saga gauges (kept as events are read) and counters.
 //! - `saga_context`: what every partition worker of the process shares (settings, the group
 //!   member, the sender, dead letters).
@@ -44,6 +46,7 @@ mod saga_metrics;
 mod saga_partition;
 mod sender;
 pub mod startup;
+mod takeover;
 mod timers;
 pub mod translate;
 

@@ -1,7 +1,8 @@
 //! One partition's sagas. `orders.events` p and `order-sagas.events` p hold the same order ids
-//! (same key, same partition count), so one worker owns both. It reads both from offset 0 to
-//! rebuild every saga (applying the log-order rule), then acts on what it reads past the
-//! group's committed offsets:
+//! (same key, same partition count), so one worker owns both. It starts from the order and saga
+//! writers' snapshots of the partition (`takeover`, decision 0010), or from offset 0 where
+//! there is none, folds what follows (applying the log-order rule), and acts on what it reads
+//! past the group's committed offsets:
 //!
 //! - an accepted `OrderPlaced` / `OrderCancellationRequested` becomes a saga input;
 //! - an accepted saga event that requests a step becomes the participant command, whose reply
@@ -38,6 +39,7 @@ use crate::ids;
 use crate::offset_book::{OffsetBook, Source};
 use crate::saga_context::SagaContext;
 use crate::saga_metrics::{self, SagaGauges};
+use crate::takeover;
 use crate::timers::Timers;
 use crate::translate::{order_event_input, outcome_of, ORDER_EVENTS_OF_INTEREST};
 
@@ -75,6 +77,13 @@ pub(crate) struct SagaPartition {
     logs: [LogOrder; 2],
     /// Offsets below these were handled before this worker started: fold only, do not act.
     replay_until: [i64; 2],
+    /// Offsets below these are in the restored state already: a record read below one (past
+    /// the committed offset) is only acted on, if the snapshot says it was accepted.
+    restored_end: [i64; 2],
+    /// A record past the committed offset and before the snapshot's end is too old for the
+    /// snapshot to tell whether it was accepted: this worker stops and one replaying from 0
+    /// takes its place.
+    cannot_tell: bool,
     /// What may be committed: the offsets whose effects are all done.
     offsets: OffsetBook,
     sagas: HashMap<String, Tracked>,
@@ -104,31 +113,54 @@ pub(crate) enum WorkerError {
 
 impl SagaPartition {
     pub(crate) async fn run(shared: Arc<SagaContext>, partition: i32, stop: CancellationToken) {
-        let mut worker = loop {
-            match Self::start(shared.clone(), partition, stop.clone()).await {
-                Ok(worker) => break worker,
+        let mut from_snapshots = true;
+        loop {
+            let Some(mut worker) =
+                Self::start_retrying(&shared, partition, &stop, from_snapshots).await
+            else {
+                return;
+            };
+            info!(
+                partition,
+                replay_orders = worker.replay_until[0],
+                replay_sagas = worker.replay_until[1],
+                restored_orders = worker.restored_end[0],
+                restored_sagas = worker.restored_end[1],
+                "saga partition started"
+            );
+            worker.serve().await;
+            if !worker.cannot_tell || stop.is_cancelled() {
+                return;
+            }
+            from_snapshots = false;
+        }
+    }
+
+    async fn start_retrying(
+        shared: &Arc<SagaContext>,
+        partition: i32,
+        stop: &CancellationToken,
+        from_snapshots: bool,
+    ) -> Option<Self> {
+        loop {
+            match Self::start(shared.clone(), partition, stop.clone(), from_snapshots).await {
+                Ok(worker) => return Some(worker),
                 Err(error) => {
                     warn!(partition, %error, "could not start the saga partition; retrying");
                     tokio::select! {
-                        _ = stop.cancelled() => return,
+                        _ = stop.cancelled() => return None,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
             }
-        };
-        info!(
-            partition,
-            replay_orders = worker.replay_until[0],
-            replay_sagas = worker.replay_until[1],
-            "saga partition started"
-        );
-        worker.serve().await;
+        }
     }
 
     async fn start(
         shared: Arc<SagaContext>,
         partition: i32,
         stop: CancellationToken,
+        from_snapshots: bool,
     ) -> Result<Self, WorkerError> {
         let topics = [shared.orders_topic.clone(), shared.sagas_topic.clone()];
         let mut wanted = TopicPartitionList::new();
@@ -157,19 +189,28 @@ impl SagaPartition {
         .create_with_context(LagContext {
             consumer: "saga-orchestrator",
         })?;
+        let start = if from_snapshots {
+            takeover::restore(&shared, partition).await
+        } else {
+            takeover::Start::from_the_beginning(&shared)
+        };
         let mut assignment = TopicPartitionList::new();
-        for topic in &topics {
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        for (i, topic) in topics.iter().enumerate() {
+            // From the committed offset when the snapshot stands past it (what lies between is
+            // acted on, not folded again), else from the snapshot's end (0 without one).
+            let from = start.restored_end[i].min(replay_until[i]);
+            assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
         }
         tail.assign(&assignment)?;
-        let window = shared.settings.kafka.command_window;
-        Ok(Self {
+        let mut worker = Self {
             shared,
             partition,
             topics,
             tail: Arc::new(tail),
-            logs: std::array::from_fn(|_| LogOrder::new(window)),
+            logs: start.logs,
             replay_until,
+            restored_end: start.restored_end,
+            cannot_tell: false,
             offsets: OffsetBook::starting_at(replay_until),
             sagas: HashMap::new(),
             deadline_timers: Timers::default(),
@@ -179,7 +220,28 @@ impl SagaPartition {
             actions: JoinSet::new(),
             saga_turns: HashMap::new(),
             stop,
-        })
+        };
+        for (saga_id, current) in start.sagas {
+            worker.adopt(saga_id, current);
+        }
+        Ok(worker)
+    }
+
+    /// Takes on a saga restored from its snapshot: its deadlines and stuck check count from
+    /// this worker's start, as a restarted worker's do for every saga.
+    fn adopt(&mut self, saga_id: String, current: Current<OrderSagaAggregate>) {
+        let tracked = Tracked {
+            current,
+            last_event: None,
+            last_event_at: self.started_at,
+            last_progress_at: self.started_at,
+            deadlines_sent_at: None,
+            stuck_reported: false,
+            unreadable: false,
+            last_traceparent: None,
+        };
+        self.sagas.insert(saga_id.clone(), tracked);
+        self.follow(&saga_id, None, false, false);
     }
 
     async fn serve(&mut self) {
@@ -190,7 +252,12 @@ impl SagaPartition {
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 received = tail.recv() => match received {
-                    Ok(message) => self.absorb(&message).await,
+                    Ok(message) => {
+                        self.absorb(&message).await;
+                        if self.cannot_tell {
+                            break;
+                        }
+                    }
                     Err(error) => {
                         warn!(partition = self.partition, %error, "saga tail error");
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -251,6 +318,9 @@ impl SagaPartition {
         };
         let offset = message.offset();
         self.offsets.read(source, offset);
+        if offset < self.restored_end[source as usize] {
+            return self.redo(source, message).await;
+        }
         let live = offset >= self.replay_until[source as usize];
         let timestamp = message.timestamp().to_millis();
         let envelope = match EventEnvelope::from_headers(message.headers()) {
@@ -275,6 +345,53 @@ impl SagaPartition {
         match source {
             Source::Orders => self.on_order_event(message, &envelope, live).await,
             Source::Sagas => self.on_saga_event(message, &envelope, live).await,
+        }
+    }
+
+    /// A record past the committed offset that the restored state already holds: acted on
+    /// if the snapshot says it was accepted (it is not folded again), as it would have been
+    /// when it was first read.
+    async fn redo(&mut self, source: Source, message: &BorrowedMessage<'_>) {
+        let envelope = match EventEnvelope::from_headers(message.headers()) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                self.dead_letter(source, message, format!("invalid envelope: {error}"))
+                    .await;
+                return;
+            }
+        };
+        let offset = message.offset();
+        let timestamp = message.timestamp().to_millis();
+        match self.logs[source as usize].accepted_before(&envelope, offset, timestamp) {
+            Some(true) => {}
+            Some(false) => return,
+            None => {
+                warn!(partition = self.partition, offset, topic = %self.topics[source as usize], "the snapshot cannot tell whether an event it covers was accepted (older than the command window); replaying from the start instead");
+                metrics::counter!("saga_snapshot_restores_total", "aggregate" => envelope.aggregate_kind.as_str(), "outcome" => "abandoned")
+                    .increment(1);
+                self.cannot_tell = true;
+                return;
+            }
+        }
+        metrics::counter!("saga_events_redone_from_snapshot_total", "aggregate" => envelope.aggregate_kind.as_str())
+            .increment(1);
+        match source {
+            Source::Orders => self.on_order_event(message, &envelope, true).await,
+            Source::Sagas => {
+                let decoded = message
+                    .payload()
+                    .ok_or(schemas::DecodeError::TooShort { len: 0 })
+                    .and_then(schemas::decode::<SagaEvent>);
+                match decoded {
+                    Ok(event) => {
+                        self.act_on_saga_event(&envelope.aggregate_id, &event, &envelope, offset)
+                    }
+                    Err(error) => {
+                        self.dead_letter(Source::Sagas, message, error.to_string())
+                            .await
+                    }
+                }
+            }
         }
     }
 
@@ -386,23 +503,31 @@ impl SagaPartition {
         let after_start = envelope.occurred_at >= started_at;
 
         self.follow(&saga_id, phase_before, progressed, after_start);
-        let Some(tracked) = self.sagas.get(&saga_id) else {
+        if live {
+            self.act_on_saga_event(&saga_id, &event, envelope, message.offset());
+        }
+    }
+
+    /// Sends the participant command an accepted saga event (at `offset`) asks for, if any;
+    /// its reply becomes the saga's next input.
+    fn act_on_saga_event(
+        &mut self,
+        saga_id: &str,
+        event: &SagaEvent,
+        envelope: &EventEnvelope,
+        offset: i64,
+    ) {
+        let Some(tracked) = self.sagas.get(saga_id).filter(|t| !t.unreadable) else {
             return;
         };
-        if !live {
-            return;
-        }
         let Some((order_id, command)) = running(&tracked.current)
-            .and_then(|saga| Some((saga.order_id, saga.command_for(&event)?)))
+            .and_then(|saga| Some((saga.order_id, saga.command_for(event)?)))
         else {
             return;
         };
+        let saga_id = saga_id.to_owned();
         let trace = caused_by(envelope);
-        let (sender, stop, offset) = (
-            self.shared.sender.clone(),
-            self.stop.clone(),
-            message.offset(),
-        );
+        let (sender, stop) = (self.shared.sender.clone(), self.stop.clone());
         let step = command.step.name();
         let span = telemetry::record_span(
             &format!("saga step {step}"),

@@ -102,6 +102,10 @@ impl Application {
             group: Arc::new(group),
             orders_topic,
             sagas_topic,
+            snapshot_topics: [
+                topics.snapshots(AggregateKind::Order),
+                topics.snapshots(AggregateKind::OrderSaga),
+            ],
             settings: settings.clone(),
         });
         let workers = tokio::spawn(dispatch(shared, change_rx, shutdown.clone()));

@@ -232,3 +232,71 @@ async fn a_saga_killed_after_its_deadline_was_armed_or_recorded_still_times_out_
         "the late reservation is released"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_orchestrator_takes_over_from_the_writers_snapshots_and_acts_once_on_what_they_cover_past_its_commits(
+) {
+    // Decision 0010. Orders placed while the orchestrator is down lie past its committed
+    // offsets; the order writers' next snapshot (taken by the first batch 5 s after the last)
+    // covers them. The restarted orchestrator must not replay from offset 0, must start their
+    // sagas although the snapshot already holds their events, and must act on each once.
+    let mut stack = Stack::start().await;
+    stack.given_customer("ada", 1_000_000).await;
+    stack.given_stock("apple", 1_000).await;
+    let mut orders = vec![];
+    for round in 0..2 {
+        if round > 0 {
+            // The saga writers' batches of this round find a snapshot due.
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+        for _ in 0..6 {
+            orders.push(stack.place_order("ada", &[line("apple", 1, 100)]).await);
+        }
+        for order in &orders {
+            stack.settled(order, APPROVED).await;
+        }
+    }
+    stack.kill_orchestrator().await;
+    for _ in 0..6 {
+        orders.push(stack.place_order("ada", &[line("apple", 1, 100)]).await);
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for _ in 0..9 {
+        orders.push(stack.place_order("ada", &[line("apple", 1, 100)]).await);
+    }
+    stack.start_orchestrator().await;
+
+    for order in &orders {
+        stack.settled(order, APPROVED).await;
+        let saga = stack.events_of(AggregateKind::OrderSaga, order).await;
+        assert_eq!(count(&saga, "SagaStarted"), 1, "{order}: {saga:?}");
+    }
+    let stock = stack.events_of(AggregateKind::InventoryItem, "apple").await;
+    assert_eq!(count(&stock, "StockReserved"), orders.len(), "{stock:?}");
+    let credit = stack.events_of(AggregateKind::Customer, "ada").await;
+    assert_eq!(count(&credit, "CreditReserved"), orders.len(), "{credit:?}");
+
+    let metrics = stack.orchestrator_metrics().await;
+    let restored = |aggregate: &str| {
+        metric(
+            &metrics,
+            "saga_snapshot_restores_total",
+            &[
+                &format!("aggregate=\"{aggregate}\""),
+                "outcome=\"restored\"",
+            ],
+        )
+    };
+    assert!(
+        restored("orders") >= 1.0 && restored("order-sagas") >= 1.0,
+        "the orchestrator restored from the writers' snapshots: {metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "saga_events_redone_from_snapshot_total",
+            &["aggregate=\"orders\""]
+        ) >= 1.0,
+        "orders placed while it was down were acted on from the snapshot's command uses: {metrics}"
+    );
+}

@@ -13,6 +13,7 @@ use domain::inventory::Item;
 use domain::order::{Order, OrderStatus, RejectionReason};
 use domain::saga::{Hold, OrderSaga, SagaOutcome, SagaPhase};
 use domain::values::{CancellationReason, CustomerId, CustomerName, Sku};
+use domain::AggregateKind;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -85,6 +86,32 @@ pub enum Snapshot {
     Order(Head, Option<Order>),
     OrderSaga(Head, Option<OrderSaga>),
     IdempotencyKey(Head, Option<Claim>),
+}
+
+impl Snapshot {
+    /// The aggregate a record holds the state of (`None` for a checkpoint or command use).
+    pub fn kind(&self) -> Option<AggregateKind> {
+        Some(match self {
+            Self::Checkpoint(_) | Self::CommandUse(_) => return None,
+            Self::Customer(..) => AggregateKind::Customer,
+            Self::InventoryItem(..) => AggregateKind::InventoryItem,
+            Self::Order(..) => AggregateKind::Order,
+            Self::OrderSaga(..) => AggregateKind::OrderSaga,
+            Self::IdempotencyKey(..) => AggregateKind::IdempotencyKey,
+        })
+    }
+
+    /// The chain head of an aggregate's record.
+    pub fn head(&self) -> Option<&Head> {
+        match self {
+            Self::Checkpoint(_) | Self::CommandUse(_) => None,
+            Self::Customer(head, _)
+            | Self::InventoryItem(head, _)
+            | Self::Order(head, _)
+            | Self::OrderSaga(head, _)
+            | Self::IdempotencyKey(head, _) => Some(head),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]

@@ -7,18 +7,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+use command_bus::snapshots::{self, command_key, command_use, SNAPSHOT_FORMAT};
 use domain::{Current, Version};
-use platform::log_order::{ChainHead, CommandWindow, LogOrder, RecordedCommand};
-use schemas::wire::snapshots::{
-    Checkpoint, CommandUse, Head, Snapshot, CHECKPOINT_KEY, COMMAND_KEY_PREFIX,
-};
+use platform::log_order::CommandWindow;
+use schemas::wire::snapshots::{Checkpoint, Head, Snapshot, CHECKPOINT_KEY, COMMAND_KEY_PREFIX};
 
 use super::PartitionModel;
 use crate::processor::write_model::WriteModel;
-
-/// What the states of a snapshot mean (how they fold). A writer finding another format replays
-/// the events instead: bump it whenever `evolve` or the state types change meaning.
-pub(crate) const SNAPSHOT_FORMAT: u32 = 1;
 
 /// What changed since the last snapshot that committed: key -> the change's sequence number.
 #[derive(Debug, Default)]
@@ -54,28 +49,7 @@ pub(crate) struct SnapshotRecords {
     taken_at: u64,
 }
 
-/// Why snapshot records cannot be restored (the writer replays the events instead).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub(crate) enum RestoreError {
-    #[error("the snapshot has no checkpoint")]
-    NoCheckpoint,
-    #[error("the snapshot's format is {found}, this build reads {SNAPSHOT_FORMAT}")]
-    Format { found: u32 },
-    #[error("record {key:?} is not a {kind} snapshot of that aggregate")]
-    ForeignRecord { key: String, kind: &'static str },
-    #[error(
-        "the snapshot was judged with a {found} ms command window, this writer uses {expected} ms"
-    )]
-    Window { found: i64, expected: i64 },
-    #[error("the snapshot holds an aggregate its writer could not read ({0}); this build may")]
-    Unreadable(String),
-    #[error("the checkpoint counts {expected} aggregates, the snapshot holds {found}")]
-    Incomplete { expected: u64, found: u64 },
-}
-
-fn command_key(command_id: &str) -> String {
-    format!("{COMMAND_KEY_PREFIX}{command_id}")
-}
+pub(crate) use snapshots::RestoreError;
 
 impl<A: WriteModel> PartitionModel<A>
 where
@@ -191,94 +165,25 @@ where
         window: CommandWindow,
         records: impl IntoIterator<Item = (String, Option<Snapshot>)>,
     ) -> Result<(Self, i64), RestoreError> {
-        let newest: HashMap<String, Option<Snapshot>> = records.into_iter().collect();
-        let mut checkpoint = None;
-        let (mut heads, mut states, mut commands) = (Vec::new(), HashMap::new(), Vec::new());
-        for (key, record) in newest {
-            let Some(record) = record else { continue };
-            match record {
-                Snapshot::Checkpoint(c) if key == CHECKPOINT_KEY => checkpoint = Some(c),
-                Snapshot::CommandUse(u) if key == command_key(&u.command_id) => {
-                    commands.push((u.command_id.clone(), recorded(u)));
-                }
-                Snapshot::Checkpoint(_) | Snapshot::CommandUse(_) => {
-                    return Err(RestoreError::ForeignRecord {
-                        key,
-                        kind: A::KIND.as_str(),
-                    })
-                }
-                aggregate => {
-                    let (head, state) = A::restored(aggregate)
-                        .filter(|(head, _)| head.aggregate_id == key)
-                        .ok_or(RestoreError::ForeignRecord {
-                            key,
-                            kind: A::KIND.as_str(),
-                        })?;
-                    // Whether it is readable is this build's to find out, by replaying.
-                    if head.unreadable {
-                        return Err(RestoreError::Unreadable(head.aggregate_id));
-                    }
-                    let version = Version::new(head.version);
-                    states.insert(head.aggregate_id.clone(), Current { state, version });
-                    heads.push((
-                        head.aggregate_id,
-                        ChainHead {
-                            version,
-                            event_id: head.event_id,
-                            command_id: head.command_id,
-                            offset: head.offset,
-                        },
-                    ));
-                }
-            }
+        let restored = snapshots::restore_log(A::KIND, window, records)?;
+        let mut states = HashMap::with_capacity(restored.aggregates.len());
+        for aggregate in restored.aggregates {
+            let key = aggregate
+                .head()
+                .map(|head| head.aggregate_id.clone())
+                .unwrap_or_default();
+            let (head, state) = A::restored(aggregate).ok_or(RestoreError::ForeignRecord {
+                key,
+                kind: A::KIND.as_str(),
+            })?;
+            let version = Version::new(head.version);
+            states.insert(head.aggregate_id, Current { state, version });
         }
-        let checkpoint = checkpoint.ok_or(RestoreError::NoCheckpoint)?;
-        if checkpoint.format != SNAPSHOT_FORMAT {
-            return Err(RestoreError::Format {
-                found: checkpoint.format,
-            });
-        }
-        if checkpoint.window_ms != window.millis() {
-            return Err(RestoreError::Window {
-                found: checkpoint.window_ms,
-                expected: window.millis(),
-            });
-        }
-        let found = u64::try_from(heads.len()).unwrap_or(u64::MAX);
-        if found != checkpoint.aggregates {
-            return Err(RestoreError::Incomplete {
-                expected: checkpoint.aggregates,
-                found,
-            });
-        }
-        let written_commands = commands.iter().map(|(id, _)| id.clone()).collect();
+        let checkpoint = restored.checkpoint;
         let mut model = Self::new(partition, partitions, window);
-        model.log = LogOrder::restored(window, checkpoint.clock, heads, commands);
+        model.log = restored.log;
         model.states = states;
-        model.dirty.written_commands = written_commands;
+        model.dirty.written_commands = restored.command_ids.into_iter().collect();
         Ok((model, checkpoint.events_end))
-    }
-}
-
-fn command_use(command_id: &str, r: &RecordedCommand) -> CommandUse {
-    CommandUse {
-        command_id: command_id.to_owned(),
-        aggregate_id: r.aggregate_id.clone(),
-        version: r.version.get(),
-        event_types: r.event_types.clone(),
-        offsets: r.offsets.clone(),
-        request_hash: r.request_hash.clone(),
-        used_at: r.used_at,
-    }
-}
-
-fn recorded(u: CommandUse) -> RecordedCommand {
-    RecordedCommand {
-        aggregate_id: u.aggregate_id,
-        version: Version::new(u.version),
-        event_types: u.event_types,
-        offsets: u.offsets,
-        request_hash: u.request_hash,
-        used_at: u.used_at,
     }
 }

@@ -10,8 +10,6 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use platform::log_end::LogEnds;
-use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use schemas::wire::snapshots::{Snapshot, CHECKPOINT_KEY};
 use tracing::{info, warn};
@@ -37,9 +35,6 @@ const MAX_SNAPSHOT_RECORDS_IN_A_BATCH: usize = 2_000;
 /// Records per transaction of a snapshot written on its own: well within the producer's queue
 /// and the transaction timeout.
 const SNAPSHOT_CHUNK: usize = 5_000;
-
-/// How long reading a snapshot may stall before the writer replays instead.
-const READ_STALL: Duration = Duration::from_secs(10);
 
 /// What a takeover starts from.
 pub(super) struct Restored<A: WriteModel>
@@ -68,7 +63,10 @@ where
     let kafka = ctx.kafka.clone();
     let read = {
         let topic = topic.clone();
-        tokio::task::spawn_blocking(move || read_partition(&kafka, &topic, partition)).await
+        tokio::task::spawn_blocking(move || {
+            command_bus::snapshots::read_partition(&kafka, &topic, partition)
+        })
+        .await
     };
     let outcome = |outcome: &'static str| {
         metrics::counter!("writer_snapshot_restores_total", "aggregate" => A::KIND.as_str(), "outcome" => outcome)
@@ -103,55 +101,6 @@ where
             None
         }
     }
-}
-
-/// Why a snapshot partition could not be read into records.
-#[derive(Debug, thiserror::Error)]
-enum ReadError {
-    #[error("kafka")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("reading")]
-    Read(#[from] platform::log_end::ReadError),
-    #[error("offset {offset}: the key is not UTF-8")]
-    Key { offset: i64 },
-    #[error("offset {offset}: {source}")]
-    Decode {
-        offset: i64,
-        #[source]
-        source: schemas::DecodeError,
-    },
-}
-
-/// Every committed record of the snapshots partition, decoded, in log order (a tombstone as
-/// `None`). Any record that cannot be read makes the whole snapshot unusable.
-fn read_partition(
-    kafka: &platform::config::KafkaSettings,
-    topic: &str,
-    partition: i32,
-) -> Result<Vec<(String, Option<Snapshot>)>, ReadError> {
-    let ends = LogEnds::new(kafka)?;
-    let extents: Vec<_> = ends
-        .extents(topic, Duration::from_secs(5))?
-        .into_iter()
-        .filter(|e| e.partition == partition)
-        .collect();
-    ends.read_to_end(topic, &extents, READ_STALL)?
-        .iter()
-        .map(|message| {
-            let offset = message.offset();
-            let key = message
-                .key()
-                .and_then(|k| std::str::from_utf8(k).ok())
-                .ok_or(ReadError::Key { offset })?
-                .to_owned();
-            let record = message
-                .payload()
-                .map(schemas::decode::<Snapshot>)
-                .transpose()
-                .map_err(|source| ReadError::Decode { offset, source })?;
-            Ok((key, record))
-        })
-        .collect()
 }
 
 impl<A: WriteModel> Writer<A>

@@ -1,0 +1,215 @@
+//! Reading a partition writer's snapshot (decisions 0009 and 0010), shared by the writers that
+//! write them (command-api) and the saga orchestrator, which takes over its partitions from the
+//! order and saga writers' snapshots instead of replaying both topics from offset 0.
+//!
+//! A snapshot is a set of keyed records on a compacted topic (the newest per key counts): one
+//! per aggregate (its chain head and state), one per command use the window remembers, and a
+//! checkpoint saying which events it covers and the log-order clock after them. Reading it is
+//! all or nothing: a record that cannot be decoded, a missing checkpoint, another format or
+//! window, a record under a foreign key, a missing aggregate or one its writer could not read
+//! makes the whole snapshot unusable, and the reader replays the events instead: never wrong
+//! state.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use domain::{AggregateKind, Version};
+use platform::config::KafkaSettings;
+use platform::log_end::LogEnds;
+use platform::log_order::{ChainHead, CommandWindow, LogOrder, RecordedCommand};
+use rdkafka::message::Message;
+use schemas::wire::snapshots::{Checkpoint, CommandUse, Snapshot, CHECKPOINT_KEY};
+
+pub use schemas::wire::snapshots::COMMAND_KEY_PREFIX;
+
+/// What the states of a snapshot mean (how they fold). A reader finding another format replays
+/// the events instead: bump it whenever `evolve` or the state types change meaning.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+/// How long reading a snapshot may stall before the reader replays instead.
+const READ_STALL: Duration = Duration::from_secs(10);
+
+/// The key of a command use's record.
+pub fn command_key(command_id: &str) -> String {
+    format!("{COMMAND_KEY_PREFIX}{command_id}")
+}
+
+/// Why a snapshot partition could not be read into records.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("kafka")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("reading")]
+    Read(#[from] platform::log_end::ReadError),
+    #[error("offset {offset}: the key is not UTF-8")]
+    Key { offset: i64 },
+    #[error("offset {offset}: {source}")]
+    Decode {
+        offset: i64,
+        #[source]
+        source: schemas::DecodeError,
+    },
+}
+
+/// Why snapshot records cannot be restored (the reader replays the events instead).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RestoreError {
+    #[error("the snapshot has no checkpoint")]
+    NoCheckpoint,
+    #[error("the snapshot's format is {found}, this build reads {SNAPSHOT_FORMAT}")]
+    Format { found: u32 },
+    #[error("record {key:?} is not a {kind} snapshot of that aggregate")]
+    ForeignRecord { key: String, kind: &'static str },
+    #[error(
+        "the snapshot was judged with a {found} ms command window, this reader uses {expected} ms"
+    )]
+    Window { found: i64, expected: i64 },
+    #[error("the snapshot holds an aggregate its writer could not read ({0}); this build may")]
+    Unreadable(String),
+    #[error("the checkpoint counts {expected} aggregates, the snapshot holds {found}")]
+    Incomplete { expected: u64, found: u64 },
+}
+
+/// Every committed record of partition `partition` of a snapshots topic, decoded, in log order
+/// (a tombstone as `None`). Blocking: call it from a blocking task.
+pub fn read_partition(
+    kafka: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+) -> Result<Vec<(String, Option<Snapshot>)>, ReadError> {
+    let ends = LogEnds::new(kafka)?;
+    let extents: Vec<_> = ends
+        .extents(topic, Duration::from_secs(5))?
+        .into_iter()
+        .filter(|e| e.partition == partition)
+        .collect();
+    ends.read_to_end(topic, &extents, READ_STALL)?
+        .iter()
+        .map(|message| {
+            let offset = message.offset();
+            let key = message
+                .key()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .ok_or(ReadError::Key { offset })?
+                .to_owned();
+            let record = message
+                .payload()
+                .map(schemas::decode::<Snapshot>)
+                .transpose()
+                .map_err(|source| ReadError::Decode { offset, source })?;
+            Ok((key, record))
+        })
+        .collect()
+}
+
+/// What a snapshot restores, whatever its aggregates' kind: the log order after its checkpoint
+/// and each aggregate's record, for the reader to take the state it needs from.
+#[derive(Debug)]
+pub struct RestoredLog {
+    pub checkpoint: Checkpoint,
+    /// The partition's log order at `checkpoint.events_end`: every chain head, and the command
+    /// uses the window still remembers at the checkpoint's clock.
+    pub log: LogOrder,
+    /// Every aggregate's record (its head's id is its key, its kind the snapshot's).
+    pub aggregates: Vec<Snapshot>,
+    /// Every command use the snapshot holds, remembered or not (a writer deletes the forgotten).
+    pub command_ids: Vec<String>,
+}
+
+/// The log order and aggregate records a snapshot of `kind` describes, from its records (key
+/// and record, `None` for a deleted key, in log order).
+pub fn restore_log(
+    kind: AggregateKind,
+    window: CommandWindow,
+    records: impl IntoIterator<Item = (String, Option<Snapshot>)>,
+) -> Result<RestoredLog, RestoreError> {
+    let newest: HashMap<String, Option<Snapshot>> = records.into_iter().collect();
+    let foreign = |key: String| RestoreError::ForeignRecord {
+        key,
+        kind: kind.as_str(),
+    };
+    let mut checkpoint = None;
+    let (mut heads, mut aggregates, mut commands) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, record) in newest {
+        let Some(record) = record else { continue };
+        match record {
+            Snapshot::Checkpoint(c) if key == CHECKPOINT_KEY => checkpoint = Some(c),
+            Snapshot::CommandUse(u) if key == command_key(&u.command_id) => {
+                commands.push((u.command_id.clone(), recorded(u)));
+            }
+            Snapshot::Checkpoint(_) | Snapshot::CommandUse(_) => return Err(foreign(key)),
+            aggregate => {
+                let Some(head) = aggregate
+                    .head()
+                    .filter(|head| head.aggregate_id == key && aggregate.kind() == Some(kind))
+                else {
+                    return Err(foreign(key));
+                };
+                // Whether it is readable is this build's to find out, by replaying.
+                if head.unreadable {
+                    return Err(RestoreError::Unreadable(key));
+                }
+                heads.push((
+                    key,
+                    ChainHead {
+                        version: Version::new(head.version),
+                        event_id: head.event_id,
+                        command_id: head.command_id.clone(),
+                        offset: head.offset,
+                    },
+                ));
+                aggregates.push(aggregate);
+            }
+        }
+    }
+    let checkpoint = checkpoint.ok_or(RestoreError::NoCheckpoint)?;
+    if checkpoint.format != SNAPSHOT_FORMAT {
+        return Err(RestoreError::Format {
+            found: checkpoint.format,
+        });
+    }
+    if checkpoint.window_ms != window.millis() {
+        return Err(RestoreError::Window {
+            found: checkpoint.window_ms,
+            expected: window.millis(),
+        });
+    }
+    let found = u64::try_from(heads.len()).unwrap_or(u64::MAX);
+    if found != checkpoint.aggregates {
+        return Err(RestoreError::Incomplete {
+            expected: checkpoint.aggregates,
+            found,
+        });
+    }
+    let command_ids = commands.iter().map(|(id, _)| id.clone()).collect();
+    Ok(RestoredLog {
+        log: LogOrder::restored(window, checkpoint.clock, heads, commands),
+        checkpoint,
+        aggregates,
+        command_ids,
+    })
+}
+
+/// A command use as its snapshot record holds it.
+pub fn command_use(command_id: &str, r: &RecordedCommand) -> CommandUse {
+    CommandUse {
+        command_id: command_id.to_owned(),
+        aggregate_id: r.aggregate_id.clone(),
+        version: r.version.get(),
+        event_types: r.event_types.clone(),
+        offsets: r.offsets.clone(),
+        request_hash: r.request_hash.clone(),
+        used_at: r.used_at,
+    }
+}
+
+fn recorded(u: CommandUse) -> RecordedCommand {
+    RecordedCommand {
+        aggregate_id: u.aggregate_id,
+        version: Version::new(u.version),
+        event_types: u.event_types,
+        offsets: u.offsets,
+        request_hash: u.request_hash,
+        used_at: u.used_at,
+    }
+}

@@ -1,0 +1,132 @@
+//! Where a saga worker starts (decision 0010): from the order and saga writers' snapshots of its
+//! partition, not from offset 0. Each snapshot holds the log order of its events partition at
+//! its checkpoint (every chain head, the command uses the window remembers) and, for sagas,
+//! every saga's state: all a worker folds from those events. A topic whose snapshot is missing
+//! or unusable is replayed from offset 0 (`saga_snapshot_restores_total{outcome="fallback"}`),
+//! never folded from wrong state.
+//!
+//! A snapshot may stand past what the orchestrator has acted on (its group's committed offset):
+//! the writers snapshot every few seconds whatever the orchestrator does. The worker then reads
+//! from the committed offset, tells the events it must act on from the losers by the snapshot's
+//! command uses ([`LogOrder::accepted_before`]) without folding them again, and acts with the
+//! saga's state at the checkpoint: a saga's commands depend only on the event and what the saga
+//! started with (order, customer, lines, total), which no later event changes.
+
+use std::sync::Arc;
+
+use command_bus::snapshots::{self, RestoredLog};
+use domain::saga::{OrderSagaAggregate, SagaState};
+use domain::{AggregateKind, Current, Version};
+use platform::log_order::LogOrder;
+use schemas::wire::snapshots::Snapshot;
+use tracing::{info, warn};
+
+use crate::offset_book::Source;
+use crate::saga_context::SagaContext;
+
+/// What a worker starts from, per source topic.
+pub(crate) struct Start {
+    /// The log order to judge the topic's next events with.
+    pub(crate) logs: [LogOrder; 2],
+    /// The offset the restored state stands at (0: nothing restored, replay from the start).
+    pub(crate) restored_end: [i64; 2],
+    /// Every saga the saga writers' snapshot holds, at its checkpoint.
+    pub(crate) sagas: Vec<(String, Current<OrderSagaAggregate>)>,
+}
+
+impl Start {
+    /// Nothing restored: replay both topics from offset 0.
+    pub(crate) fn from_the_beginning(shared: &SagaContext) -> Self {
+        let window = shared.settings.kafka.command_window;
+        Self {
+            logs: std::array::from_fn(|_| LogOrder::new(window)),
+            restored_end: [0; 2],
+            sagas: Vec::new(),
+        }
+    }
+}
+
+/// The kind of aggregate each source topic holds.
+fn kind_of(source: Source) -> AggregateKind {
+    match source {
+        Source::Orders => AggregateKind::Order,
+        Source::Sagas => AggregateKind::OrderSaga,
+    }
+}
+
+/// Restores what each topic's snapshot holds, falling back per topic to a replay from 0.
+pub(crate) async fn restore(shared: &Arc<SagaContext>, partition: i32) -> Start {
+    let mut start = Start::from_the_beginning(shared);
+    for source in [Source::Orders, Source::Sagas] {
+        let Some(restored) = restore_one(shared, partition, source).await else {
+            continue;
+        };
+        let i = source as usize;
+        start.restored_end[i] = restored.checkpoint.events_end;
+        start.logs[i] = restored.log;
+        if source == Source::Sagas {
+            start.sagas = restored.aggregates.into_iter().filter_map(saga).collect();
+        }
+    }
+    start
+}
+
+async fn restore_one(
+    shared: &Arc<SagaContext>,
+    partition: i32,
+    source: Source,
+) -> Option<RestoredLog> {
+    let kind = kind_of(source);
+    let topic = shared.snapshot_topics[source as usize].clone();
+    let outcome = |outcome: &'static str| {
+        metrics::counter!("saga_snapshot_restores_total", "aggregate" => kind.as_str(), "outcome" => outcome)
+            .increment(1);
+    };
+    let kafka = shared.settings.kafka.clone();
+    let read = {
+        let topic = topic.clone();
+        tokio::task::spawn_blocking(move || snapshots::read_partition(&kafka, &topic, partition))
+            .await
+    };
+    let records = match read {
+        Ok(Ok(records)) if records.is_empty() => {
+            outcome("none");
+            return None;
+        }
+        Ok(Ok(records)) => records,
+        Ok(Err(error)) => {
+            outcome("fallback");
+            warn!(%kind, partition, %topic, %error, "snapshot unreadable; the saga worker replays these events from the start");
+            return None;
+        }
+        Err(_) => {
+            outcome("fallback");
+            return None;
+        }
+    };
+    let window = shared.settings.kafka.command_window;
+    match snapshots::restore_log(kind, window, records) {
+        Ok(restored) => {
+            outcome("restored");
+            info!(%kind, partition, events_end = restored.checkpoint.events_end, aggregates = restored.aggregates.len(), "saga worker restored from the writers' snapshot");
+            Some(restored)
+        }
+        Err(error) => {
+            outcome("fallback");
+            warn!(%kind, partition, %topic, %error, "snapshot unusable; the saga worker replays these events from the start");
+            None
+        }
+    }
+}
+
+/// A saga's id and state from its snapshot record.
+fn saga(record: Snapshot) -> Option<(String, Current<OrderSagaAggregate>)> {
+    let Snapshot::OrderSaga(head, saga) = record else {
+        return None;
+    };
+    let current = Current {
+        state: saga.map_or(SagaState::NotStarted, SagaState::Running),
+        version: Version::new(head.version),
+    };
+    Some((head.aggregate_id, current))
+}
