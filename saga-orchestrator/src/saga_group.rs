@@ -2,8 +2,8 @@
 //! `order-sagas.events` through one consumer group with the range assignor, so partition p of
 //! both topics goes to the same member, which runs one [`SagaPartition`] for it. The group
 //! consumer itself reads nothing (its partitions are paused); workers read with their own
-//! consumer from offset 0 and commit through the group, so a member left behind by a
-//! rebalance cannot commit.
+//! consumer (from where the writers' snapshots stand, see `takeover`) and commit through the
+//! group, so a member left behind by a rebalance cannot commit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
