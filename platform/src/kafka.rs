@@ -50,6 +50,12 @@ pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig
     config
 }
 
+/// Prefetched records of a consumer that reads one partition (a writer's or saga worker's tail,
+/// a log-end reader): a service runs dozens of these, and at the group consumers' 16 MiB each
+/// their queues alone filled hundreds of MiB during a takeover's replay. 2 MiB is two fetches
+/// of a partition (`fetch.message.max.bytes`, 1 MiB) ahead of the reader.
+pub const ONE_PARTITION_PREFETCH_KBYTES: &str = "2048";
+
 /// Publishes every partition's consumer lag from librdkafka's statistics as the gauge
 /// `kafka_consumer_lag{consumer, topic, partition}`: the log end minus the committed offset
 /// for group consumers, minus the position handed to the application for consumers that

@@ -115,7 +115,11 @@ pub fn reader_config(settings: &KafkaSettings) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         // An empty fetch at the end comes back soon; positions are looked at between polls.
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        .set(
+            "queued.max.messages.kbytes",
+            crate::kafka::ONE_PARTITION_PREFETCH_KBYTES,
+        );
     config
 }
 

@@ -186,6 +186,10 @@ impl SagaPartition {
             &shared.settings.kafka,
             &format!("{}.saga-tail", shared.settings.kafka.topic_prefix),
         )
+        .set(
+            "queued.max.messages.kbytes",
+            platform::kafka::ONE_PARTITION_PREFETCH_KBYTES,
+        )
         .create_with_context(LagContext {
             consumer: "saga-orchestrator",
         })?;

@@ -238,7 +238,10 @@ where
             &ctx.kafka,
             &format!("{}.writer-tail", ctx.kafka.topic_prefix),
         );
-        config.set("fetch.wait.max.ms", TAIL_FETCH_WAIT_MS);
+        config.set("fetch.wait.max.ms", TAIL_FETCH_WAIT_MS).set(
+            "queued.max.messages.kbytes",
+            platform::kafka::ONE_PARTITION_PREFETCH_KBYTES,
+        );
         let tail: StreamConsumer<LagContext> = config
             .create_with_context(LagContext {
                 consumer: "command-writer-tail",
