@@ -321,10 +321,10 @@ impl SagaPartition {
             return;
         };
         let offset = message.offset();
-        self.offsets.read(source, offset);
         if offset < self.restored_end[source as usize] {
             return self.redo(source, message).await;
         }
+        self.offsets.read(source, offset);
         let live = offset >= self.replay_until[source as usize];
         let timestamp = message.timestamp().to_millis();
         let envelope = match EventEnvelope::from_headers(message.headers()) {
@@ -356,19 +356,25 @@ impl SagaPartition {
     /// if the snapshot says it was accepted (it is not folded again), as it would have been
     /// when it was first read.
     async fn redo(&mut self, source: Source, message: &BorrowedMessage<'_>) {
+        let offset = message.offset();
         let envelope = match EventEnvelope::from_headers(message.headers()) {
             Ok(envelope) => envelope,
             Err(error) => {
+                self.offsets.read(source, offset);
                 self.dead_letter(source, message, format!("invalid envelope: {error}"))
                     .await;
                 return;
             }
         };
-        let offset = message.offset();
         let timestamp = message.timestamp().to_millis();
-        match self.logs[source as usize].accepted_before(&envelope, offset, timestamp) {
+        let verdict = self.logs[source as usize].accepted_before(&envelope, offset, timestamp);
+        if verdict.is_some() {
+            self.offsets.read(source, offset);
+        }
+        match verdict {
             Some(true) => {}
             Some(false) => return,
+            // Not read: the offset stays uncommitted, for the replaying worker to act on.
             None => {
                 warn!(partition = self.partition, offset, topic = %self.topics[source as usize], "the snapshot cannot tell whether an event it covers was accepted (older than the command window); replaying from the start instead");
                 metrics::counter!("saga_snapshot_restores_total", "aggregate" => envelope.aggregate_kind.as_str(), "outcome" => "abandoned")

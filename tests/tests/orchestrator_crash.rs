@@ -357,3 +357,62 @@ async fn an_orchestrator_finding_a_corrupt_snapshot_replays_from_the_start_and_m
     let credit = stack.events_of(AggregateKind::Customer, "ada").await;
     assert_eq!(count(&credit, "CreditReserved"), orders.len(), "{credit:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_orchestrator_whose_snapshot_cannot_tell_what_it_must_act_on_replays_from_the_start() {
+    // Decision 0010's limit: orders placed while the orchestrator is down, then a command
+    // window (6 s here) of silence, then more orders: the order writers' snapshot stands past
+    // the first ones with a clock that has forgotten their command uses, so it cannot say
+    // whether they were accepted. The worker must not guess: it replays from offset 0, and
+    // every saga still starts once.
+    let mut stack = Stack::start_with(Options {
+        command_window: Some(Duration::from_secs(6)),
+        ..Options::default()
+    })
+    .await;
+    stack.given_customer("ada", 1_000_000).await;
+    stack.given_stock("apple", 1_000).await;
+    let first = stack.place_order("ada", &[line("apple", 1, 100)]).await;
+    stack.settled(&first, APPROVED).await;
+    stack.kill_orchestrator().await;
+    let mut orders = vec![first];
+    for _ in 0..6 {
+        orders.push(stack.place_order("ada", &[line("apple", 1, 100)]).await);
+    }
+    // A snapshot's clock is that of the events it covers: the first batch after the silence
+    // snapshots only the first orders; the next one, a snapshot interval later, covers the
+    // orders after the silence too, and with them a clock a window past the first ones.
+    for pause in [8, 6] {
+        tokio::time::sleep(Duration::from_secs(pause)).await;
+        for _ in 0..9 {
+            orders.push(stack.place_order("ada", &[line("apple", 1, 100)]).await);
+        }
+    }
+    stack.start_orchestrator().await;
+
+    for order in &orders {
+        stack.settled(order, APPROVED).await;
+        let saga = stack.events_of(AggregateKind::OrderSaga, order).await;
+        assert_eq!(count(&saga, "SagaStarted"), 1, "{order}: {saga:?}");
+    }
+    let metrics = stack.orchestrator_metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "saga_snapshot_restores_total",
+            &["aggregate=\"orders\"", "outcome=\"abandoned\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "saga_events_redone_from_snapshot_total",
+            &["aggregate=\"orders\""]
+        ),
+        0.0,
+        "nothing was acted on from a snapshot that could not tell: {metrics}"
+    );
+    let credit = stack.events_of(AggregateKind::Customer, "ada").await;
+    assert_eq!(count(&credit, "CreditReserved"), orders.len(), "{credit:?}");
+}

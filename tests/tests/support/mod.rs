@@ -68,6 +68,8 @@ pub struct Options {
     /// Run command-api, query-api and projectors as processes too (each exactly as its binary
     /// runs), so a test can scrape each one's `/metrics` or stop it with SIGTERM.
     pub all_processes: bool,
+    /// `IDEMPOTENCY_WINDOW_SECONDS` of every service (the default's 24 h unless set).
+    pub command_window: Option<Duration>,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             orchestrator_in_process: false,
             orchestrator_env: Vec::new(),
             all_processes: false,
+            command_window: None,
         }
     }
 }
@@ -129,6 +132,9 @@ impl Stack {
     pub async fn start_with(options: Options) -> Self {
         let mut kafka = TestKafka::new();
         kafka.settings.partitions = PARTITIONS;
+        if let Some(window) = options.command_window {
+            kafka.settings.command_window = platform::log_order::CommandWindow::new(window);
+        }
         let db = TestDatabase::create(Some(&projectors::startup::MIGRATOR)).await;
         let auth = Auth::new(SECRET, 1_000_000);
         let admin = auth.sign("operator", &["admin"], 3600).unwrap();
@@ -238,6 +244,15 @@ impl Stack {
             (
                 "SAGA_STUCK_AFTER_MS".into(),
                 (self.options.step_timeout * 3).as_millis().to_string(),
+            ),
+            (
+                "IDEMPOTENCY_WINDOW_SECONDS".into(),
+                self.kafka
+                    .settings
+                    .command_window
+                    .duration()
+                    .as_secs()
+                    .to_string(),
             ),
             ("RUST_LOG".into(), "warn".into()),
         ]
