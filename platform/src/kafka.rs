@@ -43,7 +43,7 @@ pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig
         .set("partition.assignment.strategy", "range,roundrobin")
         // Prefetched records per consumer: librdkafka's default (64 MiB) is held by every
         // consumer of a service; 16 MiB still holds several of the largest batches (a rebuild's
-        // 20,000 events) and keeps each service well under its memory limit.
+        // 5,000 events) and keeps each service well under its memory limit.
         .set("queued.max.messages.kbytes", "16384")
         // Statistics carry each partition's lag; contexts publish it (see [`publish_lag`]).
         .set("statistics.interval.ms", "5000");

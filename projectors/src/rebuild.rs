@@ -37,6 +37,9 @@ pub enum RebuildError {
     Stopped,
 }
 
+/// Events per rebuild batch.
+const REBUILD_BATCH: usize = 5_000;
+
 /// How a rebuild reports progress (a terminal bar, or log lines). `applied` and `head` are
 /// offsets summed over partitions: transaction markers and aborted records take offsets too, so
 /// `head - applied` is an upper bound on what is left and need not reach 0.
@@ -114,8 +117,11 @@ pub async fn rebuild<P: Projection>(
         P::NAME,
         uuid::Uuid::now_v7()
     );
+    // Up to five batches are in memory at once (consumed, waiting, prepared, waiting, written):
+    // at 20,000 events each the rebuild's peak passed 350 MiB; at 5,000 it stays near a live
+    // projector's.
     let limits = BatchLimits {
-        max_events: 20_000,
+        max_events: REBUILD_BATCH,
         max_wait: Duration::from_millis(500),
     };
     let mut runner = Runner::<P>::with_generation(
