@@ -27,6 +27,10 @@ const PAST_THE_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(5_500);
 
 const SKUS: [&str; 3] = ["apple", "pear", "plum"];
 
+/// The restore counters are the process's: the tests of this file take turns, so each one's
+/// restores are its own.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn add_stock(app: &TestApp, sku: &str, headers: &[(&str, &str)]) -> Reply {
     let reply = app
         .post(
@@ -38,16 +42,6 @@ async fn add_stock(app: &TestApp, sku: &str, headers: &[(&str, &str)]) -> Reply 
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     reply
-}
-
-/// The value of a counter with these labels in a `/metrics` text (0 when absent).
-async fn counter(app: &TestApp, name: &str, labels: &str) -> f64 {
-    let text = app.metrics_text().await;
-    text.lines()
-        .find(|line| line.starts_with(&format!("{name}{{")) && line.contains(labels))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Every inventory event counts and every chain is gap-free, as any reader folds the log.
@@ -69,6 +63,7 @@ async fn chains_are_whole(kafka: &test_harness::TestKafka) -> HashMap<String, u6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_takeover_restores_from_the_snapshot_and_a_corrupt_one_falls_back_to_a_full_replay() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let kafka = kafka();
     let first_owner = TestApp::spawn_on(&kafka, |_| {}).await;
     let keyed = [("idempotency-key", "restock-apple-1")];
@@ -82,6 +77,7 @@ async fn a_takeover_restores_from_the_snapshot_and_a_corrupt_one_falls_back_to_a
     for sku in SKUS {
         add_stock(&first_owner, sku, &[]).await;
     }
+    let before = restores(&first_owner).await;
     first_owner.stop().await;
 
     let snapshots = read_all(
@@ -112,24 +108,10 @@ async fn a_takeover_restores_from_the_snapshot_and_a_corrupt_one_falls_back_to_a
     let apple = versions["apple"].to_string();
     let current = add_stock(&second_owner, "apple", &[("if-match", apple.as_str())]).await;
     assert_eq!(current.body["version"], versions["apple"] + 1);
-    assert!(
-        counter(
-            &second_owner,
-            "writer_snapshot_restores_total",
-            "outcome=\"restored\""
-        )
-        .await
-            >= 1.0
-    );
-    assert_eq!(
-        counter(
-            &second_owner,
-            "writer_snapshot_restores_total",
-            "outcome=\"fallback\""
-        )
-        .await,
-        0.0
-    );
+    let added = restores_after(&second_owner, before).await;
+    assert!(added[0] >= 1.0, "{added:?}");
+    assert_eq!(added[2], 0.0, "{added:?}");
+    let before = restores(&second_owner).await;
     second_owner.stop().await;
 
     // A record of apple's snapshot partition that cannot be read: the next owner replays.
@@ -154,15 +136,8 @@ async fn a_takeover_restores_from_the_snapshot_and_a_corrupt_one_falls_back_to_a
     );
     let retried = add_stock(&third_owner, "apple", &keyed).await;
     assert_eq!(retried.body, first_answer.body);
-    assert!(
-        counter(
-            &third_owner,
-            "writer_snapshot_restores_total",
-            "outcome=\"fallback\""
-        )
-        .await
-            >= 1.0
-    );
+    let added = restores_after(&third_owner, before).await;
+    assert!(added[2] >= 1.0, "{added:?}");
     third_owner.stop().await;
     chains_are_whole(&kafka).await;
 }
@@ -375,6 +350,7 @@ async fn a_writer_restored_from_its_snapshot_answers_every_command_as_one_that_r
     // reused keys, stale If-Match, repeated cancellations) the same. PROPERTY_SEED replays a
     // failing run.
     use rand::SeedableRng;
+    let _turn = ONE_AT_A_TIME.lock().await;
     let seed = std::env::var("PROPERTY_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
