@@ -277,6 +277,11 @@ impl SagaPartition {
                     self.saga_turns.retain(|_, turn| {
                         matches!(turn.try_recv(), Err(oneshot::error::TryRecvError::Empty))
                     });
+                    // The uses the window forgot are listed for a writer's snapshot; this
+                    // worker writes none, and the list would grow with the log.
+                    for log in &mut self.logs {
+                        log.take_forgotten();
+                    }
                     self.check_deadlines();
                     self.commit().await;
                     self.report();

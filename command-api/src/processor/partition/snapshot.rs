@@ -66,11 +66,13 @@ where
         if let Some(command_id) = command_id {
             self.dirty.command(command_id);
         }
+        self.settle_forgotten();
     }
 
-    /// How many records a snapshot taken now would write (0: nothing changed); `None` when
-    /// this partition cannot be snapshotted safely.
-    pub(crate) fn unsnapshotted_changes(&mut self) -> Option<usize> {
+    /// Takes the uses the window forgot since the last call: one the snapshot holds is to be
+    /// deleted, one it never held is dropped from what is to be written. Done as uses are
+    /// recorded, so replaying a long log keeps a window of command ids here, not every one read.
+    fn settle_forgotten(&mut self) {
         for forgotten in self.log.take_forgotten() {
             if self.dirty.written_commands.contains(&forgotten) {
                 self.dirty.command(&forgotten);
@@ -79,6 +81,18 @@ where
                 self.dirty.commands.remove(&forgotten);
             }
         }
+    }
+
+    /// How many command ids are held to be written or deleted by the next snapshot.
+    #[cfg(test)]
+    pub(crate) fn commands_to_snapshot(&self) -> usize {
+        self.dirty.commands.len()
+    }
+
+    /// How many records a snapshot taken now would write (0: nothing changed); `None` when
+    /// this partition cannot be snapshotted safely.
+    pub(crate) fn unsnapshotted_changes(&mut self) -> Option<usize> {
+        self.settle_forgotten();
         if self.dirty.unsafe_key {
             return None;
         }

@@ -674,3 +674,32 @@ fn a_command_the_window_forgot_before_any_snapshot_held_it_is_not_deleted() {
     );
     assert!(keys.iter().any(|k| k.ends_with("/new")), "{keys:?}");
 }
+
+#[test]
+fn replaying_a_long_log_holds_a_window_of_command_ids_to_snapshot_not_every_one_read() {
+    // A takeover replays the log before its first snapshot: what it holds to write must stay a
+    // window's worth, or its memory grows with the log (it did: every command id read).
+    let window = platform::log_order::CommandWindow::new(std::time::Duration::from_secs(60));
+    let mut given = Given {
+        model: PartitionModel::new(
+            partition_for(SKU.as_bytes(), PARTITIONS),
+            PARTITIONS,
+            window,
+        ),
+        ..given()
+    };
+    let start = now() - chrono::Duration::hours(2);
+    for minute in 0..100 {
+        given = given.stock_added_at(
+            start + chrono::Duration::minutes(minute),
+            1,
+            &format!("c-{minute}"),
+            None,
+        );
+    }
+    assert!(
+        given.model.commands_to_snapshot() <= 2,
+        "{} command ids held for a 60 s window",
+        given.model.commands_to_snapshot()
+    );
+}
