@@ -49,6 +49,8 @@ pub enum ReadError {
         #[source]
         source: schemas::DecodeError,
     },
+    #[error("the blocking read did not finish")]
+    Join,
 }
 
 /// Why snapshot records cannot be restored (the reader replays the events instead).
@@ -71,8 +73,19 @@ pub enum RestoreError {
 }
 
 /// Every committed record of partition `partition` of a snapshots topic, decoded, in log order
-/// (a tombstone as `None`). Blocking: call it from a blocking task.
-pub fn read_partition(
+/// (a tombstone as `None`), read on a blocking thread. Empty when there is no snapshot.
+pub async fn read_partition(
+    kafka: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+) -> Result<Vec<(String, Option<Snapshot>)>, ReadError> {
+    let (kafka, topic) = (kafka.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || read_partition_blocking(&kafka, &topic, partition))
+        .await
+        .map_err(|_| ReadError::Join)?
+}
+
+fn read_partition_blocking(
     kafka: &KafkaSettings,
     topic: &str,
     partition: i32,

@@ -82,25 +82,15 @@ async fn restore_one(
         metrics::counter!("saga_snapshot_restores_total", "aggregate" => kind.as_str(), "outcome" => outcome)
             .increment(1);
     };
-    let kafka = shared.settings.kafka.clone();
-    let read = {
-        let topic = topic.clone();
-        tokio::task::spawn_blocking(move || snapshots::read_partition(&kafka, &topic, partition))
-            .await
-    };
-    let records = match read {
-        Ok(Ok(records)) if records.is_empty() => {
+    let records = match snapshots::read_partition(&shared.settings.kafka, &topic, partition).await {
+        Ok(records) if records.is_empty() => {
             outcome("none");
             return None;
         }
-        Ok(Ok(records)) => records,
-        Ok(Err(error)) => {
+        Ok(records) => records,
+        Err(error) => {
             outcome("fallback");
             warn!(%kind, partition, %topic, %error, "snapshot unreadable; the saga worker replays these events from the start");
-            return None;
-        }
-        Err(_) => {
-            outcome("fallback");
             return None;
         }
     };

@@ -233,6 +233,24 @@ async fn a_saga_killed_after_its_deadline_was_armed_or_recorded_still_times_out_
     );
 }
 
+/// `n` one-apple orders of customer `ada`, placed one after the other.
+async fn apple_orders(stack: &Stack, n: usize) -> Vec<String> {
+    let mut orders = vec![];
+    for _ in 0..n {
+        orders.push(stack.place_order("ada", &[line("apple", 1, 100)]).await);
+    }
+    orders
+}
+
+/// Every order approved, each by a saga started exactly once.
+async fn each_approved_by_one_saga(stack: &Stack, orders: &[String]) {
+    for order in orders {
+        stack.settled(order, APPROVED).await;
+        let saga = stack.events_of(AggregateKind::OrderSaga, order).await;
+        assert_eq!(count(&saga, "SagaStarted"), 1, "{order}: {saga:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_orchestrator_takes_over_from_the_writers_snapshots_and_acts_once_on_what_they_cover_past_its_commits(
 ) {
@@ -249,28 +267,18 @@ async fn a_restarted_orchestrator_takes_over_from_the_writers_snapshots_and_acts
             // The saga writers' batches of this round find a snapshot due.
             tokio::time::sleep(Duration::from_secs(6)).await;
         }
-        for _ in 0..6 {
-            orders.push(stack.place_order("ada", &[line("apple", 1, 100)]).await);
-        }
+        orders.extend(apple_orders(&stack, 6).await);
         for order in &orders {
             stack.settled(order, APPROVED).await;
         }
     }
     stack.kill_orchestrator().await;
-    for _ in 0..6 {
-        orders.push(stack.place_order("ada", &[line("apple", 1, 100)]).await);
-    }
+    orders.extend(apple_orders(&stack, 6).await);
     tokio::time::sleep(Duration::from_secs(6)).await;
-    for _ in 0..9 {
-        orders.push(stack.place_order("ada", &[line("apple", 1, 100)]).await);
-    }
+    orders.extend(apple_orders(&stack, 9).await);
     stack.start_orchestrator().await;
 
-    for order in &orders {
-        stack.settled(order, APPROVED).await;
-        let saga = stack.events_of(AggregateKind::OrderSaga, order).await;
-        assert_eq!(count(&saga, "SagaStarted"), 1, "{order}: {saga:?}");
-    }
+    each_approved_by_one_saga(&stack, &orders).await;
     let stock = stack.events_of(AggregateKind::InventoryItem, "apple").await;
     assert_eq!(count(&stock, "StockReserved"), orders.len(), "{stock:?}");
     let credit = stack.events_of(AggregateKind::Customer, "ada").await;
@@ -327,9 +335,7 @@ async fn an_orchestrator_finding_a_corrupt_snapshot_replays_from_the_start_and_m
             .unwrap();
     }
     let mut orders = vec![first];
-    for _ in 0..6 {
-        orders.push(stack.place_order("ada", &[line("apple", 1, 100)]).await);
-    }
+    orders.extend(apple_orders(&stack, 6).await);
     stack.start_orchestrator().await;
 
     for order in &orders {
@@ -376,25 +382,17 @@ async fn an_orchestrator_whose_snapshot_cannot_tell_what_it_must_act_on_replays_
     stack.settled(&first, APPROVED).await;
     stack.kill_orchestrator().await;
     let mut orders = vec![first];
-    for _ in 0..6 {
-        orders.push(stack.place_order("ada", &[line("apple", 1, 100)]).await);
-    }
+    orders.extend(apple_orders(&stack, 6).await);
     // A snapshot's clock is that of the events it covers: the first batch after the silence
     // snapshots only the first orders; the next one, a snapshot interval later, covers the
     // orders after the silence too, and with them a clock a window past the first ones.
     for pause in [8, 6] {
         tokio::time::sleep(Duration::from_secs(pause)).await;
-        for _ in 0..9 {
-            orders.push(stack.place_order("ada", &[line("apple", 1, 100)]).await);
-        }
+        orders.extend(apple_orders(&stack, 9).await);
     }
     stack.start_orchestrator().await;
 
-    for order in &orders {
-        stack.settled(order, APPROVED).await;
-        let saga = stack.events_of(AggregateKind::OrderSaga, order).await;
-        assert_eq!(count(&saga, "SagaStarted"), 1, "{order}: {saga:?}");
-    }
+    each_approved_by_one_saga(&stack, &orders).await;
     let metrics = stack.orchestrator_metrics().await;
     assert!(
         metric(

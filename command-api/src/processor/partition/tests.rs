@@ -48,6 +48,19 @@ fn given() -> Given {
     }
 }
 
+/// [`given`] with a command window of 60 s.
+fn given_with_a_minute_window() -> Given {
+    let window = platform::log_order::CommandWindow::new(std::time::Duration::from_secs(60));
+    Given {
+        model: PartitionModel::new(
+            partition_for(SKU.as_bytes(), PARTITIONS),
+            PARTITIONS,
+            window,
+        ),
+        ..given()
+    }
+}
+
 impl Given {
     /// `StockAdded` for `SKU` by `command_id`, read from the log, stamped `now()`.
     fn stock_added(self, quantity: i64, command_id: &str, request_hash: Option<&str>) -> Self {
@@ -654,15 +667,7 @@ fn a_snapshot_holding_an_unreadable_aggregate_is_refused_so_this_build_replays()
 
 #[test]
 fn a_command_the_window_forgot_before_any_snapshot_held_it_is_not_deleted() {
-    let window = platform::log_order::CommandWindow::new(std::time::Duration::from_secs(60));
-    let mut given = Given {
-        model: PartitionModel::new(
-            partition_for(SKU.as_bytes(), PARTITIONS),
-            PARTITIONS,
-            window,
-        ),
-        ..given()
-    };
+    let mut given = given_with_a_minute_window();
     given = given
         .stock_added_at(now() - chrono::Duration::hours(2), 1, "old", None)
         .stock_added(1, "new", None);
@@ -679,15 +684,7 @@ fn a_command_the_window_forgot_before_any_snapshot_held_it_is_not_deleted() {
 fn replaying_a_long_log_holds_a_window_of_command_ids_to_snapshot_not_every_one_read() {
     // A takeover replays the log before its first snapshot: what it holds to write must stay a
     // window's worth, or its memory grows with the log (it did: every command id read).
-    let window = platform::log_order::CommandWindow::new(std::time::Duration::from_secs(60));
-    let mut given = Given {
-        model: PartitionModel::new(
-            partition_for(SKU.as_bytes(), PARTITIONS),
-            PARTITIONS,
-            window,
-        ),
-        ..given()
-    };
+    let mut given = given_with_a_minute_window();
     let start = now() - chrono::Duration::hours(2);
     for minute in 0..100 {
         given = given.stock_added_at(

@@ -60,31 +60,20 @@ where
     A::State: Send + Sync,
 {
     let topic = ctx.topics.snapshots(A::KIND);
-    let kafka = ctx.kafka.clone();
-    let read = {
-        let topic = topic.clone();
-        tokio::task::spawn_blocking(move || {
-            command_bus::snapshots::read_partition(&kafka, &topic, partition)
-        })
-        .await
-    };
     let outcome = |outcome: &'static str| {
         metrics::counter!("writer_snapshot_restores_total", "aggregate" => A::KIND.as_str(), "outcome" => outcome)
             .increment(1);
     };
-    let records = match read {
-        Ok(Ok(records)) if records.is_empty() => {
+    let records = match command_bus::snapshots::read_partition(&ctx.kafka, &topic, partition).await
+    {
+        Ok(records) if records.is_empty() => {
             outcome("none");
             return None;
         }
-        Ok(Ok(records)) => records,
-        Ok(Err(error)) => {
+        Ok(records) => records,
+        Err(error) => {
             outcome("fallback");
             warn!(kind = %A::KIND, partition, %topic, %error, "snapshot unreadable; replaying every event instead");
-            return None;
-        }
-        Err(_) => {
-            outcome("fallback");
             return None;
         }
     };
