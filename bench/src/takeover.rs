@@ -118,7 +118,8 @@ async fn answered(api: &Api, sku: &str) -> anyhow::Result<()> {
 }
 
 /// Both takeovers, one after the other, on the log of `env`; each command-api's peak RSS is
-/// recorded under "command-api (takeover)".
+/// recorded on its own: a takeover by replay is the fallback, the one from the snapshot is what
+/// a deployment does.
 pub(crate) async fn measure(
     env: &Env,
     rss: &mut BTreeMap<String, f64>,
@@ -127,19 +128,25 @@ pub(crate) async fn measure(
     let (replay, replay_writer_ms, service) = take_over(env, api_for)
         .await
         .context("takeover by replay")?;
-    let mut peaks = BTreeMap::new();
-    service.stop(&mut peaks).await;
+    record_peak(service, "command-api (takeover, replay)", rss).await;
     let (snapshot, snapshot_writer_ms, service) = take_over(env, api_for)
         .await
         .context("takeover from the snapshot")?;
-    service.stop(&mut peaks).await;
-    if let Some(peak) = peaks.get("command-api") {
-        rss.insert("command-api (takeover)".to_owned(), *peak);
-    }
+    record_peak(service, "command-api (takeover, snapshot)", rss).await;
     Ok(TakeoverFigures {
         replay_ms: replay.as_secs_f64() * 1000.0,
         snapshot_ms: snapshot.as_secs_f64() * 1000.0,
         replay_writer_ms,
         snapshot_writer_ms,
     })
+}
+
+/// Stops `service`, recording its peak RSS under `label`.
+async fn record_peak(service: Service, label: &str, rss: &mut BTreeMap<String, f64>) {
+    let mut peaks = BTreeMap::new();
+    let name = service.name;
+    service.stop(&mut peaks).await;
+    if let Some(peak) = peaks.get(name) {
+        rss.insert(label.to_owned(), *peak);
+    }
 }

@@ -41,20 +41,36 @@ pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("partition.assignment.strategy", "range,roundrobin")
-        // Prefetched records per consumer: librdkafka's default (64 MiB) is held by every
-        // consumer of a service; 16 MiB still holds several of the largest batches (a rebuild's
-        // 5,000 events) and keeps each service well under its memory limit.
+        // Prefetched records per consumer: librdkafka's defaults (64 MiB of payloads, and
+        // 100,000 records, whose headers and bookkeeping are not counted in the 64 MiB) are
+        // held by every consumer of a service. 16 MiB and 20,000 records still hold several of
+        // the largest batches (a rebuild's 5,000 events); see [`one_partition_prefetch`] for
+        // why the count matters and the backoff with it.
         .set("queued.max.messages.kbytes", "16384")
+        .set("queued.min.messages", "20000")
+        .set("fetch.queue.backoff.ms", "10")
         // Statistics carry each partition's lag; contexts publish it (see [`publish_lag`]).
         .set("statistics.interval.ms", "5000");
     config
 }
 
-/// Prefetched records of a consumer that reads one partition (a writer's or saga worker's tail,
-/// a log-end reader): a service runs dozens of these, and at the group consumers' 16 MiB each
-/// their queues alone filled hundreds of MiB during a takeover's replay. 2 MiB is two fetches
-/// of a partition (`fetch.message.max.bytes`, 1 MiB) ahead of the reader.
-pub const ONE_PARTITION_PREFETCH_KBYTES: &str = "2048";
+/// Bounds what a consumer of one partition (a writer's or saga worker's tail, a log-end reader)
+/// prefetches: a service runs dozens of these at once during a takeover.
+///
+/// librdkafka stops fetching a partition when its queue holds `queued.min.messages` records
+/// (default 100,000) or `queued.max.messages.kbytes` of *payload*. Keys, headers, the
+/// per-record bookkeeping and the fetch buffers the records point into are not counted, and our
+/// events are mostly envelope headers around a small payload: with only the byte limit, each
+/// replaying tail held hundreds of thousands of records (a heap profile of a 1,000,000-event
+/// takeover showed 350 MiB in fetch buffers and queued records). So the count is bounded too,
+/// and a full queue is looked at again after 10 ms instead of librdkafka's 1 s, or the reader
+/// would wait most of that second for its next records.
+pub fn one_partition_prefetch(config: &mut ClientConfig) -> &mut ClientConfig {
+    config
+        .set("queued.max.messages.kbytes", "2048")
+        .set("queued.min.messages", "2000")
+        .set("fetch.queue.backoff.ms", "10")
+}
 
 /// Publishes every partition's consumer lag from librdkafka's statistics as the gauge
 /// `kafka_consumer_lag{consumer, topic, partition}`: the log end minus the committed offset

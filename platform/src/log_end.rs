@@ -115,11 +115,8 @@ pub fn reader_config(settings: &KafkaSettings) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         // An empty fetch at the end comes back soon; positions are looked at between polls.
-        .set("fetch.wait.max.ms", "100")
-        .set(
-            "queued.max.messages.kbytes",
-            crate::kafka::ONE_PARTITION_PREFETCH_KBYTES,
-        );
+        .set("fetch.wait.max.ms", "100");
+    crate::kafka::one_partition_prefetch(&mut config);
     config
 }
 

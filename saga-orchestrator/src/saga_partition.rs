@@ -182,17 +182,14 @@ impl SagaPartition {
                 replay_until[i] = n;
             }
         }
-        let tail: StreamConsumer<LagContext> = platform::kafka::latency_consumer_config(
+        let mut config = platform::kafka::latency_consumer_config(
             &shared.settings.kafka,
             &format!("{}.saga-tail", shared.settings.kafka.topic_prefix),
-        )
-        .set(
-            "queued.max.messages.kbytes",
-            platform::kafka::ONE_PARTITION_PREFETCH_KBYTES,
-        )
-        .create_with_context(LagContext {
-            consumer: "saga-orchestrator",
-        })?;
+        );
+        let tail: StreamConsumer<LagContext> = platform::kafka::one_partition_prefetch(&mut config)
+            .create_with_context(LagContext {
+                consumer: "saga-orchestrator",
+            })?;
         let start = if from_snapshots {
             takeover::restore(&shared, partition).await
         } else {

@@ -238,10 +238,8 @@ where
             &ctx.kafka,
             &format!("{}.writer-tail", ctx.kafka.topic_prefix),
         );
-        config.set("fetch.wait.max.ms", TAIL_FETCH_WAIT_MS).set(
-            "queued.max.messages.kbytes",
-            platform::kafka::ONE_PARTITION_PREFETCH_KBYTES,
-        );
+        config.set("fetch.wait.max.ms", TAIL_FETCH_WAIT_MS);
+        platform::kafka::one_partition_prefetch(&mut config);
         let tail: StreamConsumer<LagContext> = config
             .create_with_context(LagContext {
                 consumer: "command-writer-tail",
