@@ -17,9 +17,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
 
 /// At most this many records in flight from one producer.
-const WINDOW: usize = 20_000;
+pub(crate) const WINDOW: usize = 20_000;
 
-fn envelope(
+pub(crate) fn envelope(
     kind: AggregateKind,
     id: &str,
     event_type: &str,
@@ -71,7 +71,7 @@ pub(crate) fn order_placed() -> anyhow::Result<(EventEnvelope, Vec<u8>)> {
     ))
 }
 
-async fn drain(
+pub(crate) async fn drain(
     in_flight: &mut FuturesUnordered<rdkafka::producer::DeliveryFuture>,
     down_to: usize,
 ) -> anyhow::Result<()> {
@@ -146,7 +146,7 @@ impl LogSpan {
     }
 
     /// The timestamp of the `n`-th event (ms).
-    fn at(self, n: usize) -> i64 {
+    pub(crate) fn at(self, n: usize) -> i64 {
         self.start_ms + (n as f64 * self.step_ms) as i64
     }
 }

@@ -281,6 +281,23 @@ impl Run {
         })
     }
 
+    /// The saga orchestrator taking over a log of `rebuild_events` order and saga events.
+    pub(crate) async fn orchestrator_side(
+        &self,
+        rss: &mut BTreeMap<String, f64>,
+    ) -> anyhow::Result<crate::orchestrator::OrchestratorFigures> {
+        let (env, _pool) = self.own_phase("sagas").await?;
+        let kafka = KafkaSettings {
+            topic_prefix: env.prefix.clone(),
+            ..self.kafka.clone()
+        };
+        step(&format!(
+            "saga-orchestrator taking over {} order and saga events: by replay, then from the writers' snapshots",
+            self.plan.rebuild_events
+        ));
+        crate::orchestrator::measure(&env, &kafka, self.plan.rebuild_events, rss).await
+    }
+
     /// What the run ran on.
     pub(crate) async fn environment(&self) -> Value {
         let commit = std::process::Command::new("git")

@@ -45,6 +45,7 @@ pub(crate) struct Figures {
     pub(crate) reads: Option<ReadFigures>,
     pub(crate) projectors: Option<ProjectorFigures>,
     pub(crate) rss_mib: BTreeMap<String, f64>,
+    pub(crate) orchestrator: Option<crate::orchestrator::OrchestratorFigures>,
 }
 
 fn round(x: f64) -> f64 {
@@ -83,6 +84,10 @@ impl Figures {
                 "replay": round(p.takeover.replay_ms), "snapshot": round(p.takeover.snapshot_ms),
                 "replay_writer": p.takeover.replay_writer_ms.map(round),
                 "snapshot_writer": p.takeover.snapshot_writer_ms.map(round)})),
+            "orchestrator_takeover_ms": self.orchestrator.map(|o| json!({
+                "replay": round(o.replay_ms), "snapshot": round(o.snapshot_ms),
+                "orders": o.orders,
+                "events": o.orders * crate::orchestrator::EVENTS_PER_ORDER})),
             "visibility_latency_ms": reads.map(|r| pct(r.visibility)),
             "sagas_per_s": reads.map(|r| round(r.sagas_per_s)),
             "rss_mib": self.rss_mib.iter().map(|(k, v)| (k.clone(), round(*v))).collect::<BTreeMap<_, _>>(),
@@ -186,6 +191,19 @@ pub(crate) fn print_table(report: &Value) {
                 report["volumes"]["rebuild_events"],
                 r("takeover_ms")["replay_writer"],
                 r("takeover_ms")["snapshot_writer"]
+            ),
+        ),
+        (
+            "orchestrator_takeover_ms",
+            format!(
+                "{}/{}",
+                r("orchestrator_takeover_ms")["replay"],
+                r("orchestrator_takeover_ms")["snapshot"]
+            ),
+            format!(
+                "replay/snapshot, {} approved orders ({} events), until every saga is counted",
+                r("orchestrator_takeover_ms")["orders"],
+                r("orchestrator_takeover_ms")["events"]
             ),
         ),
         (

@@ -72,47 +72,66 @@ pub enum RestoreError {
     Incomplete { expected: u64, found: u64 },
 }
 
-/// Every committed record of partition `partition` of a snapshots topic, decoded, in log order
-/// (a tombstone as `None`), read on a blocking thread. Empty when there is no snapshot.
+/// The newest committed record of each key in partition `partition` of a snapshots topic,
+/// decoded (a tombstone as `None`), read on a blocking thread. Empty when there is no snapshot.
 pub async fn read_partition(
     kafka: &KafkaSettings,
     topic: &str,
     partition: i32,
-) -> Result<Vec<(String, Option<Snapshot>)>, ReadError> {
+) -> Result<HashMap<String, Option<Snapshot>>, ReadError> {
     let (kafka, topic) = (kafka.clone(), topic.to_owned());
     tokio::task::spawn_blocking(move || read_partition_blocking(&kafka, &topic, partition))
         .await
         .map_err(|_| ReadError::Join)?
 }
 
+/// Decodes each record as it is read and keeps the newest per key: what the compacted topic
+/// has not compacted yet (every snapshot since its last clean) is never held at once, and
+/// neither are the raw records beside the decoded ones.
 fn read_partition_blocking(
     kafka: &KafkaSettings,
     topic: &str,
     partition: i32,
-) -> Result<Vec<(String, Option<Snapshot>)>, ReadError> {
+) -> Result<HashMap<String, Option<Snapshot>>, ReadError> {
     let ends = LogEnds::new(kafka)?;
     let extents: Vec<_> = ends
         .extents(topic, Duration::from_secs(5))?
         .into_iter()
         .filter(|e| e.partition == partition)
         .collect();
-    ends.read_to_end(topic, &extents, READ_STALL)?
-        .iter()
-        .map(|message| {
-            let offset = message.offset();
-            let key = message
-                .key()
-                .and_then(|k| std::str::from_utf8(k).ok())
-                .ok_or(ReadError::Key { offset })?
-                .to_owned();
-            let record = message
-                .payload()
-                .map(schemas::decode::<Snapshot>)
-                .transpose()
-                .map_err(|source| ReadError::Decode { offset, source })?;
-            Ok((key, record))
-        })
-        .collect()
+    let mut newest = HashMap::new();
+    let mut failed = None;
+    ends.read_each_to_end(topic, &extents, READ_STALL, |message| {
+        if failed.is_some() {
+            return;
+        }
+        match decoded(message) {
+            Ok((key, record)) => {
+                newest.insert(key, record);
+            }
+            Err(error) => failed = Some(error),
+        }
+    })?;
+    match failed {
+        Some(error) => Err(error),
+        None => Ok(newest),
+    }
+}
+
+/// A snapshot record's key and decoded value.
+fn decoded(message: &impl Message) -> Result<(String, Option<Snapshot>), ReadError> {
+    let offset = message.offset();
+    let key = message
+        .key()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .ok_or(ReadError::Key { offset })?
+        .to_owned();
+    let record = message
+        .payload()
+        .map(schemas::decode::<Snapshot>)
+        .transpose()
+        .map_err(|source| ReadError::Decode { offset, source })?;
+    Ok((key, record))
 }
 
 /// What a snapshot restores, whatever its aggregates' kind: the log order after its checkpoint
@@ -130,7 +149,7 @@ pub struct RestoredLog {
 }
 
 /// The log order and aggregate records a snapshot of `kind` describes, from its records (key
-/// and record, `None` for a deleted key, in log order).
+/// and record, `None` for a deleted key, in log order; the newest per key counts).
 pub fn restore_log(
     kind: AggregateKind,
     window: CommandWindow,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use thiserror::Error;
 
@@ -222,8 +222,25 @@ impl LogEnds {
         extents: &[Extent],
         stall: Duration,
     ) -> Result<Vec<OwnedMessage>, ReadError> {
+        let mut records = Vec::new();
+        self.read_each_to_end(topic, extents, stall, |message| {
+            records.push(message.detach())
+        })?;
+        Ok(records)
+    }
+
+    /// [`Self::read_to_end`], handing each record to `each` as it is read instead of keeping
+    /// it: for a reader that keeps less than every record (the newest per key of a compacted
+    /// topic, say), so memory holds what it keeps, not the partition.
+    pub fn read_each_to_end(
+        &self,
+        topic: &str,
+        extents: &[Extent],
+        stall: Duration,
+        mut each: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<(), ReadError> {
         if extents.iter().all(|e| e.read_by(None)) {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let mut list = TopicPartitionList::new();
         for extent in extents.iter().filter(|e| e.start < e.end) {
@@ -231,7 +248,6 @@ impl LogEnds {
         }
         let reader: BaseConsumer = self.config.create()?;
         reader.assign(&list)?;
-        let mut records = Vec::new();
         let mut positions: Vec<Option<i64>> = vec![None; extents.len()];
         let mut moved = Instant::now();
         loop {
@@ -242,7 +258,7 @@ impl LogEnds {
                         .iter()
                         .any(|e| e.partition == message.partition() && message.offset() < e.end);
                 if wanted {
-                    records.push(message.detach());
+                    each(&message);
                 }
             }
             let now: Vec<Option<i64>> = extents
@@ -258,7 +274,7 @@ impl LogEnds {
                 .zip(&positions)
                 .find(|(extent, position)| !extent.read_by(**position));
             let Some((extent, position)) = behind else {
-                return Ok(records);
+                return Ok(());
             };
             if moved.elapsed() >= stall {
                 return Err(ReadError::Stalled {
