@@ -127,21 +127,28 @@ pub(crate) async fn prefill_inventory(
     prefill_inventory_more(kafka, 0, count, skus, span).await
 }
 
-/// When the pre-filled events happened: spread evenly over a month that ends now, as a log a
-/// month long holds them (a day of commands inside the idempotency window, not all of them).
+/// When the pre-filled events happened: evenly, at a steady pace, the last one now, as a log
+/// that grew for months holds them (a day of commands inside the idempotency window, not all
+/// of them). At a steady pace a longer log is an older one, not a busier one: the window holds
+/// the same day of commands over 1,000,000 events as over 5,000,000.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LogSpan {
     start_ms: i64,
     step_ms: f64,
 }
 
+/// The pace of the pre-filled logs: 1,000,000 events a month.
+pub(crate) const EVENTS_PER_MONTH: usize = 1_000_000;
+
 impl LogSpan {
-    /// `events` events over the 30 days up to now.
-    pub(crate) fn month_ending_now(events: usize) -> Self {
-        let month_ms = 30 * 24 * 3_600_000_i64;
+    /// `count` items (events, or orders of several events each) at `per_month` items in 30
+    /// days, ending now.
+    pub(crate) fn ending_now(count: usize, per_month: usize) -> Self {
+        let month_ms = 30.0 * 24.0 * 3_600_000.0;
+        let step_ms = month_ms / per_month.max(1) as f64;
         Self {
-            start_ms: Utc::now().timestamp_millis() - month_ms,
-            step_ms: month_ms as f64 / events.max(1) as f64,
+            start_ms: Utc::now().timestamp_millis() - (step_ms * count as f64) as i64,
+            step_ms,
         }
     }
 

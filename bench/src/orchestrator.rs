@@ -1,5 +1,5 @@
 //! The orchestrator over a grown log: `orders.events` and `order-sagas.events` pre-filled with
-//! approved orders (nine events each, stamped over the month up to now), the orchestrator's
+//! approved orders (nine events each, stamped at the pace of 1,000,000 events a month up to now), the orchestrator's
 //! group offsets committed at their ends (everything was acted on), then the orchestrator
 //! takes over twice: first replaying both topics (no writer has snapshotted them), then, once
 //! command-api's order and saga writers took the partitions over and wrote their snapshots,
@@ -21,7 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
-use crate::kafka_load::{drain, envelope, LogSpan, WINDOW};
+use crate::kafka_load::{drain, envelope, LogSpan, EVENTS_PER_MONTH, WINDOW};
 use crate::services::{Env, Service};
 
 /// Events one pre-filled order leaves: two of the order, seven of its saga.
@@ -45,7 +45,8 @@ pub(crate) async fn measure(
     rss: &mut BTreeMap<String, f64>,
 ) -> anyhow::Result<OrchestratorFigures> {
     let orders = (events / EVENTS_PER_ORDER).max(1);
-    prefill_approved_orders(kafka, orders, LogSpan::month_ending_now(orders)).await?;
+    let span = LogSpan::ending_now(orders, EVENTS_PER_MONTH / EVENTS_PER_ORDER);
+    prefill_approved_orders(kafka, orders, span).await?;
     commit_log_ends(kafka, &format!("{}.saga-orchestrator", kafka.topic_prefix)).await?;
 
     let (replay, service) = take_over(env, orders).await.context("replay")?;

@@ -229,7 +229,8 @@ impl Run {
             "pre-filling {} inventory events",
             plan.projector_events
         ));
-        let span = kafka_load::LogSpan::month_ending_now(plan.rebuild_events);
+        let span =
+            kafka_load::LogSpan::ending_now(plan.rebuild_events, kafka_load::EVENTS_PER_MONTH);
         kafka_load::prefill_inventory(&kafka, plan.projector_events, FILL_ITEMS, span).await?;
         step("projectors catching up");
         let started = Instant::now();
