@@ -18,7 +18,7 @@ use platform::config::KafkaSettings;
 use platform::log_end::LogEnds;
 use platform::log_order::{ChainHead, CommandWindow, LogOrder, RecordedCommand};
 use rdkafka::message::Message;
-use schemas::wire::snapshots::{Checkpoint, CommandUse, Snapshot, CHECKPOINT_KEY};
+use schemas::wire::snapshots::{Checkpoint, CommandUse, Head, Snapshot, CHECKPOINT_KEY};
 
 pub use schemas::wire::snapshots::COMMAND_KEY_PREFIX;
 
@@ -181,15 +181,7 @@ pub fn restore_log(
                 if head.unreadable {
                     return Err(RestoreError::Unreadable(key));
                 }
-                heads.push((
-                    key,
-                    ChainHead {
-                        version: Version::new(head.version),
-                        event_id: head.event_id,
-                        command_id: head.command_id.clone(),
-                        offset: head.offset,
-                    },
-                ));
+                heads.push((key, chain_head(head)));
                 aggregates.push(aggregate);
             }
         }
@@ -220,6 +212,28 @@ pub fn restore_log(
         aggregates,
         command_ids,
     })
+}
+
+/// The chain head a snapshot record's head describes.
+pub fn chain_head(head: &Head) -> ChainHead {
+    ChainHead {
+        version: Version::new(head.version),
+        event_id: head.event_id,
+        command_id: head.command_id.clone(),
+        offset: head.offset,
+    }
+}
+
+/// The snapshot record's head of `aggregate_id`, whose chain head is `head`.
+pub fn head_record(aggregate_id: &str, head: &ChainHead, unreadable: bool) -> Head {
+    Head {
+        aggregate_id: aggregate_id.to_owned(),
+        version: head.version.get(),
+        event_id: head.event_id,
+        command_id: head.command_id.clone(),
+        offset: head.offset,
+        unreadable,
+    }
 }
 
 /// A command use as its snapshot record holds it.

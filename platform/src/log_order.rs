@@ -313,6 +313,27 @@ impl LogOrder {
         }
     }
 
+    /// Takes an aggregate's chain head out of memory, for a reader that keeps finished
+    /// aggregates elsewhere (the orchestrator's settled sagas, decision 0011). It must
+    /// [`LogOrder::reinstate`] the head before the aggregate's next event is judged: judged
+    /// without it, a continuation would be taken for a chain's first event.
+    pub fn evict(&mut self, aggregate_id: &str) -> Option<ChainHead> {
+        self.heads.remove(aggregate_id)
+    }
+
+    /// Puts back a head taken out by [`LogOrder::evict`].
+    pub fn reinstate(&mut self, aggregate_id: String, head: ChainHead) {
+        self.heads.insert(aggregate_id, head);
+    }
+
+    /// Gives back the memory of heads evicted since the maps were largest (after a restore
+    /// that evicted most of what it loaded).
+    pub fn shrink_to_fit(&mut self) {
+        self.heads.shrink_to_fit();
+        self.commands.shrink_to_fit();
+        self.by_age.shrink_to_fit();
+    }
+
     pub fn head(&self, aggregate_id: &str) -> Option<&ChainHead> {
         self.heads.get(aggregate_id)
     }

@@ -1,6 +1,7 @@
 //! Typed configuration from the environment.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use platform::config::KafkaSettings;
@@ -23,6 +24,10 @@ pub struct Settings {
     pub stuck_after: Duration,
     /// The consumer group (`<prefix>.saga-orchestrator`): instances share the partitions.
     pub group: String,
+    /// `SAGA_STATE_DIR`: where each partition worker keeps its finished sagas on disk
+    /// (decision 0011; default `orderstream-saga-state` in the temporary directory). A cache
+    /// that lives as long as its worker: a local, non-persistent volume is right for it.
+    pub state_dir: PathBuf,
 }
 
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +46,10 @@ impl Settings {
             step_timeout: millis("SAGA_STEP_TIMEOUT_MS", DEFAULT_STEP_TIMEOUT)?,
             stuck_after: millis("SAGA_STUCK_AFTER_MS", DEFAULT_STUCK_AFTER)?,
             group: format!("{}.saga-orchestrator", kafka.topic_prefix),
+            state_dir: std::env::var_os("SAGA_STATE_DIR").map_or_else(
+                || std::env::temp_dir().join("orderstream-saga-state"),
+                PathBuf::from,
+            ),
             kafka,
         })
     }

@@ -25,6 +25,8 @@
 //!   metrics through the modules below).
 //! - `takeover`: where a worker starts: the order and saga writers' snapshots of its partition
 //!   (decision 0010), or offset 0 where there is none.
+//! - `settled`: finished sagas on local disk (decision 0011), taken back into memory when an
+//!   event of theirs arrives (a cancellation after approval, a late reservation).
 //! - `saga_metrics`: the saga gauges (kept as events are read) and counters.
 //! - `saga_context`: what every partition worker of the process shares (settings, the group
 //!   member, the sender, dead letters).
@@ -45,6 +47,7 @@ mod saga_group;
 mod saga_metrics;
 mod saga_partition;
 mod sender;
+mod settled;
 pub mod startup;
 mod takeover;
 mod timers;

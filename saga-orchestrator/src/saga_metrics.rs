@@ -1,5 +1,5 @@
-//! What a saga worker reports: the `sagas{state, partition}` and `sagas_stuck{partition}`
-//! gauges, kept as events are read (never by scanning every saga), and the counters and
+//! What a saga worker reports: the `sagas{state, partition}`, `sagas_stuck{partition}` and
+//! `sagas_settled{partition}` (finished sagas kept on disk, not in memory) gauges, kept as events are read (never by scanning every saga), and the counters and
 //! histograms of what the sagas did. The names of phases and outcomes come from their own types
 //! (`SagaPhase::NAMES`, `ReplyOutcome::as_str`), never copied here.
 
@@ -16,6 +16,8 @@ pub(crate) struct SagaGauges {
     phases: HashMap<&'static str, u64>,
     /// Sagas counted as stuck.
     stuck: u64,
+    /// Finished sagas on disk (decision 0011).
+    settled: u64,
 }
 
 impl SagaGauges {
@@ -24,6 +26,7 @@ impl SagaGauges {
             partition: partition.to_string(),
             phases: HashMap::new(),
             stuck: 0,
+            settled: 0,
         }
     }
 
@@ -57,6 +60,11 @@ impl SagaGauges {
         self.stuck = self.stuck.saturating_sub(1);
     }
 
+    /// `change` sagas went to disk (taken back when negative).
+    pub(crate) fn settled(&mut self, change: i64) {
+        self.settled = self.settled.saturating_add_signed(change);
+    }
+
     /// Publishes the gauges as they stand.
     pub(crate) fn publish(&self) {
         for state in SagaPhase::NAMES {
@@ -65,12 +73,15 @@ impl SagaGauges {
         }
         metrics::gauge!("sagas_stuck", "partition" => self.partition.clone())
             .set(self.stuck as f64);
+        metrics::gauge!("sagas_settled", "partition" => self.partition.clone())
+            .set(self.settled as f64);
     }
 
     /// The partition left this worker: its sagas are counted elsewhere now.
     pub(crate) fn clear(&mut self) {
         self.phases.clear();
         self.stuck = 0;
+        self.settled = 0;
         self.publish();
     }
 }

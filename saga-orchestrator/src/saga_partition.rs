@@ -39,6 +39,7 @@ use crate::ids;
 use crate::offset_book::{OffsetBook, Source};
 use crate::saga_context::SagaContext;
 use crate::saga_metrics::{self, SagaGauges};
+use crate::settled::{Settled, SettledError, SettledSaga};
 use crate::takeover;
 use crate::timers::Timers;
 use crate::translate::{order_event_input, outcome_of, ORDER_EVENTS_OF_INTEREST};
@@ -86,7 +87,14 @@ pub(crate) struct SagaPartition {
     cannot_tell: bool,
     /// What may be committed: the offsets whose effects are all done.
     offsets: OffsetBook,
+    /// The sagas in flight (and those whose events cannot be read); finished ones are
+    /// `settled` on disk.
     sagas: HashMap<String, Tracked>,
+    /// Finished sagas and their chain heads, until an event of theirs arrives (decision 0011).
+    settled: Settled,
+    /// Set when the settled sagas cannot be read or written: the worker stops, leaving the
+    /// record it was reading unread, and a new one (with a new file) takes its place.
+    settled_failed: bool,
     /// When each saga that awaits a step has its deadline.
     deadline_timers: Timers,
     /// When each running saga would count as stuck without progress.
@@ -109,6 +117,8 @@ pub(crate) enum WorkerError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("a blocking kafka call did not finish")]
     Join,
+    #[error(transparent)]
+    Settled(#[from] SettledError),
 }
 
 impl SagaPartition {
@@ -129,10 +139,19 @@ impl SagaPartition {
                 "saga partition started"
             );
             worker.serve().await;
-            if !worker.cannot_tell || stop.is_cancelled() {
+            if stop.is_cancelled() {
                 return;
             }
-            from_snapshots = false;
+            if worker.cannot_tell {
+                from_snapshots = false;
+            } else if worker.settled_failed {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            } else {
+                return;
+            }
         }
     }
 
@@ -203,6 +222,7 @@ impl SagaPartition {
             assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
         }
         tail.assign(&assignment)?;
+        let shared_state_dir = shared.settings.state_dir.clone();
         let mut worker = Self {
             shared,
             partition,
@@ -214,6 +234,8 @@ impl SagaPartition {
             cannot_tell: false,
             offsets: OffsetBook::starting_at(replay_until),
             sagas: HashMap::new(),
+            settled: Settled::create(&shared_state_dir, partition)?,
+            settled_failed: false,
             deadline_timers: Timers::default(),
             stuck_timers: Timers::default(),
             gauges: SagaGauges::new(partition),
@@ -224,6 +246,11 @@ impl SagaPartition {
         };
         for (saga_id, current) in start.sagas {
             worker.adopt(saga_id, current);
+        }
+        // The restore held every saga and head; most went to disk.
+        worker.sagas.shrink_to_fit();
+        for log in &mut worker.logs {
+            log.shrink_to_fit();
         }
         Ok(worker)
     }
@@ -243,6 +270,78 @@ impl SagaPartition {
         };
         self.sagas.insert(saga_id.clone(), tracked);
         self.follow(&saga_id, None, false, false);
+        self.settle_if_finished(&saga_id);
+    }
+
+    /// Moves a saga that has finished and awaits nothing to disk, with its order's and its
+    /// own chain heads. If it cannot be written, it stays in memory (correct, only unbounded).
+    fn settle_if_finished(&mut self, saga_id: &str) {
+        let Some(tracked) = self.sagas.get(saga_id) else {
+            return;
+        };
+        let finished = running(&tracked.current)
+            .is_some_and(|saga| saga.phase.is_terminal() && saga.awaiting().is_empty());
+        if tracked.unreadable || !finished {
+            return;
+        }
+        let [orders, sagas] = &mut self.logs;
+        let Some(saga_head) = sagas.head(saga_id).cloned() else {
+            return;
+        };
+        let saga = SettledSaga {
+            current: tracked.current.clone(),
+            saga_head,
+            order_head: orders.head(saga_id).cloned(),
+        };
+        match self.settled.put(saga_id.to_owned(), &saga) {
+            Ok(()) => {
+                self.sagas.remove(saga_id);
+                sagas.evict(saga_id);
+                orders.evict(saga_id);
+                self.gauges.settled(1);
+            }
+            Err(error) => {
+                warn!(partition = self.partition, %saga_id, %error, "a finished saga could not be settled on disk; it stays in memory");
+            }
+        }
+    }
+
+    /// Takes the saga of `aggregate_id` (an order's or a saga's id: the same) back from disk
+    /// if it settled there, before an event of either is judged or acted on. False when the
+    /// settled sagas cannot be read: the worker must stop without reading the record.
+    fn unsettle(&mut self, aggregate_id: &str) -> bool {
+        if self.sagas.contains_key(aggregate_id) {
+            return true;
+        }
+        let saga = match self.settled.get(aggregate_id) {
+            Ok(Some(saga)) => saga,
+            Ok(None) => return true,
+            Err(error) => {
+                error!(partition = self.partition, %aggregate_id, %error, "settled sagas unreadable; restarting the partition's worker");
+                self.settled_failed = true;
+                return false;
+            }
+        };
+        let [orders, sagas] = &mut self.logs;
+        sagas.reinstate(aggregate_id.to_owned(), saga.saga_head);
+        if let Some(head) = saga.order_head {
+            orders.reinstate(aggregate_id.to_owned(), head);
+        }
+        self.sagas.insert(
+            aggregate_id.to_owned(),
+            Tracked {
+                current: saga.current,
+                last_event: None,
+                last_event_at: self.started_at,
+                last_progress_at: self.started_at,
+                deadlines_sent_at: None,
+                stuck_reported: false,
+                unreadable: false,
+                last_traceparent: None,
+            },
+        );
+        self.gauges.settled(-1);
+        true
     }
 
     async fn serve(&mut self) {
@@ -255,7 +354,7 @@ impl SagaPartition {
                 received = tail.recv() => match received {
                     Ok(message) => {
                         self.absorb(&message).await;
-                        if self.cannot_tell {
+                        if self.cannot_tell || self.settled_failed {
                             break;
                         }
                     }
@@ -326,12 +425,12 @@ impl SagaPartition {
         if offset < self.restored_end[source as usize] {
             return self.redo(source, message).await;
         }
-        self.offsets.read(source, offset);
         let live = offset >= self.replay_until[source as usize];
         let timestamp = message.timestamp().to_millis();
         let envelope = match EventEnvelope::from_headers(message.headers()) {
             Ok(envelope) => envelope,
             Err(error) => {
+                self.offsets.read(source, offset);
                 self.logs[source as usize].pass(timestamp);
                 if live {
                     self.dead_letter(source, message, format!("invalid envelope: {error}"))
@@ -340,6 +439,10 @@ impl SagaPartition {
                 return;
             }
         };
+        if !self.unsettle(&envelope.aggregate_id) {
+            return;
+        }
+        self.offsets.read(source, offset);
         if let Verdict::Loser(reason) =
             self.logs[source as usize].judge(&envelope, offset, timestamp)
         {
@@ -352,6 +455,7 @@ impl SagaPartition {
             Source::Orders => self.on_order_event(message, &envelope, live).await,
             Source::Sagas => self.on_saga_event(message, &envelope, live).await,
         }
+        self.settle_if_finished(&envelope.aggregate_id);
     }
 
     /// A record past the committed offset that the restored state already holds: acted on
@@ -368,8 +472,23 @@ impl SagaPartition {
                 return;
             }
         };
+        if !self.unsettle(&envelope.aggregate_id) {
+            return;
+        }
+        self.redo_event(source, message, &envelope).await;
+        self.settle_if_finished(&envelope.aggregate_id);
+    }
+
+    /// [`Self::redo`] once the event's saga is in memory.
+    async fn redo_event(
+        &mut self,
+        source: Source,
+        message: &BorrowedMessage<'_>,
+        envelope: &EventEnvelope,
+    ) {
+        let offset = message.offset();
         let timestamp = message.timestamp().to_millis();
-        let verdict = self.logs[source as usize].accepted_before(&envelope, offset, timestamp);
+        let verdict = self.logs[source as usize].accepted_before(envelope, offset, timestamp);
         if verdict.is_some() {
             self.offsets.read(source, offset);
         }
@@ -388,7 +507,7 @@ impl SagaPartition {
         metrics::counter!("saga_events_redone_from_snapshot_total", "aggregate" => envelope.aggregate_kind.as_str())
             .increment(1);
         match source {
-            Source::Orders => self.on_order_event(message, &envelope, true).await,
+            Source::Orders => self.on_order_event(message, envelope, true).await,
             Source::Sagas => {
                 let decoded = message
                     .payload()
@@ -396,7 +515,7 @@ impl SagaPartition {
                     .and_then(schemas::decode::<SagaEvent>);
                 match decoded {
                     Ok(event) => {
-                        self.act_on_saga_event(&envelope.aggregate_id, &event, &envelope, offset)
+                        self.act_on_saga_event(&envelope.aggregate_id, &event, envelope, offset)
                     }
                     Err(error) => {
                         self.dead_letter(Source::Sagas, message, error.to_string())

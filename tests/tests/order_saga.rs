@@ -163,6 +163,53 @@ async fn cancelling_an_approved_order_releases_its_stock_and_credit() {
     );
 }
 
+/// Issue #17 item 2, decision 0011: a finished saga leaves the orchestrator's memory for its
+/// file of settled sagas, and comes back from it when its approved order is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_finished_saga_leaves_memory_and_comes_back_from_disk_when_its_order_is_cancelled() {
+    let stack = Stack::start().await;
+    stack.given_customer("ada", 10_000).await;
+    stack.given_stock("apple", 5).await;
+    let order = stack.place_order("ada", &[line("apple", 2, 150)]).await;
+    stack.settled(&order, APPROVED).await;
+    let settled = |m: &str| metric(m, "sagas_settled", &[]);
+    let metrics = stack.orchestrator_metrics_when(|m| settled(m) == 1.0).await;
+    assert_eq!(
+        settled(&metrics),
+        1.0,
+        "the approved saga is on disk: {metrics}"
+    );
+
+    assert_eq!(stack.cancel(&order).await, StatusCode::ACCEPTED);
+
+    stack.settled(&order, CANCELLED).await;
+    assert_eq!(stack.stock_of("apple", 0).await, (5, 0, 5));
+    assert_eq!(stack.credit_reserved("ada", 0).await, 0);
+    let steps = Stack::steps(&stack.saga(&order).await);
+    assert!(
+        steps.ends_with(&[
+            "release-stock/0=SUCCEEDED".to_owned(),
+            "release-credit=SUCCEEDED".to_owned(),
+            "confirm-cancellation=SUCCEEDED".to_owned()
+        ]),
+        "{steps:?}"
+    );
+    let metrics = stack
+        .orchestrator_metrics_when(|m| {
+            metric(m, "sagas", &["state=\"CANCELLED\""]) == 1.0 && settled(m) == 1.0
+        })
+        .await;
+    assert_eq!(
+        (
+            metric(&metrics, "sagas", &["state=\"CANCELLED\""]),
+            metric(&metrics, "sagas", &["state=\"APPROVED\""]),
+            settled(&metrics)
+        ),
+        (1.0, 0.0, 1.0),
+        "cancelled, and on disk again: {metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelling_a_pending_order_releases_what_it_holds_even_a_reservation_in_flight() {
     let mut stack = Stack::start().await;

@@ -318,6 +318,7 @@ impl Stack {
             step_timeout: self.options.step_timeout,
             stuck_after: self.options.step_timeout * 3,
             group: format!("{}.saga-orchestrator", self.kafka.settings.topic_prefix),
+            state_dir: std::env::temp_dir().join("orderstream-saga-state"),
         };
         let app = saga_orchestrator::startup::Application::build(settings)
             .await

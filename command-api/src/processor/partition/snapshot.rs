@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use command_bus::snapshots::{self, command_key, command_use, SNAPSHOT_FORMAT};
 use domain::{Current, Version};
 use platform::log_order::CommandWindow;
-use schemas::wire::snapshots::{Checkpoint, Head, Snapshot, CHECKPOINT_KEY, COMMAND_KEY_PREFIX};
+use schemas::wire::snapshots::{Checkpoint, Snapshot, CHECKPOINT_KEY, COMMAND_KEY_PREFIX};
 
 use super::PartitionModel;
 use crate::processor::write_model::WriteModel;
@@ -116,14 +116,7 @@ where
                 continue;
             };
             let unreadable = self.unreadable.contains(aggregate_id);
-            let head = Head {
-                aggregate_id: aggregate_id.clone(),
-                version: head.version.get(),
-                event_id: head.event_id,
-                command_id: head.command_id.clone(),
-                offset: head.offset,
-                unreadable,
-            };
+            let head = command_bus::snapshots::head_record(aggregate_id, head, unreadable);
             let state = if unreadable {
                 None
             } else {

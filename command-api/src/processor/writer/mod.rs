@@ -45,8 +45,11 @@ const MAX_BATCH: usize = 256;
 /// How long an empty fetch of a partition's tail waits at the broker.
 const TAIL_FETCH_WAIT_MS: &str = "100";
 
-/// How long a rebuild or a takeover may read the partition before it gives up (and tries again).
-const REBUILD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a rebuild or a takeover may read the partition without getting any further before
+/// it gives up (and tries again). Not a bound on the whole read: a replay of a long log takes
+/// as long as it takes (with a 60 s bound, a writer replaying 800,000 events on a busy machine
+/// started over every minute and never served).
+const REBUILD_STALL: Duration = Duration::from_secs(60);
 
 /// What a writer must do before its next attempt, after one did not commit. Cleared only once
 /// done: no attempt runs on a state that may hold aborted events.
@@ -200,7 +203,7 @@ where
             last_snapshot: std::time::Instant::now(),
             ctx,
         };
-        writer.catch_up(REBUILD_TIMEOUT).await?;
+        writer.catch_up(REBUILD_STALL).await?;
         let replayed = writer.known_end - from;
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         metrics::histogram!("writer_takeover_seconds", "aggregate" => A::KIND.as_str())
@@ -273,7 +276,7 @@ where
                 self.model = model;
                 self.next_offset = from;
                 self.known_end = from;
-                self.catch_up(REBUILD_TIMEOUT).await?;
+                self.catch_up(REBUILD_STALL).await?;
             }
             Recovery::Restart => {
                 *self = Self::start(self.ctx.clone(), self.partition).await?;
@@ -285,9 +288,9 @@ where
 
     /// Reads every committed record up to the partition's last stable offset. Earlier writers
     /// are fenced, so nothing this writer has not read can commit below it afterwards.
-    async fn catch_up(&mut self, timeout: Duration) -> Result<(), WriterError> {
+    async fn catch_up(&mut self, stall: Duration) -> Result<(), WriterError> {
         let stable = self.last_stable_offset().await?;
-        self.read_until(stable, timeout).await
+        self.read_until(stable, stall).await
     }
 
     /// The high watermark as a `read_committed` client sees it: the last stable offset.
@@ -306,13 +309,19 @@ where
     /// Reads the partition until every offset below `target` is accounted for, applying the
     /// log-order rule to each record. Transaction markers and aborted records take offsets but
     /// are never delivered, so the end is told by the consumer's position (librdkafka moves it
-    /// past markers), not by the offset of the last record.
-    async fn read_until(&mut self, target: i64, timeout: Duration) -> Result<(), WriterError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// past markers), not by the offset of the last record. Fails once `stall` passes without
+    /// getting further.
+    async fn read_until(&mut self, target: i64, stall: Duration) -> Result<(), WriterError> {
+        let mut deadline = tokio::time::Instant::now() + stall;
+        let mut reached = self.known_end;
         loop {
             self.known_end = self.known_end.max(self.next_offset).max(self.position());
             if self.known_end >= target {
                 return Ok(());
+            }
+            if self.known_end > reached {
+                reached = self.known_end;
+                deadline = tokio::time::Instant::now() + stall;
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(WriterError::Timeout);
@@ -398,6 +407,6 @@ where
 pub(super) enum WriterError {
     #[error("kafka")]
     Kafka(#[source] rdkafka::error::KafkaError),
-    #[error("timed out reading the partition")]
+    #[error("reading the partition got no further for too long")]
     Timeout,
 }
