@@ -46,8 +46,8 @@ impl Settings {
             step_timeout: millis("SAGA_STEP_TIMEOUT_MS", DEFAULT_STEP_TIMEOUT)?,
             stuck_after: millis("SAGA_STUCK_AFTER_MS", DEFAULT_STUCK_AFTER)?,
             group: format!("{}.saga-orchestrator", kafka.topic_prefix),
-            state_dir: std::env::var_os("SAGA_STATE_DIR").map_or_else(
-                || std::env::temp_dir().join("orderstream-saga-state"),
+            state_dir: std::env::var("SAGA_STATE_DIR").map_or_else(
+                |_| std::env::temp_dir().join("orderstream-saga-state"),
                 PathBuf::from,
             ),
             kafka,
