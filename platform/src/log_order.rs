@@ -316,7 +316,7 @@ impl LogOrder {
     /// Takes an aggregate's chain head out of memory, for a reader that keeps finished
     /// aggregates elsewhere (the orchestrator's settled sagas, decision 0011). It must
     /// [`LogOrder::reinstate`] the head before the aggregate's next event is judged: judged
-    /// without it, a continuation would be taken for a chain's first event.
+    /// without it, every later event of the aggregate would lose (it is no version 1).
     pub fn evict(&mut self, aggregate_id: &str) -> Option<ChainHead> {
         self.heads.remove(aggregate_id)
     }

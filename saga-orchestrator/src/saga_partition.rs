@@ -274,7 +274,8 @@ impl SagaPartition {
     }
 
     /// Moves a saga that has finished and awaits nothing to disk, with its order's and its
-    /// own chain heads. If it cannot be written, it stays in memory (correct, only unbounded).
+    /// own chain heads. If it cannot be written it stays in memory, and the worker stops for a
+    /// new one (with a new file) to take its place.
     fn settle_if_finished(&mut self, saga_id: &str) {
         let Some(tracked) = self.sagas.get(saga_id) else {
             return;
@@ -301,7 +302,8 @@ impl SagaPartition {
                 self.gauges.settled(1);
             }
             Err(error) => {
-                warn!(partition = self.partition, %saga_id, %error, "a finished saga could not be settled on disk; it stays in memory");
+                error!(partition = self.partition, %saga_id, %error, "a finished saga could not be settled on disk; restarting the partition's worker");
+                self.settled_failed = true;
             }
         }
     }
@@ -348,6 +350,9 @@ impl SagaPartition {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if self.settled_failed {
+                break;
+            }
             let tail = self.tail.clone();
             tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -449,6 +454,7 @@ impl SagaPartition {
             metrics::counter!("log_order_rejections_total", "reader" => "saga-orchestrator", "aggregate" => envelope.aggregate_kind.as_str())
                 .increment(1);
             debug!(aggregate_id = %envelope.aggregate_id, ?reason, "inert event (lost in log order)");
+            self.settle_if_finished(&envelope.aggregate_id);
             return;
         }
         match source {

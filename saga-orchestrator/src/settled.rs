@@ -8,8 +8,9 @@
 //! and takes them back before it judges the next event of that order or saga.
 //!
 //! The file is a cache of what the worker folded, never a source of truth: each worker
-//! starts one empty (from the writers' snapshots or the events) and deletes it when it stops,
-//! so nothing is read across restarts and nothing needs fsync. Settled sagas are written in
+//! starts one empty (from the writers' snapshots or the events) and unlinks it as soon as it
+//! is open, so it is gone with the worker however the worker ends, nothing is read across
+//! restarts and nothing needs fsync. Settled sagas are written in
 //! batches, and found in the batch until it is written.
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use command_bus::snapshots::{chain_head, head_record};
 use domain::saga::{OrderSagaAggregate, SagaState};
 use domain::{Current, Version};
 use platform::log_order::ChainHead;
+use redb::backends::FileBackend;
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use schemas::wire::snapshots::Snapshot;
 
@@ -89,9 +91,19 @@ impl Settled {
             "settled-sagas-p{partition}-{}.redb",
             uuid::Uuid::new_v4()
         ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(open_error)?;
+        // Unlinked at once: the open file is all there is, so a worker killed with its process
+        // (SIGKILL, out of memory) leaves nothing behind in the volume.
+        std::fs::remove_file(&path).map_err(open_error)?;
+        let backend = FileBackend::new(file).map_err(redb::Error::from)?;
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
-            .create(&path)
+            .create_with_backend(backend)
             .map_err(redb::Error::from)?;
         let settled = Self {
             db,
@@ -171,13 +183,6 @@ impl Settled {
         write.commit().map_err(redb::Error::from)?;
         self.batch.clear();
         Ok(())
-    }
-}
-
-impl Drop for Settled {
-    fn drop(&mut self) {
-        // A cache of this worker's alone: the next worker starts its own.
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -294,7 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_batch_is_written_without_a_flush_and_the_file_goes_with_its_worker() {
+    fn a_full_batch_is_written_without_a_flush_to_a_file_no_one_else_can_see() {
         let dir = dir();
         let mut settled = Settled::create(&dir, 1).expect("a store");
         for n in 0..=BATCH {
@@ -307,9 +312,7 @@ mod tests {
             settled.get("s-0").expect("get").map(|s| s.saga_head.offset),
             Some(41)
         );
-        let path = settled.path.clone();
-        assert!(path.exists());
-        drop(settled);
-        assert!(!path.exists());
+        let left: Vec<_> = std::fs::read_dir(&dir).expect("the directory").collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
