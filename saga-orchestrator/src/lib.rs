@@ -25,6 +25,7 @@
 //!   metrics through the modules below).
 //! - `takeover`: where a worker starts: the order and saga writers' snapshots of its partition
 //!   (decision 0010), or offset 0 where there is none.
+//! - `pace`: which of the two topics to pause so a replay reads both at one pace in log time.
 //! - `settled`: finished sagas on local disk (decision 0011), taken back into memory when an
 //!   event of theirs arrives (a cancellation after approval, a late reservation).
 //! - `saga_metrics`: the saga gauges (kept as events are read) and counters.
@@ -42,6 +43,7 @@ pub mod config;
 mod deadlines;
 pub mod ids;
 mod offset_book;
+mod pace;
 mod saga_context;
 mod saga_group;
 mod saga_metrics;

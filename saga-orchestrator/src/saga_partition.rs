@@ -37,6 +37,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::deadlines;
 use crate::ids;
 use crate::offset_book::{OffsetBook, Source};
+use crate::pace;
 use crate::saga_context::SagaContext;
 use crate::saga_metrics::{self, SagaGauges};
 use crate::settled::{Settled, SettledError, SettledSaga};
@@ -95,6 +96,10 @@ pub(crate) struct SagaPartition {
     /// Set when the settled sagas cannot be read or written: the worker stops, leaving the
     /// record it was reading unread, and a new one (with a new file) takes its place.
     settled_failed: bool,
+    /// The timestamp of the last record read from each topic, and the topic paused for the
+    /// other to catch up (`pace`).
+    last_read_at: [Option<i64>; 2],
+    held_back: Option<Source>,
     /// When each saga that awaits a step has its deadline.
     deadline_timers: Timers,
     /// When each running saga would count as stuck without progress.
@@ -236,6 +241,8 @@ impl SagaPartition {
             sagas: HashMap::new(),
             settled: Settled::create(&shared_state_dir, partition)?,
             settled_failed: false,
+            last_read_at: [None; 2],
+            held_back: None,
             deadline_timers: Timers::default(),
             stuck_timers: Timers::default(),
             gauges: SagaGauges::new(partition),
@@ -386,6 +393,7 @@ impl SagaPartition {
                     self.check_deadlines();
                     self.commit().await;
                     self.report();
+                    self.pace().await;
                 }
             }
         }
@@ -426,6 +434,9 @@ impl SagaPartition {
         let Some(source) = self.source_of(message.topic()) else {
             return;
         };
+        if let Some(timestamp) = message.timestamp().to_millis() {
+            self.last_read_at[source as usize] = Some(timestamp);
+        }
         let offset = message.offset();
         if offset < self.restored_end[source as usize] {
             return self.redo(source, message).await;
@@ -803,6 +814,53 @@ impl SagaPartition {
                     .instrument(span),
                 );
             }
+        }
+    }
+
+    /// Pauses the topic that runs ahead of the other in log time, resumes it once the other
+    /// caught up or reached its end (see `pace`).
+    async fn pace(&mut self) {
+        let wanted = match pace::ahead(self.last_read_at) {
+            Some(ahead) if !self.read_to_end(pace::other(ahead)).await => Some(ahead),
+            _ => None,
+        };
+        if wanted == self.held_back {
+            return;
+        }
+        for (source, pause) in [(self.held_back, false), (wanted, true)] {
+            let Some(source) = source else { continue };
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&self.topics[source as usize], self.partition);
+            let done = if pause {
+                self.tail.pause(&list)
+            } else {
+                self.tail.resume(&list)
+            };
+            if let Err(error) = done {
+                warn!(partition = self.partition, %error, pause, "could not pace the saga topics");
+            }
+        }
+        self.held_back = wanted;
+    }
+
+    /// Whether the tail has read `source` up to its high watermark (unknown counts as read:
+    /// the other topic is never held back on a guess).
+    async fn read_to_end(&self, source: Source) -> bool {
+        let (tail, topic, partition) = (
+            self.tail.clone(),
+            self.topics[source as usize].clone(),
+            self.partition,
+        );
+        let Some(position) = platform::log_end::position(&*tail, &topic, partition) else {
+            return true;
+        };
+        let high = tokio::task::spawn_blocking(move || {
+            tail.fetch_watermarks(&topic, partition, Duration::from_secs(1))
+        })
+        .await;
+        match high {
+            Ok(Ok((_, high))) => position >= high,
+            _ => true,
         }
     }
 
