@@ -50,7 +50,7 @@ pub(crate) async fn measure(
     commit_log_ends(kafka, &format!("{}.saga-orchestrator", kafka.topic_prefix)).await?;
 
     let (replay, service) = take_over(env, orders).await.context("replay")?;
-    record_peak(service, "saga-orchestrator (takeover, replay)", rss).await;
+    crate::services::record_peak(service, "saga-orchestrator (takeover, replay)", rss).await;
 
     // The order and saga writers replay the topics and write their snapshots.
     let writers = Service::start(
@@ -62,10 +62,11 @@ pub(crate) async fn measure(
     )
     .await?;
     wait_writers_serving(&writers, 2 * env.partitions).await?;
-    record_peak(writers, "command-api (order and saga writers, replay)", rss).await;
+    crate::services::record_peak(writers, "command-api (order and saga writers, replay)", rss)
+        .await;
 
     let (snapshot, service) = take_over(env, orders).await.context("from snapshots")?;
-    record_peak(service, "saga-orchestrator (takeover, snapshot)", rss).await;
+    crate::services::record_peak(service, "saga-orchestrator (takeover, snapshot)", rss).await;
     Ok(OrchestratorFigures {
         orders,
         replay_ms: replay.as_secs_f64() * 1000.0,
@@ -126,16 +127,6 @@ async fn wait_writers_serving(service: &Service, serving: i32) -> anyhow::Result
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("command-api's order and saga writers did not take over within 15 minutes")
-}
-
-/// Stops `service`, recording its peak RSS under `label`.
-async fn record_peak(service: Service, label: &str, rss: &mut BTreeMap<String, f64>) {
-    let mut peaks = BTreeMap::new();
-    let name = service.name;
-    service.stop(&mut peaks).await;
-    if let Some(peak) = peaks.get(name) {
-        rss.insert(label.to_owned(), *peak);
-    }
 }
 
 /// Commits `group`'s offsets at the end of every partition of the order and saga event topics,

@@ -107,3 +107,14 @@ pub(crate) fn peak_rss_mib_of(pid: u32) -> Option<f64> {
         .ok()?;
     Some(kib / 1024.0)
 }
+
+/// Stops `service`, recording its peak RSS under `label` (not under its name: one binary
+/// measured in several roles).
+pub(crate) async fn record_peak(service: Service, label: &str, rss: &mut BTreeMap<String, f64>) {
+    let mut peaks = BTreeMap::new();
+    let name = service.name;
+    service.stop(&mut peaks).await;
+    if let Some(peak) = peaks.get(name) {
+        rss.insert(label.to_owned(), *peak);
+    }
+}

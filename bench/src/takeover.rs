@@ -128,25 +128,15 @@ pub(crate) async fn measure(
     let (replay, replay_writer_ms, service) = take_over(env, api_for)
         .await
         .context("takeover by replay")?;
-    record_peak(service, "command-api (takeover, replay)", rss).await;
+    crate::services::record_peak(service, "command-api (takeover, replay)", rss).await;
     let (snapshot, snapshot_writer_ms, service) = take_over(env, api_for)
         .await
         .context("takeover from the snapshot")?;
-    record_peak(service, "command-api (takeover, snapshot)", rss).await;
+    crate::services::record_peak(service, "command-api (takeover, snapshot)", rss).await;
     Ok(TakeoverFigures {
         replay_ms: replay.as_secs_f64() * 1000.0,
         snapshot_ms: snapshot.as_secs_f64() * 1000.0,
         replay_writer_ms,
         snapshot_writer_ms,
     })
-}
-
-/// Stops `service`, recording its peak RSS under `label`.
-async fn record_peak(service: Service, label: &str, rss: &mut BTreeMap<String, f64>) {
-    let mut peaks = BTreeMap::new();
-    let name = service.name;
-    service.stop(&mut peaks).await;
-    if let Some(peak) = peaks.get(name) {
-        rss.insert(label.to_owned(), *peak);
-    }
 }

@@ -63,6 +63,23 @@ struct Tracked {
     last_traceparent: Option<String>,
 }
 
+impl Tracked {
+    /// A saga this worker did not see the events of (restored from a snapshot, or taken back
+    /// from disk): its deadline and stuck check count from `started_at`, the worker's start.
+    fn taken_on(current: Current<OrderSagaAggregate>, started_at: DateTime<Utc>) -> Self {
+        Self {
+            current,
+            last_event: None,
+            last_event_at: started_at,
+            last_progress_at: started_at,
+            deadlines_sent_at: None,
+            stuck_reported: false,
+            unreadable: false,
+            last_traceparent: None,
+        }
+    }
+}
+
 /// The saga, once started (a free function, so callers can borrow other fields mutably).
 fn running(current: &Current<OrderSagaAggregate>) -> Option<&OrderSaga> {
     match &current.state {
@@ -265,17 +282,8 @@ impl SagaPartition {
     /// Takes on a saga restored from its snapshot: its deadlines and stuck check count from
     /// this worker's start, as a restarted worker's do for every saga.
     fn adopt(&mut self, saga_id: String, current: Current<OrderSagaAggregate>) {
-        let tracked = Tracked {
-            current,
-            last_event: None,
-            last_event_at: self.started_at,
-            last_progress_at: self.started_at,
-            deadlines_sent_at: None,
-            stuck_reported: false,
-            unreadable: false,
-            last_traceparent: None,
-        };
-        self.sagas.insert(saga_id.clone(), tracked);
+        self.sagas
+            .insert(saga_id.clone(), Tracked::taken_on(current, self.started_at));
         self.follow(&saga_id, None, false, false);
         self.settle_if_finished(&saga_id);
     }
@@ -338,16 +346,7 @@ impl SagaPartition {
         }
         self.sagas.insert(
             aggregate_id.to_owned(),
-            Tracked {
-                current: saga.current,
-                last_event: None,
-                last_event_at: self.started_at,
-                last_progress_at: self.started_at,
-                deadlines_sent_at: None,
-                stuck_reported: false,
-                unreadable: false,
-                last_traceparent: None,
-            },
+            Tracked::taken_on(saga.current, self.started_at),
         );
         self.gauges.settled(-1);
         true
