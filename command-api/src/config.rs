@@ -6,7 +6,7 @@ use std::time::Duration;
 use domain::AggregateKind;
 use platform::config::KafkaSettings;
 
-use crate::processor::COMMAND_KINDS;
+use crate::processor::{WriterMemory, COMMAND_KINDS};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -38,6 +38,10 @@ pub struct Settings {
     /// all of them, `customers,inventory,orders,order-sagas,idempotency-keys`). Lets a deployment isolate a
     /// participant's writers, and tests take a participant away to see the saga time out.
     pub writer_kinds: Vec<AggregateKind>,
+    /// `WRITER_STATE_DIR` (default `tmp/orderstream-writer-state`) and
+    /// `WRITER_RESIDENT_AGGREGATES` (default 1000): what each partition writer keeps in memory
+    /// and where it keeps the rest (decision 0012).
+    pub writer_memory: WriterMemory,
 }
 
 impl Settings {
@@ -60,6 +64,11 @@ impl Settings {
                 value: e.value,
             })?,
             writer_kinds: writer_kinds()?,
+            writer_memory: WriterMemory {
+                state_dir: var_or("WRITER_STATE_DIR", "tmp/orderstream-writer-state").into(),
+                resident_aggregates: usize::try_from(number("WRITER_RESIDENT_AGGREGATES", 1000)?)
+                    .unwrap_or(usize::MAX),
+            },
             jwt_secret: std::env::var("AUTH_JWT_SECRET")
                 .ok()
                 .filter(|s| !s.is_empty())

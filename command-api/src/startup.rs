@@ -167,6 +167,7 @@ impl Application {
             &settings.writer_kinds,
             partitions,
             settings.kafka.command_window,
+            settings.writer_memory.clone(),
             shutdown.clone(),
         )?;
         watch_open_transactions(&settings, &topics, &shutdown);

@@ -17,6 +17,7 @@ use domain::{AggregateKind, Version};
 use platform::config::KafkaSettings;
 use platform::log_end::LogEnds;
 use platform::log_order::{ChainHead, CommandWindow, LogOrder, RecordedCommand};
+use platform::spill::SpillFile;
 use rdkafka::message::Message;
 use schemas::wire::snapshots::{Checkpoint, CommandUse, Head, Snapshot, CHECKPOINT_KEY};
 
@@ -51,6 +52,8 @@ pub enum ReadError {
     },
     #[error("the blocking read did not finish")]
     Join,
+    #[error("copying the snapshot to local disk")]
+    Spill(#[from] platform::spill::SpillError),
 }
 
 /// Why snapshot records cannot be restored (the reader replays the events instead).
@@ -118,6 +121,53 @@ fn read_partition_blocking(
     }
 }
 
+/// Copies the newest committed record of each key in partition `partition` of a snapshots
+/// topic into `spill`, undecoded (a tombstone removes the key), on a blocking thread: a
+/// snapshot of any size is restored through the file, never held in memory at once. Returns
+/// the file and how many records were read (0: there is no snapshot).
+pub async fn copy_partition(
+    kafka: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    mut spill: SpillFile,
+) -> Result<(SpillFile, u64), ReadError> {
+    let (kafka, topic) = (kafka.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let ends = LogEnds::new(&kafka)?;
+        let extents: Vec<_> = ends
+            .extents(&topic, Duration::from_secs(5))?
+            .into_iter()
+            .filter(|e| e.partition == partition)
+            .collect();
+        let mut read = 0_u64;
+        let mut failed = None;
+        ends.read_each_to_end(&topic, &extents, READ_STALL, |message| {
+            if failed.is_some() {
+                return;
+            }
+            read += 1;
+            let offset = message.offset();
+            let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                failed = Some(ReadError::Key { offset });
+                return;
+            };
+            let copied = match message.payload() {
+                Some(payload) => spill.put(key.to_owned(), payload.to_vec()),
+                None => spill.remove(key.to_owned()),
+            };
+            if let Err(error) = copied {
+                failed = Some(ReadError::Spill(error));
+            }
+        })?;
+        match failed {
+            Some(error) => Err(error),
+            None => Ok((spill, read)),
+        }
+    })
+    .await
+    .map_err(|_| ReadError::Join)?
+}
+
 /// A snapshot record's key and decoded value.
 fn decoded(message: &impl Message) -> Result<(String, Option<Snapshot>), ReadError> {
     let offset = message.offset();
@@ -139,10 +189,12 @@ fn decoded(message: &impl Message) -> Result<(String, Option<Snapshot>), ReadErr
 #[derive(Debug)]
 pub struct RestoredLog {
     pub checkpoint: Checkpoint,
-    /// The partition's log order at `checkpoint.events_end`: every chain head, and the command
-    /// uses the window still remembers at the checkpoint's clock.
+    /// The partition's log order at `checkpoint.events_end`: every chain head (none when
+    /// restored [`RestoringLog::without_aggregates`]), and the command uses the window still
+    /// remembers at the checkpoint's clock.
     pub log: LogOrder,
-    /// Every aggregate's record (its head's id is its key, its kind the snapshot's).
+    /// Every aggregate's record (its head's id is its key, its kind the snapshot's), unless
+    /// restored without them.
     pub aggregates: Vec<Snapshot>,
     /// Every command use the snapshot holds, remembered or not (a writer deletes the forgotten).
     pub command_ids: Vec<String>,
@@ -156,24 +208,69 @@ pub fn restore_log(
     records: impl IntoIterator<Item = (String, Option<Snapshot>)>,
 ) -> Result<RestoredLog, RestoreError> {
     let newest: HashMap<String, Option<Snapshot>> = records.into_iter().collect();
-    let foreign = |key: String| RestoreError::ForeignRecord {
-        key,
-        kind: kind.as_str(),
-    };
-    let mut checkpoint = None;
-    let (mut heads, mut aggregates, mut commands) = (Vec::new(), Vec::new(), Vec::new());
+    let mut restoring = RestoringLog::new(kind);
     for (key, record) in newest {
-        let Some(record) = record else { continue };
+        if let Some(record) = record {
+            restoring.add(key, record)?;
+        }
+    }
+    restoring.finish(window)
+}
+
+/// A snapshot being restored record by record (the newest of each key, in any order), checked
+/// as it goes and as a whole at the end.
+#[derive(Debug)]
+pub struct RestoringLog {
+    kind: AggregateKind,
+    /// Whether the aggregates' heads and records are kept: a reader that keeps them elsewhere
+    /// (a writer's spill file, decision 0012) has them checked and counted only.
+    keep_aggregates: bool,
+    checkpoint: Option<Checkpoint>,
+    heads: Vec<(String, ChainHead)>,
+    aggregates: Vec<Snapshot>,
+    found: u64,
+    commands: Vec<(String, RecordedCommand)>,
+}
+
+impl RestoringLog {
+    /// Keeps every aggregate's head and record.
+    pub fn new(kind: AggregateKind) -> Self {
+        Self {
+            kind,
+            keep_aggregates: true,
+            checkpoint: None,
+            heads: Vec::new(),
+            aggregates: Vec::new(),
+            found: 0,
+            commands: Vec::new(),
+        }
+    }
+
+    /// Checks and counts the aggregates' records but keeps none of them: the restored log
+    /// order holds no chain head.
+    pub fn without_aggregates(kind: AggregateKind) -> Self {
+        Self {
+            keep_aggregates: false,
+            ..Self::new(kind)
+        }
+    }
+
+    /// Takes the newest record of `key`.
+    pub fn add(&mut self, key: String, record: Snapshot) -> Result<(), RestoreError> {
+        let foreign = |key: String| RestoreError::ForeignRecord {
+            key,
+            kind: self.kind.as_str(),
+        };
         match record {
-            Snapshot::Checkpoint(c) if key == CHECKPOINT_KEY => checkpoint = Some(c),
+            Snapshot::Checkpoint(c) if key == CHECKPOINT_KEY => self.checkpoint = Some(c),
             Snapshot::CommandUse(u) if key == command_key(&u.command_id) => {
-                commands.push((u.command_id.clone(), recorded(u)));
+                self.commands.push((u.command_id.clone(), recorded(u)));
             }
             Snapshot::Checkpoint(_) | Snapshot::CommandUse(_) => return Err(foreign(key)),
             aggregate => {
                 let Some(head) = aggregate
                     .head()
-                    .filter(|head| head.aggregate_id == key && aggregate.kind() == Some(kind))
+                    .filter(|head| head.aggregate_id == key && aggregate.kind() == Some(self.kind))
                 else {
                     return Err(foreign(key));
                 };
@@ -181,37 +278,45 @@ pub fn restore_log(
                 if head.unreadable {
                     return Err(RestoreError::Unreadable(key));
                 }
-                heads.push((key, chain_head(head)));
-                aggregates.push(aggregate);
+                self.found += 1;
+                if self.keep_aggregates {
+                    self.heads.push((key, chain_head(head)));
+                    self.aggregates.push(aggregate);
+                }
             }
         }
+        Ok(())
     }
-    let checkpoint = checkpoint.ok_or(RestoreError::NoCheckpoint)?;
-    if checkpoint.format != SNAPSHOT_FORMAT {
-        return Err(RestoreError::Format {
-            found: checkpoint.format,
-        });
+
+    /// The restored log, once every record is in: it must hold a checkpoint of this build's
+    /// format and window, and every aggregate the checkpoint counts.
+    pub fn finish(self, window: CommandWindow) -> Result<RestoredLog, RestoreError> {
+        let checkpoint = self.checkpoint.ok_or(RestoreError::NoCheckpoint)?;
+        if checkpoint.format != SNAPSHOT_FORMAT {
+            return Err(RestoreError::Format {
+                found: checkpoint.format,
+            });
+        }
+        if checkpoint.window_ms != window.millis() {
+            return Err(RestoreError::Window {
+                found: checkpoint.window_ms,
+                expected: window.millis(),
+            });
+        }
+        if self.found != checkpoint.aggregates {
+            return Err(RestoreError::Incomplete {
+                expected: checkpoint.aggregates,
+                found: self.found,
+            });
+        }
+        let command_ids = self.commands.iter().map(|(id, _)| id.clone()).collect();
+        Ok(RestoredLog {
+            log: LogOrder::restored(window, checkpoint.clock, self.heads, self.commands),
+            checkpoint,
+            aggregates: self.aggregates,
+            command_ids,
+        })
     }
-    if checkpoint.window_ms != window.millis() {
-        return Err(RestoreError::Window {
-            found: checkpoint.window_ms,
-            expected: window.millis(),
-        });
-    }
-    let found = u64::try_from(heads.len()).unwrap_or(u64::MAX);
-    if found != checkpoint.aggregates {
-        return Err(RestoreError::Incomplete {
-            expected: checkpoint.aggregates,
-            found,
-        });
-    }
-    let command_ids = commands.iter().map(|(id, _)| id.clone()).collect();
-    Ok(RestoredLog {
-        log: LogOrder::restored(window, checkpoint.clock, heads, commands),
-        checkpoint,
-        aggregates,
-        command_ids,
-    })
 }
 
 /// The chain head a snapshot record's head describes.

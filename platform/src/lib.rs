@@ -44,6 +44,7 @@ pub mod partitioner;
 pub mod path_params;
 pub mod resilience;
 pub mod shutdown;
+pub mod spill;
 pub mod telemetry;
 pub mod topic_setup;
 pub mod topics;

@@ -7,34 +7,27 @@
 //! the order and the saga (to judge the event by the log-order rule), in a file of its own,
 //! and takes them back before it judges the next event of that order or saga.
 //!
-//! The file is a cache of what the worker folded, never a source of truth: each worker
-//! starts one empty (from the writers' snapshots or the events) and unlinks it as soon as it
-//! is open, so it is gone with the worker however the worker ends, nothing is read across
-//! restarts and nothing needs fsync. Settled sagas are written in
-//! batches, and found in the batch until it is written.
+//! The file is a `platform::spill` file: a cache of what the worker folded, never a source of
+//! truth, gone with the worker however it ends.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use command_bus::snapshots::{chain_head, head_record};
 use domain::saga::{OrderSagaAggregate, SagaState};
 use domain::{Current, Version};
 use platform::log_order::ChainHead;
-use redb::backends::FileBackend;
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use platform::spill::{SpillError, SpillFile};
 use schemas::wire::snapshots::Snapshot;
 
-/// Each saga's state and its chain head, as a snapshot record of the saga writer holds them.
-const SAGAS: TableDefinition<&str, &[u8]> = TableDefinition::new("sagas");
-/// The chain head of each settled saga's order (a record without state).
-const ORDER_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("order_heads");
+/// The key of each saga's state and chain head (a snapshot record as the saga writer holds it).
+fn saga_key(saga_id: &str) -> String {
+    format!("saga/{saga_id}")
+}
 
-/// redb's page cache per worker (its default is 1 GiB): lookups are rare (an event of a
-/// finished saga), so a small cache costs little.
-const CACHE_BYTES: usize = 4 * 1024 * 1024;
-
-/// Settled sagas held before they are written, in one transaction.
-const BATCH: usize = 1024;
+/// The key of the chain head of a settled saga's order (a record without state).
+fn order_key(saga_id: &str) -> String {
+    format!("order/{saga_id}")
+}
 
 /// What a worker keeps of a finished saga.
 #[derive(Debug, Clone)]
@@ -46,14 +39,8 @@ pub(crate) struct SettledSaga {
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SettledError {
-    #[error("settled sagas file {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("settled sagas file: {0}")]
-    Database(#[from] redb::Error),
+    #[error("settled sagas: {0}")]
+    File(#[from] SpillError),
     #[error("settled saga record: {0}")]
     Record(#[from] schemas::DecodeError),
     #[error("settled saga record: {0}")]
@@ -63,60 +50,16 @@ pub(crate) enum SettledError {
 }
 
 /// A worker's settled sagas.
+#[derive(Debug)]
 pub(crate) struct Settled {
-    db: Database,
-    path: PathBuf,
-    /// Encoded, not yet written: the saga record and the order head record.
-    batch: HashMap<String, (Vec<u8>, Option<Vec<u8>>)>,
-}
-
-impl std::fmt::Debug for Settled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settled")
-            .field("path", &self.path)
-            .field("batch", &self.batch.len())
-            .finish()
-    }
+    file: SpillFile,
 }
 
 impl Settled {
     /// An empty file of settled sagas in `dir` (created if missing), for partition `partition`.
     pub(crate) fn create(dir: &Path, partition: i32) -> Result<Self, SettledError> {
-        let open_error = |source| SettledError::Open {
-            path: dir.to_owned(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(open_error)?;
-        let path = dir.join(format!(
-            "settled-sagas-p{partition}-{}.redb",
-            uuid::Uuid::new_v4()
-        ));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(open_error)?;
-        // Unlinked at once: the open file is all there is, so a worker killed with its process
-        // (SIGKILL, out of memory) leaves nothing behind in the volume.
-        std::fs::remove_file(&path).map_err(open_error)?;
-        let backend = FileBackend::new(file).map_err(redb::Error::from)?;
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create_with_backend(backend)
-            .map_err(redb::Error::from)?;
-        let settled = Self {
-            db,
-            path,
-            batch: HashMap::new(),
-        };
-        // Both tables exist from the start: a lookup before the first batch finds nothing in
-        // them rather than failing on a missing table.
-        let write = settled.db.begin_write().map_err(redb::Error::from)?;
-        write.open_table(SAGAS).map_err(redb::Error::from)?;
-        write.open_table(ORDER_HEADS).map_err(redb::Error::from)?;
-        write.commit().map_err(redb::Error::from)?;
-        Ok(settled)
+        let file = SpillFile::create(dir, &format!("settled-sagas-p{partition}"))?;
+        Ok(Self { file })
     }
 
     /// Keeps a finished saga (written with the next batch).
@@ -134,55 +77,28 @@ impl Settled {
             .as_ref()
             .map(|head| schemas::encode(&Snapshot::Order(head_record(&saga_id, head, false), None)))
             .transpose()?;
-        self.batch.insert(saga_id, (record, order));
-        if self.batch.len() >= BATCH {
-            self.flush()?;
+        match order {
+            Some(order) => self.file.put(order_key(&saga_id), order)?,
+            None => self.file.remove(order_key(&saga_id))?,
         }
+        self.file.put(saga_key(&saga_id), record)?;
         Ok(())
     }
 
     /// The settled saga `saga_id`, if it is one. It stays in the file: a worker takes it back
     /// into memory and puts it again once it has finished again.
     pub(crate) fn get(&self, saga_id: &str) -> Result<Option<SettledSaga>, SettledError> {
-        if let Some((record, order)) = self.batch.get(saga_id) {
-            return decode(saga_id, record, order.as_deref()).map(Some);
-        }
-        let read = self.db.begin_read().map_err(redb::Error::from)?;
-        let sagas = read.open_table(SAGAS).map_err(redb::Error::from)?;
-        let Some(record) = sagas.get(saga_id).map_err(redb::Error::from)? else {
+        let Some(record) = self.file.get(&saga_key(saga_id))? else {
             return Ok(None);
         };
-        let orders = read.open_table(ORDER_HEADS).map_err(redb::Error::from)?;
-        let order = orders.get(saga_id).map_err(redb::Error::from)?;
-        decode(saga_id, record.value(), order.as_ref().map(|o| o.value())).map(Some)
+        let order = self.file.get(&order_key(saga_id))?;
+        decode(saga_id, &record, order.as_deref()).map(Some)
     }
 
-    /// Writes the batch, in one transaction (not made durable: see the module doc).
+    /// Writes what is held, in one transaction (not made durable: see `platform::spill`).
+    #[cfg(test)]
     pub(crate) fn flush(&mut self) -> Result<(), SettledError> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let mut write = self.db.begin_write().map_err(redb::Error::from)?;
-        write
-            .set_durability(Durability::None)
-            .map_err(redb::Error::from)?;
-        {
-            let mut sagas = write.open_table(SAGAS).map_err(redb::Error::from)?;
-            let mut orders = write.open_table(ORDER_HEADS).map_err(redb::Error::from)?;
-            for (saga_id, (record, order)) in &self.batch {
-                sagas
-                    .insert(saga_id.as_str(), record.as_slice())
-                    .map_err(redb::Error::from)?;
-                match order {
-                    Some(order) => orders.insert(saga_id.as_str(), order.as_slice()),
-                    None => orders.remove(saga_id.as_str()),
-                }
-                .map_err(redb::Error::from)?;
-            }
-        }
-        write.commit().map_err(redb::Error::from)?;
-        self.batch.clear();
-        Ok(())
+        Ok(self.file.flush()?)
     }
 }
 
@@ -259,7 +175,7 @@ mod tests {
         })
     }
 
-    fn dir() -> PathBuf {
+    fn dir() -> std::path::PathBuf {
         std::env::temp_dir().join(format!("settled-test-{}", uuid::Uuid::new_v4()))
     }
 
@@ -296,23 +212,5 @@ mod tests {
         settled.put("s-1".into(), &again).expect("put");
         settled.flush().expect("flush");
         assert_eq!(held(settled.get("s-1").expect("get")), held(Some(again)));
-    }
-
-    #[test]
-    fn a_full_batch_is_written_without_a_flush_to_a_file_no_one_else_can_see() {
-        let dir = dir();
-        let mut settled = Settled::create(&dir, 1).expect("a store");
-        for n in 0..=BATCH {
-            settled
-                .put(format!("s-{n}"), &approved(n as u128))
-                .expect("put");
-        }
-        assert!(settled.batch.len() < BATCH);
-        assert_eq!(
-            settled.get("s-0").expect("get").map(|s| s.saga_head.offset),
-            Some(41)
-        );
-        let left: Vec<_> = std::fs::read_dir(&dir).expect("the directory").collect();
-        assert!(left.is_empty(), "{left:?}");
     }
 }

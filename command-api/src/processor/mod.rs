@@ -51,6 +51,18 @@ pub(crate) struct IncomingCommand {
     payload: Option<Vec<u8>>,
 }
 
+/// How many aggregates each partition writer keeps in memory, and where it keeps the others
+/// (decision 0012).
+#[derive(Debug, Clone)]
+pub struct WriterMemory {
+    /// A directory for the writers' files of aggregates (each writer's is unlinked as soon as
+    /// it is open: nothing is left there, nothing is read across restarts).
+    pub state_dir: std::path::PathBuf,
+    /// Aggregates with the newest events each writer keeps in memory once its snapshot holds
+    /// them (besides those changed since its last snapshot).
+    pub resident_aggregates: usize,
+}
+
 /// What every writer of this process shares.
 pub(crate) struct WriterContext {
     kafka: KafkaSettings,
@@ -58,6 +70,8 @@ pub(crate) struct WriterContext {
     partitions: i32,
     /// How long command ids are remembered: the log-order rule's window.
     window: CommandWindow,
+    /// What each writer keeps in memory, and where it keeps the rest.
+    memory: WriterMemory,
     /// The group consumer, for the group metadata each transaction commits offsets with.
     group: Arc<BaseConsumer<GroupContext>>,
     /// The commands topics the group is subscribed to.
@@ -82,6 +96,7 @@ impl Processor {
         kinds: &[AggregateKind],
         partitions: i32,
         window: CommandWindow,
+        memory: WriterMemory,
         shutdown: CancellationToken,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let topics = Topics::new(kafka.topic_prefix.clone());
@@ -118,6 +133,7 @@ impl Processor {
             topics,
             partitions,
             window,
+            memory,
             group,
             subscription: command_topics,
             writers_ready: AtomicUsize::new(0),

@@ -60,6 +60,12 @@ pub fn settings(kafka: &TestKafka) -> Settings {
         rate_limit_per_second: 10_000,
         writer_group: format!("{}.command-writers", kafka.settings.topic_prefix),
         writer_kinds: command_api::processor::COMMAND_KINDS.to_vec(),
+        // Every aggregate a snapshot holds leaves memory: the tests run the writers' disk path
+        // (decision 0012) on every aggregate, not only past a production-sized threshold.
+        writer_memory: command_api::processor::WriterMemory {
+            state_dir: std::env::temp_dir().join("orderstream-writer-state"),
+            resident_aggregates: 0,
+        },
     }
 }
 

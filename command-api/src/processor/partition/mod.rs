@@ -7,11 +7,13 @@
 //!
 //! Layout: this file holds the model and a batch's scratch state; `decide` the named steps of
 //! one decision; `plan` what a decision produces and the replies it may carry; `rejection` a domain
-//! rejection as a typed code.
+//! rejection as a typed code; `snapshot` the model to and from its snapshot; `resident` which
+//! aggregates stay in memory (the writer keeps the others on disk).
 
 mod decide;
 mod plan;
 mod rejection;
+mod resident;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -27,7 +29,7 @@ use uuid::Uuid;
 use super::write_model::WriteModel;
 
 pub(crate) use plan::{accepted, answer, command_id, PendingEvent, Plan};
-pub(crate) use snapshot::SnapshotRecords;
+pub(crate) use snapshot::{RestoreError, SnapshotRecords};
 
 /// What a decision takes from outside the model.
 pub(crate) struct Inputs<'a> {
@@ -63,6 +65,8 @@ where
     unreadable: HashSet<String>,
     /// What changed since the last snapshot that committed.
     dirty: snapshot::Dirty,
+    /// Aggregates with a chain in this partition, in memory or kept by the writer (`resident`).
+    chains: u64,
 }
 
 impl<A: WriteModel> PartitionModel<A>
@@ -80,6 +84,7 @@ where
             states: HashMap::new(),
             unreadable: HashSet::new(),
             dirty: snapshot::Dirty::default(),
+            chains: 0,
         }
     }
 
@@ -99,6 +104,9 @@ where
     ) -> Judged {
         if let Verdict::Loser(reason) = self.log.judge(envelope, offset, timestamp) {
             return Judged::Rejected(reason);
+        }
+        if envelope.version == Version::NONE.next() {
+            self.chains += 1;
         }
         self.changed(&envelope.aggregate_id, Some(&envelope.command_id));
         let decoded = payload

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use command_bus::snapshots::{self, command_key, command_use, SNAPSHOT_FORMAT};
+use command_bus::snapshots::{self, command_key, command_use, RestoredLog, SNAPSHOT_FORMAT};
 use domain::{Current, Version};
 use platform::log_order::CommandWindow;
 use schemas::wire::snapshots::{Checkpoint, Snapshot, CHECKPOINT_KEY, COMMAND_KEY_PREFIX};
@@ -30,6 +30,11 @@ pub(crate) struct Dirty {
 }
 
 impl Dirty {
+    /// Whether the aggregate changed since the last snapshot that committed.
+    pub(super) fn holds(&self, aggregate_id: &str) -> bool {
+        self.aggregates.contains_key(aggregate_id)
+    }
+
     fn aggregate(&mut self, id: &str) {
         self.seq += 1;
         self.aggregates.insert(id.to_owned(), self.seq);
@@ -138,7 +143,7 @@ where
                 events_end,
                 clock: self.log.clock(),
                 window_ms: self.log.window().millis(),
-                aggregates: u64::try_from(self.log.aggregates()).unwrap_or(u64::MAX),
+                aggregates: self.chains,
             })),
         ));
         SnapshotRecords {
@@ -166,6 +171,7 @@ where
 
     /// The model a snapshot's records (key and record, `None` for a deleted key, in log order)
     /// describe, and the events offset to replay from.
+    #[cfg(test)]
     pub(crate) fn restore(
         partition: i32,
         partitions: i32,
@@ -173,6 +179,17 @@ where
         records: impl IntoIterator<Item = (String, Option<Snapshot>)>,
     ) -> Result<(Self, i64), RestoreError> {
         let restored = snapshots::restore_log(A::KIND, window, records)?;
+        Self::restored(partition, partitions, window, restored)
+    }
+
+    /// The model a restored snapshot describes, and the events offset to replay from. Its
+    /// aggregates are those `restored` kept (none when the writer keeps them on disk).
+    pub(crate) fn restored(
+        partition: i32,
+        partitions: i32,
+        window: CommandWindow,
+        restored: RestoredLog,
+    ) -> Result<(Self, i64), RestoreError> {
         let mut states = HashMap::with_capacity(restored.aggregates.len());
         for aggregate in restored.aggregates {
             let key = aggregate
@@ -190,6 +207,7 @@ where
         let mut model = Self::new(partition, partitions, window);
         model.log = restored.log;
         model.states = states;
+        model.chains = checkpoint.aggregates;
         model.dirty.written_commands = restored.command_ids.into_iter().collect();
         Ok((model, checkpoint.events_end))
     }

@@ -700,3 +700,71 @@ fn replaying_a_long_log_holds_a_window_of_command_ids_to_snapshot_not_every_one_
         given.model.commands_to_snapshot()
     );
 }
+
+/// The records of what `given`'s model lets go of, keeping none.
+fn spilled(given: &mut Given) -> Vec<(String, Snapshot)> {
+    given.model.spill(0)
+}
+
+#[test]
+fn an_aggregate_let_go_of_and_taken_back_decides_as_one_always_held() {
+    let mut given = given()
+        .stock_added(5, "first", Some("hash-a"))
+        .stock_added(3, "second", None);
+    snapshot_of(&mut given);
+    let decisions = |given: &Given| -> Vec<String> {
+        probes()
+            .into_iter()
+            .map(|probe| format!("{:?}", given.when_one(probe)))
+            .collect()
+    };
+    let held = decisions(&given);
+    let records = spilled(&mut given);
+    assert_eq!(records.len(), 1);
+    assert!(!given.model.holds(SKU));
+    assert_eq!(given.model.resident(), 0);
+    assert_eq!(given.model.chains(), 1, "the partition still has the chain");
+    for (_, record) in records {
+        given.model.take_back(record).unwrap();
+    }
+    assert!(given.model.holds(SKU));
+    assert_eq!(decisions(&given), held);
+    // And the next event read extends the chain it had.
+    let given = given.stock_added(1, "third", None);
+    assert_eq!(given.model.version_of(SKU), 3);
+}
+
+#[test]
+fn only_an_aggregate_a_committed_snapshot_holds_as_it_is_leaves_memory() {
+    let mut given = given().stock_added(5, "first", None);
+    assert!(spilled(&mut given).is_empty(), "no snapshot holds it yet");
+    let _aborted = given.model.snapshot_records(given.next_offset);
+    assert!(
+        spilled(&mut given).is_empty(),
+        "that snapshot did not commit"
+    );
+    let taken = given.model.snapshot_records(given.next_offset);
+    let mut given = given.stock_added(2, "after", None);
+    given.model.snapshot_committed(&taken);
+    assert!(
+        spilled(&mut given).is_empty(),
+        "it changed after the snapshot was taken"
+    );
+    snapshot_of(&mut given);
+    assert_eq!(given.model.spill(1).len(), 0, "one is kept");
+    assert_eq!(spilled(&mut given).len(), 1);
+}
+
+#[test]
+fn the_checkpoint_counts_the_aggregates_out_of_memory_too() {
+    let mut given = given().stock_added(5, "first", None);
+    snapshot_of(&mut given);
+    spilled(&mut given);
+    assert_eq!(given.model.resident(), 0);
+    let records = given.model.snapshot_records(given.next_offset).records;
+    let checkpoint = records.iter().find_map(|(_, record)| match record {
+        Some(Snapshot::Checkpoint(c)) => Some(c.aggregates),
+        _ => None,
+    });
+    assert_eq!(checkpoint, Some(1));
+}

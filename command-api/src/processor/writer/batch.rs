@@ -22,8 +22,7 @@ use crate::processor::write_model::WriteModel;
 use crate::processor::IncomingCommand;
 
 use super::transaction::{self, TransactionFailure};
-use super::Recovery;
-use super::Writer;
+use super::{Recovery, Writer, WriterError};
 use crate::processor::partition::{accepted, command_id, Batch, Plan};
 
 /// The longest pause between two attempts of a batch that did not commit.
@@ -99,7 +98,15 @@ where
     /// this writer has read, in order); if the broker put them anywhere else, the transaction
     /// is aborted and none of those answers is ever seen (they are read `read_committed`).
     async fn attempt(&mut self, batch: &[IncomingCommand]) -> Result<(), Failed> {
-        self.absorb_pending().await;
+        let restart = |error: WriterError| {
+            warn!(kind = %A::KIND, %error, "the writer's view cannot be completed; restarting it");
+            Failed {
+                failure: TransactionFailure::Incomplete,
+                recovery: Recovery::Restart,
+            }
+        };
+        self.absorb_pending().await.map_err(restart)?;
+        self.take_back_targets(batch).map_err(restart)?;
         // Taken before the batch is planned: the model as the log holds it up to `known_end`,
         // so the batch's own events come after the checkpoint.
         let snapshot = self.due_snapshot().await;
@@ -170,16 +177,25 @@ where
         let appended = self.appended_in_order(&plans, &offsets);
         let last_appended = appended.last().map(|(offset, _)| *offset);
         // Every event is absorbed, accepted or not, so the model holds what the log holds.
-        let verdicts: Vec<bool> = appended
+        let verdicts: Result<Vec<bool>, WriterError> = appended
             .iter()
             .map(|(offset, (envelope, payload))| {
                 let timestamp = Some(record_timestamp(envelope));
                 self.absorb_record(*offset, envelope, Some(payload), timestamp)
-                    .1
+                    .map(|(_, accepted)| accepted)
             })
             .collect();
-        let all_accepted = verdicts.iter().all(|accepted| *accepted);
         drop(appended);
+        let verdicts = match verdicts {
+            Ok(verdicts) => verdicts,
+            Err(error) => {
+                warn!(kind = %A::KIND, %error, "the writer's view cannot be completed; restarting it");
+                return Err(self
+                    .aborted(TransactionFailure::Incomplete, Recovery::Restart)
+                    .await);
+            }
+        };
+        let all_accepted = verdicts.iter().all(|accepted| *accepted);
         // From here on the model holds the batch's events: if the batch does not commit, the
         // model is rebuilt from the log.
         let then = if last_appended.is_some() {

@@ -12,11 +12,13 @@
 //!
 //! Layout: this file holds the partition's lifecycle (fencing, rebuild, reading the tail);
 //! `batch` a batch's transaction; `plan` the decision's span and trace around the partition
-//! model; `snapshot` restoring from and writing the partition's snapshot; `transaction` the
-//! producer's transactional calls and what their failures mean.
+//! model; `snapshot` restoring from and writing the partition's snapshot; `spill` the
+//! aggregates kept on disk rather than in memory (decision 0012); `transaction` the producer's
+//! transactional calls and what their failures mean.
 mod batch;
 mod plan;
 mod snapshot;
+mod spill;
 mod transaction;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +27,7 @@ use std::time::Duration;
 
 use platform::envelope::EventEnvelope;
 use platform::kafka::LagContext;
+use platform::spill::{SpillError, SpillFile};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
@@ -44,6 +47,11 @@ const MAX_BATCH: usize = 256;
 
 /// How long an empty fetch of a partition's tail waits at the broker.
 const TAIL_FETCH_WAIT_MS: &str = "100";
+
+/// While a takeover replays, a snapshot is written (and the aggregates it makes clean leave
+/// memory) whenever the model holds this many aggregates more than it keeps: a replay of a long
+/// log holds about this many, not every aggregate of the partition.
+const REPLAY_SPILL_SLACK: usize = 5_000;
 
 /// How long a rebuild or a takeover may read the partition without getting any further before
 /// it gives up (and tries again). Not a bound on the whole read: a replay of a long log takes
@@ -96,6 +104,8 @@ where
     known_end: i64,
     /// What the log says of the partition, and the decisions on it.
     model: PartitionModel<A>,
+    /// The aggregates the model does not hold in memory (decision 0012).
+    spilled: SpillFile,
     /// Commands below this offset of the commands partition were handled in a committed
     /// transaction: a second delivery of one (after a handover or a restart) is dropped.
     command_floor: i64,
@@ -187,7 +197,8 @@ where
         let producer = transaction::fence_earlier_writers(&ctx, A::KIND, partition).await?;
         let command_floor =
             transaction::committed_floor(&ctx.group, &commands_topic, partition).await?;
-        let (model, from) = Self::starting_point(&ctx, partition).await;
+        let restored = snapshot::restore::<A>(&ctx, partition).await?;
+        let from = restored.events_end;
         let tail = Self::tail(&ctx, &events_topic, partition, from)?;
         let mut writer = Self {
             partition,
@@ -197,7 +208,8 @@ where
             tail: Arc::new(tail),
             next_offset: from,
             known_end: from,
-            model,
+            model: restored.model,
+            spilled: restored.spilled,
             command_floor,
             recovery: Recovery::None,
             last_snapshot: std::time::Instant::now(),
@@ -212,19 +224,8 @@ where
         if replayed >= snapshot::SNAPSHOT_AFTER_REPLAY {
             writer.snapshot_alone().await;
         }
+        writer.count_resident();
         Ok(writer)
-    }
-
-    /// The model and the events offset a takeover starts from: the snapshot's, or an empty
-    /// model at offset 0 when there is no usable snapshot.
-    async fn starting_point(ctx: &WriterContext, partition: i32) -> (PartitionModel<A>, i64) {
-        match snapshot::restore::<A>(ctx, partition).await {
-            Some(restored) => (restored.model, restored.events_end),
-            None => (
-                PartitionModel::new(partition, ctx.partitions, ctx.window),
-                0,
-            ),
-        }
     }
 
     /// A consumer of the events partition from offset `from`. It is read between batches
@@ -262,18 +263,20 @@ where
             Recovery::None => {}
             Recovery::CatchUp { past } => {
                 let stable = self.last_stable_offset().await?;
-                self.read_until(stable.max(past), Duration::from_secs(10))
+                self.read_until(stable.max(past), Duration::from_secs(10), false)
                     .await?;
             }
             Recovery::Rebuild => {
-                let (model, from) = Self::starting_point(&self.ctx, self.partition).await;
+                let restored = snapshot::restore::<A>(&self.ctx, self.partition).await?;
+                let from = restored.events_end;
                 self.tail = Arc::new(Self::tail(
                     &self.ctx,
                     &self.events_topic,
                     self.partition,
                     from,
                 )?);
-                self.model = model;
+                self.model = restored.model;
+                self.spilled = restored.spilled;
                 self.next_offset = from;
                 self.known_end = from;
                 self.catch_up(REBUILD_STALL).await?;
@@ -287,10 +290,11 @@ where
     }
 
     /// Reads every committed record up to the partition's last stable offset. Earlier writers
-    /// are fenced, so nothing this writer has not read can commit below it afterwards.
+    /// are fenced, so nothing this writer has not read can commit below it afterwards. No
+    /// transaction is open, so snapshots are written as it goes (`REPLAY_SPILL_SLACK`).
     async fn catch_up(&mut self, stall: Duration) -> Result<(), WriterError> {
         let stable = self.last_stable_offset().await?;
-        self.read_until(stable, stall).await
+        self.read_until(stable, stall, true).await
     }
 
     /// The high watermark as a `read_committed` client sees it: the last stable offset.
@@ -310,8 +314,14 @@ where
     /// log-order rule to each record. Transaction markers and aborted records take offsets but
     /// are never delivered, so the end is told by the consumer's position (librdkafka moves it
     /// past markers), not by the offset of the last record. Fails once `stall` passes without
-    /// getting further.
-    async fn read_until(&mut self, target: i64, stall: Duration) -> Result<(), WriterError> {
+    /// getting further. With `snapshots` (no transaction open), a snapshot is written whenever
+    /// the model holds [`REPLAY_SPILL_SLACK`] aggregates more than it keeps.
+    async fn read_until(
+        &mut self,
+        target: i64,
+        stall: Duration,
+        snapshots: bool,
+    ) -> Result<(), WriterError> {
         let mut deadline = tokio::time::Instant::now() + stall;
         let mut reached = self.known_end;
         loop {
@@ -330,7 +340,13 @@ where
             let tail = self.tail.clone();
             if let Ok(received) = tokio::time::timeout_at(slice, tail.recv()).await {
                 let message = received.map_err(WriterError::Kafka)?;
-                self.absorb(&message);
+                self.absorb(&message)?;
+            }
+            if snapshots && self.model.resident() > self.keeps() + REPLAY_SPILL_SLACK {
+                self.snapshot_alone().await;
+                if self.recovery == Recovery::Restart {
+                    return Err(WriterError::Spilling);
+                }
             }
         }
     }
@@ -340,12 +356,17 @@ where
         platform::log_end::position(&*self.tail, &self.events_topic, self.partition).unwrap_or(0)
     }
 
+    /// How many aggregates the model keeps in memory once a snapshot has made them clean.
+    fn keeps(&self) -> usize {
+        self.ctx.memory.resident_aggregates
+    }
+
     /// Absorbs one record read from the tail. Records below `next_offset` were already judged
     /// (a batch whose appends were contiguous judges them as it appends, see `batch`) and are
     /// skipped.
-    fn absorb(&mut self, message: &BorrowedMessage<'_>) -> Option<(Uuid, bool)> {
+    fn absorb(&mut self, message: &BorrowedMessage<'_>) -> Result<(), WriterError> {
         if message.offset() < self.next_offset {
-            return None;
+            return Ok(());
         }
         let timestamp = message.timestamp().to_millis();
         let envelope = match EventEnvelope::from_headers(message.headers()) {
@@ -354,22 +375,25 @@ where
                 self.next_offset = message.offset() + 1;
                 self.model.pass(timestamp);
                 warn!(topic = %self.events_topic, partition = self.partition, offset = message.offset(), %error, "event without a valid envelope ignored");
-                return None;
+                return Ok(());
             }
         };
-        Some(self.absorb_record(message.offset(), &envelope, message.payload(), timestamp))
+        self.absorb_record(message.offset(), &envelope, message.payload(), timestamp)
+            .map(drop)
     }
 
     /// Judges the record at `offset` (the next one in the partition, stamped `timestamp`) by the
-    /// log-order rule and, when accepted, applies it to the aggregate's state. Returns the event
-    /// id and whether it counts.
+    /// log-order rule and, when accepted, applies it to the aggregate's state (given back from
+    /// the writer's file first when the model does not hold it). Returns the event id and
+    /// whether it counts; fails, judging nothing, when the file cannot give the aggregate back.
     fn absorb_record(
         &mut self,
         offset: i64,
         envelope: &EventEnvelope,
         payload: Option<&[u8]>,
         timestamp: Option<i64>,
-    ) -> (Uuid, bool) {
+    ) -> Result<(Uuid, bool), WriterError> {
+        self.take_back(&envelope.aggregate_id)?;
         self.next_offset = offset + 1;
         let accepted = match self.model.judge(offset, envelope, payload, timestamp) {
             Judged::Accepted => true,
@@ -384,22 +408,21 @@ where
                 true
             }
         };
-        (envelope.event_id, accepted)
+        Ok((envelope.event_id, accepted))
     }
 
     /// Whatever the tail already has (records this writer did not append: none unless the
     /// deployment is misconfigured), without waiting.
-    async fn absorb_pending(&mut self) {
+    async fn absorb_pending(&mut self) -> Result<(), WriterError> {
         loop {
             let tail = self.tail.clone();
             match tokio::time::timeout(Duration::from_millis(0), tail.recv()).await {
-                Ok(Ok(message)) => {
-                    self.absorb(&message);
-                }
+                Ok(Ok(message)) => self.absorb(&message)?,
                 _ => break,
             }
         }
         self.known_end = self.known_end.max(self.next_offset).max(self.position());
+        Ok(())
     }
 }
 
@@ -409,4 +432,14 @@ pub(super) enum WriterError {
     Kafka(#[source] rdkafka::error::KafkaError),
     #[error("reading the partition got no further for too long")]
     Timeout,
+    #[error("aggregates kept on disk")]
+    Spill(#[from] SpillError),
+    #[error("an aggregate kept on disk cannot be read back")]
+    Spilled(#[from] schemas::DecodeError),
+    #[error("an aggregate kept on disk cannot be read back")]
+    TakenBack(#[from] super::partition::RestoreError),
+    #[error("an aggregate cannot be kept on disk")]
+    Encode(#[source] schemas::EncodeError),
+    #[error("aggregates could not be kept on disk during the replay")]
+    Spilling,
 }

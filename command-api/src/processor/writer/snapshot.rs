@@ -14,6 +14,9 @@ use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use schemas::wire::snapshots::{Snapshot, CHECKPOINT_KEY};
 use tracing::{info, warn};
 
+use command_bus::snapshots::{RestoreError, RestoringLog};
+use platform::spill::{SpillError, SpillFile};
+
 use super::transaction::{self, TransactionFailure};
 use super::Writer;
 use crate::processor::partition::{PartitionModel, SnapshotRecords};
@@ -46,14 +49,33 @@ where
     pub(super) model: PartitionModel<A>,
     /// The events offset to replay from.
     pub(super) events_end: i64,
+    /// The aggregates the model does not hold in memory (decision 0012).
+    pub(super) spilled: SpillFile,
 }
 
-/// Reads partition `partition` of the kind's snapshots topic and restores the model from it;
-/// `None` when there is no snapshot or it cannot be used (then the writer replays from 0).
+/// Why a snapshot copied to disk cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error("{0}")]
+    Spill(#[from] SpillError),
+    #[error("record {key:?}: {source}")]
+    Record {
+        key: String,
+        #[source]
+        source: schemas::DecodeError,
+    },
+    #[error("{0}")]
+    Restore(#[from] RestoreError),
+}
+
+/// Reads partition `partition` of the kind's snapshots topic into a file of its own and
+/// restores the model from it, holding no aggregate in memory: each comes back from the file
+/// when a command or an event needs it. An empty model at offset 0 (and an empty file) when
+/// there is no snapshot or it cannot be used (then the writer replays every event).
 pub(super) async fn restore<A: WriteModel>(
     ctx: &WriterContext,
     partition: i32,
-) -> Option<Restored<A>>
+) -> Result<Restored<A>, SpillError>
 where
     A::Event: schemas::WireRecord + Send + Sync,
     A::Command: schemas::WireRecord + Clone + Send + Sync,
@@ -64,32 +86,97 @@ where
         metrics::counter!("writer_snapshot_restores_total", "aggregate" => A::KIND.as_str(), "outcome" => outcome)
             .increment(1);
     };
-    let records = match command_bus::snapshots::read_partition(&ctx.kafka, &topic, partition).await
+    let replay = |spilled| Restored {
+        model: PartitionModel::new(partition, ctx.partitions, ctx.window),
+        events_end: 0,
+        spilled,
+    };
+    let spilled = spill_file::<A>(ctx, partition)?;
+    let (mut spilled, records) = match command_bus::snapshots::copy_partition(
+        &ctx.kafka, &topic, partition, spilled,
+    )
+    .await
     {
-        Ok(records) if records.is_empty() => {
+        Ok((spilled, 0)) => {
             outcome("none");
-            return None;
+            return Ok(replay(spilled));
         }
-        Ok(records) => records,
+        Ok(copied) => copied,
         Err(error) => {
             outcome("fallback");
             warn!(kind = %A::KIND, partition, %topic, %error, "snapshot unreadable; replaying every event instead");
-            return None;
+            return Ok(replay(spill_file::<A>(ctx, partition)?));
         }
     };
-    let count = records.len();
-    match PartitionModel::<A>::restore(partition, ctx.partitions, ctx.window, records) {
+    match restore_from_file::<A>(ctx, partition, &mut spilled) {
         Ok((model, events_end)) => {
             outcome("restored");
-            info!(kind = %A::KIND, partition, records = count, events_end, "partition state restored from its snapshot");
-            Some(Restored { model, events_end })
+            info!(kind = %A::KIND, partition, records, events_end, "partition state restored from its snapshot");
+            Ok(Restored {
+                model,
+                events_end,
+                spilled,
+            })
         }
         Err(error) => {
             outcome("fallback");
             warn!(kind = %A::KIND, partition, %topic, %error, "snapshot unusable; replaying every event instead");
-            None
+            // What the unusable snapshot left in the file must never be taken back.
+            Ok(replay(spill_file::<A>(ctx, partition)?))
         }
     }
+}
+
+/// A new, empty file for the writer's spilled aggregates.
+pub(super) fn spill_file<A: WriteModel>(
+    ctx: &WriterContext,
+    partition: i32,
+) -> Result<SpillFile, SpillError>
+where
+    A::Event: schemas::WireRecord + Send + Sync,
+    A::Command: schemas::WireRecord + Clone + Send + Sync,
+    A::State: Send + Sync,
+{
+    SpillFile::create(
+        &ctx.memory.state_dir,
+        &format!("writer-{}-p{partition}", A::KIND),
+    )
+}
+
+/// Checks every record of the snapshot copied to `spilled` (all or nothing, as
+/// [`command_bus::snapshots`] says), leaves only the aggregates' records in the file, and
+/// returns the model without them.
+fn restore_from_file<A: WriteModel>(
+    ctx: &WriterContext,
+    partition: i32,
+    spilled: &mut SpillFile,
+) -> Result<(PartitionModel<A>, i64), Unusable>
+where
+    A::Event: schemas::WireRecord + Send + Sync,
+    A::Command: schemas::WireRecord + Clone + Send + Sync,
+    A::State: Send + Sync,
+{
+    let mut restoring = RestoringLog::without_aggregates(A::KIND);
+    spilled.try_for_each(|key, bytes| {
+        let record = schemas::decode::<Snapshot>(bytes).map_err(|source| Unusable::Record {
+            key: key.to_owned(),
+            source,
+        })?;
+        restoring.add(key.to_owned(), record)?;
+        Ok::<_, Unusable>(())
+    })?;
+    let restored = restoring.finish(ctx.window)?;
+    spilled.remove(CHECKPOINT_KEY.to_owned())?;
+    for command_id in &restored.command_ids {
+        spilled.remove(command_bus::snapshots::command_key(command_id))?;
+    }
+    spilled.flush()?;
+    Ok(PartitionModel::restored(
+        partition,
+        ctx.partitions,
+        ctx.window,
+        restored,
+    )?)
 }
 
 impl<A: WriteModel> Writer<A>
@@ -152,12 +239,15 @@ where
         Some(deliveries)
     }
 
-    /// The snapshot committed with a batch (or alone): what it wrote is clean.
+    /// The snapshot committed with a batch (or alone): what it wrote is clean, and what is
+    /// clean and old leaves memory for the writer's file. A file that cannot take it fails
+    /// the writer's next batch, which restarts the writer (see `spill`).
     pub(super) fn snapshot_committed(&mut self, snapshot: &SnapshotRecords) {
         self.model.snapshot_committed(snapshot);
         self.last_snapshot = std::time::Instant::now();
         metrics::counter!("writer_snapshots_written_total", "aggregate" => A::KIND.as_str())
             .increment(1);
+        self.spill();
     }
 
     /// A snapshot that could not be written: the batch that carried it is tried again without

@@ -101,6 +101,10 @@ pub(super) enum TransactionFailure {
     /// aborts it), and the committed offset then tells which.
     #[error("the transaction's outcome is unknown")]
     Unknown(#[source] KafkaError),
+    /// The writer could not give its model an aggregate it keeps on disk (decision 0012):
+    /// nothing is decided on a view without it.
+    #[error("an aggregate kept on disk could not be read back")]
+    Incomplete,
 }
 
 /// Opens the batch's transaction.

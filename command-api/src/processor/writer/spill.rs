@@ -1,0 +1,74 @@
+//! The writer's side of decision 0012: the aggregates its model no longer holds in memory are
+//! kept in a `platform::spill` file, as their snapshot records, and given back to the model
+//! before it judges an event of one or decides a command on one. A file that fails leaves
+//! the model without aggregates it must have, so the writer restarts (from its snapshot, with a
+//! new file) before it decides anything more.
+
+use schemas::wire::snapshots::Snapshot;
+use tracing::error;
+
+use super::{Recovery, Writer, WriterError};
+use crate::processor::write_model::WriteModel;
+use crate::processor::IncomingCommand;
+
+impl<A: WriteModel> Writer<A>
+where
+    A::Event: schemas::WireRecord + Send + Sync,
+    A::Command: schemas::WireRecord + Clone + Send + Sync,
+    A::State: Send + Sync,
+{
+    /// Gives the model back `aggregate_id` if the model does not hold it and the file does
+    /// (otherwise it is new to the partition).
+    pub(super) fn take_back(&mut self, aggregate_id: &str) -> Result<(), WriterError> {
+        if self.model.holds(aggregate_id) {
+            return Ok(());
+        }
+        let Some(bytes) = self.spilled.get(aggregate_id)? else {
+            return Ok(());
+        };
+        let record = schemas::decode::<Snapshot>(&bytes)?;
+        self.model.take_back(record)?;
+        Ok(())
+    }
+
+    /// Gives the model back every aggregate the batch's commands name.
+    pub(super) fn take_back_targets(
+        &mut self,
+        batch: &[IncomingCommand],
+    ) -> Result<(), WriterError> {
+        for command in batch {
+            if let Ok(envelope) = &command.envelope {
+                self.take_back(&envelope.aggregate_id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves what the model lets go of (old aggregates a committed snapshot holds as they are)
+    /// to the file. On failure the writer restarts before its next batch.
+    pub(super) fn spill(&mut self) {
+        let leaving = self.model.spill(self.ctx.memory.resident_aggregates);
+        if let Err(failure) = self.keep(leaving) {
+            error!(kind = %A::KIND, partition = self.partition, error = %failure, "could not keep aggregates on disk; restarting the writer");
+            self.recovery = Recovery::Restart;
+        }
+        self.count_resident();
+    }
+
+    fn keep(&mut self, leaving: Vec<(String, Snapshot)>) -> Result<(), WriterError> {
+        for (aggregate_id, record) in leaving {
+            let bytes = schemas::encode(&record).map_err(WriterError::Encode)?;
+            self.spilled.put(aggregate_id, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// The gauges of how many aggregates the model holds and how many the partition has.
+    pub(super) fn count_resident(&self) {
+        let (kind, partition) = (A::KIND.as_str(), self.partition.to_string());
+        metrics::gauge!("writer_aggregates_resident", "aggregate" => kind, "partition" => partition.clone())
+            .set(self.model.resident() as f64);
+        metrics::gauge!("writer_aggregates", "aggregate" => kind, "partition" => partition)
+            .set(self.model.chains() as f64);
+    }
+}

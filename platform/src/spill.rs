@@ -1,0 +1,224 @@
+//! A process-private file of keyed records, for state a worker keeps out of memory but may need
+//! again (the orchestrator's finished sagas, decision 0011; a writer's aggregates no command
+//! touched lately, decision 0012).
+//!
+//! The file is a cache of what the worker folded from the log, never a source of truth: each
+//! worker starts one empty and unlinks it as soon as it is open, so it is gone with the worker
+//! however the worker ends (SIGKILL, out of memory), nothing is read across restarts and
+//! nothing needs fsync. Records are written in batches, and found in the batch until it is.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use redb::backends::FileBackend;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+
+/// redb's page cache per file (its default is 1 GiB): lookups are for records no longer in
+/// memory, which the worker's own access pattern makes rare, so a small cache costs little.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Records held before they are written, in one transaction.
+const BATCH: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpillError {
+    #[error("spill file in {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("spill file: {0}")]
+    Database(#[from] redb::Error),
+}
+
+/// Converts any of redb's specific errors.
+fn db(error: impl Into<redb::Error>) -> SpillError {
+    SpillError::Database(error.into())
+}
+
+/// One worker's spilled records: key -> bytes.
+pub struct SpillFile {
+    db: Database,
+    path: PathBuf,
+    /// Not yet written: `None` removes the key.
+    batch: HashMap<String, Option<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for SpillFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpillFile")
+            .field("path", &self.path)
+            .field("batch", &self.batch.len())
+            .finish()
+    }
+}
+
+impl SpillFile {
+    /// An empty file in `dir` (created if missing), named after `name` while it is being
+    /// opened (it is unlinked at once).
+    pub fn create(dir: &Path, name: &str) -> Result<Self, SpillError> {
+        let open_error = |source| SpillError::Open {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(open_error)?;
+        let path = dir.join(format!("{name}-{}.redb", uuid::Uuid::new_v4()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(open_error)?;
+        // Unlinked at once: the open file is all there is, so a worker killed with its process
+        // leaves nothing behind in the volume.
+        std::fs::remove_file(&path).map_err(open_error)?;
+        let backend = FileBackend::new(file).map_err(db)?;
+        let db_file = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(backend)
+            .map_err(db)?;
+        // The table exists from the start: a lookup before the first batch finds nothing in it
+        // rather than failing on a missing table.
+        let write = db_file.begin_write().map_err(db)?;
+        write.open_table(RECORDS).map_err(db)?;
+        write.commit().map_err(db)?;
+        Ok(Self {
+            db: db_file,
+            path,
+            batch: HashMap::new(),
+        })
+    }
+
+    /// Keeps `value` under `key` (written with the next batch), replacing what it held.
+    pub fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), SpillError> {
+        self.batch.insert(key, Some(value));
+        self.flush_if_full()
+    }
+
+    /// Forgets `key`.
+    pub fn remove(&mut self, key: String) -> Result<(), SpillError> {
+        self.batch.insert(key, None);
+        self.flush_if_full()
+    }
+
+    fn flush_if_full(&mut self) -> Result<(), SpillError> {
+        if self.batch.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// What `key` holds. It stays in the file: a worker that takes a record back into memory
+    /// puts it again when it spills it again.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SpillError> {
+        if let Some(value) = self.batch.get(key) {
+            return Ok(value.clone());
+        }
+        let read = self.db.begin_read().map_err(db)?;
+        let table = read.open_table(RECORDS).map_err(db)?;
+        let value = table.get(key).map_err(db)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Writes the batch, in one transaction (not made durable: see the module doc).
+    pub fn flush(&mut self) -> Result<(), SpillError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let mut write = self.db.begin_write().map_err(db)?;
+        write.set_durability(Durability::None).map_err(db)?;
+        {
+            let mut table = write.open_table(RECORDS).map_err(db)?;
+            for (key, value) in &self.batch {
+                match value {
+                    Some(value) => table.insert(key.as_str(), value.as_slice()).map(drop),
+                    None => table.remove(key.as_str()).map(drop),
+                }
+                .map_err(db)?;
+            }
+        }
+        write.commit().map_err(db)?;
+        self.batch.clear();
+        Ok(())
+    }
+
+    /// Calls `each` with every record, in key order, after writing the batch; stops at the
+    /// first error `each` returns.
+    pub fn try_for_each<E: From<SpillError>>(
+        &mut self,
+        mut each: impl FnMut(&str, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.flush()?;
+        let read = self.db.begin_read().map_err(db)?;
+        let table = read.open_table(RECORDS).map_err(db)?;
+        for entry in table.iter().map_err(db)? {
+            let (key, value) = entry.map_err(db)?;
+            each(key.value(), value.value())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        std::env::temp_dir().join(format!("spill-test-{}", uuid::Uuid::new_v4()))
+    }
+
+    fn all(file: &mut SpillFile) -> Vec<(String, Vec<u8>)> {
+        let mut records = Vec::new();
+        file.try_for_each(|key, value| {
+            records.push((key.to_owned(), value.to_vec()));
+            Ok::<_, SpillError>(())
+        })
+        .expect("every record");
+        records
+    }
+
+    #[test]
+    fn a_new_file_holds_nothing() {
+        let mut file = SpillFile::create(&dir(), "t").expect("a file");
+        assert_eq!(file.get("a").expect("get"), None);
+        assert!(all(&mut file).is_empty());
+    }
+
+    #[test]
+    fn a_record_comes_back_as_it_was_put_before_and_after_its_batch_is_written() {
+        let mut file = SpillFile::create(&dir(), "t").expect("a file");
+        file.put("a".into(), vec![1, 2]).expect("put");
+        assert_eq!(file.get("a").expect("get"), Some(vec![1, 2]));
+        file.flush().expect("flush");
+        assert_eq!(file.get("a").expect("get"), Some(vec![1, 2]));
+        assert_eq!(file.get("b").expect("get"), None);
+    }
+
+    #[test]
+    fn the_newest_put_counts_and_a_removed_key_is_gone() {
+        let mut file = SpillFile::create(&dir(), "t").expect("a file");
+        file.put("a".into(), vec![1]).expect("put");
+        file.put("b".into(), vec![2]).expect("put");
+        file.flush().expect("flush");
+        file.put("a".into(), vec![3]).expect("put");
+        file.remove("b".into()).expect("remove");
+        assert_eq!(file.get("b").expect("get"), None);
+        assert_eq!(all(&mut file), vec![("a".to_owned(), vec![3])]);
+    }
+
+    #[test]
+    fn a_full_batch_is_written_without_a_flush_to_a_file_no_one_else_can_see() {
+        let dir = dir();
+        let mut file = SpillFile::create(&dir, "t").expect("a file");
+        for n in 0..=BATCH {
+            file.put(format!("k-{n}"), vec![7]).expect("put");
+        }
+        assert!(file.batch.len() < BATCH);
+        assert_eq!(file.get("k-0").expect("get"), Some(vec![7]));
+        let left: Vec<_> = std::fs::read_dir(&dir).expect("the directory").collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
