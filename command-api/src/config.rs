@@ -38,7 +38,7 @@ pub struct Settings {
     /// all of them, `customers,inventory,orders,order-sagas,idempotency-keys`). Lets a deployment isolate a
     /// participant's writers, and tests take a participant away to see the saga time out.
     pub writer_kinds: Vec<AggregateKind>,
-    /// `WRITER_STATE_DIR` (default `tmp/orderstream-writer-state`) and
+    /// `WRITER_STATE_DIR` (default `orderstream-writer-state` in the temporary directory) and
     /// `WRITER_RESIDENT_AGGREGATES` (default 1000): what each partition writer keeps in memory
     /// and where it keeps the rest (decision 0012).
     pub writer_memory: WriterMemory,
@@ -65,7 +65,10 @@ impl Settings {
             })?,
             writer_kinds: writer_kinds()?,
             writer_memory: WriterMemory {
-                state_dir: var_or("WRITER_STATE_DIR", "tmp/orderstream-writer-state").into(),
+                state_dir: std::env::var("WRITER_STATE_DIR").map_or_else(
+                    |_| std::env::temp_dir().join("orderstream-writer-state"),
+                    std::path::PathBuf::from,
+                ),
                 resident_aggregates: usize::try_from(number("WRITER_RESIDENT_AGGREGATES", 1000)?)
                     .unwrap_or(usize::MAX),
             },
