@@ -8,7 +8,8 @@
 //! all or nothing: a record that cannot be decoded, a missing checkpoint, another format or
 //! window, a record under a foreign key, a missing aggregate or one its writer could not read
 //! makes the whole snapshot unusable, and the reader replays the events instead: never wrong
-//! state.
+//! state. A reader copies the snapshot into a file of its own (`platform::spill`) and checks it
+//! there, so a snapshot of any size is never held in memory at once (decision 0012).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -44,12 +45,6 @@ pub enum ReadError {
     Read(#[from] platform::log_end::ReadError),
     #[error("offset {offset}: the key is not UTF-8")]
     Key { offset: i64 },
-    #[error("offset {offset}: {source}")]
-    Decode {
-        offset: i64,
-        #[source]
-        source: schemas::DecodeError,
-    },
     #[error("the blocking read did not finish")]
     Join,
     #[error("copying the snapshot to local disk")]
@@ -73,52 +68,6 @@ pub enum RestoreError {
     Unreadable(String),
     #[error("the checkpoint counts {expected} aggregates, the snapshot holds {found}")]
     Incomplete { expected: u64, found: u64 },
-}
-
-/// The newest committed record of each key in partition `partition` of a snapshots topic,
-/// decoded (a tombstone as `None`), read on a blocking thread. Empty when there is no snapshot.
-pub async fn read_partition(
-    kafka: &KafkaSettings,
-    topic: &str,
-    partition: i32,
-) -> Result<HashMap<String, Option<Snapshot>>, ReadError> {
-    let (kafka, topic) = (kafka.clone(), topic.to_owned());
-    tokio::task::spawn_blocking(move || read_partition_blocking(&kafka, &topic, partition))
-        .await
-        .map_err(|_| ReadError::Join)?
-}
-
-/// Decodes each record as it is read and keeps the newest per key: what the compacted topic
-/// has not compacted yet (every snapshot since its last clean) is never held at once, and
-/// neither are the raw records beside the decoded ones.
-fn read_partition_blocking(
-    kafka: &KafkaSettings,
-    topic: &str,
-    partition: i32,
-) -> Result<HashMap<String, Option<Snapshot>>, ReadError> {
-    let ends = LogEnds::new(kafka)?;
-    let extents: Vec<_> = ends
-        .extents(topic, Duration::from_secs(5))?
-        .into_iter()
-        .filter(|e| e.partition == partition)
-        .collect();
-    let mut newest = HashMap::new();
-    let mut failed = None;
-    ends.read_each_to_end(topic, &extents, READ_STALL, |message| {
-        if failed.is_some() {
-            return;
-        }
-        match decoded(message) {
-            Ok((key, record)) => {
-                newest.insert(key, record);
-            }
-            Err(error) => failed = Some(error),
-        }
-    })?;
-    match failed {
-        Some(error) => Err(error),
-        None => Ok(newest),
-    }
 }
 
 /// Copies the newest committed record of each key in partition `partition` of a snapshots
@@ -168,20 +117,45 @@ pub async fn copy_partition(
     .map_err(|_| ReadError::Join)?
 }
 
-/// A snapshot record's key and decoded value.
-fn decoded(message: &impl Message) -> Result<(String, Option<Snapshot>), ReadError> {
-    let offset = message.offset();
-    let key = message
-        .key()
-        .and_then(|k| std::str::from_utf8(k).ok())
-        .ok_or(ReadError::Key { offset })?
-        .to_owned();
-    let record = message
-        .payload()
-        .map(schemas::decode::<Snapshot>)
-        .transpose()
-        .map_err(|source| ReadError::Decode { offset, source })?;
-    Ok((key, record))
+/// Why a snapshot copied to a spill file cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{0}")]
+    Spill(#[from] platform::spill::SpillError),
+    #[error("record {key:?}: {source}")]
+    Record {
+        key: String,
+        #[source]
+        source: schemas::DecodeError,
+    },
+    #[error("{0}")]
+    Restore(#[from] RestoreError),
+}
+
+/// Checks every record of a snapshot of `kind` copied to `copy` ([`copy_partition`]), all or
+/// nothing as [`restore_log`] does, keeping none of the aggregates in memory: the restored log
+/// order holds no chain head, and the aggregates' records stay in the file for the reader to
+/// take as it needs them.
+pub fn restore_copied(
+    kind: AggregateKind,
+    window: CommandWindow,
+    copy: &mut SpillFile,
+) -> Result<RestoredLog, CopyError> {
+    let mut restoring = RestoringLog::without_aggregates(kind);
+    copy.try_for_each(|key, bytes| {
+        let record = schemas::decode::<Snapshot>(bytes).map_err(|source| CopyError::Record {
+            key: key.to_owned(),
+            source,
+        })?;
+        restoring.add(key.to_owned(), record)?;
+        Ok::<_, CopyError>(())
+    })?;
+    Ok(restoring.finish(window)?)
+}
+
+/// Whether a snapshot key is an aggregate's (not the checkpoint's or a command use's).
+pub fn is_aggregate_key(key: &str) -> bool {
+    key != CHECKPOINT_KEY && !key.starts_with(COMMAND_KEY_PREFIX)
 }
 
 /// What a snapshot restores, whatever its aggregates' kind: the log order after its checkpoint

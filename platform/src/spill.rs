@@ -162,6 +162,66 @@ impl SpillFile {
     }
 }
 
+/// Calls `each` with every key `left` or `right` holds, in key order, and what each holds of
+/// it (both written first); stops at the first error `each` returns. Two files keyed alike
+/// (an order's records and its saga's) are read side by side, neither into memory.
+pub fn try_for_each_pair<E: From<SpillError>>(
+    left: &mut SpillFile,
+    right: &mut SpillFile,
+    mut each: impl FnMut(&str, Option<&[u8]>, Option<&[u8]>) -> Result<(), E>,
+) -> Result<(), E> {
+    left.flush()?;
+    right.flush()?;
+    let (left_read, right_read) = (
+        left.db.begin_read().map_err(db)?,
+        right.db.begin_read().map_err(db)?,
+    );
+    let (left_table, right_table) = (
+        left_read.open_table(RECORDS).map_err(db)?,
+        right_read.open_table(RECORDS).map_err(db)?,
+    );
+    let mut lefts = left_table.iter().map_err(db)?.peekable();
+    let mut rights = right_table.iter().map_err(db)?.peekable();
+    loop {
+        let next_left = lefts.peek().map(|e| e.as_ref().map(|(k, _)| k.value()));
+        let next_right = rights.peek().map(|e| e.as_ref().map(|(k, _)| k.value()));
+        let (take_left, take_right) = match (next_left, next_right) {
+            (None, None) => return Ok(()),
+            (Some(Err(_)), _) | (_, Some(Err(_))) => (true, true),
+            (Some(Ok(l)), Some(Ok(r))) => (l <= r, r <= l),
+            (Some(Ok(_)), None) => (true, false),
+            (None, Some(Ok(_))) => (false, true),
+        };
+        let left_entry = next_if(take_left, &mut lefts)?;
+        let right_entry = next_if(take_right, &mut rights)?;
+        let key = match (&left_entry, &right_entry) {
+            (Some((key, _)), _) | (None, Some((key, _))) => key.value().to_owned(),
+            (None, None) => return Ok(()),
+        };
+        each(
+            &key,
+            left_entry.as_ref().map(|(_, v)| v.value()),
+            right_entry.as_ref().map(|(_, v)| v.value()),
+        )?;
+    }
+}
+
+type Entry<'a> = (
+    redb::AccessGuard<'a, &'static str>,
+    redb::AccessGuard<'a, &'static [u8]>,
+);
+
+/// The next entry of `entries` when `take`.
+fn next_if<'a>(
+    take: bool,
+    entries: &mut std::iter::Peekable<redb::Range<'a, &'static str, &'static [u8]>>,
+) -> Result<Option<Entry<'a>>, SpillError> {
+    if !take {
+        return Ok(None);
+    }
+    entries.next().transpose().map_err(db)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +267,37 @@ mod tests {
         file.remove("b".into()).expect("remove");
         assert_eq!(file.get("b").expect("get"), None);
         assert_eq!(all(&mut file), vec![("a".to_owned(), vec![3])]);
+    }
+
+    #[test]
+    fn two_files_are_read_side_by_side_in_key_order() {
+        let (mut left, mut right) = (
+            SpillFile::create(&dir(), "l").expect("a file"),
+            SpillFile::create(&dir(), "r").expect("a file"),
+        );
+        for (key, value) in [("b", 2), ("a", 1), ("d", 4)] {
+            left.put(key.into(), vec![value]).expect("put");
+        }
+        for (key, value) in [("c", 30), ("b", 20), ("e", 50)] {
+            right.put(key.into(), vec![value]).expect("put");
+        }
+        let mut seen = Vec::new();
+        try_for_each_pair(&mut left, &mut right, |key, l, r| {
+            seen.push((key.to_owned(), l.map(<[u8]>::to_vec), r.map(<[u8]>::to_vec)));
+            Ok::<_, SpillError>(())
+        })
+        .expect("both files");
+        let v = |n: u8| Some(vec![n]);
+        assert_eq!(
+            seen,
+            vec![
+                ("a".to_owned(), v(1), None),
+                ("b".to_owned(), v(2), v(20)),
+                ("c".to_owned(), None, v(30)),
+                ("d".to_owned(), v(4), None),
+                ("e".to_owned(), None, v(50)),
+            ]
+        );
     }
 
     #[test]

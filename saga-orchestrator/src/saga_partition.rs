@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use command_bus::snapshots::{self, chain_head, CopyError, RestoreError};
 use domain::order::OrderEvent;
 use domain::saga::{reply_for, OrderSaga, OrderSagaAggregate, SagaEvent, SagaState};
 use domain::{Current, Version, Versioned};
@@ -25,10 +26,12 @@ use platform::dead_letters::DeadLetter;
 use platform::envelope::{EventEnvelope, Trace};
 use platform::kafka::LagContext;
 use platform::log_order::{LogOrder, Verdict};
+use platform::spill::{SpillError, SpillFile};
 use platform::telemetry::propagation::{self as telemetry, SpanRole};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use schemas::wire::snapshots::Snapshot;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -141,6 +144,10 @@ pub(crate) enum WorkerError {
     Join,
     #[error(transparent)]
     Settled(#[from] SettledError),
+    #[error("the file of a snapshot copied at takeover")]
+    Copy(#[from] CopyError),
+    #[error("the file of a snapshot copied at takeover")]
+    Spill(#[from] SpillError),
 }
 
 impl SagaPartition {
@@ -268,15 +275,58 @@ impl SagaPartition {
             saga_turns: HashMap::new(),
             stop,
         };
-        for (saga_id, current) in start.sagas {
-            worker.adopt(saga_id, current);
-        }
-        // The restore held every saga and head; most went to disk.
-        worker.sagas.shrink_to_fit();
-        for log in &mut worker.logs {
-            log.shrink_to_fit();
-        }
+        worker.adopt_copies(start.copies)?;
         Ok(worker)
+    }
+
+    /// Takes on the orders and sagas of the writers' snapshots copied at takeover, one id at a
+    /// time (both copies are read side by side in key order; an order and its saga share their
+    /// id): each order's head comes into memory, then its saga is adopted, and a finished saga
+    /// goes to disk at once with both heads. So the takeover holds the sagas in flight, never
+    /// the whole snapshot.
+    fn adopt_copies(&mut self, copies: [Option<SpillFile>; 2]) -> Result<(), WorkerError> {
+        let [orders, sagas] = copies;
+        let empty = |copy: Option<SpillFile>| match copy {
+            Some(copy) => Ok(copy),
+            None => SpillFile::create(&self.shared.settings.state_dir, "saga-takeover-none"),
+        };
+        let (mut orders, mut sagas) = (empty(orders)?, empty(sagas)?);
+        platform::spill::try_for_each_pair(&mut orders, &mut sagas, |id, order, saga| {
+            if !snapshots::is_aggregate_key(id) {
+                return Ok(());
+            }
+            let decoded = |bytes: &[u8]| {
+                schemas::decode::<Snapshot>(bytes).map_err(|source| CopyError::Record {
+                    key: id.to_owned(),
+                    source,
+                })
+            };
+            let foreign = || {
+                CopyError::Restore(RestoreError::ForeignRecord {
+                    key: id.to_owned(),
+                    kind: "order or saga",
+                })
+            };
+            if let Some(bytes) = order {
+                let Snapshot::Order(head, _) = decoded(bytes)? else {
+                    return Err(foreign());
+                };
+                self.logs[Source::Orders as usize].reinstate(id.to_owned(), chain_head(&head));
+            }
+            if let Some(bytes) = saga {
+                let Snapshot::OrderSaga(head, state) = decoded(bytes)? else {
+                    return Err(foreign());
+                };
+                self.logs[Source::Sagas as usize].reinstate(id.to_owned(), chain_head(&head));
+                let current = Current {
+                    state: state.map_or(SagaState::NotStarted, SagaState::Running),
+                    version: Version::new(head.version),
+                };
+                self.adopt(id.to_owned(), current);
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
 
     /// Takes on a saga restored from its snapshot: its deadlines and stuck check count from

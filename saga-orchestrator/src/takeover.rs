@@ -15,10 +15,9 @@
 use std::sync::Arc;
 
 use command_bus::snapshots::{self, RestoredLog};
-use domain::saga::{OrderSagaAggregate, SagaState};
-use domain::{AggregateKind, Current, Version};
+use domain::AggregateKind;
 use platform::log_order::LogOrder;
-use schemas::wire::snapshots::Snapshot;
+use platform::spill::SpillFile;
 use tracing::{info, warn};
 
 use crate::offset_book::Source;
@@ -26,12 +25,14 @@ use crate::saga_context::SagaContext;
 
 /// What a worker starts from, per source topic.
 pub(crate) struct Start {
-    /// The log order to judge the topic's next events with.
+    /// The log order to judge the topic's next events with (without chain heads when restored:
+    /// those are in `copies`).
     pub(crate) logs: [LogOrder; 2],
     /// The offset the restored state stands at (0: nothing restored, replay from the start).
     pub(crate) restored_end: [i64; 2],
-    /// Every saga the saga writers' snapshot holds, at its checkpoint.
-    pub(crate) sagas: Vec<(String, Current<OrderSagaAggregate>)>,
+    /// Each restored topic's snapshot, copied to disk and checked: every order's and saga's
+    /// record, for the worker to take what it keeps in memory from, one aggregate at a time.
+    pub(crate) copies: [Option<SpillFile>; 2],
 }
 
 impl Start {
@@ -41,7 +42,7 @@ impl Start {
         Self {
             logs: std::array::from_fn(|_| LogOrder::new(window)),
             restored_end: [0; 2],
-            sagas: Vec::new(),
+            copies: [None, None],
         }
     }
 }
@@ -58,65 +59,64 @@ fn kind_of(source: Source) -> AggregateKind {
 pub(crate) async fn restore(shared: &Arc<SagaContext>, partition: i32) -> Start {
     let mut start = Start::from_the_beginning(shared);
     for source in [Source::Orders, Source::Sagas] {
-        let Some(restored) = restore_one(shared, partition, source).await else {
+        let Some((restored, copy)) = restore_one(shared, partition, source).await else {
             continue;
         };
         let i = source as usize;
         start.restored_end[i] = restored.checkpoint.events_end;
         start.logs[i] = restored.log;
-        if source == Source::Sagas {
-            start.sagas = restored.aggregates.into_iter().filter_map(saga).collect();
-        }
+        start.copies[i] = Some(copy);
     }
     start
 }
 
+/// One topic's snapshot, copied to a file of its own and checked there (all or nothing): a
+/// snapshot of any size is never held in memory at once.
 async fn restore_one(
     shared: &Arc<SagaContext>,
     partition: i32,
     source: Source,
-) -> Option<RestoredLog> {
+) -> Option<(RestoredLog, SpillFile)> {
     let kind = kind_of(source);
     let topic = shared.snapshot_topics[source as usize].clone();
     let outcome = |outcome: &'static str| {
         metrics::counter!("saga_snapshot_restores_total", "aggregate" => kind.as_str(), "outcome" => outcome)
             .increment(1);
     };
-    let records = match snapshots::read_partition(&shared.settings.kafka, &topic, partition).await {
-        Ok(records) if records.is_empty() => {
-            outcome("none");
-            return None;
-        }
-        Ok(records) => records,
+    let fallback = |error: &dyn std::fmt::Display| {
+        outcome("fallback");
+        warn!(%kind, partition, %topic, %error, "snapshot unusable; the saga worker replays these events from the start");
+    };
+    let name = format!("saga-takeover-{kind}-p{partition}");
+    let copy = match SpillFile::create(&shared.settings.state_dir, &name) {
+        Ok(copy) => copy,
         Err(error) => {
-            outcome("fallback");
-            warn!(%kind, partition, %topic, %error, "snapshot unreadable; the saga worker replays these events from the start");
+            fallback(&error);
             return None;
         }
     };
+    let mut copy =
+        match snapshots::copy_partition(&shared.settings.kafka, &topic, partition, copy).await {
+            Ok((_, 0)) => {
+                outcome("none");
+                return None;
+            }
+            Ok((copy, _)) => copy,
+            Err(error) => {
+                fallback(&error);
+                return None;
+            }
+        };
     let window = shared.settings.kafka.command_window;
-    match snapshots::restore_log(kind, window, records) {
+    match snapshots::restore_copied(kind, window, &mut copy) {
         Ok(restored) => {
             outcome("restored");
-            info!(%kind, partition, events_end = restored.checkpoint.events_end, aggregates = restored.aggregates.len(), "saga worker restored from the writers' snapshot");
-            Some(restored)
+            info!(%kind, partition, events_end = restored.checkpoint.events_end, aggregates = restored.checkpoint.aggregates, "saga worker restored from the writers' snapshot");
+            Some((restored, copy))
         }
         Err(error) => {
-            outcome("fallback");
-            warn!(%kind, partition, %topic, %error, "snapshot unusable; the saga worker replays these events from the start");
+            fallback(&error);
             None
         }
     }
-}
-
-/// A saga's id and state from its snapshot record.
-fn saga(record: Snapshot) -> Option<(String, Current<OrderSagaAggregate>)> {
-    let Snapshot::OrderSaga(head, saga) = record else {
-        return None;
-    };
-    let current = Current {
-        state: saga.map_or(SagaState::NotStarted, SagaState::Running),
-        version: Version::new(head.version),
-    };
-    Some((head.aggregate_id, current))
 }

@@ -14,7 +14,7 @@ use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use schemas::wire::snapshots::{Snapshot, CHECKPOINT_KEY};
 use tracing::{info, warn};
 
-use command_bus::snapshots::{RestoreError, RestoringLog};
+use command_bus::snapshots::CopyError;
 use platform::spill::{SpillError, SpillFile};
 
 use super::transaction::{self, TransactionFailure};
@@ -51,21 +51,6 @@ where
     pub(super) events_end: i64,
     /// The aggregates the model does not hold in memory (decision 0012).
     pub(super) spilled: SpillFile,
-}
-
-/// Why a snapshot copied to disk cannot be used.
-#[derive(Debug, thiserror::Error)]
-enum Unusable {
-    #[error("{0}")]
-    Spill(#[from] SpillError),
-    #[error("record {key:?}: {source}")]
-    Record {
-        key: String,
-        #[source]
-        source: schemas::DecodeError,
-    },
-    #[error("{0}")]
-    Restore(#[from] RestoreError),
 }
 
 /// Reads partition `partition` of the kind's snapshots topic into a file of its own and
@@ -150,22 +135,13 @@ fn restore_from_file<A: WriteModel>(
     ctx: &WriterContext,
     partition: i32,
     spilled: &mut SpillFile,
-) -> Result<(PartitionModel<A>, i64), Unusable>
+) -> Result<(PartitionModel<A>, i64), CopyError>
 where
     A::Event: schemas::WireRecord + Send + Sync,
     A::Command: schemas::WireRecord + Clone + Send + Sync,
     A::State: Send + Sync,
 {
-    let mut restoring = RestoringLog::without_aggregates(A::KIND);
-    spilled.try_for_each(|key, bytes| {
-        let record = schemas::decode::<Snapshot>(bytes).map_err(|source| Unusable::Record {
-            key: key.to_owned(),
-            source,
-        })?;
-        restoring.add(key.to_owned(), record)?;
-        Ok::<_, Unusable>(())
-    })?;
-    let restored = restoring.finish(ctx.window)?;
+    let restored = command_bus::snapshots::restore_copied(A::KIND, ctx.window, spilled)?;
     spilled.remove(CHECKPOINT_KEY.to_owned())?;
     for command_id in &restored.command_ids {
         spilled.remove(command_bus::snapshots::command_key(command_id))?;
