@@ -16,11 +16,19 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 
 /// redb's page cache per file (its default is 1 GiB): lookups are for records no longer in
-/// memory, which the worker's own access pattern makes rare, so a small cache costs little.
-const CACHE_BYTES: usize = 4 * 1024 * 1024;
+/// memory, which the worker's own access pattern makes rare, and the kernel's page cache
+/// (not counted in the process's memory) serves what redb's does not. A process runs a file
+/// per partition worker, so this counts a dozen times.
+const CACHE_BYTES: usize = 1024 * 1024;
 
 /// Records held before they are written, in one transaction.
 const BATCH: usize = 1024;
+
+/// Every this many writes, one is made durable. The file needs no durability, but redb keeps in
+/// memory every page a non-durable commit allocated, and reuses no page freed since, until a
+/// durable commit: with none, both the memory and the file grow with every record ever
+/// written.
+const DURABLE_EVERY: u32 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpillError {
@@ -45,6 +53,8 @@ pub struct SpillFile {
     path: PathBuf,
     /// Not yet written: `None` removes the key.
     batch: HashMap<String, Option<Vec<u8>>>,
+    /// Writes since the last durable one.
+    since_durable: u32,
 }
 
 impl std::fmt::Debug for SpillFile {
@@ -89,6 +99,7 @@ impl SpillFile {
             db: db_file,
             path,
             batch: HashMap::new(),
+            since_durable: 0,
         })
     }
 
@@ -123,13 +134,19 @@ impl SpillFile {
         Ok(value.map(|v| v.value().to_vec()))
     }
 
-    /// Writes the batch, in one transaction (not made durable: see the module doc).
+    /// Writes the batch, in one transaction: not made durable (see the module doc), except
+    /// one in [`DURABLE_EVERY`], which lets redb forget what it tracks until one is.
     pub fn flush(&mut self) -> Result<(), SpillError> {
         if self.batch.is_empty() {
             return Ok(());
         }
         let mut write = self.db.begin_write().map_err(db)?;
-        write.set_durability(Durability::None).map_err(db)?;
+        self.since_durable += 1;
+        if self.since_durable >= DURABLE_EVERY {
+            self.since_durable = 0;
+        } else {
+            write.set_durability(Durability::None).map_err(db)?;
+        }
         {
             let mut table = write.open_table(RECORDS).map_err(db)?;
             for (key, value) in &self.batch {

@@ -51,7 +51,7 @@ const TAIL_FETCH_WAIT_MS: &str = "100";
 /// While a takeover replays, a snapshot is written (and the aggregates it makes clean leave
 /// memory) whenever the model holds this many aggregates more than it keeps: a replay of a long
 /// log holds about this many, not every aggregate of the partition.
-const REPLAY_SPILL_SLACK: usize = 5_000;
+const REPLAY_SPILL_SLACK: usize = 2_000;
 
 /// How long a rebuild or a takeover may read the partition without getting any further before
 /// it gives up (and tries again). Not a bound on the whole read: a replay of a long log takes
