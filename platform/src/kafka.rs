@@ -41,13 +41,13 @@ pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("partition.assignment.strategy", "range,roundrobin")
-        // Prefetched records per consumer: librdkafka's defaults (64 MiB of payloads, and
+        // Prefetched records per partition: librdkafka's defaults (64 MiB of payloads, and
         // 100,000 records, whose headers and bookkeeping are not counted in the 64 MiB) are
-        // held by every consumer of a service. 16 MiB and 20,000 records still hold several of
-        // the largest batches (a rebuild's 5,000 events); see [`one_partition_prefetch`] for
-        // why the count matters and the backoff with it.
+        // held for every partition of every consumer of a service. 16 MiB and 10,000 records
+        // still hold two of the largest batches (a rebuild's 5,000 events); see
+        // [`one_partition_prefetch`] for why the count matters and the backoff with it.
         .set("queued.max.messages.kbytes", "16384")
-        .set("queued.min.messages", "20000")
+        .set("queued.min.messages", "10000")
         .set("fetch.queue.backoff.ms", "10")
         // Statistics carry each partition's lag; contexts publish it (see [`publish_lag`]).
         .set("statistics.interval.ms", "5000");
