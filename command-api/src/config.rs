@@ -39,7 +39,7 @@ pub struct Settings {
     /// participant's writers, and tests take a participant away to see the saga time out.
     pub writer_kinds: Vec<AggregateKind>,
     /// `WRITER_STATE_DIR` (default `orderstream-writer-state` in the temporary directory) and
-    /// `WRITER_RESIDENT_AGGREGATES` (default 1000): what each partition writer keeps in memory
+    /// `WRITER_RESIDENT_AGGREGATES` (default 5000): what each partition writer keeps in memory
     /// and where it keeps the rest (decision 0012).
     pub writer_memory: WriterMemory,
 }
@@ -69,7 +69,7 @@ impl Settings {
                     |_| std::env::temp_dir().join("orderstream-writer-state"),
                     std::path::PathBuf::from,
                 ),
-                resident_aggregates: usize::try_from(number("WRITER_RESIDENT_AGGREGATES", 1000)?)
+                resident_aggregates: usize::try_from(number("WRITER_RESIDENT_AGGREGATES", 5000)?)
                     .unwrap_or(usize::MAX),
             },
             jwt_secret: std::env::var("AUTH_JWT_SECRET")

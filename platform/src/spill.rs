@@ -22,10 +22,6 @@ const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// per partition worker, so this counts a dozen times.
 const CACHE_BYTES: usize = 1024 * 1024;
 
-/// The page cache of a transient file: a takeover's copy is written in random key order, and
-/// with too small a cache each batch reads back the pages the last one evicted.
-const TRANSIENT_CACHE_BYTES: usize = 16 * 1024 * 1024;
-
 /// Records held before they are written, in one transaction.
 const BATCH: usize = 1024;
 
@@ -58,9 +54,8 @@ pub struct SpillFile {
     path: PathBuf,
     /// Not yet written: `None` removes the key.
     batch: HashMap<String, Option<Vec<u8>>>,
-    /// Writes since the last durable one, and how many make one durable (never: `None`).
+    /// Writes since the last durable one.
     since_durable: u32,
-    durable_every: Option<u32>,
 }
 
 impl std::fmt::Debug for SpillFile {
@@ -76,22 +71,6 @@ impl SpillFile {
     /// An empty file in `dir` (created if missing), named after `name` while it is being
     /// opened (it is unlinked at once), for a worker to keep as long as it runs.
     pub fn create(dir: &Path, name: &str) -> Result<Self, SpillError> {
-        Self::open(dir, name, CACHE_BYTES, Some(DURABLE_EVERY))
-    }
-
-    /// [`Self::create`] for a file written once, read through and dropped (a snapshot's copy
-    /// at a takeover): a larger page cache while it lives, and no durable write, since what
-    /// redb tracks until one goes with the file.
-    pub fn create_transient(dir: &Path, name: &str) -> Result<Self, SpillError> {
-        Self::open(dir, name, TRANSIENT_CACHE_BYTES, None)
-    }
-
-    fn open(
-        dir: &Path,
-        name: &str,
-        cache_bytes: usize,
-        durable_every: Option<u32>,
-    ) -> Result<Self, SpillError> {
         let open_error = |source| SpillError::Open {
             path: dir.to_owned(),
             source,
@@ -109,7 +88,7 @@ impl SpillFile {
         std::fs::remove_file(&path).map_err(open_error)?;
         let backend = FileBackend::new(file).map_err(db)?;
         let db_file = Database::builder()
-            .set_cache_size(cache_bytes)
+            .set_cache_size(CACHE_BYTES)
             .create_with_backend(backend)
             .map_err(db)?;
         // The table exists from the start: a lookup before the first batch finds nothing in it
@@ -122,7 +101,6 @@ impl SpillFile {
             path,
             batch: HashMap::new(),
             since_durable: 0,
-            durable_every,
         })
     }
 
@@ -158,18 +136,14 @@ impl SpillFile {
     }
 
     /// Writes the batch, in one transaction: not made durable (see the module doc), except
-    /// one in [`DURABLE_EVERY`] of a long-lived file, which lets redb forget what it tracks
-    /// until one is.
+    /// one in [`DURABLE_EVERY`], which lets redb forget what it tracks until one is.
     pub fn flush(&mut self) -> Result<(), SpillError> {
         if self.batch.is_empty() {
             return Ok(());
         }
         let mut write = self.db.begin_write().map_err(db)?;
         self.since_durable += 1;
-        if self
-            .durable_every
-            .is_some_and(|every| self.since_durable >= every)
-        {
+        if self.since_durable >= DURABLE_EVERY {
             self.since_durable = 0;
         } else {
             write.set_durability(Durability::None).map_err(db)?;

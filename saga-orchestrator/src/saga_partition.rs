@@ -288,9 +288,7 @@ impl SagaPartition {
         let [orders, sagas] = copies;
         let empty = |copy: Option<SpillFile>| match copy {
             Some(copy) => Ok(copy),
-            None => {
-                SpillFile::create_transient(&self.shared.settings.state_dir, "saga-takeover-none")
-            }
+            None => SpillFile::create(&self.shared.settings.state_dir, "saga-takeover-none"),
         };
         let (mut orders, mut sagas) = (empty(orders)?, empty(sagas)?);
         platform::spill::try_for_each_pair(&mut orders, &mut sagas, |id, order, saga| {

@@ -88,7 +88,7 @@ async fn restore_one(
         warn!(%kind, partition, %topic, %error, "snapshot unusable; the saga worker replays these events from the start");
     };
     let name = format!("saga-takeover-{kind}-p{partition}");
-    let copy = match SpillFile::create_transient(&shared.settings.state_dir, &name) {
+    let copy = match SpillFile::create(&shared.settings.state_dir, &name) {
         Ok(copy) => copy,
         Err(error) => {
             fallback(&error);
