@@ -106,10 +106,14 @@ where
             }
         };
         self.absorb_pending().await.map_err(restart)?;
-        self.take_back_targets(batch).map_err(restart)?;
         // Taken before the batch is planned: the model as the log holds it up to `known_end`,
-        // so the batch's own events come after the checkpoint.
+        // so the batch's own events come after the checkpoint. A snapshot written on its own
+        // here lets old aggregates go, so the batch's are taken back only after it.
         let snapshot = self.due_snapshot().await;
+        if self.recovery == Recovery::Restart {
+            return Err(restart(WriterError::Spilling));
+        }
+        self.take_back_targets(batch).map_err(restart)?;
         let mut scratch = Batch::default();
         let plans: Vec<Plan> = batch
             .iter()
