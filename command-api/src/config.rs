@@ -39,8 +39,9 @@ pub struct Settings {
     /// participant's writers, and tests take a participant away to see the saga time out.
     pub writer_kinds: Vec<AggregateKind>,
     /// `WRITER_STATE_DIR` (default `orderstream-writer-state` in the temporary directory) and
-    /// `WRITER_RESIDENT_AGGREGATES` (default 5000): what each partition writer keeps in memory
-    /// and where it keeps the rest (decision 0012).
+    /// `WRITER_RESIDENT_AGGREGATES` (default 5000; 0 keeps only what the last snapshot has yet
+    /// to write): what each partition writer keeps in memory and where it keeps the rest
+    /// (decision 0012).
     pub writer_memory: WriterMemory,
 }
 
@@ -69,8 +70,15 @@ impl Settings {
                     |_| std::env::temp_dir().join("orderstream-writer-state"),
                     std::path::PathBuf::from,
                 ),
-                resident_aggregates: usize::try_from(number("WRITER_RESIDENT_AGGREGATES", 5000)?)
-                    .unwrap_or(usize::MAX),
+                resident_aggregates: usize::try_from(
+                    platform::config::whole_number("WRITER_RESIDENT_AGGREGATES", 5000).map_err(
+                        |e| ConfigError::Invalid {
+                            name: e.name,
+                            value: e.value,
+                        },
+                    )?,
+                )
+                .unwrap_or(usize::MAX),
             },
             jwt_secret: std::env::var("AUTH_JWT_SECRET")
                 .ok()

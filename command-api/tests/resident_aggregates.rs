@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use platform::partitioner::partition_for;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use support::*;
 
 /// Longer than the writers' snapshot interval (5 s).
@@ -25,15 +25,9 @@ const KEEPS: usize = 2;
 
 const SKUS: usize = 24;
 
-async fn add_stock(app: &TestApp, sku: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
-    let reply = app
-        .post(
-            &format!("/v1/inventory/{sku}/stock"),
-            Some(&admin()),
-            &json!({"quantity": 1}),
-            headers,
-        )
-        .await;
+/// One unit of stock added: the answer's status and body.
+async fn stock_added(app: &TestApp, sku: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+    let reply = add_stock(app, sku, headers).await;
     (reply.status, reply.body)
 }
 
@@ -86,7 +80,7 @@ async fn a_writer_keeps_only_its_newest_aggregates_in_memory_and_answers_for_the
     let mut first = Vec::new();
     for sku in &skus {
         let key = format!("key-{sku}");
-        let answer = add_stock(&app, sku, &[("idempotency-key", &key)]).await;
+        let answer = stock_added(&app, sku, &[("idempotency-key", &key)]).await;
         assert_eq!(answer.0, StatusCode::OK, "{answer:?}");
         first.push(answer);
     }
@@ -94,7 +88,7 @@ async fn a_writer_keeps_only_its_newest_aggregates_in_memory_and_answers_for_the
     // its newest aggregates and lets the others go.
     tokio::time::sleep(PAST_THE_SNAPSHOT_INTERVAL).await;
     for sku in one_sku_per_partition("trigger") {
-        assert_eq!(add_stock(&app, &sku, &[]).await.0, StatusCode::OK);
+        assert_eq!(stock_added(&app, &sku, &[]).await.0, StatusCode::OK);
     }
     let most = (KEEPS * PARTITIONS as usize) as f64;
     resident_at_most(&app, most).await;
@@ -108,12 +102,12 @@ async fn a_writer_keeps_only_its_newest_aggregates_in_memory_and_answers_for_the
     // If-Match, a new command.
     for (sku, first) in skus.iter().zip(&first) {
         let key = format!("key-{sku}");
-        let retried = add_stock(&app, sku, &[("idempotency-key", &key)]).await;
+        let retried = stock_added(&app, sku, &[("idempotency-key", &key)]).await;
         assert_eq!(&retried, first, "{sku}: the retry gets its first answer");
-        let stale = add_stock(&app, sku, &[("if-match", "0")]).await;
+        let stale = stock_added(&app, sku, &[("if-match", "0")]).await;
         assert_eq!(stale.0, StatusCode::CONFLICT, "{sku}: {stale:?}");
         assert_eq!(stale.1["current_version"], 1, "{sku}: {stale:?}");
-        let current = add_stock(&app, sku, &[("if-match", "1")]).await;
+        let current = stock_added(&app, sku, &[("if-match", "1")]).await;
         assert_eq!(current.0, StatusCode::OK, "{sku}: {current:?}");
         assert_eq!(current.1["version"], 2, "{sku}: the chain goes on");
     }
@@ -125,9 +119,9 @@ async fn a_writer_keeps_only_its_newest_aggregates_in_memory_and_answers_for_the
     let app = TestApp::spawn_on(&kafka, keep).await;
     for (sku, first) in skus.iter().zip(&first) {
         let key = format!("key-{sku}");
-        let retried = add_stock(&app, sku, &[("idempotency-key", &key)]).await;
+        let retried = stock_added(&app, sku, &[("idempotency-key", &key)]).await;
         assert_eq!(&retried, first, "{sku}: the retry gets its first answer");
-        let current = add_stock(&app, sku, &[("if-match", "2")]).await;
+        let current = stock_added(&app, sku, &[("if-match", "2")]).await;
         assert_eq!(current.1["version"], 3, "{sku}: {current:?}");
     }
     app.stop().await;

@@ -31,15 +31,9 @@ const SKUS: [&str; 3] = ["apple", "pear", "plum"];
 /// restores are its own.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn add_stock(app: &TestApp, sku: &str, headers: &[(&str, &str)]) -> Reply {
-    let reply = app
-        .post(
-            &format!("/v1/inventory/{sku}/stock"),
-            Some(&admin()),
-            &json!({"quantity": 1}),
-            headers,
-        )
-        .await;
+/// One unit of stock added, which must succeed.
+async fn stock_added(app: &TestApp, sku: &str, headers: &[(&str, &str)]) -> Reply {
+    let reply = add_stock(app, sku, headers).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     reply
 }
@@ -67,15 +61,15 @@ async fn a_takeover_restores_from_the_snapshot_and_a_corrupt_one_falls_back_to_a
     let kafka = kafka();
     let first_owner = TestApp::spawn_on(&kafka, |_| {}).await;
     let keyed = [("idempotency-key", "restock-apple-1")];
-    let first_answer = add_stock(&first_owner, "apple", &keyed).await;
+    let first_answer = stock_added(&first_owner, "apple", &keyed).await;
     for sku in SKUS {
-        add_stock(&first_owner, sku, &[]).await;
-        add_stock(&first_owner, sku, &[]).await;
+        stock_added(&first_owner, sku, &[]).await;
+        stock_added(&first_owner, sku, &[]).await;
     }
     // The next batch of each partition finds a snapshot due and carries it.
     tokio::time::sleep(PAST_THE_SNAPSHOT_INTERVAL).await;
     for sku in SKUS {
-        add_stock(&first_owner, sku, &[]).await;
+        stock_added(&first_owner, sku, &[]).await;
     }
     let before = restores(&first_owner).await;
     first_owner.stop().await;
@@ -99,14 +93,14 @@ async fn a_takeover_restores_from_the_snapshot_and_a_corrupt_one_falls_back_to_a
 
     // A new owner restores and answers as the first owner would have.
     let second_owner = TestApp::spawn_on(&kafka, |_| {}).await;
-    let retried = add_stock(&second_owner, "apple", &keyed).await;
+    let retried = stock_added(&second_owner, "apple", &keyed).await;
     assert_eq!(
         retried.body, first_answer.body,
         "the retry gets its first answer"
     );
     let versions = chains_are_whole(&kafka).await;
     let apple = versions["apple"].to_string();
-    let current = add_stock(&second_owner, "apple", &[("if-match", apple.as_str())]).await;
+    let current = stock_added(&second_owner, "apple", &[("if-match", apple.as_str())]).await;
     assert_eq!(current.body["version"], versions["apple"] + 1);
     let added = restores_after(&second_owner, before).await;
     assert!(added[0] >= 1.0, "{added:?}");
@@ -128,13 +122,13 @@ async fn a_takeover_restores_from_the_snapshot_and_a_corrupt_one_falls_back_to_a
     let third_owner = TestApp::spawn_on(&kafka, |_| {}).await;
     let versions = chains_are_whole(&kafka).await;
     let apple = versions["apple"].to_string();
-    let current = add_stock(&third_owner, "apple", &[("if-match", apple.as_str())]).await;
+    let current = stock_added(&third_owner, "apple", &[("if-match", apple.as_str())]).await;
     assert_eq!(
         current.body["version"],
         versions["apple"] + 1,
         "the full replay knows the real version"
     );
-    let retried = add_stock(&third_owner, "apple", &keyed).await;
+    let retried = stock_added(&third_owner, "apple", &keyed).await;
     assert_eq!(retried.body, first_answer.body);
     let added = restores_after(&third_owner, before).await;
     assert!(added[2] >= 1.0, "{added:?}");

@@ -82,12 +82,29 @@ pub struct InvalidSetting {
 /// A positive whole number from `name`, or `default` when unset (0 and garbage are refused:
 /// every such setting is a count, a rate or a duration).
 pub fn positive_number(name: &'static str, default: u64) -> Result<u64, InvalidSetting> {
-    match env::var(name) {
-        Err(_) => Ok(default),
-        Ok(raw) => raw
+    number_setting(name, env::var(name).ok(), default, |n| n > 0)
+}
+
+/// A whole number from `name`, 0 included, or `default` when unset (garbage is refused): for
+/// counts where none is a meaningful choice.
+pub fn whole_number(name: &'static str, default: u64) -> Result<u64, InvalidSetting> {
+    number_setting(name, env::var(name).ok(), default, |_| true)
+}
+
+/// `raw` (the setting's value, if set) read as a number that `allowed` accepts.
+fn number_setting(
+    name: &'static str,
+    raw: Option<String>,
+    default: u64,
+    allowed: fn(u64) -> bool,
+) -> Result<u64, InvalidSetting> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
             .parse::<u64>()
             .ok()
-            .filter(|n| *n > 0)
+            .filter(|n| allowed(*n))
             .ok_or(InvalidSetting { name, value: raw }),
     }
 }
@@ -99,4 +116,49 @@ pub fn positive_millis(
 ) -> Result<std::time::Duration, InvalidSetting> {
     let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
     positive_number(name, default).map(std::time::Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn positive(raw: Option<&str>) -> Result<u64, InvalidSetting> {
+        number_setting("N", raw.map(str::to_owned), 7, |n| n > 0)
+    }
+
+    fn whole(raw: Option<&str>) -> Result<u64, InvalidSetting> {
+        number_setting("N", raw.map(str::to_owned), 7, |_| true)
+    }
+
+    #[test]
+    fn an_unset_number_setting_takes_its_default() {
+        assert_eq!(positive(None), Ok(7));
+        assert_eq!(whole(None), Ok(7));
+    }
+
+    #[test]
+    fn zero_is_refused_where_a_setting_must_be_positive_and_kept_where_none_is_a_choice() {
+        assert_eq!(
+            positive(Some("0")),
+            Err(InvalidSetting {
+                name: "N",
+                value: "0".to_owned()
+            })
+        );
+        assert_eq!(whole(Some("0")), Ok(0));
+        assert_eq!(whole(Some(" 12 ")), Ok(12));
+    }
+
+    #[test]
+    fn garbage_is_refused_with_the_value_it_was_given() {
+        for raw in ["", "-1", "five", "1.5"] {
+            assert_eq!(
+                whole(Some(raw)),
+                Err(InvalidSetting {
+                    name: "N",
+                    value: raw.to_owned()
+                })
+            );
+        }
+    }
 }

@@ -187,6 +187,17 @@ pub fn admin() -> String {
     token("admin", "admin")
 }
 
+/// `POST /v1/inventory/{sku}/stock` of one unit, as an admin, with `headers`.
+pub async fn add_stock(app: &TestApp, sku: &str, headers: &[(&str, &str)]) -> Reply {
+    app.post(
+        &format!("/v1/inventory/{sku}/stock"),
+        Some(&admin()),
+        &serde_json::json!({"quantity": 1}),
+        headers,
+    )
+    .await
+}
+
 pub fn money(amount: i64) -> Value {
     serde_json::json!({"amount_minor": amount, "currency": "USD"})
 }

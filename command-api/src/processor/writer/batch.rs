@@ -82,7 +82,7 @@ where
             if matches!(failure, TransactionFailure::Fenced(_)) {
                 return Handled::Fenced;
             }
-            self.recovery = recovery;
+            self.recovery = self.recovery.and(recovery);
             metrics::counter!("writer_transactions_aborted_total", "aggregate" => A::KIND.as_str())
                 .increment(1);
             warn!(kind = %A::KIND, partition = self.partition, error = %failure, ?recovery, "batch not committed; trying again on the log as it is now");

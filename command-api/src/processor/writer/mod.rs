@@ -11,12 +11,14 @@
 //! The decisions themselves are pure and live in [`super::partition`]; the writer does the I/O.
 //!
 //! Layout: this file holds the partition's lifecycle (fencing, rebuild, reading the tail);
-//! `batch` a batch's transaction; `plan` the decision's span and trace around the partition
+//! `batch` a batch's transaction; `recovery` what must be done after an attempt that did not
+//! commit; `plan` the decision's span and trace around the partition
 //! model; `snapshot` restoring from and writing the partition's snapshot; `spill` the
 //! aggregates kept on disk rather than in memory (decision 0012); `transaction` the producer's
 //! transactional calls and what their failures mean.
 mod batch;
 mod plan;
+mod recovery;
 mod snapshot;
 mod spill;
 mod transaction;
@@ -41,6 +43,7 @@ use super::partition::{Judged, PartitionModel};
 use super::write_model::WriteModel;
 use super::{IncomingCommand, WriterContext};
 use batch::Handled;
+pub(super) use recovery::Recovery;
 
 /// At most this many commands are decided and appended together.
 const MAX_BATCH: usize = 256;
@@ -58,22 +61,6 @@ const REPLAY_SPILL_SLACK: usize = 2_000;
 /// as long as it takes (with a 60 s bound, a writer replaying 800,000 events on a busy machine
 /// started over every minute and never served).
 const REBUILD_STALL: Duration = Duration::from_secs(60);
-
-/// What a writer must do before its next attempt, after one did not commit. Cleared only once
-/// done: no attempt runs on a state that may hold aborted events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Recovery {
-    /// Nothing: the model is what the log says.
-    None,
-    /// The attempt aborted before its events were judged: read what others appended, at least
-    /// up to `past` (beyond this writer's aborted records and the abort marker).
-    CatchUp { past: i64 },
-    /// The model judged events of an aborted attempt: rebuild it from the log (same producer).
-    Rebuild,
-    /// The transaction's outcome is unknown (or the producer is unusable): a new producer under
-    /// the same transactional id settles it, and the committed floor says whether it committed.
-    Restart,
-}
 
 /// How the dispatcher and a writer tell each other that the writer must stop.
 pub(in crate::processor) struct Lifecycle {
@@ -112,6 +99,9 @@ where
     recovery: Recovery,
     /// When the snapshot last caught up with the model (or the writer started).
     last_snapshot: std::time::Instant,
+    /// When the last snapshot failed, until one commits: a replay does not try again before
+    /// `SNAPSHOT_INTERVAL` has passed (it would otherwise try after every record).
+    snapshot_failed_at: Option<std::time::Instant>,
 }
 
 impl<A: WriteModel> Writer<A>
@@ -160,6 +150,7 @@ where
             }
         }
         ctx.writers_ready.fetch_sub(1, Ordering::SeqCst);
+        writer.count_none();
         debug!(%kind, partition, "writer stopped");
     }
 
@@ -213,6 +204,7 @@ where
             command_floor,
             recovery: Recovery::None,
             last_snapshot: std::time::Instant::now(),
+            snapshot_failed_at: None,
             ctx,
         };
         writer.catch_up(REBUILD_STALL).await?;
@@ -257,36 +249,57 @@ where
         Ok(tail)
     }
 
-    /// Does what `recovery` asks, and clears it once done.
+    /// Does what `recovery` asks, and clears it once done, unless the recovery itself asked for
+    /// more (a file that failed while it read asks for a restart). A catch-up that fails after
+    /// the tail handed it a record it could not judge (the aggregate's file failed) has lost
+    /// that record, so a restart follows it, never another catch-up from the same tail.
     async fn recover(&mut self) -> Result<(), WriterError> {
-        match self.recovery {
-            Recovery::None => {}
-            Recovery::CatchUp { past } => {
-                let stable = self.last_stable_offset().await?;
-                self.read_until(stable.max(past), Duration::from_secs(10), false)
-                    .await?;
-            }
-            Recovery::Rebuild => {
-                let restored = snapshot::restore::<A>(&self.ctx, self.partition).await?;
-                let from = restored.events_end;
-                self.tail = Arc::new(Self::tail(
-                    &self.ctx,
-                    &self.events_topic,
-                    self.partition,
-                    from,
-                )?);
-                self.model = restored.model;
-                self.spilled = restored.spilled;
-                self.next_offset = from;
-                self.known_end = from;
-                self.catch_up(REBUILD_STALL).await?;
-            }
+        let pending = self.recovery;
+        let done = match pending {
+            Recovery::None => Ok(()),
+            Recovery::CatchUp { past } => self.catch_up_past(past).await,
+            Recovery::Rebuild => self.rebuild().await,
             Recovery::Restart => {
-                *self = Self::start(self.ctx.clone(), self.partition).await?;
+                let restarted = Self::start(self.ctx.clone(), self.partition).await?;
+                // The new writer's own request (its first spill failed) stands.
+                *self = restarted;
+                return Ok(());
+            }
+        };
+        if let Err(error) = &done {
+            if error.lost_a_record() {
+                self.recovery = self.recovery.and(Recovery::Restart);
             }
         }
-        self.recovery = Recovery::None;
+        done?;
+        if self.recovery == pending {
+            self.recovery = Recovery::None;
+        }
         Ok(())
+    }
+
+    /// Reads what others appended, up to the last stable offset and at least up to `past`.
+    async fn catch_up_past(&mut self, past: i64) -> Result<(), WriterError> {
+        let stable = self.last_stable_offset().await?;
+        self.read_until(stable.max(past), Duration::from_secs(10), false)
+            .await
+    }
+
+    /// Rebuilds the model from the snapshot and the events after it, with the same producer.
+    async fn rebuild(&mut self) -> Result<(), WriterError> {
+        let restored = snapshot::restore::<A>(&self.ctx, self.partition).await?;
+        let from = restored.events_end;
+        self.tail = Arc::new(Self::tail(
+            &self.ctx,
+            &self.events_topic,
+            self.partition,
+            from,
+        )?);
+        self.model = restored.model;
+        self.spilled = restored.spilled;
+        self.next_offset = from;
+        self.known_end = from;
+        self.catch_up(REBUILD_STALL).await
     }
 
     /// Reads every committed record up to the partition's last stable offset. Earlier writers
@@ -342,13 +355,22 @@ where
                 let message = received.map_err(WriterError::Kafka)?;
                 self.absorb(&message)?;
             }
-            if snapshots && self.model.resident() > self.keeps() + REPLAY_SPILL_SLACK {
+            if snapshots && self.replay_snapshot_due() {
                 self.snapshot_alone().await;
                 if self.recovery == Recovery::Restart {
                     return Err(WriterError::Spilling);
                 }
             }
         }
+    }
+
+    /// Whether a replay holds so many aggregates over what it keeps that it writes a snapshot
+    /// now (unless the last one failed less than `SNAPSHOT_INTERVAL` ago).
+    fn replay_snapshot_due(&self) -> bool {
+        self.model.resident() > self.keeps() + REPLAY_SPILL_SLACK
+            && self
+                .snapshot_failed_at
+                .is_none_or(|at| at.elapsed() >= snapshot::SNAPSHOT_INTERVAL)
     }
 
     /// The tail consumer's position in the partition (0 before it has fetched anything).
@@ -442,4 +464,20 @@ pub(super) enum WriterError {
     Encode(#[source] schemas::EncodeError),
     #[error("aggregates could not be kept on disk during the replay")]
     Spilling,
+}
+
+impl WriterError {
+    /// Whether the failure came after the tail handed over a record the writer could not judge
+    /// (its aggregate could not be given back from the file): the tail has moved past it, so
+    /// only a new tail (a restart) reads it again.
+    fn lost_a_record(&self) -> bool {
+        matches!(
+            self,
+            WriterError::Spill(_)
+                | WriterError::Spilled(_)
+                | WriterError::TakenBack(_)
+                | WriterError::Encode(_)
+                | WriterError::Spilling
+        )
+    }
 }

@@ -221,6 +221,7 @@ where
     pub(super) fn snapshot_committed(&mut self, snapshot: &SnapshotRecords) {
         self.model.snapshot_committed(snapshot);
         self.last_snapshot = std::time::Instant::now();
+        self.snapshot_failed_at = None;
         metrics::counter!("writer_snapshots_written_total", "aggregate" => A::KIND.as_str())
             .increment(1);
         self.spill();
@@ -231,6 +232,7 @@ where
     /// be written.
     pub(super) fn snapshot_failed(&mut self) {
         self.last_snapshot = std::time::Instant::now();
+        self.snapshot_failed_at = Some(self.last_snapshot);
         metrics::counter!("writer_snapshot_failures_total", "aggregate" => A::KIND.as_str())
             .increment(1);
     }

@@ -50,7 +50,7 @@ where
         let leaving = self.model.spill(self.ctx.memory.resident_aggregates);
         if let Err(failure) = self.keep(leaving) {
             error!(kind = %A::KIND, partition = self.partition, error = %failure, "could not keep aggregates on disk; restarting the writer");
-            self.recovery = Recovery::Restart;
+            self.recovery = self.recovery.and(Recovery::Restart);
         }
         self.count_resident();
     }
@@ -65,10 +65,20 @@ where
 
     /// The gauges of how many aggregates the model holds and how many the partition has.
     pub(super) fn count_resident(&self) {
+        self.set_gauges(self.model.resident(), self.model.chains());
+    }
+
+    /// Zeroes the gauges once the writer stops: the partition's new owner (here or in another
+    /// process) reports it, and a sum over processes counts it once.
+    pub(super) fn count_none(&self) {
+        self.set_gauges(0, 0);
+    }
+
+    fn set_gauges(&self, resident: usize, chains: u64) {
         let (kind, partition) = (A::KIND.as_str(), self.partition.to_string());
         metrics::gauge!("writer_aggregates_resident", "aggregate" => kind, "partition" => partition.clone())
-            .set(self.model.resident() as f64);
+            .set(resident as f64);
         metrics::gauge!("writer_aggregates", "aggregate" => kind, "partition" => partition)
-            .set(self.model.chains() as f64);
+            .set(chains as f64);
     }
 }
