@@ -13,12 +13,13 @@
 //! Layout: this file holds the partition's lifecycle (fencing, rebuild, reading the tail);
 //! `batch` a batch's transaction; `recovery` what must be done after an attempt that did not
 //! commit; `plan` the decision's span and trace around the partition
-//! model; `snapshot` restoring from and writing the partition's snapshot; `spill` the
+//! model; `replay_memory` how many aggregates a replay keeps in memory; `snapshot` restoring from and writing the partition's snapshot; `spill` the
 //! aggregates kept on disk rather than in memory (decision 0012); `transaction` the producer's
 //! transactional calls and what their failures mean.
 mod batch;
 mod plan;
 mod recovery;
+mod replay_memory;
 mod snapshot;
 mod spill;
 mod transaction;
@@ -28,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use platform::envelope::EventEnvelope;
-use platform::kafka::LagContext;
 use platform::spill::{SpillError, SpillFile};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -43,6 +43,7 @@ use super::partition::{Judged, PartitionModel};
 use super::write_model::WriteModel;
 use super::{IncomingCommand, WriterContext};
 use batch::Handled;
+use replay_memory::ReplayMemory;
 pub(super) use recovery::Recovery;
 
 /// At most this many commands are decided and appended together.
@@ -52,8 +53,9 @@ const MAX_BATCH: usize = 256;
 const TAIL_FETCH_WAIT_MS: &str = "100";
 
 /// While a takeover replays, a snapshot is written (and the aggregates it makes clean leave
-/// memory) whenever the model holds this many aggregates more than it keeps: a replay of a long
-/// log holds about this many, not every aggregate of the partition.
+/// memory) whenever the model holds this many aggregates more than the replay keeps (see
+/// `replay_memory`): a replay of a long log holds about this many, not every aggregate of the
+/// partition.
 const REPLAY_SPILL_SLACK: usize = 2_000;
 
 /// How long a rebuild or a takeover may read the partition without getting any further before
@@ -83,7 +85,7 @@ where
     commands_topic: String,
     /// Transactional, under the partition's transactional id: only the newest holder commits.
     producer: FutureProducer,
-    tail: Arc<StreamConsumer<LagContext>>,
+    tail: Arc<StreamConsumer>,
     /// The offset after the last record this writer has judged (read or appended itself).
     next_offset: i64,
     /// Every offset below this one is accounted for: records judged, transaction markers and
@@ -102,6 +104,9 @@ where
     /// When the last snapshot failed, until one commits: a replay does not try again before
     /// `SNAPSHOT_INTERVAL` has passed (it would otherwise try after every record).
     snapshot_failed_at: Option<std::time::Instant>,
+    /// While the writer replays with snapshots (a takeover or a rebuild): what it keeps in
+    /// memory, learned as it goes.
+    replay: Option<ReplayMemory>,
 }
 
 impl<A: WriteModel> Writer<A>
@@ -205,6 +210,7 @@ where
             recovery: Recovery::None,
             last_snapshot: std::time::Instant::now(),
             snapshot_failed_at: None,
+            replay: None,
             ctx,
         };
         writer.catch_up(REBUILD_STALL).await?;
@@ -223,24 +229,26 @@ where
     /// A consumer of the events partition from offset `from`. It is read between batches
     /// for records this writer did not append (there are none unless the deployment is
     /// misconfigured), so it need not poll at the request path's 5 ms: idle fetches at 5 ms
-    /// from every partition's tail cost the broker more than the commands do.
+    /// from every partition's tail cost the broker more than the commands do. A process runs
+    /// one per partition and kind, all replaying at once in a takeover, so each prefetches
+    /// 1,000 records (1 MiB) and keeps no statistics (librdkafka's latency histograms cost
+    /// about 1 MiB a client; the writer's lag is its own `known_end`, not the tail's).
     fn tail(
         ctx: &WriterContext,
         events_topic: &str,
         partition: i32,
         from: i64,
-    ) -> Result<StreamConsumer<LagContext>, WriterError> {
+    ) -> Result<StreamConsumer, WriterError> {
         let mut config = platform::kafka::consumer_config(
             &ctx.kafka,
             &format!("{}.writer-tail", ctx.kafka.topic_prefix),
         );
         config.set("fetch.wait.max.ms", TAIL_FETCH_WAIT_MS);
-        platform::kafka::one_partition_prefetch(&mut config);
-        let tail: StreamConsumer<LagContext> = config
-            .create_with_context(LagContext {
-                consumer: "command-writer-tail",
-            })
-            .map_err(WriterError::Kafka)?;
+        platform::kafka::one_partition_prefetch(&mut config)
+            .set("queued.max.messages.kbytes", "1024")
+            .set("queued.min.messages", "1000")
+            .set("statistics.interval.ms", "0");
+        let tail: StreamConsumer = config.create().map_err(WriterError::Kafka)?;
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(events_topic, partition, Offset::Offset(from))
@@ -328,8 +336,22 @@ where
     /// are never delivered, so the end is told by the consumer's position (librdkafka moves it
     /// past markers), not by the offset of the last record. Fails once `stall` passes without
     /// getting further. With `snapshots` (no transaction open), a snapshot is written whenever
-    /// the model holds [`REPLAY_SPILL_SLACK`] aggregates more than it keeps.
+    /// the model holds [`REPLAY_SPILL_SLACK`] aggregates more than the replay keeps.
     async fn read_until(
+        &mut self,
+        target: i64,
+        stall: Duration,
+        snapshots: bool,
+    ) -> Result<(), WriterError> {
+        if snapshots {
+            self.replay = Some(ReplayMemory::new(self.ctx.memory.resident_aggregates));
+        }
+        let read = self.read_records_until(target, stall, snapshots).await;
+        self.replay = None;
+        read
+    }
+
+    async fn read_records_until(
         &mut self,
         target: i64,
         stall: Duration,
@@ -356,9 +378,15 @@ where
                 self.absorb(&message)?;
             }
             if snapshots && self.replay_snapshot_due() {
+                let grown = self.model.resident().saturating_sub(self.keeps());
                 self.snapshot_alone().await;
                 if self.recovery == Recovery::Restart {
                     return Err(WriterError::Spilling);
+                }
+                if self.snapshot_failed_at.is_none() {
+                    if let Some(replay) = &mut self.replay {
+                        replay.after_snapshot(grown);
+                    }
                 }
             }
         }
@@ -378,9 +406,11 @@ where
         platform::log_end::position(&*self.tail, &self.events_topic, self.partition).unwrap_or(0)
     }
 
-    /// How many aggregates the model keeps in memory once a snapshot has made them clean.
+    /// How many aggregates the model keeps in memory once a snapshot has made them clean: what
+    /// the replay under way has learned it needs, or the configured number.
     fn keeps(&self) -> usize {
-        self.ctx.memory.resident_aggregates
+        self.replay
+            .map_or(self.ctx.memory.resident_aggregates, ReplayMemory::keep)
     }
 
     /// Absorbs one record read from the tail. Records below `next_offset` were already judged

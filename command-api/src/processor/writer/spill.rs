@@ -28,6 +28,9 @@ where
         };
         let record = schemas::decode::<Snapshot>(&bytes)?;
         self.model.take_back(record)?;
+        if let Some(replay) = &mut self.replay {
+            replay.taken_back();
+        }
         Ok(())
     }
 
@@ -47,7 +50,7 @@ where
     /// Moves what the model lets go of (old aggregates a committed snapshot holds as they are)
     /// to the file. On failure the writer restarts before its next batch.
     pub(super) fn spill(&mut self) {
-        let leaving = self.model.spill(self.ctx.memory.resident_aggregates);
+        let leaving = self.model.spill(self.keeps());
         if let Err(failure) = self.keep(leaving) {
             error!(kind = %A::KIND, partition = self.partition, error = %failure, "could not keep aggregates on disk; restarting the writer");
             self.recovery = self.recovery.and(Recovery::Restart);
