@@ -15,7 +15,6 @@ use platform::kafka::{producer_config, KafkaSetupError};
 use platform::topics::Topics;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
-use rdkafka::ClientConfig;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -182,11 +181,7 @@ impl Application {
             metrics: metrics_handle(),
             processor_ready: Box::new(ready),
             writers_serving: Box::new(serving),
-            metadata: Arc::new(
-                ClientConfig::new()
-                    .set("bootstrap.servers", &settings.kafka.brokers)
-                    .create()?,
-            ),
+            metadata: Arc::new(platform::kafka::client_config(&settings.kafka.brokers).create()?),
         }));
         let router = router(state);
         let listener =

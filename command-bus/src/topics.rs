@@ -8,7 +8,6 @@ use platform::config::KafkaSettings;
 use platform::kafka::{ensure_topics, KafkaSetupError};
 use platform::topics::Topics;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
 use thiserror::Error;
 
 /// The aggregate kinds that take commands (each has a commands topic and partition writers).
@@ -50,11 +49,8 @@ pub async fn ensure_all_topics(
     names.extend(COMMAND_KINDS.iter().map(|k| topics.snapshots(*k)));
     names.push(topics.replies());
     ensure_topics(kafka, &names, kafka.partitions).await?;
-    let client: Arc<BaseConsumer> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
-            .create()?,
-    );
+    let client: Arc<BaseConsumer> =
+        Arc::new(platform::kafka::client_config(&kafka.brokers).create()?);
     let mut partitions = 0;
     for kind in COMMAND_KINDS {
         let (events, commands) = (topics.events(kind), topics.commands(kind));

@@ -11,11 +11,23 @@ use crate::config::KafkaSettings;
 
 pub use crate::topic_setup::{ensure_topics, KafkaSetupError};
 
-/// Settings for an idempotent producer that waits for all in-sync replicas.
-pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+/// What every client of ours starts from: the brokers, and no KIP-714 metrics push. librdkafka
+/// pushes client metrics to brokers that ask for them by default, and for that keeps latency
+/// histograms for every broker connection (a few hundred KiB each, whether or not the broker
+/// ever asks): a command-api process with a writer per partition held about 11 MiB of them.
+/// Our metrics are our own (`/metrics`), so none are pushed.
+pub fn client_config(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", &settings.brokers)
+        .set("bootstrap.servers", brokers)
+        .set("enable.metrics.push", "false");
+    config
+}
+
+/// Settings for an idempotent producer that waits for all in-sync replicas.
+pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = client_config(&settings.brokers);
+    config
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random")
@@ -27,9 +39,8 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
 
 /// Settings for a group consumer that commits only offsets it stored itself.
 pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = client_config(&settings.brokers);
     config
-        .set("bootstrap.servers", &settings.brokers)
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

@@ -98,9 +98,8 @@ pub enum ReadError {
 /// gone. librdkafka wants a group id to assign partitions; this one is unique and is never
 /// joined or committed to.
 pub fn reader_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = crate::kafka::client_config(&settings.brokers);
     config
-        .set("bootstrap.servers", &settings.brokers)
         .set(
             "group.id",
             format!(

@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
 use tracing::error;
 
 use crate::config::KafkaSettings;
@@ -98,8 +97,7 @@ pub fn watch(
     stop: impl Fn() -> bool,
 ) -> rdkafka::error::KafkaResult<()> {
     let client = |isolation: &str| -> rdkafka::error::KafkaResult<BaseConsumer> {
-        ClientConfig::new()
-            .set("bootstrap.servers", &settings.brokers)
+        crate::kafka::client_config(&settings.brokers)
             .set("isolation.level", isolation)
             .create()
     };

@@ -14,7 +14,6 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::ClientConfig;
 use thiserror::Error;
 
 use crate::config::KafkaSettings;
@@ -78,8 +77,7 @@ pub async fn ensure_topics(
     topics: &[String],
     partitions: i32,
 ) -> Result<(), KafkaSetupError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
+    let admin: AdminClient<DefaultClientContext> = crate::kafka::client_config(&settings.brokers)
         .create()
         .map_err(KafkaSetupError::Client)?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -105,8 +103,7 @@ async fn wait_until_served(
     }
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let client: std::sync::Arc<BaseConsumer> = std::sync::Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", &settings.brokers)
+        crate::kafka::client_config(&settings.brokers)
             .create()
             .map_err(KafkaSetupError::Client)?,
     );

@@ -43,8 +43,8 @@ use super::partition::{Judged, PartitionModel};
 use super::write_model::WriteModel;
 use super::{IncomingCommand, WriterContext};
 use batch::Handled;
-use replay_memory::ReplayMemory;
 pub(super) use recovery::Recovery;
+use replay_memory::ReplayMemory;
 
 /// At most this many commands are decided and appended together.
 const MAX_BATCH: usize = 256;
@@ -56,7 +56,7 @@ const TAIL_FETCH_WAIT_MS: &str = "100";
 /// memory) whenever the model holds this many aggregates more than the replay keeps (see
 /// `replay_memory`): a replay of a long log holds about this many, not every aggregate of the
 /// partition.
-const REPLAY_SPILL_SLACK: usize = 2_000;
+const REPLAY_SPILL_SLACK: usize = 1_000;
 
 /// How long a rebuild or a takeover may read the partition without getting any further before
 /// it gives up (and tries again). Not a bound on the whole read: a replay of a long log takes

@@ -67,8 +67,14 @@ mod tests {
     fn the_more_thorough_recovery_wins_and_two_catch_ups_read_the_further() {
         assert_eq!(None.and(CatchUp { past: 10 }), CatchUp { past: 10 });
         assert_eq!(CatchUp { past: 10 }.and(None), CatchUp { past: 10 });
-        assert_eq!(CatchUp { past: 20 }.and(CatchUp { past: 10 }), CatchUp { past: 20 });
-        assert_eq!(CatchUp { past: 10 }.and(CatchUp { past: 20 }), CatchUp { past: 20 });
+        assert_eq!(
+            CatchUp { past: 20 }.and(CatchUp { past: 10 }),
+            CatchUp { past: 20 }
+        );
+        assert_eq!(
+            CatchUp { past: 10 }.and(CatchUp { past: 20 }),
+            CatchUp { past: 20 }
+        );
         assert_eq!(CatchUp { past: 20 }.and(Rebuild), Rebuild);
         assert_eq!(Rebuild.and(CatchUp { past: 20 }), Rebuild);
         assert_eq!(None.and(None), None);

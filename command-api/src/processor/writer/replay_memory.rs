@@ -68,10 +68,10 @@ mod tests {
     #[test]
     fn a_replay_whose_aggregates_do_not_come_back_keeps_what_it_kept() {
         let mut replay = ReplayMemory::new(5_000);
-        for _ in 0..400 {
+        for _ in 0..200 {
             replay.taken_back();
         }
-        replay.after_snapshot(2_000);
+        replay.after_snapshot(1_000);
         assert_eq!(replay.keep(), REPLAY_KEEP_START);
     }
 
@@ -80,10 +80,10 @@ mod tests {
         let mut replay = ReplayMemory::new(3_000);
         let mut kept = vec![replay.keep()];
         for _ in 0..4 {
-            for _ in 0..1_500 {
+            for _ in 0..800 {
                 replay.taken_back();
             }
-            replay.after_snapshot(2_000);
+            replay.after_snapshot(1_000);
             kept.push(replay.keep());
         }
         assert_eq!(kept, [500, 1_000, 2_000, 3_000, 3_000]);
@@ -92,14 +92,14 @@ mod tests {
     #[test]
     fn what_came_back_is_counted_from_the_last_snapshot_only() {
         let mut replay = ReplayMemory::new(5_000);
-        for _ in 0..400 {
+        for _ in 0..200 {
             replay.taken_back();
         }
-        replay.after_snapshot(2_000);
-        for _ in 0..400 {
+        replay.after_snapshot(1_000);
+        for _ in 0..200 {
             replay.taken_back();
         }
-        replay.after_snapshot(2_000);
+        replay.after_snapshot(1_000);
         assert_eq!(replay.keep(), REPLAY_KEEP_START);
     }
 }
