@@ -63,6 +63,11 @@ enum DlqCommand {
     },
 }
 
+/// jemalloc, for Rust and librdkafka alike, configured at build time for a small resident set
+/// (`.cargo/config.toml`; decision 0013).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command.unwrap_or(Command::Run) {
