@@ -344,7 +344,10 @@ where
         snapshots: bool,
     ) -> Result<(), WriterError> {
         if snapshots {
-            self.replay = Some(ReplayMemory::new(self.ctx.memory.resident_aggregates));
+            self.replay = Some(ReplayMemory::new(
+                self.ctx.memory.resident_aggregates,
+                REPLAY_SPILL_SLACK,
+            ));
         }
         let read = self.read_records_until(target, stall, snapshots).await;
         self.replay = None;
@@ -378,14 +381,13 @@ where
                 self.absorb(&message)?;
             }
             if snapshots && self.replay_snapshot_due() {
-                let grown = self.model.resident().saturating_sub(self.keeps());
                 self.snapshot_alone().await;
                 if self.recovery == Recovery::Restart {
                     return Err(WriterError::Spilling);
                 }
                 if self.snapshot_failed_at.is_none() {
                     if let Some(replay) = &mut self.replay {
-                        replay.after_snapshot(grown);
+                        replay.after_snapshot();
                     }
                 }
             }

@@ -4,31 +4,36 @@
 //! together in the log, so the aggregates a replay is still working on are a few hundred, and a
 //! process replaying a dozen partitions at once held a dozen times the configured number for
 //! nothing. So a replay starts by keeping [`REPLAY_KEEP_START`] and learns its working set:
-//! when many of the aggregates it met since its last snapshot came back from the file (the
-//! working set is larger than what it keeps, and every snapshot writes it again), it keeps twice
-//! as many, up to the configured number. Pure: the writer counts and asks.
+//! whenever a quarter of the slack it grows by between snapshots has come back from the file
+//! (the working set is larger than what it keeps, and every snapshot would write it again), it
+//! keeps twice as many, up to the configured number. It learns as aggregates come back, not at
+//! the next snapshot: a keep raised at once also puts that snapshot off, so a thrashing replay
+//! does not write its working set again and again (every such record is one more for the next
+//! takeover to read until the topic is compacted). Pure: the writer counts and asks.
 
 /// What a replay keeps in memory at first, before it has seen its working set.
 pub(super) const REPLAY_KEEP_START: usize = 500;
 
-/// A replay keeps more once more than this share of the aggregates it let go since its
-/// last snapshot came back (in 1/N).
+/// A replay keeps twice as many once this share (1/N) of its slack came back from the file.
 const THRASH_SHARE: usize = 4;
 
-/// What one replay keeps, and what it has taken back from the file since its last snapshot.
+/// What one replay keeps, and what it has taken back from the file since it last decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct ReplayMemory {
     keep: usize,
     most: usize,
+    slack: usize,
     taken_back: usize,
 }
 
 impl ReplayMemory {
-    /// A replay of a writer configured to keep `most` aggregates.
-    pub(super) fn new(most: usize) -> Self {
+    /// A replay of a writer configured to keep `most` aggregates, which snapshots whenever it
+    /// holds `slack` more than it keeps.
+    pub(super) fn new(most: usize, slack: usize) -> Self {
         Self {
             keep: REPLAY_KEEP_START.min(most),
             most,
+            slack,
             taken_back: 0,
         }
     }
@@ -38,18 +43,18 @@ impl ReplayMemory {
         self.keep
     }
 
-    /// An aggregate came back from the file.
+    /// An aggregate came back from the file: once a quarter of the slack has, the working set
+    /// is larger than what the replay keeps, and it keeps twice as many from now on.
     pub(super) fn taken_back(&mut self) {
         self.taken_back += 1;
+        if self.taken_back * THRASH_SHARE > self.slack {
+            self.keep = (self.keep.max(1) * 2).min(self.most);
+            self.taken_back = 0;
+        }
     }
 
-    /// A snapshot committed after the model had grown by `grown` aggregates over what it keeps:
-    /// if more than a quarter of those came back from the file, the working set is larger than
-    /// what the replay keeps, and it keeps twice as many from now on.
-    pub(super) fn after_snapshot(&mut self, grown: usize) {
-        if self.taken_back * THRASH_SHARE > grown {
-            self.keep = (self.keep.max(1) * 2).min(self.most);
-        }
+    /// A snapshot committed: what comes back from now on is counted afresh.
+    pub(super) fn after_snapshot(&mut self) {
         self.taken_back = 0;
     }
 }
@@ -58,48 +63,38 @@ impl ReplayMemory {
 mod tests {
     use super::*;
 
+    const SLACK: usize = 1_000;
+
+    fn taken_back(replay: &mut ReplayMemory, n: usize) {
+        for _ in 0..n {
+            replay.taken_back();
+        }
+    }
+
     #[test]
     fn a_replay_starts_keeping_few_and_never_more_than_configured() {
-        assert_eq!(ReplayMemory::new(5_000).keep(), REPLAY_KEEP_START);
-        assert_eq!(ReplayMemory::new(100).keep(), 100);
-        assert_eq!(ReplayMemory::new(0).keep(), 0);
+        assert_eq!(ReplayMemory::new(5_000, SLACK).keep(), REPLAY_KEEP_START);
+        assert_eq!(ReplayMemory::new(100, SLACK).keep(), 100);
+        assert_eq!(ReplayMemory::new(0, SLACK).keep(), 0);
     }
 
     #[test]
     fn a_replay_whose_aggregates_do_not_come_back_keeps_what_it_kept() {
-        let mut replay = ReplayMemory::new(5_000);
-        for _ in 0..200 {
-            replay.taken_back();
-        }
-        replay.after_snapshot(1_000);
+        let mut replay = ReplayMemory::new(5_000, SLACK);
+        taken_back(&mut replay, SLACK / THRASH_SHARE);
+        replay.after_snapshot();
+        taken_back(&mut replay, SLACK / THRASH_SHARE);
         assert_eq!(replay.keep(), REPLAY_KEEP_START);
     }
 
     #[test]
-    fn a_replay_that_thrashes_keeps_twice_as_many_up_to_the_configured_number() {
-        let mut replay = ReplayMemory::new(3_000);
+    fn a_replay_that_thrashes_keeps_twice_as_many_at_once_up_to_the_configured_number() {
+        let mut replay = ReplayMemory::new(3_000, SLACK);
         let mut kept = vec![replay.keep()];
         for _ in 0..4 {
-            for _ in 0..800 {
-                replay.taken_back();
-            }
-            replay.after_snapshot(1_000);
+            taken_back(&mut replay, SLACK / THRASH_SHARE + 1);
             kept.push(replay.keep());
         }
         assert_eq!(kept, [500, 1_000, 2_000, 3_000, 3_000]);
-    }
-
-    #[test]
-    fn what_came_back_is_counted_from_the_last_snapshot_only() {
-        let mut replay = ReplayMemory::new(5_000);
-        for _ in 0..200 {
-            replay.taken_back();
-        }
-        replay.after_snapshot(1_000);
-        for _ in 0..200 {
-            replay.taken_back();
-        }
-        replay.after_snapshot(1_000);
-        assert_eq!(replay.keep(), REPLAY_KEEP_START);
     }
 }
