@@ -170,6 +170,9 @@ where
         loop {
             let started = Self::start(ctx.clone(), partition).await;
             if lifecycle.revoked.is_cancelled() {
+                if let Ok(writer) = &started {
+                    writer.count_none();
+                }
                 return None;
             }
             match started {
@@ -275,7 +278,8 @@ where
             }
         };
         if let Err(error) = &done {
-            if error.lost_a_record() {
+            // A rebuild reads with a new tail and file each time: only a catch-up loses one.
+            if matches!(pending, Recovery::CatchUp { .. }) && error.lost_a_record() {
                 self.recovery = self.recovery.and(Recovery::Restart);
             }
         }
@@ -385,11 +389,6 @@ where
                 if self.recovery == Recovery::Restart {
                     return Err(WriterError::Spilling);
                 }
-                if self.snapshot_failed_at.is_none() {
-                    if let Some(replay) = &mut self.replay {
-                        replay.after_snapshot();
-                    }
-                }
             }
         }
     }
@@ -397,7 +396,7 @@ where
     /// Whether a replay holds so many aggregates over what it keeps that it writes a snapshot
     /// now (unless the last one failed less than `SNAPSHOT_INTERVAL` ago).
     fn replay_snapshot_due(&self) -> bool {
-        self.model.resident() > self.keeps() + REPLAY_SPILL_SLACK
+        self.model.resident() > self.keeps().saturating_add(REPLAY_SPILL_SLACK)
             && self
                 .snapshot_failed_at
                 .is_none_or(|at| at.elapsed() >= snapshot::SNAPSHOT_INTERVAL)

@@ -24,6 +24,10 @@ pub(super) struct ReplayMemory {
     most: usize,
     slack: usize,
     taken_back: usize,
+    /// Whether this replay has let aggregates go (a snapshot of its own committed): before
+    /// that, an aggregate from the file is one a restored snapshot held, met for the first
+    /// time, not one the replay let go too early.
+    let_go: bool,
 }
 
 impl ReplayMemory {
@@ -35,6 +39,7 @@ impl ReplayMemory {
             most,
             slack,
             taken_back: 0,
+            let_go: false,
         }
     }
 
@@ -46,15 +51,20 @@ impl ReplayMemory {
     /// An aggregate came back from the file: once a quarter of the slack has, the working set
     /// is larger than what the replay keeps, and it keeps twice as many from now on.
     pub(super) fn taken_back(&mut self) {
+        if !self.let_go {
+            return;
+        }
         self.taken_back += 1;
-        if self.taken_back * THRASH_SHARE > self.slack {
-            self.keep = (self.keep.max(1) * 2).min(self.most);
+        if self.taken_back.saturating_mul(THRASH_SHARE) > self.slack {
+            self.keep = self.keep.max(1).saturating_mul(2).min(self.most);
             self.taken_back = 0;
         }
     }
 
-    /// A snapshot committed: what comes back from now on is counted afresh.
+    /// A snapshot of this replay committed (and let aggregates go): what comes back from now on
+    /// is counted afresh.
     pub(super) fn after_snapshot(&mut self) {
+        self.let_go = true;
         self.taken_back = 0;
     }
 }
@@ -79,8 +89,16 @@ mod tests {
     }
 
     #[test]
+    fn aggregates_met_before_the_replay_let_any_go_are_not_thrash() {
+        let mut replay = ReplayMemory::new(5_000, SLACK);
+        taken_back(&mut replay, 10 * SLACK);
+        assert_eq!(replay.keep(), REPLAY_KEEP_START);
+    }
+
+    #[test]
     fn a_replay_whose_aggregates_do_not_come_back_keeps_what_it_kept() {
         let mut replay = ReplayMemory::new(5_000, SLACK);
+        replay.after_snapshot();
         taken_back(&mut replay, SLACK / THRASH_SHARE);
         replay.after_snapshot();
         taken_back(&mut replay, SLACK / THRASH_SHARE);
@@ -90,6 +108,7 @@ mod tests {
     #[test]
     fn a_replay_that_thrashes_keeps_twice_as_many_at_once_up_to_the_configured_number() {
         let mut replay = ReplayMemory::new(3_000, SLACK);
+        replay.after_snapshot();
         let mut kept = vec![replay.keep()];
         for _ in 0..4 {
             taken_back(&mut replay, SLACK / THRASH_SHARE + 1);

@@ -222,6 +222,9 @@ where
         self.model.snapshot_committed(snapshot);
         self.last_snapshot = std::time::Instant::now();
         self.snapshot_failed_at = None;
+        if let Some(replay) = &mut self.replay {
+            replay.after_snapshot();
+        }
         metrics::counter!("writer_snapshots_written_total", "aggregate" => A::KIND.as_str())
             .increment(1);
         self.spill();
