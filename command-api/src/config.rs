@@ -17,6 +17,15 @@ pub enum ConfigError {
     Invalid { name: &'static str, value: String },
 }
 
+impl From<platform::config::InvalidSetting> for ConfigError {
+    fn from(e: platform::config::InvalidSetting) -> Self {
+        ConfigError::Invalid {
+            name: e.name,
+            value: e.value,
+        }
+    }
+}
+
 /// Everything `command-api` needs to start.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -60,24 +69,17 @@ impl Settings {
                     crate::processor::GROUP_SUFFIX
                 )
             }),
-            kafka: KafkaSettings::from_env().map_err(|e| ConfigError::Invalid {
-                name: e.name,
-                value: e.value,
-            })?,
+            kafka: KafkaSettings::from_env()?,
             writer_kinds: writer_kinds()?,
             writer_memory: WriterMemory {
                 state_dir: std::env::var("WRITER_STATE_DIR").map_or_else(
                     |_| std::env::temp_dir().join("orderstream-writer-state"),
                     std::path::PathBuf::from,
                 ),
-                resident_aggregates: usize::try_from(
-                    platform::config::whole_number("WRITER_RESIDENT_AGGREGATES", 5000).map_err(
-                        |e| ConfigError::Invalid {
-                            name: e.name,
-                            value: e.value,
-                        },
-                    )?,
-                )
+                resident_aggregates: usize::try_from(platform::config::whole_number(
+                    "WRITER_RESIDENT_AGGREGATES",
+                    5000,
+                )?)
                 .unwrap_or(usize::MAX),
             },
             jwt_secret: std::env::var("AUTH_JWT_SECRET")
@@ -127,8 +129,5 @@ fn var_or(name: &str, default: &str) -> String {
 }
 
 fn number(name: &'static str, default: u64) -> Result<u64, ConfigError> {
-    platform::config::positive_number(name, default).map_err(|e| ConfigError::Invalid {
-        name: e.name,
-        value: e.value,
-    })
+    Ok(platform::config::positive_number(name, default)?)
 }

@@ -12,10 +12,10 @@
 //!
 //! Layout: this file holds the partition's lifecycle (fencing, rebuild, reading the tail);
 //! `batch` a batch's transaction; `recovery` what must be done after an attempt that did not
-//! commit; `plan` the decision's span and trace around the partition
-//! model; `replay_memory` how many aggregates a replay keeps in memory; `snapshot` restoring from and writing the partition's snapshot; `spill` the
-//! aggregates kept on disk rather than in memory (decision 0012); `transaction` the producer's
-//! transactional calls and what their failures mean.
+//! commit; `plan` the decision's span and trace around the partition model; `replay_memory`
+//! how many aggregates a replay keeps in memory; `snapshot` restoring from and writing the
+//! partition's snapshot; `spill` the aggregates kept on disk rather than in memory (decision
+//! 0012); `transaction` the producer's transactional calls and what their failures mean.
 mod batch;
 mod plan;
 mod recovery;
@@ -358,6 +358,7 @@ where
         read
     }
 
+    /// [`Self::read_until`]'s reading, with the replay's memory (if any) already set.
     async fn read_records_until(
         &mut self,
         target: i64,
