@@ -66,7 +66,8 @@ pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig
 }
 
 /// Bounds what a consumer of one partition (a writer's or saga worker's tail, a log-end reader)
-/// prefetches: a service runs dozens of these at once during a takeover.
+/// prefetches to about `records` records: a service runs dozens of these at once during a
+/// takeover.
 ///
 /// librdkafka stops fetching a partition when its queue holds `queued.min.messages` records
 /// (default 100,000) or `queued.max.messages.kbytes` of *payload*. Keys, headers, the
@@ -75,11 +76,15 @@ pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig
 /// replaying tail held hundreds of thousands of records (a heap profile of a 1,000,000-event
 /// takeover showed 350 MiB in fetch buffers and queued records). So the count is bounded too,
 /// and a full queue is looked at again after 10 ms instead of librdkafka's 1 s, or the reader
-/// would wait most of that second for its next records.
-pub fn one_partition_prefetch(config: &mut ClientConfig) -> &mut ClientConfig {
+/// would wait most of that second for its next records. A fetch response is held whole until
+/// its last record is consumed, so a response is bounded too (256 bytes a record, about one
+/// envelope's headers; the broker still returns a larger first batch whole): at librdkafka's
+/// 1 MiB a partition, twelve replaying writers' tails held 19 MiB of fetch buffers.
+pub fn one_partition_prefetch(config: &mut ClientConfig, records: u32) -> &mut ClientConfig {
     config
-        .set("queued.max.messages.kbytes", "2048")
-        .set("queued.min.messages", "2000")
+        .set("queued.min.messages", records.to_string())
+        .set("queued.max.messages.kbytes", records.to_string())
+        .set("fetch.message.max.bytes", (records * 256).to_string())
         .set("fetch.queue.backoff.ms", "10")
 }
 

@@ -115,7 +115,7 @@ pub fn reader_config(settings: &KafkaSettings) -> ClientConfig {
         .set("isolation.level", "read_committed")
         // An empty fetch at the end comes back soon; positions are looked at between polls.
         .set("fetch.wait.max.ms", "100");
-    crate::kafka::one_partition_prefetch(&mut config);
+    crate::kafka::one_partition_prefetch(&mut config, 2_000);
     config
 }
 

@@ -234,10 +234,12 @@ impl SagaPartition {
             &shared.settings.kafka,
             &format!("{}.saga-tail", shared.settings.kafka.topic_prefix),
         );
-        let tail: StreamConsumer<LagContext> = platform::kafka::one_partition_prefetch(&mut config)
-            .create_with_context(LagContext {
-                consumer: "saga-orchestrator",
-            })?;
+        let tail: StreamConsumer<LagContext> =
+            platform::kafka::one_partition_prefetch(&mut config, 2_000).create_with_context(
+                LagContext {
+                    consumer: "saga-orchestrator",
+                },
+            )?;
         let start = if from_snapshots {
             takeover::restore(&shared, partition).await
         } else {

@@ -29,7 +29,7 @@ use uuid::Uuid;
 use super::write_model::WriteModel;
 
 pub(crate) use plan::{accepted, answer, command_id, PendingEvent, Plan};
-pub(crate) use snapshot::{RestoreError, SnapshotRecords};
+pub(crate) use snapshot::{RestoreError, SnapshotPlan, SnapshotRecords};
 
 /// What a decision takes from outside the model.
 pub(crate) struct Inputs<'a> {

@@ -54,6 +54,24 @@ pub(crate) struct SnapshotRecords {
     taken_at: u64,
 }
 
+/// A snapshot to be written in parts: the keys it writes, in order (see
+/// [`PartitionModel::planned_records`]), and the point of the model it was taken at.
+#[derive(Debug)]
+pub(crate) struct SnapshotPlan {
+    aggregates: Vec<String>,
+    commands: Vec<String>,
+    events_end: i64,
+    taken_at: u64,
+}
+
+impl SnapshotPlan {
+    /// How many records the snapshot writes at most (an aggregate the model no longer holds is
+    /// skipped), the checkpoint included.
+    pub(crate) fn len(&self) -> usize {
+        self.aggregates.len() + self.commands.len() + 1
+    }
+}
+
 pub(crate) use snapshots::RestoreError;
 
 impl<A: WriteModel> PartitionModel<A>
@@ -113,50 +131,103 @@ where
     /// The records that bring the snapshot up to the model as it is, covering every event
     /// before `events_end` (everything this model has judged).
     pub(crate) fn snapshot_records(&mut self, events_end: i64) -> SnapshotRecords {
-        let _ = self.unsnapshotted_changes();
-        let mut records =
-            Vec::with_capacity(self.dirty.aggregates.len() + self.dirty.commands.len() + 1);
-        for aggregate_id in self.dirty.aggregates.keys() {
-            let Some(head) = self.log.head(aggregate_id) else {
-                continue;
-            };
-            let unreadable = self.unreadable.contains(aggregate_id);
-            let head = command_bus::snapshots::head_record(aggregate_id, head, unreadable);
-            let state = if unreadable {
-                None
-            } else {
-                self.states.get(aggregate_id).map(|c| &c.state)
-            };
-            records.push((aggregate_id.clone(), Some(A::snapshot(head, state))));
-        }
-        for command_id in self.dirty.commands.keys() {
-            let record = self
-                .log
-                .command(command_id)
-                .map(|r| Snapshot::CommandUse(command_use(command_id, r)));
-            records.push((command_key(command_id), record));
-        }
-        records.push((
-            CHECKPOINT_KEY.to_owned(),
-            Some(Snapshot::Checkpoint(Checkpoint {
-                format: SNAPSHOT_FORMAT,
-                events_end,
-                clock: self.log.clock(),
-                window_ms: self.log.window().millis(),
-                aggregates: self.chains,
-            })),
-        ));
+        let plan = self.snapshot_plan(events_end);
         SnapshotRecords {
-            records,
+            records: self.planned_records(&plan, 0..plan.len()),
+            taken_at: plan.taken_at,
+        }
+    }
+
+    /// What a snapshot taken now writes, as keys: its records are built part by part
+    /// ([`Self::planned_records`]), so a large snapshot is never held whole in memory. Only
+    /// valid while the model does not change (the writer holds it until the last part commits).
+    pub(crate) fn snapshot_plan(&mut self, events_end: i64) -> SnapshotPlan {
+        let _ = self.unsnapshotted_changes();
+        SnapshotPlan {
+            aggregates: self.dirty.aggregates.keys().cloned().collect(),
+            commands: self.dirty.commands.keys().cloned().collect(),
+            events_end,
             taken_at: self.dirty.seq,
         }
     }
 
-    /// The snapshot `taken` committed: what it wrote and did not change since is clean.
-    pub(crate) fn snapshot_committed(&mut self, taken: &SnapshotRecords) {
-        let at = taken.taken_at;
+    /// The records at positions `range` of `plan` (aggregates, then command uses, then the
+    /// checkpoint, which comes last so the snapshot's last transaction writes it).
+    pub(crate) fn planned_records(
+        &self,
+        plan: &SnapshotPlan,
+        range: std::ops::Range<usize>,
+    ) -> Vec<(String, Option<Snapshot>)> {
+        let (aggregates, commands) = (plan.aggregates.len(), plan.commands.len());
+        let mut records = Vec::with_capacity(range.len());
+        for at in range {
+            if let Some(aggregate_id) = plan.aggregates.get(at) {
+                if let Some(record) = self.aggregate_record(aggregate_id) {
+                    records.push((aggregate_id.clone(), Some(record)));
+                }
+            } else if let Some(command_id) = plan.commands.get(at - aggregates) {
+                let record = self
+                    .log
+                    .command(command_id)
+                    .map(|r| Snapshot::CommandUse(command_use(command_id, r)));
+                records.push((command_key(command_id), record));
+            } else if at == aggregates + commands {
+                records.push((
+                    CHECKPOINT_KEY.to_owned(),
+                    Some(self.checkpoint(plan.events_end)),
+                ));
+            }
+        }
+        records
+    }
+
+    /// An aggregate's snapshot record: its chain head and state (none when it is unreadable).
+    fn aggregate_record(&self, aggregate_id: &str) -> Option<Snapshot> {
+        let head = self.log.head(aggregate_id)?;
+        let unreadable = self.unreadable.contains(aggregate_id);
+        let head = command_bus::snapshots::head_record(aggregate_id, head, unreadable);
+        let state = if unreadable {
+            None
+        } else {
+            self.states.get(aggregate_id).map(|c| &c.state)
+        };
+        Some(A::snapshot(head, state))
+    }
+
+    /// The checkpoint record of a snapshot covering every event before `events_end`.
+    fn checkpoint(&self, events_end: i64) -> Snapshot {
+        Snapshot::Checkpoint(Checkpoint {
+            format: SNAPSHOT_FORMAT,
+            events_end,
+            clock: self.log.clock(),
+            window_ms: self.log.window().millis(),
+            aggregates: self.chains,
+        })
+    }
+
+    /// The snapshot planned as `plan` committed whole: what it wrote and did not change since
+    /// is clean. The model has not changed since the plan, so a command use it wrote is one
+    /// the log still holds, and one it deleted is one the log has forgotten.
+    pub(crate) fn plan_committed(&mut self, plan: &SnapshotPlan) {
+        self.clean_up_to(plan.taken_at);
+        for command_id in &plan.commands {
+            if self.log.command(command_id).is_some() {
+                self.dirty.written_commands.insert(command_id.clone());
+            } else {
+                self.dirty.written_commands.remove(command_id);
+            }
+        }
+    }
+
+    /// Clears what changed at or before sequence number `at`.
+    fn clean_up_to(&mut self, at: u64) {
         self.dirty.aggregates.retain(|_, seq| *seq > at);
         self.dirty.commands.retain(|_, seq| *seq > at);
+    }
+
+    /// The snapshot `taken` committed: what it wrote and did not change since is clean.
+    pub(crate) fn snapshot_committed(&mut self, taken: &SnapshotRecords) {
+        self.clean_up_to(taken.taken_at);
         for (key, record) in &taken.records {
             let Some(command_id) = key.strip_prefix(COMMAND_KEY_PREFIX) else {
                 continue;

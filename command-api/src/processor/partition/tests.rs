@@ -552,6 +552,44 @@ fn a_model_restored_from_its_snapshot_decides_as_the_model_that_replayed_everyth
 }
 
 #[test]
+fn a_snapshot_built_in_parts_restores_the_model_that_replayed_everything() {
+    let mut replayed = given()
+        .stock_added(5, "first", Some("hash-a"))
+        .stock_added(3, "second", None)
+        .stock_added(2, "third", None);
+    let plan = replayed.model.snapshot_plan(replayed.next_offset);
+    let whole = replayed.model.planned_records(&plan, 0..plan.len());
+    let mut parts = Vec::new();
+    for start in (0..plan.len()).step_by(2) {
+        parts.extend(
+            replayed
+                .model
+                .planned_records(&plan, start..(start + 2).min(plan.len())),
+        );
+    }
+    assert_eq!(format!("{parts:?}"), format!("{whole:?}"));
+    assert_eq!(
+        parts.len(),
+        5,
+        "one aggregate, three command uses, the checkpoint"
+    );
+    assert!(
+        matches!(parts.last(), Some((_, Some(Snapshot::Checkpoint(_))))),
+        "the checkpoint comes last, in the last part"
+    );
+    replayed.model.plan_committed(&plan);
+    assert!(!replayed.model.has_unsnapshotted_changes());
+    let replayed = replayed.stock_added(4, "tail", None);
+    let restored = restored_from(&replayed, parts);
+    for (probe, copy) in probes().into_iter().zip(probes()) {
+        assert_eq!(
+            format!("{:?}", restored.when_one(copy)),
+            format!("{:?}", replayed.when_one(probe)),
+        );
+    }
+}
+
+#[test]
 fn a_snapshot_without_a_checkpoint_or_of_another_format_or_kind_is_refused() {
     use schemas::wire::snapshots::{Checkpoint, CHECKPOINT_KEY};
     let mut source = given().stock_added(5, "first", None);

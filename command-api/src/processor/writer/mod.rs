@@ -234,7 +234,7 @@ where
     /// misconfigured), so it need not poll at the request path's 5 ms: idle fetches at 5 ms
     /// from every partition's tail cost the broker more than the commands do. A process runs
     /// one per partition and kind, all replaying at once in a takeover, so each prefetches
-    /// 1,000 records (1 MiB) and keeps no statistics (librdkafka's latency histograms cost
+    /// 1,000 records (256 KiB fetches) and keeps no statistics (librdkafka's latency histograms cost
     /// about 1 MiB a client; the writer's lag is its own `known_end`, not the tail's).
     fn tail(
         ctx: &WriterContext,
@@ -247,9 +247,7 @@ where
             &format!("{}.writer-tail", ctx.kafka.topic_prefix),
         );
         config.set("fetch.wait.max.ms", TAIL_FETCH_WAIT_MS);
-        platform::kafka::one_partition_prefetch(&mut config)
-            .set("queued.max.messages.kbytes", "1024")
-            .set("queued.min.messages", "1000")
+        platform::kafka::one_partition_prefetch(&mut config, 1_000)
             .set("statistics.interval.ms", "0");
         let tail: StreamConsumer = config.create().map_err(WriterError::Kafka)?;
         let mut assignment = TopicPartitionList::new();
