@@ -13,14 +13,19 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use domain::AggregateKind;
+use chrono::{DateTime, Utc};
+use domain::inventory::InventoryEvent;
+use domain::values::{Quantity, Sku};
+use domain::{AggregateKind, Version};
+use platform::envelope::{EventEnvelope, Trace};
 use platform::log_order::{LogOrder, Verdict};
 use platform::partitioner::partition_for;
 use rdkafka::producer::FutureRecord;
 use reqwest::StatusCode;
-use schemas::wire::snapshots::Snapshot;
+use schemas::wire::snapshots::{Snapshot, COMMAND_KEY_PREFIX};
 use serde_json::{json, Value};
 use support::*;
+use uuid::Uuid;
 
 /// Longer than the writers' snapshot interval (5 s).
 const PAST_THE_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(5_500);
@@ -133,6 +138,121 @@ async fn a_takeover_restores_from_the_snapshot_and_a_corrupt_one_falls_back_to_a
     let added = restores_after(&third_owner, before).await;
     assert!(added[2] >= 1.0, "{added:?}");
     third_owner.stop().await;
+    chains_are_whole(&kafka).await;
+}
+
+/// `StockAdded` (version 1) for each of `skus`, appended straight to the inventory events topic
+/// as a writer would have, stamped `at`: a log no writer has snapshotted.
+async fn first_events(kafka: &test_harness::TestKafka, skus: &[String], at: DateTime<Utc>) {
+    let producer = kafka.producer();
+    let topic = kafka.topics().events(AggregateKind::InventoryItem);
+    let mut deliveries = Vec::new();
+    for sku in skus {
+        let envelope = EventEnvelope {
+            event_id: Uuid::now_v7(),
+            event_type: "StockAdded".into(),
+            aggregate_kind: AggregateKind::InventoryItem,
+            aggregate_id: sku.clone(),
+            version: Version::new(1),
+            predecessor: None,
+            command_id: Uuid::new_v4().to_string(),
+            request_hash: None,
+            occurred_at: at,
+            trace: Trace {
+                correlation_id: Uuid::new_v4().to_string(),
+                causation_id: Uuid::new_v4().to_string(),
+                traceparent: None,
+            },
+        };
+        let payload = schemas::encode(&InventoryEvent::StockAdded {
+            sku: Sku::try_from(sku.as_str()).unwrap(),
+            quantity: Quantity::try_from(1).unwrap(),
+        })
+        .unwrap();
+        let record = FutureRecord::to(&topic)
+            .key(sku.as_str())
+            .payload(&payload)
+            .timestamp(at.timestamp_millis())
+            .headers(envelope.to_headers());
+        deliveries.push(producer.send_result(record).unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_from_the_start_writes_each_command_use_once_and_leaves_a_restore_point() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let kafka = kafka();
+    // Creates the topics; with no events, it writes no snapshot.
+    TestApp::spawn_on(&kafka, |_| {}).await.stop().await;
+    // Two groups of aggregates of one partition, three days apart: more than a replay keeps
+    // in memory (it snapshots as it goes), and the window forgets the first group's commands
+    // while the replay reads the second.
+    let partition = 0;
+    let mut skus = (0..)
+        .map(|n| format!("replayed-{n}"))
+        .filter(|sku| partition_for(sku.as_bytes(), PARTITIONS) == partition);
+    let (older, newer): (Vec<String>, Vec<String>) = (
+        skus.by_ref().take(1_600).collect(),
+        skus.take(1_600).collect(),
+    );
+    first_events(&kafka, &older, Utc::now() - chrono::Duration::days(3)).await;
+    first_events(&kafka, &newer, Utc::now()).await;
+
+    let replaying = TestApp::spawn_on(&kafka, |_| {}).await;
+    let before = restores(&replaying).await;
+    let added = restores_after(&replaying, before).await;
+    assert_eq!(added[0], 0.0, "there was no snapshot: {added:?}");
+    let retried = stock_added(&replaying, &newer[0], &[]).await;
+    assert_eq!(retried.body["version"], 2);
+    let before = restores(&replaying).await;
+    replaying.stop().await;
+
+    let snapshots = read_all(
+        &kafka,
+        &kafka.topics().snapshots(AggregateKind::InventoryItem),
+    )
+    .await;
+    let mut command_uses: HashMap<String, usize> = HashMap::new();
+    for record in snapshots.iter().filter(|r| r.partition == partition) {
+        let key = record.key.clone().expect("every snapshot record is keyed");
+        if key.starts_with(COMMAND_KEY_PREFIX) {
+            assert!(
+                !record.payload.is_empty(),
+                "a command use was written, then deleted: {key}"
+            );
+            *command_uses.entry(key).or_default() += 1;
+        }
+    }
+    assert!(
+        command_uses.values().all(|n| *n == 1),
+        "a command use was written twice"
+    );
+    assert!(
+        command_uses.len() >= newer.len(),
+        "the window's command uses are in the restore point: {}",
+        command_uses.len()
+    );
+
+    // The next owner restores from what the replay wrote, older aggregates included.
+    let next_owner = TestApp::spawn_on(&kafka, |_| {}).await;
+    let added = restores_after(&next_owner, before).await;
+    assert_eq!(added[2], 0.0, "{added:?}");
+    for (sku, version) in [(&older[0], "1"), (&older[1_599], "1"), (&newer[0], "2")] {
+        let current = stock_added(&next_owner, sku, &[("if-match", version)]).await;
+        assert_eq!(
+            current.body["version"].to_string(),
+            (version.parse::<u64>().unwrap() + 1).to_string()
+        );
+    }
+    let restored = restores(&next_owner).await;
+    assert!(
+        restored[0] - before[0] >= 1.0,
+        "{restored:?} after {before:?}"
+    );
+    next_owner.stop().await;
     chains_are_whole(&kafka).await;
 }
 

@@ -32,6 +32,9 @@ use crate::config::KafkaSettings;
 /// How long one poll waits before positions are looked at again.
 const POLL: Duration = Duration::from_millis(20);
 
+/// While records keep coming, a reader asks for its position once in this many records.
+const POSITION_EVERY: usize = 1_024;
+
 /// The position of `consumer` on `topic`'s `partition`: the offset after the last record or
 /// transaction marker it served. `None` before it served anything there, or if the partition
 /// is not assigned to it.
@@ -247,26 +250,45 @@ impl LogEnds {
         }
         let reader: BaseConsumer = self.config.create()?;
         reader.assign(&list)?;
+        // Where each partition is known to be read to: past the last record handed over, or
+        // the reader's position, asked only when no record came or every
+        // `POSITION_EVERY` records (librdkafka answers it on its main thread, a round trip
+        // that cost more than the record itself when it was asked after each one).
         let mut positions: Vec<Option<i64>> = vec![None; extents.len()];
         let mut moved = Instant::now();
+        let mut since_position = 0_usize;
         loop {
-            if let Some(Ok(message)) = reader.poll(POLL) {
-                moved = Instant::now();
-                let wanted = message.topic() == topic
-                    && extents
-                        .iter()
-                        .any(|e| e.partition == message.partition() && message.offset() < e.end);
-                if wanted {
-                    each(&message);
+            let mut ask = since_position >= POSITION_EVERY;
+            match reader.poll(POLL) {
+                Some(Ok(message)) => {
+                    moved = Instant::now();
+                    since_position += 1;
+                    let at = extents.iter().position(|e| {
+                        message.topic() == topic && e.partition == message.partition()
+                    });
+                    if let Some(at) = at {
+                        if message.offset() < extents[at].end {
+                            each(&message);
+                        }
+                        let past = message.offset() + 1;
+                        if positions[at].is_none_or(|p| p < past) {
+                            positions[at] = Some(past);
+                        }
+                    }
                 }
+                _ => ask = true,
             }
-            let now: Vec<Option<i64>> = extents
-                .iter()
-                .map(|e| position(&reader, topic, e.partition))
-                .collect();
-            if now != positions {
-                positions = now;
-                moved = Instant::now();
+            if ask {
+                since_position = 0;
+                let now: Vec<Option<i64>> = extents
+                    .iter()
+                    .zip(&positions)
+                    .map(|(e, known)| position(&reader, topic, e.partition).max(*known))
+                    .collect();
+                if now != positions {
+                    positions = now;
+                    moved = Instant::now();
+                }
             }
             let behind = extents
                 .iter()

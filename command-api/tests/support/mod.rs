@@ -229,6 +229,7 @@ pub async fn seed(app: &TestApp, customer: &str, sku: &str, stock: i64) {
 pub struct Stored {
     pub partition: i32,
     pub offset: i64,
+    pub key: Option<String>,
     /// The record's Kafka timestamp (the log-order rule's clock reads it).
     pub timestamp: Option<i64>,
     pub envelope: Option<EventEnvelope>,
@@ -264,6 +265,9 @@ fn read_committed(kafka: &TestKafka, topic: &str) -> Vec<Stored> {
         .map(|message| Stored {
             partition: message.partition(),
             offset: message.offset(),
+            key: message
+                .key()
+                .map(|key| String::from_utf8_lossy(key).into_owned()),
             timestamp: message.timestamp().to_millis(),
             envelope: EventEnvelope::from_headers(message.headers().map(|h| h.as_borrowed())).ok(),
             payload: message.payload().unwrap_or_default().to_vec(),

@@ -60,6 +60,8 @@ pub(crate) struct SnapshotRecords {
 pub(crate) struct SnapshotPlan {
     aggregates: Vec<String>,
     commands: Vec<String>,
+    /// Whether it ends with a checkpoint (a restore point); one without holds only aggregates.
+    checkpoint: bool,
     events_end: i64,
     taken_at: u64,
 }
@@ -68,7 +70,12 @@ impl SnapshotPlan {
     /// How many records the snapshot writes at most (an aggregate the model no longer holds is
     /// skipped), the checkpoint included.
     pub(crate) fn len(&self) -> usize {
-        self.aggregates.len() + self.commands.len() + 1
+        self.aggregates.len() + self.commands.len() + usize::from(self.checkpoint)
+    }
+
+    /// Whether the snapshot ends with a checkpoint: a restore point.
+    pub(crate) fn checkpoints(&self) -> bool {
+        self.checkpoint
     }
 }
 
@@ -146,7 +153,24 @@ where
         SnapshotPlan {
             aggregates: self.dirty.aggregates.keys().cloned().collect(),
             commands: self.dirty.commands.keys().cloned().collect(),
+            checkpoint: true,
             events_end,
+            taken_at: self.dirty.seq,
+        }
+    }
+
+    /// Like [`Self::snapshot_plan`], but only the aggregates that changed: no command use and no
+    /// checkpoint, so it is no restore point (the writer deletes the checkpoint before it
+    /// writes one). What a replay writes between its restore points so that aggregates can
+    /// leave memory (decision 0012): a command use is written at most once a restore point,
+    /// not at every such snapshot only to be deleted at the next, once the window forgot it.
+    pub(crate) fn aggregates_plan(&mut self) -> SnapshotPlan {
+        let _ = self.unsnapshotted_changes();
+        SnapshotPlan {
+            aggregates: self.dirty.aggregates.keys().cloned().collect(),
+            commands: Vec::new(),
+            checkpoint: false,
+            events_end: 0,
             taken_at: self.dirty.seq,
         }
     }
@@ -171,7 +195,7 @@ where
                     .command(command_id)
                     .map(|r| Snapshot::CommandUse(command_use(command_id, r)));
                 records.push((command_key(command_id), record));
-            } else if at == aggregates + commands {
+            } else if at == aggregates + commands && plan.checkpoint {
                 records.push((
                     CHECKPOINT_KEY.to_owned(),
                     Some(self.checkpoint(plan.events_end)),
@@ -209,7 +233,12 @@ where
     /// is clean. The model has not changed since the plan, so a command use it wrote is one
     /// the log still holds, and one it deleted is one the log has forgotten.
     pub(crate) fn plan_committed(&mut self, plan: &SnapshotPlan) {
-        self.clean_up_to(plan.taken_at);
+        if plan.checkpoint {
+            self.clean_up_to(plan.taken_at);
+        } else {
+            // Command uses were not written: they stay to be written by a restore point.
+            self.dirty.aggregates.retain(|_, seq| *seq > plan.taken_at);
+        }
         for command_id in &plan.commands {
             if self.log.command(command_id).is_some() {
                 self.dirty.written_commands.insert(command_id.clone());

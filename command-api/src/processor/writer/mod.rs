@@ -58,6 +58,13 @@ const TAIL_FETCH_WAIT_MS: &str = "100";
 /// partition.
 const REPLAY_SPILL_SLACK: usize = 1_000;
 
+/// While a replay's records keep coming, the tail's position is asked for once in this many.
+const POSITION_EVERY: usize = 256;
+
+/// How close to its target a read asks for the tail's position after every record: what is
+/// left may be transaction markers, which take offsets but are never handed over.
+const NEAR_THE_END: i64 = 16;
+
 /// How long a rebuild or a takeover may read the partition without getting any further before
 /// it gives up (and tries again). Not a bound on the whole read: a replay of a long log takes
 /// as long as it takes (with a 60 s bound, a writer replaying 800,000 events on a busy machine
@@ -196,7 +203,9 @@ where
         let producer = transaction::fence_earlier_writers(&ctx, A::KIND, partition).await?;
         let command_floor =
             transaction::committed_floor(&ctx.group, &commands_topic, partition).await?;
+        let fenced_ms = millis_since(started);
         let restored = snapshot::restore::<A>(&ctx, partition).await?;
+        let restored_ms = millis_since(started);
         let from = restored.events_end;
         let tail = Self::tail(&ctx, &events_topic, partition, from)?;
         let mut writer = Self {
@@ -218,10 +227,12 @@ where
         };
         writer.catch_up(REBUILD_STALL).await?;
         let replayed = writer.known_end - from;
-        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let elapsed_ms = millis_since(started);
         metrics::histogram!("writer_takeover_seconds", "aggregate" => A::KIND.as_str())
             .record(started.elapsed().as_secs_f64());
-        info!(kind = %A::KIND, partition, from, end = writer.known_end, replayed, elapsed_ms, "partition state rebuilt");
+        // The takeover's phases, in milliseconds since it started: earlier writers fenced (and
+        // the command offsets read), the snapshot restored, the events after it replayed.
+        info!(kind = %A::KIND, partition, from, end = writer.known_end, replayed, fenced_ms, restored_ms, elapsed_ms, "partition state rebuilt");
         if replayed >= snapshot::SNAPSHOT_AFTER_REPLAY {
             writer.snapshot_alone().await;
         }
@@ -349,11 +360,19 @@ where
             self.replay = Some(ReplayMemory::new(
                 self.ctx.memory.resident_aggregates,
                 REPLAY_SPILL_SLACK,
+                self.next_offset,
             ));
         }
         let read = self.read_records_until(target, stall, snapshots).await;
+        let owes_restore_point = self.replay.is_some_and(ReplayMemory::owes_restore_point);
         self.replay = None;
-        read
+        read?;
+        if owes_restore_point {
+            // The replay's own snapshots deleted the checkpoint: the next takeover would
+            // replay from the start without this one (a restore point, no replay under way).
+            self.snapshot_alone().await;
+        }
+        Ok(())
     }
 
     /// [`Self::read_until`]'s reading, with the replay's memory (if any) already set.
@@ -365,8 +384,16 @@ where
     ) -> Result<(), WriterError> {
         let mut deadline = tokio::time::Instant::now() + stall;
         let mut reached = self.known_end;
+        // The tail's position is asked for (a round trip to librdkafka's main thread) at the
+        // start, when no record came, near the target (only markers may be left) and every
+        // `POSITION_EVERY` records; otherwise the offset after the last record judged says it.
+        let mut since_position = POSITION_EVERY;
         loop {
-            self.known_end = self.known_end.max(self.next_offset).max(self.position());
+            if since_position >= POSITION_EVERY || target - self.next_offset <= NEAR_THE_END {
+                since_position = 0;
+                self.known_end = self.known_end.max(self.position());
+            }
+            self.known_end = self.known_end.max(self.next_offset);
             if self.known_end >= target {
                 return Ok(());
             }
@@ -379,9 +406,13 @@ where
             }
             let slice = (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline);
             let tail = self.tail.clone();
-            if let Ok(received) = tokio::time::timeout_at(slice, tail.recv()).await {
-                let message = received.map_err(WriterError::Kafka)?;
-                self.absorb(&message)?;
+            match tokio::time::timeout_at(slice, tail.recv()).await {
+                Ok(received) => {
+                    let message = received.map_err(WriterError::Kafka)?;
+                    self.absorb(&message)?;
+                    since_position += 1;
+                }
+                Err(_) => since_position = POSITION_EVERY,
             }
             if snapshots && self.replay_snapshot_due() {
                 self.snapshot_alone().await;
@@ -476,6 +507,11 @@ where
         self.known_end = self.known_end.max(self.next_offset).max(self.position());
         Ok(())
     }
+}
+
+/// Whole milliseconds since `start`, for logs.
+fn millis_since(start: std::time::Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, thiserror::Error)]

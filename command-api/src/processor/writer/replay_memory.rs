@@ -9,7 +9,16 @@
 //! keeps twice as many, up to the configured number. It learns as aggregates come back, not at
 //! the next snapshot: a keep raised at once also puts that snapshot off, so a thrashing replay
 //! does not write its working set again and again (every such record is one more for the next
-//! takeover to read until the topic is compacted). Pure: the writer counts and asks.
+//! takeover to read until the topic is compacted).
+//!
+//! A replay from offset 0 (no usable snapshot: there is no restore point to lose) writes only
+//! the aggregates that changed in those snapshots, after deleting the checkpoint, and one
+//! restore point (command uses and a checkpoint) when it ends. Writing the window's command
+//! uses at every snapshot wrote each command twice (its use, then its deletion once the
+//! window forgot it): snapshot partitions larger than the events they covered, which every
+//! takeover read whole until compaction. A replay cut short starts from offset 0 again, as
+//! it did. A replay from a restore point writes restore points, so it never deletes the one
+//! it started from. Pure: the writer counts and asks.
 
 /// What a replay keeps in memory at first, before it has seen its working set.
 pub(super) const REPLAY_KEEP_START: usize = 500;
@@ -28,19 +37,38 @@ pub(super) struct ReplayMemory {
     /// that, an aggregate from the file is one a restored snapshot held, met for the first
     /// time, not one the replay let go too early.
     let_go: bool,
+    /// Whether the replay started from offset 0: its snapshots are no restore points.
+    from_the_start: bool,
+    /// Whether a snapshot of this replay deleted the checkpoint.
+    owes_restore_point: bool,
 }
 
 impl ReplayMemory {
-    /// A replay of a writer configured to keep `most` aggregates, which snapshots whenever it
-    /// holds `slack` more than it keeps.
-    pub(super) fn new(most: usize, slack: usize) -> Self {
+    /// A replay from events offset `from` (a restore point, or 0) of a writer configured to keep
+    /// `most` aggregates, which snapshots whenever it holds `slack` more than it keeps.
+    pub(super) fn new(most: usize, slack: usize, from: i64) -> Self {
         Self {
             keep: REPLAY_KEEP_START.min(most),
             most,
             slack,
             taken_back: 0,
             let_go: false,
+            from_the_start: from == 0,
+            owes_restore_point: false,
         }
+    }
+
+    /// Whether the replay's next snapshot is a restore point, and notes that one that is not
+    /// deletes the checkpoint (even if it then fails): one is owed at the end.
+    pub(super) fn next_snapshot_restores(&mut self) -> bool {
+        self.owes_restore_point |= self.from_the_start;
+        !self.from_the_start
+    }
+
+    /// Whether the replay deleted the checkpoint: the writer writes a restore point when the
+    /// replay ends, or the next takeover replays from the start.
+    pub(super) fn owes_restore_point(self) -> bool {
+        self.owes_restore_point
     }
 
     /// How many aggregates the replay keeps in memory after a snapshot.
@@ -83,21 +111,21 @@ mod tests {
 
     #[test]
     fn a_replay_starts_keeping_few_and_never_more_than_configured() {
-        assert_eq!(ReplayMemory::new(5_000, SLACK).keep(), REPLAY_KEEP_START);
-        assert_eq!(ReplayMemory::new(100, SLACK).keep(), 100);
-        assert_eq!(ReplayMemory::new(0, SLACK).keep(), 0);
+        assert_eq!(ReplayMemory::new(5_000, SLACK, 0).keep(), REPLAY_KEEP_START);
+        assert_eq!(ReplayMemory::new(100, SLACK, 0).keep(), 100);
+        assert_eq!(ReplayMemory::new(0, SLACK, 0).keep(), 0);
     }
 
     #[test]
     fn aggregates_met_before_the_replay_let_any_go_are_not_thrash() {
-        let mut replay = ReplayMemory::new(5_000, SLACK);
+        let mut replay = ReplayMemory::new(5_000, SLACK, 0);
         taken_back(&mut replay, 10 * SLACK);
         assert_eq!(replay.keep(), REPLAY_KEEP_START);
     }
 
     #[test]
     fn a_replay_whose_aggregates_do_not_come_back_keeps_what_it_kept() {
-        let mut replay = ReplayMemory::new(5_000, SLACK);
+        let mut replay = ReplayMemory::new(5_000, SLACK, 0);
         replay.after_snapshot();
         taken_back(&mut replay, SLACK / THRASH_SHARE);
         replay.after_snapshot();
@@ -107,7 +135,7 @@ mod tests {
 
     #[test]
     fn a_replay_that_thrashes_keeps_twice_as_many_at_once_up_to_the_configured_number() {
-        let mut replay = ReplayMemory::new(3_000, SLACK);
+        let mut replay = ReplayMemory::new(3_000, SLACK, 0);
         replay.after_snapshot();
         let mut kept = vec![replay.keep()];
         for _ in 0..4 {
@@ -115,5 +143,16 @@ mod tests {
             kept.push(replay.keep());
         }
         assert_eq!(kept, [500, 1_000, 2_000, 3_000, 3_000]);
+    }
+
+    #[test]
+    fn only_a_replay_from_the_start_writes_snapshots_that_are_no_restore_points() {
+        let mut from_a_restore_point = ReplayMemory::new(5_000, SLACK, 1_000);
+        assert!(from_a_restore_point.next_snapshot_restores());
+        assert!(!from_a_restore_point.owes_restore_point());
+        let mut from_the_start = ReplayMemory::new(5_000, SLACK, 0);
+        assert!(!from_the_start.owes_restore_point(), "no snapshot yet");
+        assert!(!from_the_start.next_snapshot_restores());
+        assert!(from_the_start.owes_restore_point());
     }
 }

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use command_bus::snapshots::CopyError;
 use platform::spill::{SpillError, SpillFile};
 
+use super::replay_memory::ReplayMemory;
 use super::transaction::{self, TransactionFailure};
 use super::Writer;
 use crate::processor::partition::{PartitionModel, SnapshotPlan, SnapshotRecords};
@@ -82,6 +83,7 @@ where
         events_end: 0,
         spilled,
     };
+    let started = std::time::Instant::now();
     let spilled = spill_file::<A>(ctx, partition)?;
     let (mut spilled, records) = match command_bus::snapshots::copy_partition(
         &ctx.kafka, &topic, partition, spilled,
@@ -99,10 +101,12 @@ where
             return Ok(replay(spill_file::<A>(ctx, partition)?));
         }
     };
+    let copied_ms = started.elapsed().as_millis();
     match restore_from_file::<A>(ctx, partition, &mut spilled) {
         Ok((model, events_end)) => {
             outcome("restored");
-            info!(kind = %A::KIND, partition, records, events_end, "partition state restored from its snapshot");
+            let elapsed_ms = started.elapsed().as_millis();
+            info!(kind = %A::KIND, partition, records, events_end, copied_ms, elapsed_ms, "partition state restored from its snapshot");
             Ok(Restored {
                 model,
                 events_end,
@@ -254,17 +258,27 @@ where
     /// A snapshot in transactions of its own (nothing else in them), in chunks of
     /// [`SNAPSHOT_CHUNK`] records, each built and queued [`SNAPSHOT_PART`] records at a time:
     /// the first transaction deletes the checkpoint and the last writes the new one, so until
-    /// the last commits a restore finds no checkpoint and replays instead. The model does not
+    /// the last commits a restore finds no checkpoint and replays instead. A replay from the
+    /// start writes only the changed aggregates, after deleting the checkpoint (`replay_memory`). The model does not
     /// change meanwhile (the writer is busy here). A failure is logged and counted, never the
     /// caller's: the writer serves on, and what was not written stays to be written.
     pub(super) async fn snapshot_alone(&mut self) {
         if self.model.unsnapshotted_changes().is_none_or(|n| n == 0) {
             return;
         }
-        let plan = self.model.snapshot_plan(self.next_offset);
+        // A replay from the start writes only the aggregates that changed (`replay_memory`).
+        let restore_point = self
+            .replay
+            .as_mut()
+            .is_none_or(ReplayMemory::next_snapshot_restores);
+        let plan = if restore_point {
+            self.model.snapshot_plan(self.next_offset)
+        } else {
+            self.model.aggregates_plan()
+        };
         let total = plan.len();
-        // More than one transaction: the first deletes the checkpoint.
-        let first_deletes_the_checkpoint = total > SNAPSHOT_CHUNK;
+        // More than one transaction, or no restore point: the first deletes the checkpoint.
+        let first_deletes_the_checkpoint = total > SNAPSHOT_CHUNK || !plan.checkpoints();
         for start in (0..total).step_by(SNAPSHOT_CHUNK) {
             let chunk = start..(start + SNAPSHOT_CHUNK).min(total);
             let delete_checkpoint = start == 0 && first_deletes_the_checkpoint;
