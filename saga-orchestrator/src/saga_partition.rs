@@ -120,6 +120,10 @@ pub(crate) struct SagaPartition {
     /// other to catch up (`pace`).
     last_read_at: [Option<i64>; 2],
     held_back: Option<Source>,
+    /// Per topic, whether records this worker only folds (below `replay_until`) are still to
+    /// be read. Until none are, a saga's timers may fall due for steps the log answers further
+    /// on: no deadline is sent and no saga counted stuck before the replay is over.
+    replaying: [bool; 2],
     /// When each saga that awaits a step has its deadline.
     deadline_timers: Timers,
     /// When each running saga would count as stuck without progress.
@@ -246,10 +250,12 @@ impl SagaPartition {
             takeover::Start::from_the_beginning(&shared)
         };
         let mut assignment = TopicPartitionList::new();
+        let mut replaying = [false; 2];
         for (i, topic) in topics.iter().enumerate() {
             // From the committed offset when the snapshot stands past it (what lies between is
             // acted on, not folded again), else from the snapshot's end (0 without one).
             let from = start.restored_end[i].min(replay_until[i]);
+            replaying[i] = from < replay_until[i];
             assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
         }
         tail.assign(&assignment)?;
@@ -269,6 +275,7 @@ impl SagaPartition {
             settled_failed: false,
             last_read_at: [None; 2],
             held_back: None,
+            replaying,
             deadline_timers: Timers::default(),
             stuck_timers: Timers::default(),
             gauges: SagaGauges::new(partition),
@@ -441,9 +448,12 @@ impl SagaPartition {
                     for log in &mut self.logs {
                         log.take_forgotten();
                     }
-                    self.check_deadlines();
+                    let replayed = self.replayed();
+                    if replayed {
+                        self.check_deadlines();
+                    }
                     self.commit().await;
-                    self.report();
+                    self.report(replayed);
                     self.pace().await;
                 }
             }
@@ -493,6 +503,9 @@ impl SagaPartition {
             return self.redo(source, message).await;
         }
         let live = offset >= self.replay_until[source as usize];
+        if live {
+            self.replaying[source as usize] = false;
+        }
         let timestamp = message.timestamp().to_millis();
         let envelope = match EventEnvelope::from_headers(message.headers()) {
             Ok(envelope) => envelope,
@@ -939,12 +952,32 @@ impl SagaPartition {
         }
     }
 
-    /// Counts the sagas whose stuck check is due and that made no progress since, and
-    /// publishes the gauges (kept as events are read).
-    fn report(&mut self) {
+    /// Whether the worker has read every record it only folds, on both topics: a live record
+    /// read, or the tail's position past `replay_until` (markers may come last).
+    fn replayed(&mut self) -> bool {
+        for (i, topic) in self.topics.iter().enumerate() {
+            if self.replaying[i]
+                && platform::log_end::position(&*self.tail, topic, self.partition)
+                    .is_some_and(|position| position >= self.replay_until[i])
+            {
+                self.replaying[i] = false;
+            }
+        }
+        self.replaying.iter().all(|replaying| !replaying)
+    }
+
+    /// Counts the sagas whose stuck check is due and that made no progress since (once
+    /// `replayed`: until then the log may show their progress further on), and publishes the
+    /// gauges (kept as events are read).
+    fn report(&mut self, replayed: bool) {
         let now = Utc::now();
         let stuck_after = self.shared.settings.stuck_after;
-        for saga_id in self.stuck_timers.pop_due(now) {
+        let due = if replayed {
+            self.stuck_timers.pop_due(now)
+        } else {
+            Vec::new()
+        };
+        for saga_id in due {
             let Some(tracked) = self.sagas.get_mut(&saga_id) else {
                 continue;
             };
