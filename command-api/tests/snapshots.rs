@@ -43,6 +43,15 @@ async fn stock_added(app: &TestApp, sku: &str, headers: &[(&str, &str)]) -> Repl
     reply
 }
 
+/// Every record of the inventory snapshots topic.
+async fn inventory_snapshots(kafka: &test_harness::TestKafka) -> Vec<Stored> {
+    read_all(
+        kafka,
+        &kafka.topics().snapshots(AggregateKind::InventoryItem),
+    )
+    .await
+}
+
 /// Every inventory event counts and every chain is gap-free, as any reader folds the log.
 async fn chains_are_whole(kafka: &test_harness::TestKafka) -> HashMap<String, u64> {
     let mut logs: HashMap<i32, LogOrder> = HashMap::new();
@@ -79,11 +88,7 @@ async fn a_takeover_restores_from_the_snapshot_and_a_corrupt_one_falls_back_to_a
     let before = restores(&first_owner).await;
     first_owner.stop().await;
 
-    let snapshots = read_all(
-        &kafka,
-        &kafka.topics().snapshots(AggregateKind::InventoryItem),
-    )
-    .await;
+    let snapshots = inventory_snapshots(&kafka).await;
     let apple_partition = partition_for(b"apple", PARTITIONS);
     let checkpoint = snapshots
         .iter()
@@ -186,7 +191,9 @@ async fn a_replay_from_the_start_writes_each_command_use_once_and_leaves_a_resto
     let _turn = ONE_AT_A_TIME.lock().await;
     let kafka = kafka();
     // Creates the topics; with no events, it writes no snapshot.
-    TestApp::spawn_on(&kafka, |_| {}).await.stop().await;
+    let creator = TestApp::spawn_on(&kafka, |_| {}).await;
+    let before = restores(&creator).await;
+    creator.stop().await;
     // Two groups of aggregates of one partition, three days apart: more than a replay keeps
     // in memory (it snapshots as it goes), and the window forgets the first group's commands
     // while the replay reads the second.
@@ -202,7 +209,6 @@ async fn a_replay_from_the_start_writes_each_command_use_once_and_leaves_a_resto
     first_events(&kafka, &newer, Utc::now()).await;
 
     let replaying = TestApp::spawn_on(&kafka, |_| {}).await;
-    let before = restores(&replaying).await;
     let added = restores_after(&replaying, before).await;
     assert_eq!(added[0], 0.0, "there was no snapshot: {added:?}");
     let retried = stock_added(&replaying, &newer[0], &[]).await;
@@ -210,11 +216,7 @@ async fn a_replay_from_the_start_writes_each_command_use_once_and_leaves_a_resto
     let before = restores(&replaying).await;
     replaying.stop().await;
 
-    let snapshots = read_all(
-        &kafka,
-        &kafka.topics().snapshots(AggregateKind::InventoryItem),
-    )
-    .await;
+    let snapshots = inventory_snapshots(&kafka).await;
     let mut command_uses: HashMap<String, usize> = HashMap::new();
     for record in snapshots.iter().filter(|r| r.partition == partition) {
         let key = record.key.clone().expect("every snapshot record is keyed");

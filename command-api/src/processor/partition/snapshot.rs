@@ -60,9 +60,9 @@ pub(crate) struct SnapshotRecords {
 pub(crate) struct SnapshotPlan {
     aggregates: Vec<String>,
     commands: Vec<String>,
-    /// Whether it ends with a checkpoint (a restore point); one without holds only aggregates.
-    checkpoint: bool,
-    events_end: i64,
+    /// The events offset its checkpoint covers up to, when it ends with one (a restore
+    /// point); one without holds only aggregates.
+    checkpoint: Option<i64>,
     taken_at: u64,
 }
 
@@ -70,12 +70,12 @@ impl SnapshotPlan {
     /// How many records the snapshot writes at most (an aggregate the model no longer holds is
     /// skipped), the checkpoint included.
     pub(crate) fn len(&self) -> usize {
-        self.aggregates.len() + self.commands.len() + usize::from(self.checkpoint)
+        self.aggregates.len() + self.commands.len() + usize::from(self.checkpoint.is_some())
     }
 
     /// Whether the snapshot ends with a checkpoint: a restore point.
     pub(crate) fn checkpoints(&self) -> bool {
-        self.checkpoint
+        self.checkpoint.is_some()
     }
 }
 
@@ -149,14 +149,7 @@ where
     /// ([`Self::planned_records`]), so a large snapshot is never held whole in memory. Only
     /// valid while the model does not change (the writer holds it until the last part commits).
     pub(crate) fn snapshot_plan(&mut self, events_end: i64) -> SnapshotPlan {
-        let _ = self.unsnapshotted_changes();
-        SnapshotPlan {
-            aggregates: self.dirty.aggregates.keys().cloned().collect(),
-            commands: self.dirty.commands.keys().cloned().collect(),
-            checkpoint: true,
-            events_end,
-            taken_at: self.dirty.seq,
-        }
+        self.plan(Some(events_end))
     }
 
     /// Like [`Self::snapshot_plan`], but only the aggregates that changed: no command use and no
@@ -165,12 +158,20 @@ where
     /// leave memory (decision 0012): a command use is written at most once a restore point,
     /// not at every such snapshot only to be deleted at the next, once the window forgot it.
     pub(crate) fn aggregates_plan(&mut self) -> SnapshotPlan {
+        self.plan(None)
+    }
+
+    /// The changed aggregates, and with a `checkpoint` (a restore point) the command uses too.
+    fn plan(&mut self, checkpoint: Option<i64>) -> SnapshotPlan {
         let _ = self.unsnapshotted_changes();
+        let commands = match checkpoint {
+            Some(_) => self.dirty.commands.keys().cloned().collect(),
+            None => Vec::new(),
+        };
         SnapshotPlan {
             aggregates: self.dirty.aggregates.keys().cloned().collect(),
-            commands: Vec::new(),
-            checkpoint: false,
-            events_end: 0,
+            commands,
+            checkpoint,
             taken_at: self.dirty.seq,
         }
     }
@@ -195,11 +196,9 @@ where
                     .command(command_id)
                     .map(|r| Snapshot::CommandUse(command_use(command_id, r)));
                 records.push((command_key(command_id), record));
-            } else if at == aggregates + commands && plan.checkpoint {
-                records.push((
-                    CHECKPOINT_KEY.to_owned(),
-                    Some(self.checkpoint(plan.events_end)),
-                ));
+            } else if let (true, Some(events_end)) = (at == aggregates + commands, plan.checkpoint)
+            {
+                records.push((CHECKPOINT_KEY.to_owned(), Some(self.checkpoint(events_end))));
             }
         }
         records
@@ -233,7 +232,7 @@ where
     /// is clean. The model has not changed since the plan, so a command use it wrote is one
     /// the log still holds, and one it deleted is one the log has forgotten.
     pub(crate) fn plan_committed(&mut self, plan: &SnapshotPlan) {
-        if plan.checkpoint {
+        if plan.checkpoints() {
             self.clean_up_to(plan.taken_at);
         } else {
             // Command uses were not written: they stay to be written by a restore point.

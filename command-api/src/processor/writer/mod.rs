@@ -245,8 +245,8 @@ where
     /// misconfigured), so it need not poll at the request path's 5 ms: idle fetches at 5 ms
     /// from every partition's tail cost the broker more than the commands do. A process runs
     /// one per partition and kind, all replaying at once in a takeover, so each prefetches
-    /// 1,000 records (256 KiB fetches) and keeps no statistics (librdkafka's latency histograms cost
-    /// about 1 MiB a client; the writer's lag is its own `known_end`, not the tail's).
+    /// 1,000 records (256 KiB fetches) and keeps no statistics (librdkafka's latency histograms
+    /// cost about 1 MiB a client; the writer's lag is its own `known_end`, not the tail's).
     fn tail(
         ctx: &WriterContext,
         events_topic: &str,

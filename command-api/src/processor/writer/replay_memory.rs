@@ -16,9 +16,9 @@
 //! restore point (command uses and a checkpoint) when it ends. Writing the window's command
 //! uses at every snapshot wrote each command twice (its use, then its deletion once the
 //! window forgot it): snapshot partitions larger than the events they covered, which every
-//! takeover read whole until compaction. A replay cut short starts from offset 0 again, as
-//! it did. A replay from a restore point writes restore points, so it never deletes the one
-//! it started from. Pure: the writer counts and asks.
+//! takeover read whole until compaction. The cost: a replay cut short starts from offset 0
+//! again, not from its last snapshot. A replay from a restore point writes restore points, so
+//! it never deletes the one it started from. Pure: the writer counts and asks.
 
 /// What a replay keeps in memory at first, before it has seen its working set.
 pub(super) const REPLAY_KEEP_START: usize = 500;

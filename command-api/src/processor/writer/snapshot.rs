@@ -101,11 +101,11 @@ where
             return Ok(replay(spill_file::<A>(ctx, partition)?));
         }
     };
-    let copied_ms = started.elapsed().as_millis();
+    let copied_ms = super::millis_since(started);
     match restore_from_file::<A>(ctx, partition, &mut spilled) {
         Ok((model, events_end)) => {
             outcome("restored");
-            let elapsed_ms = started.elapsed().as_millis();
+            let elapsed_ms = super::millis_since(started);
             info!(kind = %A::KIND, partition, records, events_end, copied_ms, elapsed_ms, "partition state restored from its snapshot");
             Ok(Restored {
                 model,
@@ -259,9 +259,10 @@ where
     /// [`SNAPSHOT_CHUNK`] records, each built and queued [`SNAPSHOT_PART`] records at a time:
     /// the first transaction deletes the checkpoint and the last writes the new one, so until
     /// the last commits a restore finds no checkpoint and replays instead. A replay from the
-    /// start writes only the changed aggregates, after deleting the checkpoint (`replay_memory`). The model does not
-    /// change meanwhile (the writer is busy here). A failure is logged and counted, never the
-    /// caller's: the writer serves on, and what was not written stays to be written.
+    /// start writes only the changed aggregates, after deleting the checkpoint
+    /// (`replay_memory`). The model does not change meanwhile (the writer is busy here). A
+    /// failure is logged and counted, never the caller's: the writer serves on, and what was
+    /// not written stays to be written.
     pub(super) async fn snapshot_alone(&mut self) {
         if self.model.unsnapshotted_changes().is_none_or(|n| n == 0) {
             return;
