@@ -242,6 +242,8 @@ async fn listen(
     shutdown: CancellationToken,
 ) {
     loop {
+        // Between replies (never inside the select: a reply received there must not be lost).
+        platform::kafka::take_turn().await;
         let message = tokio::select! {
             _ = shutdown.cancelled() => return,
             message = consumer.recv() => message,

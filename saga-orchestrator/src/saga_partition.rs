@@ -34,6 +34,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use schemas::wire::snapshots::Snapshot;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
@@ -47,6 +48,9 @@ use crate::settled::{Settled, SettledError, SettledSaga};
 use crate::takeover;
 use crate::timers::Timers;
 use crate::translate::{order_event_input, outcome_of, ORDER_EVENTS_OF_INTEREST};
+
+/// How often a worker commits, sends deadlines, reports and paces.
+const TICK: Duration = Duration::from_millis(200);
 
 /// What the worker knows of one saga.
 struct Tracked {
@@ -411,12 +415,23 @@ impl SagaPartition {
         true
     }
 
+    /// Reads and acts until stopped, and every [`TICK`] commits, sends deadlines, publishes
+    /// the gauges and paces the two topics. The tick is due by the clock, checked between
+    /// records: a timer alone would fire late while the tail has records queued (tokio fires
+    /// timers when a thread looks up from its tasks, see `platform::kafka::take_turn`), and a
+    /// replay that paces seldom lets one topic run far ahead of the other.
     async fn serve(&mut self) {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_tick = Instant::now() + TICK;
+        let tick = tokio::time::sleep_until(next_tick);
+        tokio::pin!(tick);
         loop {
             if self.settled_failed {
                 break;
+            }
+            if Instant::now() >= next_tick {
+                self.tick().await;
+                next_tick = Instant::now() + TICK;
+                tick.as_mut().reset(next_tick);
             }
             let tail = self.tail.clone();
             tokio::select! {
@@ -427,6 +442,8 @@ impl SagaPartition {
                         if self.cannot_tell || self.settled_failed {
                             break;
                         }
+                        drop(message);
+                        platform::kafka::take_turn().await;
                     }
                     Err(error) => {
                         warn!(partition = self.partition, %error, "saga tail error");
@@ -438,27 +455,30 @@ impl SagaPartition {
                         self.offsets.finish(source, offset);
                     }
                 }
-                _ = tick.tick() => {
-                    // Forget the turns of sagas with nothing in flight.
-                    self.saga_turns.retain(|_, turn| {
-                        matches!(turn.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-                    });
-                    // The uses the window forgot are listed for a writer's snapshot; this
-                    // worker writes none, and the list would grow with the log.
-                    for log in &mut self.logs {
-                        log.take_forgotten();
-                    }
-                    let replayed = self.replayed();
-                    if replayed {
-                        self.check_deadlines();
-                    }
-                    self.commit().await;
-                    self.report(replayed);
-                    self.pace().await;
-                }
+                () = &mut tick => {}
             }
         }
         self.stop_gracefully().await;
+    }
+
+    /// What the worker does every [`TICK`]: forgets finished turns, sends deadlines once the
+    /// replay is over, commits, reports and paces.
+    async fn tick(&mut self) {
+        // Forget the turns of sagas with nothing in flight.
+        self.saga_turns
+            .retain(|_, turn| matches!(turn.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        // The uses the window forgot are listed for a writer's snapshot; this worker writes
+        // none, and the list would grow with the log.
+        for log in &mut self.logs {
+            log.take_forgotten();
+        }
+        let replayed = self.replayed();
+        if replayed {
+            self.check_deadlines();
+        }
+        self.commit().await;
+        self.report(replayed);
+        self.pace().await;
     }
 
     /// Lets running actions finish for a moment, commits what is done, and leaves.

@@ -410,7 +410,9 @@ where
                 Ok(received) => {
                     let message = received.map_err(WriterError::Kafka)?;
                     self.absorb(&message)?;
+                    drop(message);
                     since_position += 1;
+                    platform::kafka::take_turn().await;
                 }
                 Err(_) => since_position = POSITION_EVERY,
             }
@@ -500,7 +502,11 @@ where
         loop {
             let tail = self.tail.clone();
             match tokio::time::timeout(Duration::from_millis(0), tail.recv()).await {
-                Ok(Ok(message)) => self.absorb(&message)?,
+                Ok(Ok(message)) => {
+                    self.absorb(&message)?;
+                    drop(message);
+                    platform::kafka::take_turn().await;
+                }
                 _ => break,
             }
         }
