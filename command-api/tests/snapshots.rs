@@ -213,6 +213,18 @@ async fn a_replay_from_the_start_writes_each_command_use_once_and_leaves_a_resto
     assert_eq!(added[0], 0.0, "there was no snapshot: {added:?}");
     let retried = stock_added(&replaying, &newer[0], &[]).await;
     assert_eq!(retried.body["version"], 2);
+    // The replay published its progress, and nothing is left once the partition serves.
+    let metrics = replaying.metrics_text().await;
+    let remaining = metrics.lines().find(|line| {
+        line.starts_with("writer_replay_remaining{")
+            && line.contains("aggregate=\"inventory\"")
+            && line.contains(&format!("partition=\"{partition}\""))
+    });
+    assert_eq!(
+        remaining.and_then(|line| line.rsplit(' ').next()),
+        Some("0"),
+        "the replay's progress gauge: {remaining:?}"
+    );
     let before = restores(&replaying).await;
     replaying.stop().await;
 

@@ -1,5 +1,7 @@
 //! What a saga worker reports: the `sagas{state, partition}`, `sagas_stuck{partition}` and
-//! `sagas_settled{partition}` (finished sagas kept on disk, not in memory) gauges, kept as events are read (never by scanning every saga), and the counters and
+//! `sagas_settled{partition}` (finished sagas kept on disk, not in memory) gauges, kept as events
+//! are read (never by scanning every saga), `saga_replay_remaining{topic, partition}` (what a
+//! replaying worker still has to read), and the counters and
 //! histograms of what the sagas did. The names of phases and outcomes come from their own types
 //! (`SagaPhase::NAMES`, `ReplyOutcome::as_str`), never copied here.
 
@@ -18,6 +20,9 @@ pub(crate) struct SagaGauges {
     stuck: u64,
     /// Finished sagas on disk (decision 0011).
     settled: u64,
+    /// Per topic (orders, sagas), the offsets a replaying worker still has to read before it
+    /// acts: a long takeover's progress.
+    replay_remaining: [u64; 2],
 }
 
 impl SagaGauges {
@@ -27,6 +32,7 @@ impl SagaGauges {
             phases: HashMap::new(),
             stuck: 0,
             settled: 0,
+            replay_remaining: [0; 2],
         }
     }
 
@@ -65,6 +71,11 @@ impl SagaGauges {
         self.settled = self.settled.saturating_add_signed(change);
     }
 
+    /// What a replay still has to read of each topic (orders, sagas).
+    pub(crate) fn replay_remaining(&mut self, remaining: [u64; 2]) {
+        self.replay_remaining = remaining;
+    }
+
     /// Publishes the gauges as they stand.
     pub(crate) fn publish(&self) {
         for state in SagaPhase::NAMES {
@@ -75,6 +86,10 @@ impl SagaGauges {
             .set(self.stuck as f64);
         metrics::gauge!("sagas_settled", "partition" => self.partition.clone())
             .set(self.settled as f64);
+        for (topic, remaining) in ["orders", "sagas"].into_iter().zip(self.replay_remaining) {
+            metrics::gauge!("saga_replay_remaining", "topic" => topic, "partition" => self.partition.clone())
+                .set(remaining as f64);
+        }
     }
 
     /// The partition left this worker: its sagas are counted elsewhere now.
@@ -82,6 +97,7 @@ impl SagaGauges {
         self.phases.clear();
         self.stuck = 0;
         self.settled = 0;
+        self.replay_remaining = [0; 2];
         self.publish();
     }
 }

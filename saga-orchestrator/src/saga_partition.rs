@@ -974,15 +974,22 @@ impl SagaPartition {
 
     /// Whether the worker has read every record it only folds, on both topics: a live record
     /// read, or the tail's position past `replay_until` (markers may come last).
+    /// Also publishes what is left to read (`saga_replay_remaining`).
     fn replayed(&mut self) -> bool {
+        let mut remaining = [0u64; 2];
         for (i, topic) in self.topics.iter().enumerate() {
-            if self.replaying[i]
-                && platform::log_end::position(&*self.tail, topic, self.partition)
-                    .is_some_and(|position| position >= self.replay_until[i])
-            {
+            if !self.replaying[i] {
+                continue;
+            }
+            let position =
+                platform::log_end::position(&*self.tail, topic, self.partition).unwrap_or(0);
+            if position >= self.replay_until[i] {
                 self.replaying[i] = false;
+            } else {
+                remaining[i] = u64::try_from(self.replay_until[i] - position).unwrap_or(0);
             }
         }
+        self.gauges.replay_remaining(remaining);
         self.replaying.iter().all(|replaying| !replaying)
     }
 

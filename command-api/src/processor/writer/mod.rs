@@ -364,6 +364,7 @@ where
             ));
         }
         let read = self.read_records_until(target, stall, snapshots).await;
+        self.count_to_read(0);
         let owes_restore_point = self.replay.is_some_and(ReplayMemory::owes_restore_point);
         self.replay = None;
         read?;
@@ -392,6 +393,7 @@ where
             if since_position >= POSITION_EVERY || target - self.next_offset <= NEAR_THE_END {
                 since_position = 0;
                 self.known_end = self.known_end.max(self.position());
+                self.count_to_read(target - self.known_end);
             }
             self.known_end = self.known_end.max(self.next_offset);
             if self.known_end >= target {
@@ -432,6 +434,14 @@ where
             && self
                 .snapshot_failed_at
                 .is_none_or(|at| at.elapsed() >= snapshot::SNAPSHOT_INTERVAL)
+    }
+
+    /// Publishes how many offsets a rebuild or a catch-up still has to read before the writer
+    /// serves again (`writer_replay_remaining{aggregate,partition}`, 0 when none is under way):
+    /// a long takeover's progress, set each time the tail's position is asked.
+    pub(super) fn count_to_read(&self, remaining: i64) {
+        metrics::gauge!("writer_replay_remaining", "aggregate" => A::KIND.as_str(), "partition" => self.partition.to_string())
+            .set(remaining.max(0) as f64);
     }
 
     /// The tail consumer's position in the partition (0 before it has fetched anything).

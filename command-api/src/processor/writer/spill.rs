@@ -75,6 +75,7 @@ where
     /// process) reports it, and a sum over processes counts it once.
     pub(super) fn count_none(&self) {
         self.set_gauges(0, 0);
+        self.count_to_read(0);
     }
 
     fn set_gauges(&self, resident: usize, chains: u64) {
