@@ -243,7 +243,7 @@ async fn listen(
 ) {
     loop {
         // Between replies (never inside the select: a reply received there must not be lost).
-        platform::kafka::take_turn().await;
+        platform::runtime::take_turn().await;
         let message = tokio::select! {
             _ = shutdown.cancelled() => return,
             message = consumer.recv() => message,

@@ -88,22 +88,6 @@ pub fn one_partition_prefetch(config: &mut ClientConfig, records: u32) -> &mut C
         .set("fetch.queue.backoff.ms", "10")
 }
 
-/// Hands the thread back to tokio now and then; a task that reads records calls it after
-/// each one it handled. librdkafka's `recv` is ready at once while records are queued, so a
-/// task reading a backlog (a takeover's replay) would otherwise never return to the scheduler:
-/// the other tasks queued on its thread (HTTP requests, other partitions' workers) would wait,
-/// and so would every timer, which tokio fires only when a thread looks up from its tasks (an
-/// orchestrator's 200 ms tick ran every 1-2 s while it replayed, so it paced and committed
-/// rarely). Each call takes a unit of the task's cooperative budget, and a task whose budget is
-/// spent yields here.
-///
-/// Call it after a record is handled, never inside a `select!` branch or a timeout around
-/// `recv`: a record received by a future dropped while it yields would be lost (librdkafka's
-/// position is already past it).
-pub async fn take_turn() {
-    tokio::task::coop::consume_budget().await;
-}
-
 /// Publishes every partition's consumer lag from librdkafka's statistics as the gauge
 /// `kafka_consumer_lag{consumer, topic, partition}`: the log end minus the committed offset
 /// for group consumers, minus the position handed to the application for consumers that

@@ -29,6 +29,8 @@
 //!   Kafka headers, and the Prometheus recorder.
 //! - [`resilience`]: circuit breakers and retry backoff with jitter for outbound calls.
 //! - [`shutdown`]: the SIGTERM/SIGINT future every binary stops on.
+//! - [`runtime`]: long work on the tokio runtime that leaves its threads to the other tasks:
+//!   readers of a backlog take turns, takeovers check snapshots in place (decision 0014).
 
 pub mod auth;
 pub mod config;
@@ -43,6 +45,7 @@ pub mod open_transactions;
 pub mod partitioner;
 pub mod path_params;
 pub mod resilience;
+pub mod runtime;
 pub mod shutdown;
 pub mod spill;
 pub mod telemetry;

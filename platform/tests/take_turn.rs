@@ -1,4 +1,4 @@
-//! `platform::kafka::take_turn` against the running broker: a task that reads a backlog of
+//! `platform::runtime::take_turn` against the running broker: a task that reads a backlog of
 //! records librdkafka has already fetched (a takeover's replay) still lets the other tasks of
 //! its thread run. Without it, `recv` is ready at once for every queued record, the reader
 //! never returns to the scheduler, and the thread's HTTP requests, other partitions' workers
@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use platform::kafka::{consumer_config, take_turn};
+use platform::kafka::consumer_config;
+use platform::runtime::take_turn;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};

@@ -288,7 +288,8 @@ impl SagaPartition {
             saga_turns: HashMap::new(),
             stop,
         };
-        worker.adopt_copies(start.copies)?;
+        // Every order and saga of the copies decoded: seconds for a large partition.
+        platform::runtime::blocking(|| worker.adopt_copies(start.copies))?;
         Ok(worker)
     }
 
@@ -418,7 +419,7 @@ impl SagaPartition {
     /// Reads and acts until stopped, and every [`TICK`] commits, sends deadlines, publishes
     /// the gauges and paces the two topics. The tick is due by the clock, checked between
     /// records: a timer alone would fire late while the tail has records queued (tokio fires
-    /// timers when a thread looks up from its tasks, see `platform::kafka::take_turn`), and a
+    /// timers when a thread looks up from its tasks, see `platform::runtime::take_turn`), and a
     /// replay that paces seldom lets one topic run far ahead of the other.
     async fn serve(&mut self) {
         let mut next_tick = Instant::now() + TICK;
@@ -443,7 +444,7 @@ impl SagaPartition {
                             break;
                         }
                         drop(message);
-                        platform::kafka::take_turn().await;
+                        platform::runtime::take_turn().await;
                     }
                     Err(error) => {
                         warn!(partition = self.partition, %error, "saga tail error");

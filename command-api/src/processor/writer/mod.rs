@@ -414,7 +414,7 @@ where
                     self.absorb(&message)?;
                     drop(message);
                     since_position += 1;
-                    platform::kafka::take_turn().await;
+                    platform::runtime::take_turn().await;
                 }
                 Err(_) => since_position = POSITION_EVERY,
             }
@@ -515,7 +515,7 @@ where
                 Ok(Ok(message)) => {
                     self.absorb(&message)?;
                     drop(message);
-                    platform::kafka::take_turn().await;
+                    platform::runtime::take_turn().await;
                 }
                 _ => break,
             }

@@ -102,7 +102,8 @@ where
         }
     };
     let copied_ms = super::millis_since(started);
-    match restore_from_file::<A>(ctx, partition, &mut spilled) {
+    // Every record decoded and checked: up to seconds for a large partition, off the runtime.
+    match platform::runtime::blocking(|| restore_from_file::<A>(ctx, partition, &mut spilled)) {
         Ok((model, events_end)) => {
             outcome("restored");
             let elapsed_ms = super::millis_since(started);

@@ -1,0 +1,35 @@
+//! Long work on the services' tokio runtime without holding its threads from the other tasks
+//! (decision 0014). A service runs every partition worker and its HTTP server on one runtime with
+//! as many threads as cores; a task that does not return to the scheduler for seconds keeps the
+//! tasks queued on its thread (HTTP requests, other partitions) and every timer waiting.
+
+use tokio::runtime::{Handle, RuntimeFlavor};
+
+/// Hands the thread back to tokio now and then; a task that reads records calls it after
+/// each one it handled. librdkafka's `recv` is ready at once while records are queued, so a
+/// task reading a backlog (a takeover's replay) would otherwise never return to the scheduler:
+/// the other tasks queued on its thread would wait, and so would every timer, which tokio fires
+/// only when a thread looks up from its tasks (an orchestrator's 200 ms tick ran every 1-2 s
+/// while it replayed, so it paced its two topics seldom). Each call takes a unit of the task's
+/// cooperative budget, and a task whose budget is spent yields here.
+///
+/// Call it after a record is handled, never inside a `select!` branch or a timeout around
+/// `recv`: a record received by a future dropped while it yields would be lost (librdkafka's
+/// position is already past it).
+pub async fn take_turn() {
+    tokio::task::coop::consume_budget().await;
+}
+
+/// Runs `work`, seconds of decoding and file reads at a takeover (checking a copied snapshot,
+/// taking its aggregates on), without holding a runtime thread from the other tasks: on a
+/// multi-threaded runtime the thread's queued tasks move to another thread first
+/// (`block_in_place`); elsewhere (a current-thread runtime in a test or tool) it just runs.
+/// For work that needs the caller's `&mut` state, where `spawn_blocking` would need it moved.
+pub fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
