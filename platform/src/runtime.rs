@@ -3,7 +3,10 @@
 //! as many threads as cores; a task that does not return to the scheduler for seconds keeps the
 //! tasks queued on its thread (HTTP requests, other partitions) and every timer waiting.
 
+use std::sync::LazyLock;
+
 use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::Semaphore;
 
 /// Hands the thread back to tokio now and then; a task that reads records calls it after
 /// each one it handled. librdkafka's `recv` is ready at once while records are queued, so a
@@ -13,9 +16,9 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 /// while it replayed, so it paced its two topics seldom). Each call takes a unit of the task's
 /// cooperative budget, and a task whose budget is spent yields here.
 ///
-/// Call it after a record is handled, never inside a `select!` branch or a timeout around
-/// `recv`: a record received by a future dropped while it yields would be lost (librdkafka's
-/// position is already past it).
+/// Call it after a record is handled (in a `select!` arm's body, not in a branch's future; not
+/// inside a timeout around `recv`): a record received by a future dropped while it yields would
+/// be lost (librdkafka's position is already past it).
 pub async fn take_turn() {
     tokio::task::coop::consume_budget().await;
 }
@@ -25,7 +28,12 @@ pub async fn take_turn() {
 /// multi-threaded runtime the thread's queued tasks move to another thread first
 /// (`block_in_place`); elsewhere (a current-thread runtime in a test or tool) it just runs.
 /// For work that needs the caller's `&mut` state, where `spawn_blocking` would need it moved.
-pub fn blocking<R>(work: impl FnOnce() -> R) -> R {
+///
+/// At most one such work per core runs at once in the process (as many as ran when they held
+/// runtime threads): a process taking over dozens of partitions would otherwise decode all
+/// their snapshots at once, each on a thread of its own, with a peak of memory to match.
+pub async fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    let _turn = BLOCKING_TURNS.acquire().await;
     match Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(work)
@@ -33,3 +41,9 @@ pub fn blocking<R>(work: impl FnOnce() -> R) -> R {
         _ => work(),
     }
 }
+
+/// One turn per core for [`blocking`] work (a closed semaphore is never made: an error from
+/// `acquire` is impossible, and the work then runs anyway).
+static BLOCKING_TURNS: LazyLock<Semaphore> = LazyLock::new(|| {
+    Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get))
+});

@@ -363,7 +363,10 @@ async fn consume_batches(
             tokio::select! {
                 biased;
                 received = consumer.recv() => match received {
-                    Ok(message) => batch.push(message.detach()),
+                    Ok(message) => {
+                        batch.push(message.detach());
+                        platform::runtime::take_turn().await;
+                    }
                     Err(_) => break,
                 },
                 () = &mut deadline => break,

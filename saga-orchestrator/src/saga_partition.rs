@@ -289,7 +289,7 @@ impl SagaPartition {
             stop,
         };
         // Every order and saga of the copies decoded: seconds for a large partition.
-        platform::runtime::blocking(|| worker.adopt_copies(start.copies))?;
+        platform::runtime::blocking(|| worker.adopt_copies(start.copies)).await?;
         Ok(worker)
     }
 
@@ -982,8 +982,9 @@ impl SagaPartition {
             if !self.replaying[i] {
                 continue;
             }
-            let position =
-                platform::log_end::position(&*self.tail, topic, self.partition).unwrap_or(0);
+            // Before the first fetch, the offset the tail was assigned.
+            let position = platform::log_end::position(&*self.tail, topic, self.partition)
+                .unwrap_or(self.restored_end[i].min(self.replay_until[i]));
             if position >= self.replay_until[i] {
                 self.replaying[i] = false;
             } else {

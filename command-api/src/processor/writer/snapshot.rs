@@ -103,7 +103,8 @@ where
     };
     let copied_ms = super::millis_since(started);
     // Every record decoded and checked: up to seconds for a large partition, off the runtime.
-    match platform::runtime::blocking(|| restore_from_file::<A>(ctx, partition, &mut spilled)) {
+    match platform::runtime::blocking(|| restore_from_file::<A>(ctx, partition, &mut spilled)).await
+    {
         Ok((model, events_end)) => {
             outcome("restored");
             let elapsed_ms = super::millis_since(started);
