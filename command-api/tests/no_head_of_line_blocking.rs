@@ -14,15 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use domain::inventory::InventoryEvent;
-use domain::values::{Quantity, Sku};
-use domain::{AggregateKind, Version};
-use platform::envelope::{EventEnvelope, Trace};
+use domain::AggregateKind;
 use platform::partitioner::partition_for;
 use rdkafka::producer::FutureRecord;
 use reqwest::StatusCode;
 use support::*;
-use uuid::Uuid;
 
 /// Events of the long partition's history: a replay of several seconds in a debug build, longer
 /// than queuing the commands takes (300,000 events ended 6 s after the other partition's answer
@@ -45,31 +41,11 @@ fn sku_of(prefix: &str, partition: i32) -> String {
 async fn history(kafka: &test_harness::TestKafka, sku: &str, versions: u64) {
     let producer = kafka.producer();
     let topic = kafka.topics().events(AggregateKind::InventoryItem);
-    let payload = schemas::encode(&InventoryEvent::StockAdded {
-        sku: Sku::try_from(sku).unwrap(),
-        quantity: Quantity::try_from(1).unwrap(),
-    })
-    .unwrap();
     let at = Utc::now();
     let mut predecessor = None;
     let mut deliveries = Vec::new();
     for version in 1..=versions {
-        let envelope = EventEnvelope {
-            event_id: Uuid::now_v7(),
-            event_type: "StockAdded".into(),
-            aggregate_kind: AggregateKind::InventoryItem,
-            aggregate_id: sku.to_owned(),
-            version: Version::new(version),
-            predecessor,
-            command_id: Uuid::new_v4().to_string(),
-            request_hash: None,
-            occurred_at: at,
-            trace: Trace {
-                correlation_id: Uuid::new_v4().to_string(),
-                causation_id: Uuid::new_v4().to_string(),
-                traceparent: None,
-            },
-        };
+        let (envelope, payload) = stock_added_as_written(sku, version, predecessor, at);
         predecessor = Some(envelope.event_id);
         let record = FutureRecord::to(&topic)
             .key(sku)

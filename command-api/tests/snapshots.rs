@@ -14,10 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use domain::inventory::InventoryEvent;
-use domain::values::{Quantity, Sku};
-use domain::{AggregateKind, Version};
-use platform::envelope::{EventEnvelope, Trace};
+use domain::AggregateKind;
 use platform::log_order::{LogOrder, Verdict};
 use platform::partitioner::partition_for;
 use rdkafka::producer::FutureRecord;
@@ -25,7 +22,6 @@ use reqwest::StatusCode;
 use schemas::wire::snapshots::{Snapshot, COMMAND_KEY_PREFIX};
 use serde_json::{json, Value};
 use support::*;
-use uuid::Uuid;
 
 /// Longer than the writers' snapshot interval (5 s).
 const PAST_THE_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(5_500);
@@ -153,27 +149,7 @@ async fn first_events(kafka: &test_harness::TestKafka, skus: &[String], at: Date
     let topic = kafka.topics().events(AggregateKind::InventoryItem);
     let mut deliveries = Vec::new();
     for sku in skus {
-        let envelope = EventEnvelope {
-            event_id: Uuid::now_v7(),
-            event_type: "StockAdded".into(),
-            aggregate_kind: AggregateKind::InventoryItem,
-            aggregate_id: sku.clone(),
-            version: Version::new(1),
-            predecessor: None,
-            command_id: Uuid::new_v4().to_string(),
-            request_hash: None,
-            occurred_at: at,
-            trace: Trace {
-                correlation_id: Uuid::new_v4().to_string(),
-                causation_id: Uuid::new_v4().to_string(),
-                traceparent: None,
-            },
-        };
-        let payload = schemas::encode(&InventoryEvent::StockAdded {
-            sku: Sku::try_from(sku.as_str()).unwrap(),
-            quantity: Quantity::try_from(1).unwrap(),
-        })
-        .unwrap();
+        let (envelope, payload) = stock_added_as_written(sku, 1, None, at);
         let record = FutureRecord::to(&topic)
             .key(sku.as_str())
             .payload(&payload)

@@ -224,6 +224,39 @@ pub async fn seed(app: &TestApp, customer: &str, sku: &str, stock: i64) {
     assert_eq!(stocked.status, StatusCode::OK, "{:?}", stocked.body);
 }
 
+/// The envelope and payload of `sku`'s `StockAdded` (one unit) at `version`, chained to
+/// `predecessor` and stamped `at`, as its writer would have appended it: for tests that write
+/// a history straight to the events topic.
+pub fn stock_added_as_written(
+    sku: &str,
+    version: u64,
+    predecessor: Option<uuid::Uuid>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> (EventEnvelope, Vec<u8>) {
+    let envelope = EventEnvelope {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: "StockAdded".into(),
+        aggregate_kind: AggregateKind::InventoryItem,
+        aggregate_id: sku.to_owned(),
+        version: domain::Version::new(version),
+        predecessor,
+        command_id: uuid::Uuid::new_v4().to_string(),
+        request_hash: None,
+        occurred_at: at,
+        trace: platform::envelope::Trace {
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+            causation_id: uuid::Uuid::new_v4().to_string(),
+            traceparent: None,
+        },
+    };
+    let payload = schemas::encode(&domain::inventory::InventoryEvent::StockAdded {
+        sku: domain::values::Sku::try_from(sku).unwrap(),
+        quantity: domain::values::Quantity::try_from(1).unwrap(),
+    })
+    .unwrap();
+    (envelope, payload)
+}
+
 /// One record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Stored {
