@@ -121,18 +121,29 @@ pub(crate) async fn commands_per_s(
     ))
 }
 
-/// Open loop: one command every `1/rate` s for `duration`, whatever the answers do. Returns
-/// the latency percentiles of accepted commands and the rate actually completed.
+/// Open loop: one command every `1/rate` s for `warm_up + duration`, whatever the answers do.
+/// Returns the latency percentiles of the commands sent after `warm_up` that were accepted, and
+/// the rate completed after it.
 pub(crate) async fn latency_at(
     api: &Api,
     rate: u32,
+    warm_up: Duration,
     duration: Duration,
 ) -> anyhow::Result<(Option<Percentiles>, f64)> {
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let warming = Instant::now();
+    let mut warm_up_tasks = Vec::new();
+    let mut i = 0usize;
+    while warming.elapsed() < warm_up {
+        ticker.tick().await;
+        let api = api.clone();
+        let sku = format!("lat-{:04}", i % 2000);
+        i += 1;
+        warm_up_tasks.push(tokio::spawn(async move { api.add_stock(&sku).await.is_ok() }));
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
-    let mut i = 0usize;
     while started.elapsed() < duration {
         ticker.tick().await;
         let api = api.clone();
@@ -153,6 +164,9 @@ pub(crate) async fn latency_at(
         }
     }
     let completed = samples.len() as f64 / started.elapsed().as_secs_f64();
+    for task in warm_up_tasks {
+        task.await?;
+    }
     Ok((percentiles(samples), completed))
 }
 

@@ -143,6 +143,8 @@ impl Run {
         let command_api =
             Service::start(&self.env, "command-api", "COMMAND_API_ADDR", 18180, &[]).await?;
         let api = self.api(&command_api)?;
+        step(&format!("command-api idle for {:?}", self.plan.idle_for));
+        let idle_cpu_percent = command_api.cpu_percent_over(self.plan.idle_for).await;
         step(&format!(
             "commands: {CLIENTS} clients for {:?}",
             self.plan.throughput_for
@@ -160,9 +162,16 @@ impl Run {
             self.plan.latency_rate, self.plan.latency_for
         ));
         let (latency, completed_per_s) =
-            http_load::latency_at(&api, self.plan.latency_rate, self.plan.latency_for).await?;
+            http_load::latency_at(
+                &api,
+                self.plan.latency_rate,
+                self.plan.latency_warm_up,
+                self.plan.latency_for,
+            )
+            .await?;
         command_api.stop(rss).await;
         Ok(CommandFigures {
+            idle_cpu_percent,
             per_s,
             failures,
             latency,

@@ -43,7 +43,7 @@ pub(crate) async fn raw_round_trip(
         kafka.partitions,
     )
     .await?;
-    let producer: FutureProducer = platform::kafka::producer_config(kafka).create()?;
+    let producer: FutureProducer = platform::kafka::latency_producer_config(kafka).create()?;
     let echo: StreamConsumer =
         platform::kafka::latency_consumer_config(kafka, &format!("{requests}.echo")).create()?;
     echo.assign(&every_partition(&requests, kafka.partitions)?)?;

@@ -73,6 +73,16 @@ impl Service {
         bail!("{} did not become ready", self.name)
     }
 
+    /// The CPU time the process spends during the next `window`, in percent of one core.
+    pub(crate) async fn cpu_percent_over(&self, window: Duration) -> Option<f64> {
+        let pid = self.child.id()?;
+        let before = cpu_ticks_of(pid)?;
+        tokio::time::sleep(window).await;
+        let after = cpu_ticks_of(pid)?;
+        // /proc counts in clock ticks, 100 a second on Linux.
+        Some((after - before) as f64 / window.as_secs_f64())
+    }
+
     /// Peak resident set size so far (VmHWM), in MiB.
     pub(crate) fn peak_rss_mib(&self) -> Option<f64> {
         peak_rss_mib_of(self.child.id()?)
@@ -93,6 +103,17 @@ impl Service {
         let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
         let _ = self.child.kill().await;
     }
+}
+
+/// User and system CPU time of a running process so far, in clock ticks (`/proc/<pid>/stat`
+/// fields 14 and 15, counted after the parenthesised command name, which may hold spaces).
+fn cpu_ticks_of(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
 }
 
 /// Peak resident memory (VmHWM) of a running process, MiB.

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::consistency::TokenKey;
-use platform::kafka::{producer_config, KafkaSetupError};
+use platform::kafka::{latency_producer_config, KafkaSetupError};
 use platform::topics::Topics;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
@@ -146,7 +146,7 @@ impl Application {
         let reply_key = format!("command-api-{}", uuid::Uuid::now_v7());
         // The bus gets its own producer with a short delivery timeout: a caller facing a dead
         // broker gets a 503 within seconds, and librdkafka drops (never sends later) what timed out.
-        let bus_producer: FutureProducer = producer_config(&settings.kafka)
+        let bus_producer: FutureProducer = latency_producer_config(&settings.kafka)
             .set(
                 "message.timeout.ms",
                 COMMAND_DELIVERY_TIMEOUT.as_millis().to_string(),

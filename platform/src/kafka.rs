@@ -148,6 +148,16 @@ pub fn latency_consumer_config(settings: &KafkaSettings, group_id: &str) -> Clie
     config
 }
 
+/// A producer on a request/response path (the command bus, a writer's transactions): records
+/// go out as soon as they are queued (`linger.ms` 0) instead of waiting 2 ms for more. A
+/// request waits for each hop, so every millisecond of linger is a millisecond of latency; under
+/// load librdkafka still batches what queues up while a request is in flight.
+pub fn latency_producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = producer_config(settings);
+    config.set("linger.ms", "0");
+    config
+}
+
 /// Settings for a transactional producer: `transactional.id` names the one logical writer it
 /// stands for, so a newer instance initialising the same id fences every older one (their open
 /// transaction is aborted, their later sends and commits refused). A transaction left open by a
@@ -158,7 +168,7 @@ pub fn transactional_producer_config(
     settings: &KafkaSettings,
     transactional_id: &str,
 ) -> ClientConfig {
-    let mut config = producer_config(settings);
+    let mut config = latency_producer_config(settings);
     config
         .set("transactional.id", transactional_id)
         .set("transaction.timeout.ms", "30000");

@@ -7,6 +7,8 @@
 //!   `KAFKA_REPLICATION_FACTOR`, `KAFKA_MIN_INSYNC_REPLICAS`).
 //! - [`kafka`]: producer, consumer and admin client settings (acks=all, idempotence, murmur2
 //!   partitioning, manual offset store).
+//! - [`polled_producer`]: a producer whose delivery reports complete futures, without the
+//!   busy loop rdkafka's `FutureProducer` runs in every producer's polling thread.
 //! - [`partitioner`]: Kafka's murmur2 partitioner, byte-for-byte the Java client's, so a
 //!   service can tell which partition (and so which writer) owns an aggregate.
 //! - [`topics`]: topic names, `<prefix>.<aggregate>.events` and their `.dlq` twins, and how
@@ -43,6 +45,7 @@ pub mod log_end;
 pub mod log_order;
 pub mod open_transactions;
 pub mod partitioner;
+pub mod polled_producer;
 pub mod path_params;
 pub mod resilience;
 pub mod runtime;

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use platform::envelope::EventEnvelope;
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use platform::polled_producer::DeliveryFuture;
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::wire::reply::Position;
 use schemas::CommandReply;
@@ -83,8 +84,11 @@ where
                 return Handled::Fenced;
             }
             self.recovery = self.recovery.and(recovery);
-            metrics::counter!("writer_transactions_aborted_total", "aggregate" => A::KIND.as_str())
-                .increment(1);
+            // A batch that waited in vain for the tail opened no transaction.
+            if !matches!(failure, TransactionFailure::Behind) {
+                metrics::counter!("writer_transactions_aborted_total", "aggregate" => A::KIND.as_str())
+                    .increment(1);
+            }
             warn!(kind = %A::KIND, partition = self.partition, error = %failure, ?recovery, "batch not committed; trying again on the log as it is now");
             if !pause_or_revoked(&mut pause, revoked).await {
                 return Handled::Abandoned;
@@ -105,6 +109,14 @@ where
                 recovery: Recovery::Restart,
             }
         };
+        if !self.await_last_marker().await.map_err(restart)? {
+            return Err(Failed {
+                failure: TransactionFailure::Behind,
+                recovery: Recovery::CatchUp {
+                    past: self.marker_end,
+                },
+            });
+        }
         self.absorb_pending().await.map_err(restart)?;
         // Taken before the batch is planned: the model as the log holds it up to `known_end`,
         // so the batch's own events come after the checkpoint. A snapshot written on its own
@@ -233,6 +245,7 @@ where
         // The commit marker follows the batch's last event in the partition.
         if let Some(last) = last_appended {
             self.known_end = last + 2;
+            self.marker_end = last + 2;
         }
         if let Some(last) = batch.iter().map(|c| c.offset).max() {
             self.command_floor = self.command_floor.max(last + 1);
@@ -410,7 +423,7 @@ where
                 .payload(&payload);
             match self.producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
-                Err((error, _)) => {
+                Err(error) => {
                     platform::kafka::count_producer_error("command-replies");
                     warn!(%error, "reply not queued");
                     return None;

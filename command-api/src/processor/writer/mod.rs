@@ -32,7 +32,7 @@ use platform::envelope::EventEnvelope;
 use platform::spill::{SpillError, SpillFile};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::FutureProducer;
+use platform::polled_producer::PolledProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,10 @@ const TAIL_FETCH_WAIT_MS: &str = "100";
 /// `replay_memory`): a replay of a long log holds about this many, not every aggregate of the
 /// partition.
 const REPLAY_SPILL_SLACK: usize = 1_000;
+
+/// How long a batch waits for the tail to pass the writer's last commit marker before it reads
+/// the partition the slow way (a catch-up) instead.
+const MARKER_WAIT: Duration = Duration::from_millis(500);
 
 /// While a replay's records keep coming, the tail's position is asked for once in this many.
 const POSITION_EVERY: usize = 256;
@@ -91,13 +95,17 @@ where
     events_topic: String,
     commands_topic: String,
     /// Transactional, under the partition's transactional id: only the newest holder commits.
-    producer: FutureProducer,
+    producer: PolledProducer,
     tail: Arc<StreamConsumer>,
     /// The offset after the last record this writer has judged (read or appended itself).
     next_offset: i64,
     /// Every offset below this one is accounted for: records judged, transaction markers and
     /// aborted records passed. A batch's events must land exactly here to be judged in place.
     known_end: i64,
+    /// Where the commit marker of this writer's last batch ends: the broker writes the marker
+    /// after the commit has returned, and the next batch waits for the tail to pass it (see
+    /// [`Self::await_last_marker`]).
+    marker_end: i64,
     /// What the log says of the partition, and the decisions on it.
     model: PartitionModel<A>,
     /// The aggregates the model does not hold in memory (decision 0012).
@@ -216,6 +224,7 @@ where
             tail: Arc::new(tail),
             next_offset: from,
             known_end: from,
+            marker_end: from,
             model: restored.model,
             spilled: restored.spilled,
             command_floor,
@@ -504,6 +513,41 @@ where
             }
         };
         Ok((envelope.event_id, accepted))
+    }
+
+    /// Waits (up to `MARKER_WAIT`) until the tail has passed the commit marker of this writer's
+    /// last batch, absorbing whatever it hands over on the way (records this writer did not
+    /// append: none unless the deployment is misconfigured). False when it has not yet.
+    ///
+    /// A commit returns once the coordinator has decided it; the coordinator then writes the
+    /// markers and completes the transaction, and until it has, it refuses the same
+    /// transactional id's next `AddPartitionsToTxn` and `AddOffsetsToTxn`
+    /// (`CONCURRENT_TRANSACTIONS`, librdkafka's transaction protocol `TV_0`), which librdkafka
+    /// retries after 20 ms and after 100 ms or more. A batch begun at once after the commit paid
+    /// those retries most of the time. The tail sees the marker a few milliseconds after the
+    /// commit (its fetch wakes when the last stable offset moves), by when the coordinator has
+    /// mostly completed the transaction too.
+    async fn await_last_marker(&mut self) -> Result<bool, WriterError> {
+        let deadline = tokio::time::Instant::now() + MARKER_WAIT;
+        // The first look serves what librdkafka already fetched; then every millisecond, since
+        // passing a marker moves the position without handing anything over.
+        let mut slice = Duration::ZERO;
+        loop {
+            if self.position() >= self.marker_end {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            let tail = self.tail.clone();
+            if let Ok(received) = tokio::time::timeout(slice, tail.recv()).await {
+                let message = received.map_err(WriterError::Kafka)?;
+                self.absorb(&message)?;
+                drop(message);
+                platform::runtime::take_turn().await;
+            }
+            slice = Duration::from_millis(1);
+        }
     }
 
     /// Whatever the tail already has (records this writer did not append: none unless the

@@ -10,7 +10,8 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use platform::polled_producer::DeliveryFuture;
+use rdkafka::producer::FutureRecord;
 use schemas::wire::snapshots::{Snapshot, CHECKPOINT_KEY};
 use tracing::{info, warn};
 
@@ -217,7 +218,7 @@ where
             }
             match self.producer.send_result(out) {
                 Ok(delivery) => deliveries.push(delivery),
-                Err((error, _)) => {
+                Err(error) => {
                     platform::kafka::count_producer_error("command-writer-snapshot");
                     warn!(%error, "snapshot record not queued");
                     return None;

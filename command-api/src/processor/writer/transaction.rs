@@ -10,7 +10,8 @@ use std::time::Duration;
 use domain::AggregateKind;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer};
+use platform::polled_producer::PolledProducer;
+use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::WriterError;
@@ -36,11 +37,12 @@ pub(super) async fn fence_earlier_writers(
     ctx: &WriterContext,
     kind: AggregateKind,
     partition: i32,
-) -> Result<FutureProducer, WriterError> {
+) -> Result<PolledProducer, WriterError> {
     let id = transactional_id(&ctx.kafka.topic_prefix, kind, partition);
-    let producer: FutureProducer = platform::kafka::transactional_producer_config(&ctx.kafka, &id)
-        .create()
-        .map_err(WriterError::Kafka)?;
+    let producer = PolledProducer::create(&platform::kafka::transactional_producer_config(
+        &ctx.kafka, &id,
+    ))
+    .map_err(WriterError::Kafka)?;
     let initialising = producer.clone();
     blocking(move || initialising.init_transactions(TRANSACTION_CALL_TIMEOUT))
         .await
@@ -101,6 +103,10 @@ pub(super) enum TransactionFailure {
     /// aborts it), and the committed offset then tells which.
     #[error("the transaction's outcome is unknown")]
     Unknown(#[source] KafkaError),
+    /// The tail had not passed the commit marker of the writer's last batch in time: nothing
+    /// was sent; the writer reads the partition up to it and tries again.
+    #[error("the partition's tail has not passed the last commit marker")]
+    Behind,
     /// The writer could not give its model an aggregate it keeps on disk (decision 0012):
     /// nothing is decided on a view without it.
     #[error("an aggregate kept on disk could not be read back")]
@@ -108,7 +114,7 @@ pub(super) enum TransactionFailure {
 }
 
 /// Opens the batch's transaction.
-pub(super) fn begin(producer: &FutureProducer) -> Result<(), TransactionFailure> {
+pub(super) fn begin(producer: &PolledProducer) -> Result<(), TransactionFailure> {
     producer
         .begin_transaction()
         .map_err(|e| classify(producer, e, TransactionFailure::Unknown))
@@ -118,7 +124,7 @@ pub(super) fn begin(producer: &FutureProducer) -> Result<(), TransactionFailure>
 /// refuses them from a member of an older generation. Runs while the batch's records are sent
 /// (they are independent parts of one transaction); the commit waits for it.
 pub(super) async fn send_offsets(
-    producer: FutureProducer,
+    producer: PolledProducer,
     group: Arc<BaseConsumer<GroupContext>>,
     offsets: TopicPartitionList,
 ) -> Result<(), TransactionFailure> {
@@ -137,7 +143,7 @@ pub(super) async fn send_offsets(
 /// Commits everything the transaction holds. Every message is acknowledged by now; librdkafka
 /// may still count one in flight for a moment, and rdkafka's flush inside the commit would then
 /// sleep a whole 100 ms poll, so wait for it here first.
-pub(super) async fn commit(producer: &FutureProducer) -> Result<(), TransactionFailure> {
+pub(super) async fn commit(producer: &PolledProducer) -> Result<(), TransactionFailure> {
     let mut waited = 0;
     while producer.in_flight_count() > 0 && waited < 100 {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -151,7 +157,7 @@ pub(super) async fn commit(producer: &FutureProducer) -> Result<(), TransactionF
 
 /// Aborts the open transaction. A producer that cannot abort is fenced (fatal) or in an
 /// unknown state (the abort timed out or a commit is still in flight).
-pub(super) async fn abort(producer: &FutureProducer) -> Result<(), TransactionFailure> {
+pub(super) async fn abort(producer: &PolledProducer) -> Result<(), TransactionFailure> {
     if let Some((code, _)) = producer.client().fatal_error() {
         return Err(TransactionFailure::Fenced(KafkaError::MessageProduction(
             code,
@@ -166,12 +172,12 @@ pub(super) async fn abort(producer: &FutureProducer) -> Result<(), TransactionFa
 /// Makes `call` and makes it again while librdkafka says it is retriable; `otherwise` names a
 /// failure that is neither fatal nor abortable, or still retriable after `RETRIES`.
 async fn retrying<F>(
-    producer: &FutureProducer,
+    producer: &PolledProducer,
     otherwise: fn(KafkaError) -> TransactionFailure,
     call: F,
 ) -> Result<(), TransactionFailure>
 where
-    F: Fn(&FutureProducer) -> Result<(), KafkaError> + Send + Sync + 'static,
+    F: Fn(&PolledProducer) -> Result<(), KafkaError> + Send + Sync + 'static,
 {
     let call = Arc::new(call);
     let mut attempt = 0;
@@ -188,7 +194,7 @@ where
 
 /// Fatal (fenced) first, then "abort and retry", then `otherwise`.
 fn classify(
-    producer: &FutureProducer,
+    producer: &PolledProducer,
     error: KafkaError,
     otherwise: fn(KafkaError) -> TransactionFailure,
 ) -> TransactionFailure {
