@@ -140,7 +140,9 @@ pub(crate) async fn latency_at(
         let api = api.clone();
         let sku = format!("lat-{:04}", i % 2000);
         i += 1;
-        warm_up_tasks.push(tokio::spawn(async move { api.add_stock(&sku).await.is_ok() }));
+        warm_up_tasks.push(tokio::spawn(
+            async move { api.add_stock(&sku).await.is_ok() },
+        ));
     }
     let started = Instant::now();
     let mut tasks = Vec::new();

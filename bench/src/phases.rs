@@ -161,14 +161,13 @@ impl Run {
             "command latency at {}/s for {:?}",
             self.plan.latency_rate, self.plan.latency_for
         ));
-        let (latency, completed_per_s) =
-            http_load::latency_at(
-                &api,
-                self.plan.latency_rate,
-                self.plan.latency_warm_up,
-                self.plan.latency_for,
-            )
-            .await?;
+        let (latency, completed_per_s) = http_load::latency_at(
+            &api,
+            self.plan.latency_rate,
+            self.plan.latency_warm_up,
+            self.plan.latency_for,
+        )
+        .await?;
         command_api.stop(rss).await;
         Ok(CommandFigures {
             idle_cpu_percent,

@@ -29,10 +29,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use platform::envelope::EventEnvelope;
+use platform::polled_producer::PolledProducer;
 use platform::spill::{SpillError, SpillFile};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use platform::polled_producer::PolledProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

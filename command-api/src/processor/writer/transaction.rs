@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::AggregateKind;
+use platform::polled_producer::PolledProducer;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use platform::polled_producer::PolledProducer;
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
