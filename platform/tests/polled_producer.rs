@@ -100,7 +100,7 @@ async fn each_record_of_a_transaction_resolves_to_where_the_broker_put_it() {
             (1, Some(b"b".to_vec())),
             (2, Some(b"c".to_vec()))
         ],
-        "a read_committed reader sees exactly what the futures reported"
+        "a reader finds exactly what the futures reported, where they reported it"
     );
 }
 
@@ -108,27 +108,28 @@ async fn each_record_of_a_transaction_resolves_to_where_the_broker_put_it() {
 async fn the_delivery_thread_ends_once_every_handle_is_dropped() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let kafka = TestKafka::new();
-    // The threads of producers dropped by an earlier test end within a poll window and a
-    // flush: let them go first.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = delivery_threads();
+    // Only this binary's tests start these threads, one test at a time: once those of an
+    // earlier test have ended (a poll window and a flush after its producer went), none is left.
+    threads_become(0, "an earlier test's delivery thread outlived its producer").await;
     let producer = producer(&kafka, "polled-threads");
     let clone = producer.clone();
-    assert_eq!(delivery_threads(), before + 1, "one thread per producer");
+    threads_become(1, "one thread per producer").await;
     drop(producer);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(
         delivery_threads(),
-        before + 1,
+        1,
         "a clone still holds the producer: its thread goes on"
     );
     drop(clone);
+    threads_become(0, "the delivery thread outlived every handle").await;
+}
+
+/// Waits (up to 10 s) until `count` delivery threads run; fails with `otherwise` if they never do.
+async fn threads_become(count: usize, otherwise: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while delivery_threads() > before {
-        assert!(
-            Instant::now() < deadline,
-            "the delivery thread outlived every handle"
-        );
+    while delivery_threads() != count {
+        assert!(Instant::now() < deadline, "{otherwise}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

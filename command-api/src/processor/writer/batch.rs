@@ -84,11 +84,8 @@ where
                 return Handled::Fenced;
             }
             self.recovery = self.recovery.and(recovery);
-            // A batch that waited in vain for the tail opened no transaction.
-            if !matches!(failure, TransactionFailure::Behind) {
-                metrics::counter!("writer_transactions_aborted_total", "aggregate" => A::KIND.as_str())
-                    .increment(1);
-            }
+            metrics::counter!("writer_transactions_aborted_total", "aggregate" => A::KIND.as_str())
+                .increment(1);
             warn!(kind = %A::KIND, partition = self.partition, error = %failure, ?recovery, "batch not committed; trying again on the log as it is now");
             if !pause_or_revoked(&mut pause, revoked).await {
                 return Handled::Abandoned;
@@ -109,14 +106,7 @@ where
                 recovery: Recovery::Restart,
             }
         };
-        if !self.await_last_marker().await.map_err(restart)? {
-            return Err(Failed {
-                failure: TransactionFailure::Behind,
-                recovery: Recovery::CatchUp {
-                    past: self.marker_end,
-                },
-            });
-        }
+        self.await_last_marker().await.map_err(restart)?;
         self.absorb_pending().await.map_err(restart)?;
         // Taken before the batch is planned: the model as the log holds it up to `known_end`,
         // so the batch's own events come after the checkpoint. A snapshot written on its own

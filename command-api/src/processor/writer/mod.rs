@@ -58,8 +58,8 @@ const TAIL_FETCH_WAIT_MS: &str = "100";
 /// partition.
 const REPLAY_SPILL_SLACK: usize = 1_000;
 
-/// How long a batch waits for the tail to pass the writer's last commit marker before it reads
-/// the partition the slow way (a catch-up) instead.
+/// How long a batch waits for the tail to pass the writer's last commit marker before it goes
+/// ahead anyway (and pays librdkafka's retries if the coordinator is still completing).
 const MARKER_WAIT: Duration = Duration::from_millis(500);
 
 /// While a replay's records keep coming, the tail's position is asked for once in this many.
@@ -102,9 +102,10 @@ where
     /// Every offset below this one is accounted for: records judged, transaction markers and
     /// aborted records passed. A batch's events must land exactly here to be judged in place.
     known_end: i64,
-    /// Where the commit marker of this writer's last batch ends: the broker writes the marker
-    /// after the commit has returned, and the next batch waits for the tail to pass it (see
-    /// [`Self::await_last_marker`]).
+    /// Where the commit marker of this writer's last batch with events ends: the broker writes
+    /// the marker after the commit has returned, and the next batch waits for the tail to pass
+    /// it (see [`Self::await_last_marker`]). 0 until the writer commits events: the transactions
+    /// of earlier writers were settled by `init_transactions`.
     marker_end: i64,
     /// What the log says of the partition, and the decisions on it.
     model: PartitionModel<A>,
@@ -224,7 +225,7 @@ where
             tail: Arc::new(tail),
             next_offset: from,
             known_end: from,
-            marker_end: from,
+            marker_end: 0,
             model: restored.model,
             spilled: restored.spilled,
             command_floor,
@@ -516,38 +517,47 @@ where
     }
 
     /// Waits (up to `MARKER_WAIT`) until the tail has passed the commit marker of this writer's
-    /// last batch, absorbing whatever it hands over on the way (records this writer did not
-    /// append: none unless the deployment is misconfigured). False when it has not yet.
+    /// last batch with events, absorbing whatever it hands over on the way (records this writer
+    /// did not append: none unless the deployment is misconfigured).
     ///
-    /// A commit returns once the coordinator has decided it; the coordinator then writes the
-    /// markers and completes the transaction, and until it has, it refuses the same
-    /// transactional id's next `AddPartitionsToTxn` and `AddOffsetsToTxn`
+    /// Only a matter of speed: a commit returns once the coordinator has decided it; the
+    /// coordinator then writes the markers and completes the transaction, and until it has, it
+    /// refuses the same transactional id's next `AddPartitionsToTxn` and `AddOffsetsToTxn`
     /// (`CONCURRENT_TRANSACTIONS`, librdkafka's transaction protocol `TV_0`), which librdkafka
     /// retries after 20 ms and after 100 ms or more. A batch begun at once after the commit paid
     /// those retries most of the time. The tail sees the marker a few milliseconds after the
     /// commit (its fetch wakes when the last stable offset moves), by when the coordinator has
-    /// mostly completed the transaction too.
-    async fn await_last_marker(&mut self) -> Result<bool, WriterError> {
+    /// mostly completed the transaction too. When the tail does not get there in time (or
+    /// reports an error), the batch goes ahead: the coordinator's refusals keep it from adding
+    /// the partition before the marker is written, so its events still land after it
+    /// (`writer_marker_waits_missed_total` counts those batches).
+    async fn await_last_marker(&mut self) -> Result<(), WriterError> {
         let deadline = tokio::time::Instant::now() + MARKER_WAIT;
         // The first look serves what librdkafka already fetched; then every millisecond, since
         // passing a marker moves the position without handing anything over.
         let mut slice = Duration::ZERO;
-        loop {
-            if self.position() >= self.marker_end {
-                return Ok(true);
-            }
+        while self.position() < self.marker_end {
             if tokio::time::Instant::now() >= deadline {
-                return Ok(false);
+                metrics::counter!("writer_marker_waits_missed_total", "aggregate" => A::KIND.as_str())
+                    .increment(1);
+                return Ok(());
             }
             let tail = self.tail.clone();
-            if let Ok(received) = tokio::time::timeout(slice, tail.recv()).await {
-                let message = received.map_err(WriterError::Kafka)?;
-                self.absorb(&message)?;
-                drop(message);
-                platform::runtime::take_turn().await;
+            match tokio::time::timeout(slice, tail.recv()).await {
+                Ok(Ok(message)) => {
+                    self.absorb(&message)?;
+                    drop(message);
+                    platform::runtime::take_turn().await;
+                }
+                // A broker's trouble reported to every client: the tail goes on by itself.
+                Ok(Err(error)) => {
+                    debug!(kind = %A::KIND, partition = self.partition, %error, "the tail reported an error while the batch waited for its marker");
+                }
+                Err(_) => {}
             }
             slice = Duration::from_millis(1);
         }
+        Ok(())
     }
 
     /// Whatever the tail already has (records this writer did not append: none unless the

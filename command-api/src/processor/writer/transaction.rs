@@ -103,10 +103,6 @@ pub(super) enum TransactionFailure {
     /// aborts it), and the committed offset then tells which.
     #[error("the transaction's outcome is unknown")]
     Unknown(#[source] KafkaError),
-    /// The tail had not passed the commit marker of the writer's last batch in time: nothing
-    /// was sent; the writer reads the partition up to it and tries again.
-    #[error("the partition's tail has not passed the last commit marker")]
-    Behind,
     /// The writer could not give its model an aggregate it keeps on disk (decision 0012):
     /// nothing is decided on a view without it.
     #[error("an aggregate kept on disk could not be read back")]
