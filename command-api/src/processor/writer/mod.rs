@@ -49,8 +49,12 @@ use replay_memory::ReplayMemory;
 /// At most this many commands are decided and appended together.
 const MAX_BATCH: usize = 256;
 
-/// How long an empty fetch of a partition's tail waits at the broker.
-const TAIL_FETCH_WAIT_MS: &str = "100";
+/// How long an empty fetch of a partition's tail waits at the broker. The broker answers a
+/// waiting fetch as soon as a record or a marker moves the last stable offset (a batch's marker
+/// wait sees it 2 ms after the commit at 100 ms or 500 ms alike), so this bounds idle fetches
+/// only: librdkafka's default, 500 ms, keeps a process's 30 idle tails at 60 fetches a second
+/// (an idle command-api: 8.5% -> 6.4% of a core against 100 ms).
+const TAIL_FETCH_WAIT_MS: &str = "500";
 
 /// While a takeover replays, a snapshot is written (and the aggregates it makes clean leave
 /// memory) whenever the model holds this many aggregates more than the replay keeps (see
