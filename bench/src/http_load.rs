@@ -132,29 +132,20 @@ pub(crate) async fn latency_at(
 ) -> anyhow::Result<(Option<Percentiles>, f64)> {
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let warming = Instant::now();
-    let mut warm_up_tasks = Vec::new();
-    let mut i = 0usize;
-    while warming.elapsed() < warm_up {
-        ticker.tick().await;
-        let api = api.clone();
-        let sku = format!("lat-{:04}", i % 2000);
-        i += 1;
-        warm_up_tasks.push(tokio::spawn(
-            async move { api.add_stock(&sku).await.is_ok() },
-        ));
-    }
-    let started = Instant::now();
+    let began = Instant::now();
+    let measured_from = began + warm_up;
     let mut tasks = Vec::new();
-    while started.elapsed() < duration {
+    let mut i = 0usize;
+    while began.elapsed() < warm_up + duration {
         ticker.tick().await;
         let api = api.clone();
         let sku = format!("lat-{:04}", i % 2000);
         i += 1;
+        let measured = Instant::now() >= measured_from;
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
             match api.add_stock(&sku).await {
-                Ok((200, _)) => Some(sent.elapsed().as_secs_f64() * 1000.0),
+                Ok((200, _)) if measured => Some(sent.elapsed().as_secs_f64() * 1000.0),
                 _ => None,
             }
         }));
@@ -165,10 +156,7 @@ pub(crate) async fn latency_at(
             samples.push(ms);
         }
     }
-    let completed = samples.len() as f64 / started.elapsed().as_secs_f64();
-    for task in warm_up_tasks {
-        task.await?;
-    }
+    let completed = samples.len() as f64 / measured_from.elapsed().as_secs_f64();
     Ok((percentiles(samples), completed))
 }
 

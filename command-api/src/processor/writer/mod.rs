@@ -424,11 +424,9 @@ where
             let tail = self.tail.clone();
             match tokio::time::timeout_at(slice, tail.recv()).await {
                 Ok(received) => {
-                    let message = received.map_err(WriterError::Kafka)?;
-                    self.absorb(&message)?;
-                    drop(message);
+                    self.absorb_handed_over(received.map_err(WriterError::Kafka)?)
+                        .await?;
                     since_position += 1;
-                    platform::runtime::take_turn().await;
                 }
                 Err(_) => since_position = POSITION_EVERY,
             }
@@ -468,6 +466,19 @@ where
     fn keeps(&self) -> usize {
         self.replay
             .map_or(self.ctx.memory.resident_aggregates, ReplayMemory::keep)
+    }
+
+    /// Absorbs a record the tail handed over, then lets the other tasks of the runtime thread
+    /// run (decision 0014: a tail with records queued is ready at once, and would hold the
+    /// thread for a whole backlog).
+    async fn absorb_handed_over(
+        &mut self,
+        message: BorrowedMessage<'_>,
+    ) -> Result<(), WriterError> {
+        self.absorb(&message)?;
+        drop(message);
+        platform::runtime::take_turn().await;
+        Ok(())
     }
 
     /// Absorbs one record read from the tail. Records below `next_offset` were already judged
@@ -548,11 +559,7 @@ where
             }
             let tail = self.tail.clone();
             match tokio::time::timeout(slice, tail.recv()).await {
-                Ok(Ok(message)) => {
-                    self.absorb(&message)?;
-                    drop(message);
-                    platform::runtime::take_turn().await;
-                }
+                Ok(Ok(message)) => self.absorb_handed_over(message).await?,
                 // A broker's trouble reported to every client: the tail goes on by itself.
                 Ok(Err(error)) => {
                     debug!(kind = %A::KIND, partition = self.partition, %error, "the tail reported an error while the batch waited for its marker");
@@ -570,11 +577,7 @@ where
         loop {
             let tail = self.tail.clone();
             match tokio::time::timeout(Duration::from_millis(0), tail.recv()).await {
-                Ok(Ok(message)) => {
-                    self.absorb(&message)?;
-                    drop(message);
-                    platform::runtime::take_turn().await;
-                }
+                Ok(Ok(message)) => self.absorb_handed_over(message).await?,
                 _ => break,
             }
         }
