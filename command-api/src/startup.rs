@@ -25,7 +25,7 @@ use command_bus::{ensure_all_topics, TopicSetupError};
 use crate::auth::Auth;
 use crate::bus::CommandBus;
 use crate::config::Settings;
-use crate::processor::Processor;
+use crate::processor::{Processor, WritersShare};
 use crate::routes;
 
 /// How long the broker may take to acknowledge a command before the caller gets a 503.
@@ -165,8 +165,11 @@ impl Application {
             &settings.writer_group,
             &settings.writer_kinds,
             partitions,
-            settings.kafka.command_window,
-            settings.writer_memory.clone(),
+            WritersShare {
+                window: settings.kafka.command_window,
+                memory: settings.writer_memory.clone(),
+                waiters: bus.waiters(),
+            },
             shutdown.clone(),
         )?;
         watch_open_transactions(&settings, &topics, &shutdown);

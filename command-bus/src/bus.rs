@@ -50,8 +50,65 @@ pub struct CommandBus {
     reply_key: String,
     partitions: i32,
     send_timeout: Duration,
-    pending: Arc<Mutex<HashMap<String, oneshot::Sender<CommandReply>>>>,
+    waiters: ReplyWaiters,
     broker: Breaker,
+}
+
+/// The requests of one requester (one reply key) that wait for their answer, by command id.
+/// The reply listener completes them from the replies topic; a partition writer in the same
+/// process completes them straight after its transaction commits ([`ReplyWaiters::answer`]),
+/// a topic round trip sooner. Whichever comes first answers; the other finds nobody waiting.
+#[derive(Clone, Default)]
+pub struct ReplyWaiters {
+    reply_key: String,
+    pending: Arc<Mutex<HashMap<String, oneshot::Sender<CommandReply>>>>,
+}
+
+impl std::fmt::Debug for ReplyWaiters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyWaiters")
+            .field("reply_key", &self.reply_key)
+            .finish()
+    }
+}
+
+impl ReplyWaiters {
+    fn new(reply_key: String) -> Self {
+        Self {
+            reply_key,
+            pending: Arc::default(),
+        }
+    }
+
+    /// Answers the request waiting for `reply.command_id`, if the reply is addressed to this
+    /// requester (`reply_to`) and someone still waits. Only for a reply whose transaction has
+    /// committed: the answer must never be one the log could contradict.
+    pub fn answer(&self, reply_to: &str, reply: &CommandReply) -> bool {
+        if reply_to != self.reply_key {
+            return false;
+        }
+        match self.take(&reply.command_id) {
+            Some(waiter) => waiter.send(reply.clone()).is_ok(),
+            None => false,
+        }
+    }
+
+    fn wait_for(&self, command_id: &str) -> oneshot::Receiver<CommandReply> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(command_id.to_owned(), tx);
+        rx
+    }
+
+    fn take(&self, command_id: &str) -> Option<oneshot::Sender<CommandReply>> {
+        self.lock().remove(command_id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<CommandReply>>> {
+        // A poisoned lock only means another task panicked mid-insert; the map is still usable.
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl std::fmt::Debug for CommandBus {
@@ -94,11 +151,11 @@ impl CommandBus {
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&replies, partition, Offset::Offset(high))?;
         consumer.assign(&assignment)?;
-        let pending: Arc<Mutex<HashMap<String, oneshot::Sender<CommandReply>>>> = Arc::default();
+        let waiters = ReplyWaiters::new(reply_key.clone());
         tokio::spawn(listen(
             consumer,
             reply_key.clone(),
-            pending.clone(),
+            waiters.clone(),
             shutdown,
         ));
         Ok(Self {
@@ -107,7 +164,7 @@ impl CommandBus {
             reply_key,
             partitions,
             send_timeout: Duration::from_secs(5),
-            pending,
+            waiters,
             broker: Breaker::new("kafka", BreakerPolicy::default()),
         })
     }
@@ -115,6 +172,12 @@ impl CommandBus {
     /// This requester's reply key, to put in command envelopes.
     pub fn reply_key(&self) -> &str {
         &self.reply_key
+    }
+
+    /// The requests waiting for their answer, for a partition writer in this process to answer
+    /// as soon as its transaction commits.
+    pub fn waiters(&self) -> ReplyWaiters {
+        self.waiters.clone()
     }
 
     /// The envelope of a command sent through this bus: its reply comes back here. The
@@ -169,8 +232,7 @@ impl CommandBus {
                 telemetry::outgoing(&span, envelope.trace.traceparent.as_deref());
             envelope.to_headers()
         };
-        let (tx, rx) = oneshot::channel();
-        self.lock().insert(envelope.command_id.clone(), tx);
+        let rx = self.waiters.wait_for(&envelope.command_id);
         let topic = self.topics.commands(kind);
         let record = FutureRecord::to(&topic)
             .key(envelope.aggregate_id.as_bytes())
@@ -184,7 +246,7 @@ impl CommandBus {
         if let Err((error, _)) = sent {
             self.broker.failed();
             platform::kafka::count_producer_error("command-bus");
-            self.lock().remove(&envelope.command_id);
+            self.waiters.take(&envelope.command_id);
             return Err(if never_reached_the_log(&error) {
                 BusError::NotSent(error)
             } else {
@@ -197,16 +259,9 @@ impl CommandBus {
             .ok()
             .and_then(Result::ok);
         if reply.is_none() {
-            self.lock().remove(&envelope.command_id);
+            self.waiters.take(&envelope.command_id);
         }
         Ok(reply)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<CommandReply>>> {
-        // A poisoned lock only means another task panicked mid-insert; the map is still usable.
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -238,7 +293,7 @@ pub fn never_reached_the_log(error: &rdkafka::error::KafkaError) -> bool {
 async fn listen(
     consumer: Arc<StreamConsumer>,
     reply_key: String,
-    pending: Arc<Mutex<HashMap<String, oneshot::Sender<CommandReply>>>>,
+    waiters: ReplyWaiters,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -266,15 +321,8 @@ async fn listen(
                 continue;
             }
         };
-        let waiter = pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&reply.command_id);
-        match waiter {
-            Some(waiter) => {
-                let _ = waiter.send(reply);
-            }
-            None => debug!(command_id = %reply.command_id, "reply for a command nobody waits for"),
+        if !waiters.answer(&reply_key, &reply) {
+            debug!(command_id = %reply.command_id, "reply for a command nobody waits for (answered already, or given up)");
         }
     }
 }

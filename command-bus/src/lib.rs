@@ -17,5 +17,5 @@ pub mod bus;
 pub mod snapshots;
 pub mod topics;
 
-pub use bus::{BusError, CommandBus};
+pub use bus::{BusError, CommandBus, ReplyWaiters};
 pub use topics::{ensure_all_topics, TopicSetupError, COMMAND_KINDS};

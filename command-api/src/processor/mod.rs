@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use command_bus::ReplyWaiters;
 use domain::customer::CustomerAggregate;
 use domain::idempotency::IdempotencyKey;
 use domain::inventory::InventoryItem;
@@ -77,6 +78,21 @@ pub(crate) struct WriterContext {
     /// The commands topics the group is subscribed to.
     subscription: Vec<String>,
     writers_ready: AtomicUsize,
+    /// This process's requests waiting for an answer: a writer answers them once its batch
+    /// commits, without the replies topic's round trip.
+    waiters: ReplyWaiters,
+}
+
+/// What the process's partition writers share besides the broker.
+#[derive(Debug, Clone)]
+pub struct WritersShare {
+    /// How long command ids are remembered: the log-order rule's window.
+    pub window: CommandWindow,
+    /// What each writer keeps in memory, and where it keeps the rest.
+    pub memory: WriterMemory,
+    /// This process's requests waiting for an answer, which a writer answers itself once its
+    /// batch commits.
+    pub waiters: ReplyWaiters,
 }
 
 /// The running processor: readiness and a handle to wait for its end.
@@ -95,10 +111,14 @@ impl Processor {
         group_id: &str,
         kinds: &[AggregateKind],
         partitions: i32,
-        window: CommandWindow,
-        memory: WriterMemory,
+        shared: WritersShare,
         shutdown: CancellationToken,
     ) -> Result<Self, rdkafka::error::KafkaError> {
+        let WritersShare {
+            window,
+            memory,
+            waiters,
+        } = shared;
         let topics = Topics::new(kafka.topic_prefix.clone());
         let (out, polled) = mpsc::channel(1024);
         let ready = Arc::new(AtomicBool::new(false));
@@ -137,6 +157,7 @@ impl Processor {
             group,
             subscription: command_topics,
             writers_ready: AtomicUsize::new(0),
+            waiters,
         });
         let dispatching = dispatch(context.clone(), polled, shutdown);
         let task = tokio::spawn(async move {

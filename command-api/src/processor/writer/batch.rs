@@ -240,6 +240,7 @@ where
         if let Some(last) = batch.iter().map(|c| c.offset).max() {
             self.command_floor = self.command_floor.max(last + 1);
         }
+        self.answer_requesters_here(batch, &replies);
         for (command, reply) in batch.iter().zip(&replies) {
             let command_type = command
                 .envelope
@@ -421,6 +422,26 @@ where
             }
         }
         Some(deliveries)
+    }
+
+    /// Answers the commands sent by this process's own HTTP handlers straight away, once the
+    /// batch has committed: their replies are in the log (the commit returned), so the answer
+    /// is the one the log holds, without waiting for the commit markers and the reply
+    /// listener's fetch. Requesters elsewhere read their replies from the topic.
+    fn answer_requesters_here(&self, batch: &[IncomingCommand], replies: &[CommandReply]) {
+        for (command, reply) in batch.iter().zip(replies) {
+            let reply_to = command
+                .envelope
+                .as_ref()
+                .ok()
+                .and_then(|e| e.reply_to.as_deref());
+            if let Some(reply_to) = reply_to {
+                if self.ctx.waiters.answer(reply_to, reply) {
+                    metrics::counter!("replies_answered_in_process_total", "aggregate" => A::KIND.as_str())
+                        .increment(1);
+                }
+            }
+        }
     }
 
     /// The offsets the group moves to once the batch commits.

@@ -24,10 +24,12 @@ mod snapshot;
 mod spill;
 mod transaction;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use platform::envelope::EventEnvelope;
 use platform::polled_producer::PolledProducer;
 use platform::spill::{SpillError, SpillFile};
@@ -548,27 +550,40 @@ where
     /// (`writer_marker_waits_missed_total` counts those batches).
     async fn await_last_marker(&mut self) -> Result<(), WriterError> {
         let deadline = tokio::time::Instant::now() + MARKER_WAIT;
-        // The first look serves what librdkafka already fetched; then every millisecond, since
-        // passing a marker moves the position without handing anything over.
-        let mut slice = Duration::ZERO;
-        while self.position() < self.marker_end {
-            if tokio::time::Instant::now() >= deadline {
-                metrics::counter!("writer_marker_waits_missed_total", "aggregate" => A::KIND.as_str())
-                    .increment(1);
-                return Ok(());
-            }
+        let (topic, partition, marker_end) =
+            (self.events_topic.clone(), self.partition, self.marker_end);
+        let passed = |tail: &StreamConsumer| {
+            platform::log_end::position(tail, &topic, partition).unwrap_or(0) >= marker_end
+        };
+        loop {
             let tail = self.tail.clone();
-            match tokio::time::timeout(slice, tail.recv()).await {
-                Ok(Ok(message)) => self.absorb_handed_over(message).await?,
+            // Passing a marker hands nothing over: librdkafka stores the position as the tail
+            // serves the marker and wakes the task (rdkafka's "event consumed"). So the position
+            // is looked at on every wake, the moment the marker has been served, not on a timer.
+            let mut received = std::pin::pin!(tail.recv());
+            let woken = std::future::poll_fn(|cx| {
+                if passed(&tail) {
+                    return std::task::Poll::Ready(None);
+                }
+                match received.as_mut().poll(cx) {
+                    std::task::Poll::Pending if passed(&tail) => std::task::Poll::Ready(None),
+                    polled => polled.map(Some),
+                }
+            });
+            match tokio::time::timeout_at(deadline, woken).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(Ok(message))) => self.absorb_handed_over(message).await?,
                 // A broker's trouble reported to every client: the tail goes on by itself.
-                Ok(Err(error)) => {
+                Ok(Some(Err(error))) => {
                     debug!(kind = %A::KIND, partition = self.partition, %error, "the tail reported an error while the batch waited for its marker");
                 }
-                Err(_) => {}
+                Err(_) => {
+                    metrics::counter!("writer_marker_waits_missed_total", "aggregate" => A::KIND.as_str())
+                        .increment(1);
+                    return Ok(());
+                }
             }
-            slice = Duration::from_millis(1);
         }
-        Ok(())
     }
 
     /// Whatever the tail already has (records this writer did not append: none unless the
@@ -576,8 +591,10 @@ where
     async fn absorb_pending(&mut self) -> Result<(), WriterError> {
         loop {
             let tail = self.tail.clone();
-            match tokio::time::timeout(Duration::from_millis(0), tail.recv()).await {
-                Ok(Ok(message)) => self.absorb_handed_over(message).await?,
+            // Polled once, not under a zero timeout: tokio fires even a zero timer only on the
+            // timer's next millisecond tick, which every batch would wait for.
+            match tail.recv().now_or_never() {
+                Some(Ok(message)) => self.absorb_handed_over(message).await?,
                 _ => break,
             }
         }
