@@ -1,8 +1,8 @@
 //! Guarantee 3 (answers the log never contradicts) on the short path: when the partition's
 //! writer runs in the process that took the request, it answers the waiting handler itself as
-//! soon as its transaction has committed, instead of through the replies topic. These answers
-//! must be exactly the ones the log holds: the accepted command's event at the position its
-//! token names, the refused command nowhere.
+//! soon as its transaction has committed, and writes no reply to the replies topic. These
+//! answers must be exactly the ones the log holds: the accepted command's event at the position
+//! its token names, the refused command nowhere.
 
 // Test code: a failed expectation should stop the test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -54,6 +54,11 @@ async fn answers_given_in_process_by_the_writer_are_the_committed_ones() {
     assert_eq!(
         answered_positions, committed,
         "each 200 names its committed event, and the 409 appended nothing"
+    );
+    assert_eq!(
+        count(&app.kafka, &app.kafka.topics().replies()),
+        0,
+        "answers given in process are not written to the replies topic as well"
     );
     let versions: Vec<u64> = stored
         .iter()

@@ -93,6 +93,11 @@ impl ReplyWaiters {
         }
     }
 
+    /// Whether a request of this requester (`reply_to`) waits for `command_id` right now.
+    pub fn waits_for(&self, reply_to: &str, command_id: &str) -> bool {
+        reply_to == self.reply_key && self.lock().contains_key(command_id)
+    }
+
     fn wait_for(&self, command_id: &str) -> oneshot::Receiver<CommandReply> {
         let (tx, rx) = oneshot::channel();
         self.lock().insert(command_id.to_owned(), tx);

@@ -385,7 +385,10 @@ where
 
     /// Queues the answers in the open transaction: a requester reads them `read_committed`, so
     /// it sees an answer only once the batch has committed. `None` when one could not be queued
-    /// (the batch is then aborted and tried again).
+    /// (the batch is then aborted and tried again). An answer a handler of this process waits
+    /// for is not queued: the writer gives it once the batch commits (`answer_requesters_here`),
+    /// and the replies partition stays out of the transaction (one partition fewer to add, to
+    /// produce to and to mark per batch).
     fn send_replies(
         &self,
         batch: &[IncomingCommand],
@@ -402,6 +405,9 @@ where
             else {
                 continue;
             };
+            if self.ctx.waiters.waits_for(reply_to, &reply.command_id) {
+                continue;
+            }
             let payload = match schemas::encode(reply) {
                 Ok(payload) => payload,
                 Err(error) => {
@@ -425,9 +431,9 @@ where
     }
 
     /// Answers the commands sent by this process's own HTTP handlers straight away, once the
-    /// batch has committed: their replies are in the log (the commit returned), so the answer
-    /// is the one the log holds, without waiting for the commit markers and the reply
-    /// listener's fetch. Requesters elsewhere read their replies from the topic.
+    /// batch has committed: the commit returned, so the coordinator has decided it and the
+    /// answer is the one the log holds, without the replies topic's round trip (commit markers,
+    /// the reply listener's fetch). Requesters elsewhere read their replies from the topic.
     fn answer_requesters_here(&self, batch: &[IncomingCommand], replies: &[CommandReply]) {
         for (command, reply) in batch.iter().zip(replies) {
             let reply_to = command
