@@ -42,9 +42,10 @@ async fn answers_given_in_process_by_the_writer_are_the_committed_ones() {
     assert_eq!(stale.status, StatusCode::CONFLICT, "{:?}", stale.body);
 
     let page = app.metrics_text().await;
-    assert!(
-        counter(&page, "replies_answered_in_process_total") >= 1.0,
-        "the writer answered none of its own process's requests: {page}"
+    assert_eq!(
+        counter(&page, "replies_answered_in_process_total"),
+        6.0,
+        "the writer answers every request of its own process: {page}"
     );
     let stored = events(&app.kafka, AggregateKind::InventoryItem).await;
     let committed: Vec<_> = stored

@@ -1,5 +1,6 @@
 //! A batch of commands in one transaction: plan each, then send the command offsets, the
-//! events and the answers at once (each answer names the positions its events must get: right
+//! events and the answers for requesters in other processes at once (a handler of this process
+//! is answered in place once the batch commits) (each answer names the positions its events must get: right
 //! after what this writer has read, in order), check the events landed exactly there and that
 //! the log-order rule accepts them, commit. A batch that cannot commit is aborted (nothing of
 //! it becomes visible, no answer is seen) and tried again on the log as it then is, until it
@@ -55,7 +56,8 @@ where
     /// Commits the batch, trying again after every abort, until it commits, the partition is
     /// revoked, or the writer is fenced. Commands below the committed floor are left out: a
     /// transaction that committed them (this writer's, settled by a restart, or an earlier
-    /// owner's) holds their events and answers.
+    /// owner's) holds their events, and their answers unless a handler of that writer's process
+    /// was answered in place.
     pub(super) async fn handle(
         &mut self,
         mut batch: Vec<IncomingCommand>,

@@ -557,9 +557,10 @@ where
         };
         loop {
             let tail = self.tail.clone();
-            // Passing a marker hands nothing over: librdkafka stores the position as the tail
-            // serves the marker and wakes the task (rdkafka's "event consumed"). So the position
-            // is looked at on every wake, the moment the marker has been served, not on a timer.
+            // Passing a marker hands nothing over. The task is woken when the fetch queues the
+            // marker; the poll of `recv` that follows serves it (librdkafka stores its position)
+            // and stays pending. So the position is looked at right after every poll: the
+            // moment the marker has been served, not on a timer (and not only at the deadline).
             let mut received = std::pin::pin!(tail.recv());
             let woken = std::future::poll_fn(|cx| {
                 if passed(&tail) {
