@@ -4,6 +4,7 @@
 //! requester's reply key, so each requester reads a single partition of it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,7 +62,35 @@ pub struct CommandBus {
 #[derive(Clone, Default)]
 pub struct ReplyWaiters {
     reply_key: String,
-    pending: Arc<Mutex<HashMap<String, oneshot::Sender<CommandReply>>>>,
+    pending: Arc<Mutex<Pending>>,
+    tickets: Arc<AtomicU64>,
+}
+
+/// Waiting requests by command id, each with the ticket of the wait that registered it.
+type Pending = HashMap<String, (u64, oneshot::Sender<CommandReply>)>;
+
+/// One request's wait for its answer. Its entry leaves the map when the wait ends: answered,
+/// given up, or dropped with its handler because the client went away (a wait left behind
+/// would stay for ever, and a writer would keep skipping the reply nobody can receive). A
+/// wait removes only its own entry, never a later request's for the same command id.
+#[derive(Debug)]
+struct Wait {
+    waiters: ReplyWaiters,
+    command_id: String,
+    ticket: u64,
+    answer: oneshot::Receiver<CommandReply>,
+}
+
+impl Drop for Wait {
+    fn drop(&mut self) {
+        let mut pending = self.waiters.lock();
+        if pending
+            .get(&self.command_id)
+            .is_some_and(|(ticket, _)| *ticket == self.ticket)
+        {
+            pending.remove(&self.command_id);
+        }
+    }
 }
 
 impl std::fmt::Debug for ReplyWaiters {
@@ -76,7 +105,7 @@ impl ReplyWaiters {
     fn new(reply_key: String) -> Self {
         Self {
             reply_key,
-            pending: Arc::default(),
+            ..Self::default()
         }
     }
 
@@ -87,8 +116,9 @@ impl ReplyWaiters {
         if reply_to != self.reply_key {
             return false;
         }
-        match self.take(&reply.command_id) {
-            Some(waiter) => waiter.send(reply.clone()).is_ok(),
+        let waiter = self.lock().remove(&reply.command_id);
+        match waiter {
+            Some((_, waiter)) => waiter.send(reply.clone()).is_ok(),
             None => false,
         }
     }
@@ -98,17 +128,19 @@ impl ReplyWaiters {
         reply_to == self.reply_key && self.lock().contains_key(command_id)
     }
 
-    fn wait_for(&self, command_id: &str) -> oneshot::Receiver<CommandReply> {
-        let (tx, rx) = oneshot::channel();
-        self.lock().insert(command_id.to_owned(), tx);
-        rx
+    fn wait_for(&self, command_id: &str) -> Wait {
+        let (tx, answer) = oneshot::channel();
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(command_id.to_owned(), (ticket, tx));
+        Wait {
+            waiters: self.clone(),
+            command_id: command_id.to_owned(),
+            ticket,
+            answer,
+        }
     }
 
-    fn take(&self, command_id: &str) -> Option<oneshot::Sender<CommandReply>> {
-        self.lock().remove(command_id)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<CommandReply>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         // A poisoned lock only means another task panicked mid-insert; the map is still usable.
         self.pending
             .lock()
@@ -237,7 +269,7 @@ impl CommandBus {
                 telemetry::outgoing(&span, envelope.trace.traceparent.as_deref());
             envelope.to_headers()
         };
-        let rx = self.waiters.wait_for(&envelope.command_id);
+        let mut pending = self.waiters.wait_for(&envelope.command_id);
         let topic = self.topics.commands(kind);
         let record = FutureRecord::to(&topic)
             .key(envelope.aggregate_id.as_bytes())
@@ -251,7 +283,6 @@ impl CommandBus {
         if let Err((error, _)) = sent {
             self.broker.failed();
             platform::kafka::count_producer_error("command-bus");
-            self.waiters.take(&envelope.command_id);
             return Err(if never_reached_the_log(&error) {
                 BusError::NotSent(error)
             } else {
@@ -259,13 +290,10 @@ impl CommandBus {
             });
         }
         self.broker.succeeded();
-        let reply = tokio::time::timeout(wait, rx)
+        let reply = tokio::time::timeout(wait, &mut pending.answer)
             .await
             .ok()
             .and_then(Result::ok);
-        if reply.is_none() {
-            self.waiters.take(&envelope.command_id);
-        }
         Ok(reply)
     }
 }
@@ -335,8 +363,62 @@ async fn listen(
 #[cfg(test)]
 mod tests {
     use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+    use schemas::{CommandReply, ReplyOutcome};
 
-    use super::never_reached_the_log;
+    use super::{never_reached_the_log, ReplyWaiters};
+
+    fn accepted(command_id: &str) -> CommandReply {
+        CommandReply {
+            command_id: command_id.to_owned(),
+            outcome: ReplyOutcome::Accepted,
+            aggregate_id: "a-1".into(),
+            version: 1,
+            event_types: vec!["StockAdded".into()],
+            positions: Vec::new(),
+            code: None,
+            line: None,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_request_whose_handler_is_dropped_leaves_no_wait_behind() {
+        let waiters = ReplyWaiters::new("me".into());
+        let wait = waiters.wait_for("c-1");
+        assert!(waiters.waits_for("me", "c-1"));
+        // The HTTP handler's future is dropped when its client goes away.
+        drop(wait);
+        assert!(
+            !waiters.waits_for("me", "c-1"),
+            "a dropped wait stays in the map for ever (and a writer keeps skipping its reply)"
+        );
+    }
+
+    #[test]
+    fn a_wait_that_ends_leaves_a_later_wait_for_the_same_command_in_place() {
+        let waiters = ReplyWaiters::new("me".into());
+        let first = waiters.wait_for("c-1");
+        let mut second = waiters.wait_for("c-1");
+        drop(first);
+        assert!(
+            waiters.waits_for("me", "c-1"),
+            "the later request still waits"
+        );
+        assert!(waiters.answer("me", &accepted("c-1")));
+        assert_eq!(
+            second.answer.try_recv().ok().map(|r| r.command_id),
+            Some("c-1".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_reply_addressed_to_another_requester_answers_nobody_here() {
+        let waiters = ReplyWaiters::new("me".into());
+        let _wait = waiters.wait_for("c-1");
+        assert!(!waiters.answer("someone-else", &accepted("c-1")));
+        assert!(waiters.waits_for("me", "c-1"));
+        assert!(!waiters.waits_for("someone-else", "c-1"));
+    }
 
     #[test]
     fn a_send_refused_before_the_append_left_nothing_in_the_log() {
