@@ -48,7 +48,6 @@ pub enum BusError {
 pub struct CommandBus {
     producer: FutureProducer,
     topics: Topics,
-    reply_key: String,
     partitions: i32,
     send_timeout: Duration,
     waiters: ReplyWaiters,
@@ -151,7 +150,7 @@ impl ReplyWaiters {
 impl std::fmt::Debug for CommandBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommandBus")
-            .field("reply_key", &self.reply_key)
+            .field("reply_key", &self.waiters.reply_key)
             .finish()
     }
 }
@@ -189,16 +188,10 @@ impl CommandBus {
         assignment.add_partition_offset(&replies, partition, Offset::Offset(high))?;
         consumer.assign(&assignment)?;
         let waiters = ReplyWaiters::new(reply_key.clone());
-        tokio::spawn(listen(
-            consumer,
-            reply_key.clone(),
-            waiters.clone(),
-            shutdown,
-        ));
+        tokio::spawn(listen(consumer, waiters.clone(), shutdown));
         Ok(Self {
             producer,
             topics,
-            reply_key,
             partitions,
             send_timeout: Duration::from_secs(5),
             waiters,
@@ -208,7 +201,7 @@ impl CommandBus {
 
     /// This requester's reply key, to put in command envelopes.
     pub fn reply_key(&self) -> &str {
-        &self.reply_key
+        &self.waiters.reply_key
     }
 
     /// The requests waiting for their answer, for a partition writer in this process to answer
@@ -232,7 +225,7 @@ impl CommandBus {
             command_id,
             command_type: command_type.to_owned(),
             aggregate_id,
-            reply_to: Some(self.reply_key.clone()),
+            reply_to: Some(self.reply_key().to_owned()),
             expected_version: None,
             request_hash: None,
             actor,
@@ -323,12 +316,7 @@ pub fn never_reached_the_log(error: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
-async fn listen(
-    consumer: Arc<StreamConsumer>,
-    reply_key: String,
-    waiters: ReplyWaiters,
-    shutdown: CancellationToken,
-) {
+async fn listen(consumer: Arc<StreamConsumer>, waiters: ReplyWaiters, shutdown: CancellationToken) {
     loop {
         // Between replies (never inside the select: a reply received there must not be lost).
         platform::runtime::take_turn().await;
@@ -344,7 +332,7 @@ async fn listen(
                 continue;
             }
         };
-        if message.key() != Some(reply_key.as_bytes()) {
+        if message.key() != Some(waiters.reply_key.as_bytes()) {
             continue;
         }
         let reply = match message.payload().map(schemas::decode::<CommandReply>) {
@@ -354,7 +342,7 @@ async fn listen(
                 continue;
             }
         };
-        if !waiters.answer(&reply_key, &reply) {
+        if !waiters.answer(&waiters.reply_key, &reply) {
             debug!(command_id = %reply.command_id, "reply for a command nobody waits for (answered already, or given up)");
         }
     }

@@ -550,11 +550,6 @@ where
     /// (`writer_marker_waits_missed_total` counts those batches).
     async fn await_last_marker(&mut self) -> Result<(), WriterError> {
         let deadline = tokio::time::Instant::now() + MARKER_WAIT;
-        let (topic, partition, marker_end) =
-            (self.events_topic.clone(), self.partition, self.marker_end);
-        let passed = |tail: &StreamConsumer| {
-            platform::log_end::position(tail, &topic, partition).unwrap_or(0) >= marker_end
-        };
         loop {
             let tail = self.tail.clone();
             // Passing a marker hands nothing over. The task is woken when the fetch queues the
@@ -563,11 +558,13 @@ where
             // moment the marker has been served, not on a timer (and not only at the deadline).
             let mut received = std::pin::pin!(tail.recv());
             let woken = std::future::poll_fn(|cx| {
-                if passed(&tail) {
+                if self.position() >= self.marker_end {
                     return std::task::Poll::Ready(None);
                 }
                 match received.as_mut().poll(cx) {
-                    std::task::Poll::Pending if passed(&tail) => std::task::Poll::Ready(None),
+                    std::task::Poll::Pending if self.position() >= self.marker_end => {
+                        std::task::Poll::Ready(None)
+                    }
                     polled => polled.map(Some),
                 }
             });
