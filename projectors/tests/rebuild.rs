@@ -39,7 +39,25 @@ async fn a_rebuild_while_commands_keep_arriving_ends_equal_to_the_live_read_mode
 
     let log = std::mem::replace(&mut world.log, EventLog::detached(&world.kafka));
     let writer = tokio::spawn(stream_events(log, 3000));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The rebuild must begin with every topic holding events and more still arriving: the
+    // writer registers customers and stocks items before it places any order, so the first
+    // order the live projection shows means all three topics have events. (A fixed sleep was
+    // too short on a loaded machine: the inventory rebuild found its topic empty.)
+    let mut orders_seen = 0_i64;
+    for _ in 0..600 {
+        orders_seen = sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(world.pool())
+            .await
+            .unwrap();
+        if orders_seen > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        orders_seen > 0,
+        "no order reached the live read model in a minute"
+    );
 
     let recorder = Recorder::default();
     let stop = CancellationToken::new();
