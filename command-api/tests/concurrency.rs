@@ -316,14 +316,19 @@ async fn a_handover_under_load_never_contradicts_an_answer() {
     // Partitions move between processes while commands are in flight: a writer that lost its
     // partition has its commit refused and withholds its answers; the new owner handles those
     // commands again and answers from the log. Every answer must agree with the log.
+    // Only 200 and 409 are definite answers, so the handlers wait as long as the handover can
+    // take on a slow, loaded machine (two rebalance rounds, fencing, the new owner's catch-up
+    // and the queued commands), not the 10 s default after which they would answer 202.
+    let long_wait =
+        |s: &mut command_api::config::Settings| s.command_wait = Duration::from_secs(60);
     let kafka = kafka();
-    let a = TestApp::spawn_on(&kafka, |_| {}).await;
+    let a = TestApp::spawn_on(&kafka, long_wait).await;
     create_item(&a).await;
     let only_a = [&a];
     let load = add_stock_concurrently(&only_a, 300, None);
     let joiner = async {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        TestApp::spawn_on(&kafka, |_| {}).await
+        TestApp::spawn_on(&kafka, long_wait).await
     };
     let (replies, b) = tokio::join!(load, joiner);
     let (chain, _) = accepted_chain(&a).await;
