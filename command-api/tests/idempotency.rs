@@ -244,3 +244,30 @@ async fn if_match_on_a_keyed_request_is_checked_against_its_aggregate_not_its_ke
     assert_eq!(stale.status, StatusCode::CONFLICT, "{:?}", stale.body);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_request_sent_several_times_at_once_is_answered_alike_every_time_and_counts_once()
+{
+    // A client that retries while its first attempt is still waiting (its own timeout was
+    // shorter than ours) has two identical requests in flight on one instance: both wait for
+    // the same claim and the same command, and each must get the one answer, not "unknown".
+    let app = TestApp::spawn().await;
+    let token = admin();
+    let body = json!({"quantity": 3});
+    let headers = [("idempotency-key", "stock-once")];
+    let replies = futures::future::join_all(
+        (0..6).map(|_| app.post("/v1/inventory/pear/stock", Some(&token), &body, &headers)),
+    )
+    .await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(reply.body["version"], 1, "{:?}", reply.body);
+        assert_eq!(
+            reply.body["consistency_token"], replies[0].body["consistency_token"],
+            "every answer names the one event"
+        );
+    }
+    let added = events(&app.kafka, AggregateKind::InventoryItem).await;
+    assert_eq!(added.len(), 1, "one StockAdded for six identical requests");
+    app.stop().await;
+}

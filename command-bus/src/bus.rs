@@ -58,6 +58,8 @@ pub struct CommandBus {
 /// The reply listener completes them from the replies topic; a partition writer in the same
 /// process completes them straight after its transaction commits ([`ReplyWaiters::answer`]),
 /// a topic round trip sooner. Whichever comes first answers; the other finds nobody waiting.
+/// Several requests may wait for one command (a client's retry while its first attempt still
+/// waits): the answer goes to every one of them.
 #[derive(Clone, Default)]
 pub struct ReplyWaiters {
     reply_key: String,
@@ -66,12 +68,12 @@ pub struct ReplyWaiters {
 }
 
 /// Waiting requests by command id, each with the ticket of the wait that registered it.
-type Pending = HashMap<String, (u64, oneshot::Sender<CommandReply>)>;
+type Pending = HashMap<String, Vec<(u64, oneshot::Sender<CommandReply>)>>;
 
 /// One request's wait for its answer. Its entry leaves the map when the wait ends: answered,
 /// given up, or dropped with its handler because the client went away (a wait left behind
 /// would stay for ever, and a writer would keep skipping the reply nobody can receive). A
-/// wait removes only its own entry, never a later request's for the same command id.
+/// wait removes only its own entry, never another request's for the same command id.
 #[derive(Debug)]
 struct Wait {
     waiters: ReplyWaiters,
@@ -83,11 +85,11 @@ struct Wait {
 impl Drop for Wait {
     fn drop(&mut self) {
         let mut pending = self.waiters.lock();
-        if pending
-            .get(&self.command_id)
-            .is_some_and(|(ticket, _)| *ticket == self.ticket)
-        {
-            pending.remove(&self.command_id);
+        if let Some(waits) = pending.get_mut(&self.command_id) {
+            waits.retain(|(ticket, _)| *ticket != self.ticket);
+            if waits.is_empty() {
+                pending.remove(&self.command_id);
+            }
         }
     }
 }
@@ -108,18 +110,19 @@ impl ReplyWaiters {
         }
     }
 
-    /// Answers the request waiting for `reply.command_id`, if the reply is addressed to this
-    /// requester (`reply_to`) and someone still waits. Only for a reply whose transaction has
-    /// committed: the answer must never be one the log could contradict.
+    /// Answers every request waiting for `reply.command_id`, if the reply is addressed to
+    /// this requester (`reply_to`); whether anyone was still there to take it. Only for a
+    /// reply whose transaction has committed: the answer must never be one the log could
+    /// contradict.
     pub fn answer(&self, reply_to: &str, reply: &CommandReply) -> bool {
         if reply_to != self.reply_key {
             return false;
         }
-        let waiter = self.lock().remove(&reply.command_id);
-        match waiter {
-            Some((_, waiter)) => waiter.send(reply.clone()).is_ok(),
-            None => false,
-        }
+        let waits = self.lock().remove(&reply.command_id).unwrap_or_default();
+        waits
+            .into_iter()
+            .map(|(_, waiter)| waiter.send(reply.clone()).is_ok())
+            .fold(false, |taken, sent| taken | sent)
     }
 
     /// Whether a request of this requester (`reply_to`) waits for `command_id` right now.
@@ -130,7 +133,10 @@ impl ReplyWaiters {
     fn wait_for(&self, command_id: &str) -> Wait {
         let (tx, answer) = oneshot::channel();
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(command_id.to_owned(), (ticket, tx));
+        self.lock()
+            .entry(command_id.to_owned())
+            .or_default()
+            .push((ticket, tx));
         Wait {
             waiters: self.clone(),
             command_id: command_id.to_owned(),
@@ -397,6 +403,24 @@ mod tests {
             second.answer.try_recv().ok().map(|r| r.command_id),
             Some("c-1".to_owned())
         );
+    }
+
+    #[test]
+    fn every_request_waiting_for_one_command_gets_its_answer() {
+        let waiters = ReplyWaiters::new("me".into());
+        let mut first = waiters.wait_for("c-1");
+        let mut second = waiters.wait_for("c-1");
+        assert!(waiters.answer("me", &accepted("c-1")));
+        for wait in [&mut first, &mut second] {
+            assert_eq!(
+                wait.answer.try_recv().ok().map(|r| r.command_id),
+                Some("c-1".to_owned()),
+                "a request waiting for the same command as another was left without its answer"
+            );
+        }
+        assert!(!waiters.waits_for("me", "c-1"));
+        drop((first, second));
+        assert!(!waiters.waits_for("me", "c-1"));
     }
 
     #[test]
