@@ -19,7 +19,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use schemas::{CommandReply, WireRecord};
+use schemas::{CommandReply, ReplyOutcome, WireRecord};
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -59,7 +59,10 @@ pub struct CommandBus {
 /// process completes them straight after its transaction commits ([`ReplyWaiters::answer`]),
 /// a topic round trip sooner. Whichever comes first answers; the other finds nobody waiting.
 /// Several requests may wait for one command (a client's retry while its first attempt still
-/// waits): the answer goes to every one of them.
+/// waits), each having sent its own copy under its ticket. An accepted command's answer goes
+/// to every one of them (the log holds the command, whichever copy it took); any other answer
+/// says nothing was appended *for that copy*, and a later copy may still be accepted, so it
+/// goes to the wait that sent that copy alone.
 #[derive(Clone, Default)]
 pub struct ReplyWaiters {
     reply_key: String,
@@ -110,24 +113,49 @@ impl ReplyWaiters {
         }
     }
 
-    /// Answers every request waiting for `reply.command_id`, if the reply is addressed to
-    /// this requester (`reply_to`); whether anyone was still there to take it. Only for a
-    /// reply whose transaction has committed: the answer must never be one the log could
-    /// contradict.
-    pub fn answer(&self, reply_to: &str, reply: &CommandReply) -> bool {
+    /// Answers the requests that `reply` is for (see [`ReplyWaiters`]; `ticket` names the wait
+    /// that sent the replied copy), if it is addressed to this requester (`reply_to`); whether
+    /// anyone was still there to take it. Only for a reply whose transaction has committed:
+    /// the answer must never be one the log could contradict.
+    pub fn answer(&self, reply_to: &str, reply: &CommandReply, ticket: Option<u64>) -> bool {
         if reply_to != self.reply_key {
             return false;
         }
-        let waits = self.lock().remove(&reply.command_id).unwrap_or_default();
-        waits
+        let taking = {
+            let mut pending = self.lock();
+            let Some(waits) = pending.get_mut(&reply.command_id) else {
+                return false;
+            };
+            let taking: Vec<_> = if for_every_copy(reply, ticket) {
+                std::mem::take(waits)
+            } else {
+                let (theirs, others) = std::mem::take(waits)
+                    .into_iter()
+                    .partition(|(t, _)| Some(*t) == ticket);
+                *waits = others;
+                theirs
+            };
+            if waits.is_empty() {
+                pending.remove(&reply.command_id);
+            }
+            taking
+        };
+        taking
             .into_iter()
             .map(|(_, waiter)| waiter.send(reply.clone()).is_ok())
             .fold(false, |taken, sent| taken | sent)
     }
 
-    /// Whether a request of this requester (`reply_to`) waits for `command_id` right now.
-    pub fn waits_for(&self, reply_to: &str, command_id: &str) -> bool {
-        reply_to == self.reply_key && self.lock().contains_key(command_id)
+    /// Whether a request of this requester (`reply_to`) waits right now for `reply`, sent
+    /// for the copy of `ticket`: a writer that will answer it in process writes no reply.
+    pub fn waits_for(&self, reply_to: &str, reply: &CommandReply, ticket: Option<u64>) -> bool {
+        if reply_to != self.reply_key {
+            return false;
+        }
+        let every = for_every_copy(reply, ticket);
+        self.lock()
+            .get(&reply.command_id)
+            .is_some_and(|waits| every || waits.iter().any(|(t, _)| Some(*t) == ticket))
     }
 
     fn wait_for(&self, command_id: &str) -> Wait {
@@ -151,6 +179,13 @@ impl ReplyWaiters {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Whether `reply` answers every wait for its command, not only the one of `ticket`: an
+/// accepted command is in the log whichever copy it took; a reply naming no ticket (a writer
+/// from before tickets) is taken as about every copy, as it always was.
+fn for_every_copy(reply: &CommandReply, ticket: Option<u64>) -> bool {
+    reply.outcome == ReplyOutcome::Accepted || ticket.is_none()
 }
 
 impl std::fmt::Debug for CommandBus {
@@ -232,6 +267,7 @@ impl CommandBus {
             command_type: command_type.to_owned(),
             aggregate_id,
             reply_to: Some(self.reply_key().to_owned()),
+            reply_ticket: None,
             expected_version: None,
             request_hash: None,
             actor,
@@ -262,13 +298,14 @@ impl CommandBus {
             &format!("send {}", envelope.command_type),
             &envelope.aggregate_id,
         );
+        let mut pending = self.waiters.wait_for(&envelope.command_id);
         let headers = {
             let mut envelope = envelope.clone();
+            envelope.reply_ticket = Some(pending.ticket);
             envelope.trace.traceparent =
                 telemetry::outgoing(&span, envelope.trace.traceparent.as_deref());
             envelope.to_headers()
         };
-        let mut pending = self.waiters.wait_for(&envelope.command_id);
         let topic = self.topics.commands(kind);
         let record = FutureRecord::to(&topic)
             .key(envelope.aggregate_id.as_bytes())
@@ -348,7 +385,8 @@ async fn listen(consumer: Arc<StreamConsumer>, waiters: ReplyWaiters, shutdown: 
                 continue;
             }
         };
-        if !waiters.answer(&waiters.reply_key, &reply) {
+        let ticket = platform::envelope::reply_ticket(message.headers());
+        if !waiters.answer(&waiters.reply_key, &reply, ticket) {
             debug!(command_id = %reply.command_id, "reply for a command nobody waits for (answered already, or given up)");
         }
     }
@@ -379,11 +417,11 @@ mod tests {
     fn a_request_whose_handler_is_dropped_leaves_no_wait_behind() {
         let waiters = ReplyWaiters::new("me".into());
         let wait = waiters.wait_for("c-1");
-        assert!(waiters.waits_for("me", "c-1"));
+        assert!(waiters.waits_for("me", &accepted("c-1"), None));
         // The HTTP handler's future is dropped when its client goes away.
         drop(wait);
         assert!(
-            !waiters.waits_for("me", "c-1"),
+            !waiters.waits_for("me", &accepted("c-1"), None),
             "a dropped wait stays in the map for ever (and a writer keeps skipping its reply)"
         );
     }
@@ -395,10 +433,10 @@ mod tests {
         let mut second = waiters.wait_for("c-1");
         drop(first);
         assert!(
-            waiters.waits_for("me", "c-1"),
+            waiters.waits_for("me", &accepted("c-1"), None),
             "the later request still waits"
         );
-        assert!(waiters.answer("me", &accepted("c-1")));
+        assert!(waiters.answer("me", &accepted("c-1"), None));
         assert_eq!(
             second.answer.try_recv().ok().map(|r| r.command_id),
             Some("c-1".to_owned())
@@ -410,7 +448,7 @@ mod tests {
         let waiters = ReplyWaiters::new("me".into());
         let mut first = waiters.wait_for("c-1");
         let mut second = waiters.wait_for("c-1");
-        assert!(waiters.answer("me", &accepted("c-1")));
+        assert!(waiters.answer("me", &accepted("c-1"), None));
         for wait in [&mut first, &mut second] {
             assert_eq!(
                 wait.answer.try_recv().ok().map(|r| r.command_id),
@@ -418,18 +456,69 @@ mod tests {
                 "a request waiting for the same command as another was left without its answer"
             );
         }
-        assert!(!waiters.waits_for("me", "c-1"));
+        assert!(!waiters.waits_for("me", &accepted("c-1"), None));
         drop((first, second));
-        assert!(!waiters.waits_for("me", "c-1"));
+        assert!(!waiters.waits_for("me", &accepted("c-1"), None));
+    }
+
+    fn refused(command_id: &str) -> CommandReply {
+        CommandReply {
+            outcome: ReplyOutcome::Rejected,
+            version: 0,
+            event_types: Vec::new(),
+            ..accepted(command_id)
+        }
+    }
+
+    #[test]
+    fn a_refusal_of_one_copy_answers_only_the_request_that_sent_it() {
+        // A's copy expired in a backlog while B, a retry with the same key, still waits: the
+        // refusal says nothing was appended for A's copy, yet B's copy may still be accepted.
+        let waiters = ReplyWaiters::new("me".into());
+        let mut a = waiters.wait_for("c-1");
+        let mut b = waiters.wait_for("c-1");
+        assert!(waiters.waits_for("me", &refused("c-1"), Some(a.ticket)));
+        assert!(waiters.answer("me", &refused("c-1"), Some(a.ticket)));
+        assert_eq!(
+            a.answer.try_recv().ok().map(|r| r.outcome),
+            Some(ReplyOutcome::Rejected)
+        );
+        assert!(
+            b.answer.try_recv().is_err(),
+            "the other copy's request was told a refusal the log can contradict"
+        );
+        assert!(!waiters.waits_for("me", &refused("c-1"), Some(a.ticket)));
+        assert!(waiters.waits_for("me", &refused("c-1"), Some(b.ticket)));
+        assert!(waiters.answer("me", &accepted("c-1"), Some(b.ticket)));
+        assert_eq!(
+            b.answer.try_recv().ok().map(|r| r.outcome),
+            Some(ReplyOutcome::Accepted)
+        );
+        assert!(!waiters.waits_for("me", &accepted("c-1"), None));
+    }
+
+    #[test]
+    fn an_acceptance_answers_every_copy_whichever_copy_it_took() {
+        let waiters = ReplyWaiters::new("me".into());
+        let mut a = waiters.wait_for("c-1");
+        let mut b = waiters.wait_for("c-1");
+        assert!(waiters.waits_for("me", &accepted("c-1"), Some(b.ticket)));
+        assert!(waiters.answer("me", &accepted("c-1"), Some(b.ticket)));
+        for wait in [&mut a, &mut b] {
+            assert_eq!(
+                wait.answer.try_recv().ok().map(|r| r.outcome),
+                Some(ReplyOutcome::Accepted)
+            );
+        }
     }
 
     #[test]
     fn a_reply_addressed_to_another_requester_answers_nobody_here() {
         let waiters = ReplyWaiters::new("me".into());
         let _wait = waiters.wait_for("c-1");
-        assert!(!waiters.answer("someone-else", &accepted("c-1")));
-        assert!(waiters.waits_for("me", "c-1"));
-        assert!(!waiters.waits_for("someone-else", "c-1"));
+        assert!(!waiters.answer("someone-else", &accepted("c-1"), None));
+        assert!(waiters.waits_for("me", &accepted("c-1"), None));
+        assert!(!waiters.waits_for("someone-else", &accepted("c-1"), None));
     }
 
     #[test]

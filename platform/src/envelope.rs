@@ -26,6 +26,7 @@ pub mod names {
     pub const ACTOR_SUB: &str = "actor-sub";
     pub const ACTOR_ROLE: &str = "actor-role";
     pub const DEADLINE: &str = "deadline";
+    pub const REPLY_TICKET: &str = "reply-ticket";
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -75,6 +76,23 @@ fn push(headers: OwnedHeaders, name: &str, value: &str) -> OwnedHeaders {
         key: name,
         value: Some(value),
     })
+}
+
+/// The headers of a reply record answering the copy of a command sent by `ticket`'s wait.
+pub fn reply_headers(ticket: Option<u64>) -> OwnedHeaders {
+    let headers = OwnedHeaders::new_with_capacity(1);
+    match ticket {
+        Some(ticket) => push(headers, names::REPLY_TICKET, &ticket.to_string()),
+        None => headers,
+    }
+}
+
+/// The ticket a reply record names (see [`reply_headers`]); `None` when it names none or an
+/// unreadable one (such a reply is then taken as about every copy, as before tickets).
+pub fn reply_ticket(headers: Option<&rdkafka::message::BorrowedHeaders>) -> Option<u64> {
+    HeaderView::of(headers)
+        .find(names::REPLY_TICKET)
+        .and_then(|raw| raw.parse().ok())
 }
 
 /// Who caused a record and why: kept across HTTP request -> command -> events -> saga.
@@ -183,6 +201,10 @@ pub struct CommandEnvelope {
     pub aggregate_id: String,
     /// The requester's reply key (see `command-api`'s bus); `None`: nobody waits.
     pub reply_to: Option<String>,
+    /// Which of the requester's waits sent this copy of the command. Several requests may
+    /// send the same command id (a retry while the first attempt still waits); an answer that
+    /// appended nothing is about its own copy only, and goes back to that wait alone.
+    pub reply_ticket: Option<u64>,
     /// `If-Match`: the version the caller believes the aggregate is at.
     pub expected_version: Option<Version>,
     pub request_hash: Option<String>,
@@ -209,6 +231,9 @@ impl CommandEnvelope {
         if let Some(reply_to) = &self.reply_to {
             headers = push(headers, names::REPLY_TO, reply_to);
         }
+        if let Some(ticket) = self.reply_ticket {
+            headers = push(headers, names::REPLY_TICKET, &ticket.to_string());
+        }
         if let Some(expected) = self.expected_version {
             headers = push(headers, names::EXPECTED_VERSION, &expected.to_string());
         }
@@ -232,6 +257,10 @@ impl CommandEnvelope {
             command_type: headers.required(names::COMMAND_TYPE)?.to_owned(),
             aggregate_id: headers.required(names::AGGREGATE_ID)?.to_owned(),
             reply_to: headers.find(names::REPLY_TO).map(str::to_owned),
+            reply_ticket: headers
+                .find(names::REPLY_TICKET)
+                .map(|raw| parsed(raw, names::REPLY_TICKET))
+                .transpose()?,
             expected_version: headers
                 .find(names::EXPECTED_VERSION)
                 .map(|raw| parsed(raw, names::EXPECTED_VERSION).map(Version::new))
@@ -353,6 +382,7 @@ mod tests {
             command_type: "PlaceOrder".into(),
             aggregate_id: "o-1".into(),
             reply_to: Some("instance-1".into()),
+            reply_ticket: Some(7),
             expected_version: Some(Version::new(3)),
             request_hash: None,
             actor: Actor {

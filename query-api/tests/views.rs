@@ -200,9 +200,9 @@ fn admin() -> String {
     token("admin", "admin")
 }
 
-/// How long a test's setup read waits for the read models to reach its write: the projectors
-/// of a stack just started may take longer than the 5 s default on a loaded machine, and such
-/// a read is setup, not what the test measures.
+/// How long a read with a token waits for the read models to reach its write in these tests:
+/// the projectors of a stack just started may take longer than the 5 s default on a loaded
+/// machine, and how long they take is not what these tests measure.
 const SETUP_WAIT: (&str, &str) = ("x-consistency-wait-ms", "30000");
 
 /// A consistency token naming `positions`, signed as command-api signs with `secret`.

@@ -151,6 +151,7 @@ async fn no_answer_is_contradicted_by_the_log_through_joins_kills_freezes_and_sl
             if !matches!(answer, Answer::Unknown) {
                 break;
             }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         assert!(matches!(answer, Answer::Applied(1)), "{sku}: {answer:?}");
     }

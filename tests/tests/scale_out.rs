@@ -100,11 +100,11 @@ async fn scaling_out_moves_only_the_partitions_that_change_owner() {
     // Handlers wait longer than the suite's 8 s for an answer: a key's claim not answered in
     // time is "outcome unknown" (503), and two rebalances on a slow, loaded machine can take
     // that long for a command caught in them. The test asks that every command is answered.
-    for (name, value) in &mut env {
-        if name == "COMMAND_WAIT_MS" {
-            *value = "30000".into();
-        }
-    }
+    let wait = env
+        .iter_mut()
+        .find(|(name, _)| name == "COMMAND_WAIT_MS")
+        .expect("the suite sets COMMAND_WAIT_MS");
+    wait.1 = "30000".into();
     let mut apis = vec![ServiceProcess::start(COMMAND_API, env.clone()).await];
     let alone = settled(&apis).await;
     assert_eq!(alone[0].len(), WRITERS);
@@ -128,7 +128,7 @@ async fn scaling_out_moves_only_the_partitions_that_change_owner() {
                     .bearer_auth(&admin)
                     .header("idempotency-key", format!("scale-{n}"))
                     .json(&json!({"quantity": 1}))
-                    .timeout(Duration::from_secs(40))
+                    .timeout(Duration::from_secs(50))
                     .send()
                     .await;
                 let status = sent.map_or(StatusCode::REQUEST_TIMEOUT, |r| r.status());

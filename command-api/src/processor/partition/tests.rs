@@ -169,6 +169,7 @@ fn add_stock(quantity: i64, command_id: &str) -> Command {
             command_type: "AddStock".into(),
             aggregate_id: SKU.into(),
             reply_to: Some("requester".into()),
+            reply_ticket: None,
             expected_version: None,
             request_hash: None,
             actor: Actor {

@@ -399,15 +399,10 @@ where
         let topic = self.ctx.topics.replies();
         let mut deliveries = Vec::new();
         for (command, reply) in batch.iter().zip(replies) {
-            let Some(reply_to) = command
-                .envelope
-                .as_ref()
-                .ok()
-                .and_then(|e| e.reply_to.as_deref())
-            else {
+            let Some((reply_to, ticket)) = requester(command) else {
                 continue;
             };
-            if self.ctx.waiters.waits_for(reply_to, &reply.command_id) {
+            if self.ctx.waiters.waits_for(reply_to, reply, ticket) {
                 continue;
             }
             let payload = match schemas::encode(reply) {
@@ -419,7 +414,8 @@ where
             };
             let record = FutureRecord::to(&topic)
                 .key(reply_to.as_bytes())
-                .payload(&payload);
+                .payload(&payload)
+                .headers(platform::envelope::reply_headers(ticket));
             match self.producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err(error) => {
@@ -438,13 +434,8 @@ where
     /// the reply listener's fetch). Requesters elsewhere read their replies from the topic.
     fn answer_requesters_here(&self, batch: &[IncomingCommand], replies: &[CommandReply]) {
         for (command, reply) in batch.iter().zip(replies) {
-            let reply_to = command
-                .envelope
-                .as_ref()
-                .ok()
-                .and_then(|e| e.reply_to.as_deref());
-            if let Some(reply_to) = reply_to {
-                if self.ctx.waiters.answer(reply_to, reply) {
+            if let Some((reply_to, ticket)) = requester(command) {
+                if self.ctx.waiters.answer(reply_to, reply, ticket) {
                     metrics::counter!("replies_answered_in_process_total", "aggregate" => A::KIND.as_str())
                         .increment(1);
                 }
@@ -467,6 +458,13 @@ where
         }
         Ok(list)
     }
+}
+
+/// Who waits for `command`'s answer: the requester's reply key and the ticket of the wait
+/// that sent this copy.
+fn requester(command: &IncomingCommand) -> Option<(&str, Option<u64>)> {
+    let envelope = command.envelope.as_ref().ok()?;
+    Some((envelope.reply_to.as_deref()?, envelope.reply_ticket))
 }
 
 /// Waits for the broker's acknowledgement of every event: the offsets of each command's events
