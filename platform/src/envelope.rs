@@ -257,10 +257,11 @@ impl CommandEnvelope {
             command_type: headers.required(names::COMMAND_TYPE)?.to_owned(),
             aggregate_id: headers.required(names::AGGREGATE_ID)?.to_owned(),
             reply_to: headers.find(names::REPLY_TO).map(str::to_owned),
+            // Routing only: an unreadable ticket is read as none (the answer then goes to
+            // every wait for the command, as before tickets), never a refused command.
             reply_ticket: headers
                 .find(names::REPLY_TICKET)
-                .map(|raw| parsed(raw, names::REPLY_TICKET))
-                .transpose()?,
+                .and_then(|raw| raw.parse().ok()),
             expected_version: headers
                 .find(names::EXPECTED_VERSION)
                 .map(|raw| parsed(raw, names::EXPECTED_VERSION).map(Version::new))

@@ -48,9 +48,16 @@ where
         inputs: &mut Inputs<'_>,
     ) -> Step<Plan> {
         let envelope = well_formed(incoming)?;
-        first_copy_in_batch(batch, incoming, envelope, index)?;
+        earlier_copy_in_batch(batch, incoming, envelope)?;
         self.not_in_the_log_yet(incoming, envelope, inputs)?;
         not_expired(incoming, envelope, inputs)?;
+        // From here on this copy's answer is the command's, and a later copy in the batch gets
+        // it. Not an expired copy's: that refusal is about its own requester, who gave up, and
+        // a later copy (a retry still waiting) is decided itself.
+        batch.seen.insert(
+            envelope.command_id.clone(),
+            (index, envelope.request_hash.clone()),
+        );
         let command = decoded::<A>(incoming, envelope)?;
         self.routed_here(incoming, envelope, &command)?;
         self.readable(incoming, envelope)?;
@@ -182,13 +189,13 @@ fn well_formed(incoming: &IncomingCommand) -> Step<&CommandEnvelope> {
     })
 }
 
-/// A second copy of a command in the same batch (a concurrent retry) gets the first copy's
-/// answer; the same key with another request is 422, as it would be a batch later.
-fn first_copy_in_batch<A: WriteModel>(
-    batch: &mut Batch<A>,
+/// A copy of a command that an earlier copy in the same batch was decided for (a concurrent
+/// retry) gets that copy's answer; the same key with another request is 422, as it would be a
+/// batch later.
+fn earlier_copy_in_batch<A: WriteModel>(
+    batch: &Batch<A>,
     incoming: &IncomingCommand,
     envelope: &CommandEnvelope,
-    index: usize,
 ) -> Step<()>
 where
     A::Event: schemas::WireRecord + Send + Sync,
@@ -207,13 +214,7 @@ where
             ))
         }
         Some((first, _)) => Err(Plan::SameAs(*first)),
-        None => {
-            batch.seen.insert(
-                envelope.command_id.clone(),
-                (index, envelope.request_hash.clone()),
-            );
-            Ok(())
-        }
+        None => Ok(()),
     }
 }
 

@@ -330,6 +330,24 @@ fn a_second_copy_in_the_same_batch_gets_the_first_copys_answer() {
 }
 
 #[test]
+fn a_copy_past_its_deadline_leaves_a_later_copy_in_the_batch_to_be_decided() {
+    // The first attempt expired in a backlog; its retry, whose requester still waits, is in
+    // the same batch: it must not be told "expired" for a copy that was not its own.
+    let given = given();
+    let plans = given.when(&[
+        add_stock(1, "same")
+            .with(|e| e.deadline = Some(now() - chrono::Duration::milliseconds(1)))
+            .incoming(),
+        add_stock(1, "same").incoming(),
+    ]);
+    assert_eq!(
+        refused(&plans[0]),
+        (ReplyOutcome::Unavailable, Some(RejectionCode::Expired))
+    );
+    assert!(matches!(plans[1], Plan::Append { .. }), "{:?}", plans[1]);
+}
+
+#[test]
 fn a_key_reused_with_another_request_in_the_same_batch_is_refused() {
     let given = given();
     let plans = given.when(&[
