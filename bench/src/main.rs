@@ -1,4 +1,5 @@
-//! `bench [--quick] [--only PHASE] [--latency-rate N] [--log-events N]`: measures the system against raw
+//! `bench [--quick] [--only PHASE] [--latency-rate N] [--log-events N] [--partitions N]`: measures
+//! the system against raw
 //! baselines taken in the same run, on the same broker and database, and writes
 //! `target/bench/report.json`.
 //! `scripts/bench` starts the infrastructure and builds the release binaries this runs.
@@ -54,6 +55,10 @@ struct Cli {
     /// `--quick`): the memory targets are stated at 1,000,000 and 5,000,000.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     log_events: Option<u64>,
+    /// Partitions of every topic of the run (default 6). Each partition's writer runs its own
+    /// transactions, so fewer partitions put more commands in each (docs/benchmarks.md).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=64))]
+    partitions: i32,
 }
 
 /// The parts of a run that can be run alone.
@@ -84,6 +89,8 @@ struct Plan {
     latency_warm_up: Duration,
     /// How long command-api's CPU time is sampled while it idles after its start.
     idle_for: Duration,
+    /// Partitions of every topic of the run.
+    partitions: i32,
     visibility_samples: usize,
     sagas: usize,
     projector_events: usize,
@@ -91,7 +98,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(quick: bool, latency_rate: u32) -> Self {
+    fn new(quick: bool, latency_rate: u32, partitions: i32) -> Self {
         if quick {
             Self {
                 raw_records: 100_000,
@@ -101,6 +108,7 @@ impl Plan {
                 latency_rate,
                 latency_warm_up: Duration::from_secs(2),
                 idle_for: Duration::from_secs(3),
+                partitions,
                 visibility_samples: 200,
                 sagas: 1000,
                 projector_events: 100_000,
@@ -115,6 +123,7 @@ impl Plan {
                 latency_rate,
                 latency_warm_up: Duration::from_secs(5),
                 idle_for: Duration::from_secs(10),
+                partitions,
                 visibility_samples: 1000,
                 sagas: 5000,
                 projector_events: 300_000,
@@ -132,6 +141,7 @@ impl Plan {
             "idle_seconds": self.idle_for.as_secs(),
             "visibility_samples": self.visibility_samples, "sagas": self.sagas,
             "projector_events": self.projector_events, "rebuild_events": self.rebuild_events,
+            "partitions": self.partitions,
         })
     }
 }
@@ -139,7 +149,7 @@ impl Plan {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut plan = Plan::new(cli.quick, cli.latency_rate);
+    let mut plan = Plan::new(cli.quick, cli.latency_rate, cli.partitions);
     if let Some(events) = cli.log_events {
         plan.rebuild_events = usize::try_from(events)?.max(plan.projector_events);
     }
@@ -187,5 +197,17 @@ mod tests {
         let message = refused.map(|e| e.to_string()).unwrap_or_default();
         assert!(message.contains("--latency-rate"), "{message}");
         assert!(Cli::try_parse_from(["bench", "--latency-rate", "100"]).is_ok());
+    }
+
+    #[test]
+    fn a_partition_count_outside_1_to_64_is_refused_with_a_clear_error() {
+        for bad in ["0", "65", "six"] {
+            let refused = Cli::try_parse_from(["bench", "--partitions", bad]).err();
+            let message = refused.map(|e| e.to_string()).unwrap_or_default();
+            assert!(message.contains("--partitions"), "{bad}: {message}");
+        }
+        let cli = Cli::try_parse_from(["bench", "--partitions", "2"]).unwrap();
+        assert_eq!(cli.partitions, 2);
+        assert_eq!(Cli::try_parse_from(["bench"]).unwrap().partitions, 6);
     }
 }

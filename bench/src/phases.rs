@@ -16,8 +16,6 @@ use crate::report::{CommandFigures, Figures, ProjectorFigures, ReadFigures};
 use crate::services::{Env, Service};
 use crate::{kafka_load, pg_load, round_trip, Plan};
 
-/// Partitions of every topic of the run.
-const PARTITIONS: i32 = 6;
 /// Concurrent clients for throughput (commands, sagas, and the raw request/reply baseline): a
 /// command waits on several broker round trips, so throughput needs many in flight.
 const CLIENTS: usize = 256;
@@ -52,14 +50,14 @@ impl Run {
         let secret = format!("bench-{run_id}");
         let auth = platform::auth::Auth::new(&secret, 1_000_000);
         let admin_token = auth.sign("bench-admin", &["admin"], 3600)?;
-        let kafka = KafkaSettings::local(&brokers, &format!("bench-{run_id}"), PARTITIONS);
+        let kafka = KafkaSettings::local(&brokers, &format!("bench-{run_id}"), plan.partitions);
         let (database_url, pool) = fresh_database(&admin_url, &format!("bench_{run_id}")).await?;
         let env = Env {
             brokers,
             prefix: kafka.topic_prefix.clone(),
             database_url,
             secret,
-            partitions: PARTITIONS,
+            partitions: plan.partitions,
             bin_dir,
         };
         Ok(Self {
@@ -78,8 +76,12 @@ impl Run {
     /// service involved.
     pub(crate) async fn baselines(&self) -> anyhow::Result<Figures> {
         let raw_topic = format!("{}.raw", self.kafka.topic_prefix);
-        platform::kafka::ensure_topics(&self.kafka, std::slice::from_ref(&raw_topic), PARTITIONS)
-            .await?;
+        platform::kafka::ensure_topics(
+            &self.kafka,
+            std::slice::from_ref(&raw_topic),
+            self.plan.partitions,
+        )
+        .await?;
         step(&format!("raw produce: {} records", self.plan.raw_records));
         let (raw_produce_per_s, record_payload_bytes) =
             kafka_load::raw_produce(&self.kafka, &raw_topic, self.plan.raw_records).await?;
@@ -232,7 +234,7 @@ impl Run {
         };
         let topics = platform::topics::Topics::new(kafka.topic_prefix.clone());
         let inventory_topic = topics.events(AggregateKind::InventoryItem);
-        platform::kafka::ensure_topics(&kafka, &topics.all_events(), PARTITIONS).await?;
+        platform::kafka::ensure_topics(&kafka, &topics.all_events(), plan.partitions).await?;
         step(&format!(
             "pre-filling {} inventory events",
             plan.projector_events
@@ -323,7 +325,7 @@ impl Run {
             // scripts/bench names the broker it started; a user's own broker is "unknown".
             "broker": std::env::var("BENCH_BROKER").unwrap_or_else(|_| "unknown".into()),
             "postgres": postgres,
-            "partitions": PARTITIONS,
+            "partitions": self.plan.partitions,
             "git_commit": commit,
         })
     }

@@ -195,8 +195,9 @@ pub(crate) fn print_table(report: &Value) {
                 r("takeover_ms")["snapshot"]
             ),
             format!(
-                "replay/snapshot, {} events over 6 partitions (target: snapshot <= 2000); a writer's own {}/{}",
+                "replay/snapshot, {} events over {} partitions (target: snapshot <= 2000); a writer's own {}/{}",
                 report["volumes"]["rebuild_events"],
+                report["volumes"]["partitions"],
                 r("takeover_ms")["replay_writer"],
                 r("takeover_ms")["snapshot_writer"]
             ),
