@@ -121,29 +121,26 @@ impl ReplyWaiters {
         if reply_to != self.reply_key {
             return false;
         }
-        let taking = {
+        let takes = takes(reply, ticket);
+        let theirs: Vec<_> = {
             let mut pending = self.lock();
             let Some(waits) = pending.get_mut(&reply.command_id) else {
                 return false;
             };
-            let taking: Vec<_> = if for_every_copy(reply, ticket) {
-                std::mem::take(waits)
-            } else {
-                let (theirs, others) = std::mem::take(waits)
-                    .into_iter()
-                    .partition(|(t, _)| Some(*t) == ticket);
-                *waits = others;
-                theirs
-            };
+            let (theirs, others) = std::mem::take(waits)
+                .into_iter()
+                .partition(|(t, _)| takes(*t));
+            *waits = others;
             if waits.is_empty() {
                 pending.remove(&reply.command_id);
             }
-            taking
+            theirs
         };
-        taking
-            .into_iter()
-            .map(|(_, waiter)| waiter.send(reply.clone()).is_ok())
-            .fold(false, |taken, sent| taken | sent)
+        let mut taken = false;
+        for (_, waiter) in theirs {
+            taken |= waiter.send(reply.clone()).is_ok();
+        }
+        taken
     }
 
     /// Whether a request of this requester (`reply_to`) waits right now for `reply`, sent
@@ -152,10 +149,10 @@ impl ReplyWaiters {
         if reply_to != self.reply_key {
             return false;
         }
-        let every = for_every_copy(reply, ticket);
+        let takes = takes(reply, ticket);
         self.lock()
             .get(&reply.command_id)
-            .is_some_and(|waits| every || waits.iter().any(|(t, _)| Some(*t) == ticket))
+            .is_some_and(|waits| waits.iter().any(|(t, _)| takes(*t)))
     }
 
     fn wait_for(&self, command_id: &str) -> Wait {
@@ -181,11 +178,12 @@ impl ReplyWaiters {
     }
 }
 
-/// Whether `reply` answers every wait for its command, not only the one of `ticket`: an
-/// accepted command is in the log whichever copy it took; a reply naming no ticket (a writer
-/// from before tickets) is taken as about every copy, as it always was.
-fn for_every_copy(reply: &CommandReply, ticket: Option<u64>) -> bool {
-    reply.outcome == ReplyOutcome::Accepted || ticket.is_none()
+/// Which waits (by ticket) `reply`, sent for the copy of `ticket`, answers: every wait for its
+/// command when it was accepted (the log holds the command, whichever copy it took) or names
+/// no ticket (a writer from before tickets, as it always was); otherwise the copy's own.
+fn takes(reply: &CommandReply, ticket: Option<u64>) -> impl Fn(u64) -> bool {
+    let every = reply.outcome == ReplyOutcome::Accepted || ticket.is_none();
+    move |t| every || Some(t) == ticket
 }
 
 impl std::fmt::Debug for CommandBus {
@@ -461,6 +459,11 @@ mod tests {
         assert!(!waiters.waits_for("me", &accepted("c-1"), None));
     }
 
+    /// The outcome a wait has been answered with, if any.
+    fn answered(wait: &mut super::Wait) -> Option<ReplyOutcome> {
+        wait.answer.try_recv().ok().map(|r| r.outcome)
+    }
+
     fn refused(command_id: &str) -> CommandReply {
         CommandReply {
             outcome: ReplyOutcome::Rejected,
@@ -479,10 +482,7 @@ mod tests {
         let mut b = waiters.wait_for("c-1");
         assert!(waiters.waits_for("me", &refused("c-1"), Some(a.ticket)));
         assert!(waiters.answer("me", &refused("c-1"), Some(a.ticket)));
-        assert_eq!(
-            a.answer.try_recv().ok().map(|r| r.outcome),
-            Some(ReplyOutcome::Rejected)
-        );
+        assert_eq!(answered(&mut a), Some(ReplyOutcome::Rejected));
         assert!(
             b.answer.try_recv().is_err(),
             "the other copy's request was told a refusal the log can contradict"
@@ -490,10 +490,7 @@ mod tests {
         assert!(!waiters.waits_for("me", &refused("c-1"), Some(a.ticket)));
         assert!(waiters.waits_for("me", &refused("c-1"), Some(b.ticket)));
         assert!(waiters.answer("me", &accepted("c-1"), Some(b.ticket)));
-        assert_eq!(
-            b.answer.try_recv().ok().map(|r| r.outcome),
-            Some(ReplyOutcome::Accepted)
-        );
+        assert_eq!(answered(&mut b), Some(ReplyOutcome::Accepted));
         assert!(!waiters.waits_for("me", &accepted("c-1"), None));
     }
 
@@ -505,10 +502,7 @@ mod tests {
         assert!(waiters.waits_for("me", &accepted("c-1"), Some(b.ticket)));
         assert!(waiters.answer("me", &accepted("c-1"), Some(b.ticket)));
         for wait in [&mut a, &mut b] {
-            assert_eq!(
-                wait.answer.try_recv().ok().map(|r| r.outcome),
-                Some(ReplyOutcome::Accepted)
-            );
+            assert_eq!(answered(wait), Some(ReplyOutcome::Accepted));
         }
     }
 

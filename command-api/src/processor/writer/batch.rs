@@ -1,11 +1,11 @@
 //! A batch of commands in one transaction: plan each, then send the command offsets, the
 //! events and the answers for requesters in other processes at once (each answer names the
-//! positions its events must get: right after what this writer has read, in order; a handler of
-//! this process is answered in place once the batch commits), check the events landed exactly there and that
-//! the log-order rule accepts them, commit. A batch that cannot commit is aborted (nothing of
-//! it becomes visible, no answer is seen) and tried again on the log as it then is, until it
-//! commits, the partition is revoked, or the writer is fenced. Every abort waits for the
-//! offsets call first (librdkafka runs one transactional call at a time).
+//! positions its events must get: right after what this writer has read, in order; a handler
+//! of this process is answered in place once the batch commits), check the events landed
+//! exactly there and that the log-order rule accepts them, commit. A batch that cannot commit
+//! is aborted (nothing of it becomes visible, no answer is seen) and tried again on the log as
+//! it then is, until it commits, the partition is revoked, or the writer is fenced. Every
+//! abort waits for the offsets call first (librdkafka runs one transactional call at a time).
 
 use std::collections::HashMap;
 use std::time::Duration;
