@@ -7,24 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// p50 and p99 of latencies in milliseconds.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Percentiles {
-    pub p50: f64,
-    pub p99: f64,
-}
-
-pub(crate) fn percentiles(mut samples: Vec<f64>) -> Option<Percentiles> {
-    if samples.is_empty() {
-        return None;
-    }
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    Some(Percentiles {
-        p50: at(0.50),
-        p99: at(0.99),
-    })
-}
+use crate::load::{self, percentiles, Latency, Percentiles};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Api {
@@ -87,77 +70,40 @@ impl Api {
     }
 }
 
-/// Commands accepted per second with `clients` concurrent clients for `duration`.
+/// Commands accepted per second with `clients` concurrent clients for `duration`, and the
+/// commands not accepted.
 pub(crate) async fn commands_per_s(
     api: &Api,
     clients: usize,
     duration: Duration,
 ) -> anyhow::Result<(f64, usize)> {
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for client in 0..clients {
-        let (api, accepted, failed) = (api.clone(), accepted.clone(), failed.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0usize;
-            while started.elapsed() < duration {
-                let sku = format!("tput-{client:03}-{:02}", i % 32);
-                i += 1;
-                match api.add_stock(&sku).await {
-                    Ok((200, _)) => accepted.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        }));
-    }
-    for task in tasks {
-        task.await?;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    Ok((
-        accepted.load(Ordering::Relaxed) as f64 / elapsed,
-        failed.load(Ordering::Relaxed),
-    ))
+    let api = api.clone();
+    load::closed_loop(clients, duration, move |client, n| {
+        let api = api.clone();
+        async move {
+            let sku = format!("tput-{client:03}-{:02}", n % 32);
+            matches!(api.add_stock(&sku).await, Ok((200, _)))
+        }
+    })
+    .await
 }
 
-/// Open loop: one command every `1/rate` s for `warm_up + duration`, whatever the answers do.
-/// Returns the latency percentiles of the commands sent after `warm_up` that were accepted, and
-/// the rate completed after it.
+/// Open loop: one command every `1/rate` s for `warm_up + duration`, whatever the answers do;
+/// the latencies of the commands sent after `warm_up` that were accepted.
 pub(crate) async fn latency_at(
     api: &Api,
     rate: u32,
     warm_up: Duration,
     duration: Duration,
-) -> anyhow::Result<(Option<Percentiles>, f64)> {
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let began = Instant::now();
-    let measured_from = began + warm_up;
-    let mut tasks = Vec::new();
-    let mut i = 0usize;
-    while began.elapsed() < warm_up + duration {
-        ticker.tick().await;
+) -> anyhow::Result<Latency> {
+    load::open_loop(rate, warm_up, duration, |n| {
         let api = api.clone();
-        let sku = format!("lat-{:04}", i % 2000);
-        i += 1;
-        let measured = Instant::now() >= measured_from;
-        tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            match api.add_stock(&sku).await {
-                Ok((200, _)) if measured => Some(sent.elapsed().as_secs_f64() * 1000.0),
-                _ => None,
-            }
-        }));
-    }
-    let mut samples = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        if let Some(ms) = task.await? {
-            samples.push(ms);
+        async move {
+            let sku = format!("lat-{:04}", n % 2000);
+            matches!(api.add_stock(&sku).await, Ok((200, _)))
         }
-    }
-    let completed = samples.len() as f64 / measured_from.elapsed().as_secs_f64();
-    Ok((percentiles(samples), completed))
+    })
+    .await
 }
 
 /// From a command's acknowledgement to query-api returning the change (no consistency token:

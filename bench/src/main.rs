@@ -10,9 +10,11 @@
 //!   projectors, rebuild and takeover).
 //! - `services`: the release binaries as processes; readiness; peak RSS.
 //! - `kafka_load`: raw produce baseline; pre-filled event topics.
-//! - `round_trip`: raw request/reply baseline (the broker's ceiling for a command's shape).
+//! - `load`: closed-loop throughput and open-loop latency at a fixed rate, whatever is sent.
+//! - `round_trip`: raw request/reply baselines (the broker's ceiling for a command's shape),
+//!   plain and through Kafka's exactly-once processing.
 //! - `pg_load`: raw batched insert baseline.
-//! - `http_load`: command throughput, latency at a fixed rate, visibility, sagas.
+//! - `http_load`: command throughput and latency, visibility, sagas.
 //! - `takeover`: a command-api taking over a grown log, by replay and from its snapshot.
 //! - `orchestrator`: the saga orchestrator taking over a grown log of approved orders, by
 //!   replay and from the order and saga writers' snapshots.
@@ -22,6 +24,7 @@
 
 mod http_load;
 mod kafka_load;
+mod load;
 mod orchestrator;
 mod pg_load;
 mod phases;

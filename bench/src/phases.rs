@@ -2,6 +2,7 @@
 //! run alone (`--only`), after the raw baselines that every figure is compared with.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,9 +13,10 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use crate::http_load::{self, Api};
-use crate::report::{CommandFigures, Figures, ProjectorFigures, ReadFigures};
+use crate::report::{CommandFigures, Figures, ProjectorFigures, ReadFigures, RoundTripFigures};
+use crate::round_trip::{Echo, RoundTrip};
 use crate::services::{Env, Service};
-use crate::{kafka_load, pg_load, round_trip, Plan};
+use crate::{kafka_load, pg_load, Plan};
 
 /// Concurrent clients for throughput (commands, sagas, and the raw request/reply baseline): a
 /// command waits on several broker round trips, so throughput needs many in flight.
@@ -85,28 +87,57 @@ impl Run {
         step(&format!("raw produce: {} records", self.plan.raw_records));
         let (raw_produce_per_s, record_payload_bytes) =
             kafka_load::raw_produce(&self.kafka, &raw_topic, self.plan.raw_records).await?;
-        step(&format!(
-            "raw request/reply: {CLIENTS} clients for {:?}",
-            self.plan.throughput_for
-        ));
         let (envelope, payload) = kafka_load::order_placed()?;
-        let raw_round_trip_per_s = round_trip::raw_round_trip(
-            &self.kafka,
-            CLIENTS,
-            self.plan.throughput_for,
-            payload,
-            envelope.to_headers(),
-        )
-        .await?;
+        let headers = envelope.to_headers();
+        let raw_round_trip = self
+            .round_trip(Echo::Plain, payload.clone(), headers.clone())
+            .await?;
+        let raw_transactional_round_trip = self
+            .round_trip(Echo::Transactional, payload, headers)
+            .await?;
         step(&format!("raw insert: {} rows", self.plan.raw_rows));
         let raw_insert_rows_per_s =
             pg_load::raw_insert(&self.pool, self.plan.raw_rows, FILL_ITEMS).await?;
         Ok(Figures {
             raw_produce_per_s,
-            raw_round_trip_per_s,
+            raw_round_trip,
+            raw_transactional_round_trip,
             record_payload_bytes,
             raw_insert_rows_per_s,
             ..Figures::default()
+        })
+    }
+
+    /// A raw request/reply baseline: throughput under the command phase's clients, then latency
+    /// at the command latency measure's rate, warm-up and length.
+    async fn round_trip(
+        &self,
+        echo: Echo,
+        payload: Vec<u8>,
+        headers: rdkafka::message::OwnedHeaders,
+    ) -> anyhow::Result<RoundTripFigures> {
+        let round_trip = Arc::new(RoundTrip::start(&self.kafka, echo, payload, headers).await?);
+        step(&format!(
+            "raw request/reply ({echo:?} echo): {CLIENTS} clients for {:?}, then {}/s for {:?}",
+            self.plan.throughput_for, self.plan.latency_rate, self.plan.latency_for
+        ));
+        let per_s = round_trip
+            .closed_loop(CLIENTS, self.plan.throughput_for)
+            .await?;
+        let latency = round_trip
+            .open_loop(
+                self.plan.latency_rate,
+                self.plan.latency_warm_up,
+                self.plan.latency_for,
+            )
+            .await?;
+        Arc::into_inner(round_trip)
+            .context("a request of the round trip outlived its run")?
+            .stop()
+            .await?;
+        Ok(RoundTripFigures {
+            per_s,
+            latency: Some(latency),
         })
     }
 
@@ -163,7 +194,7 @@ impl Run {
             "command latency at {}/s for {:?}",
             self.plan.latency_rate, self.plan.latency_for
         ));
-        let (latency, completed_per_s) = http_load::latency_at(
+        let latency = http_load::latency_at(
             &api,
             self.plan.latency_rate,
             self.plan.latency_warm_up,
@@ -176,8 +207,6 @@ impl Run {
             per_s,
             failures,
             latency,
-            offered_per_s: self.plan.latency_rate,
-            completed_per_s,
         })
     }
 
