@@ -77,7 +77,8 @@ where
 
 /// Open loop: `request(n)` every `1/rate` s for `warm_up + duration`, each in a task of its own
 /// (a slow answer never delays the next request). Only requests sent after `warm_up` are
-/// measured, from before the call until it returned `true`.
+/// measured, from just before `request(n)` (which may send at once, or only when its future
+/// runs) until its future returned `true`.
 pub(crate) async fn open_loop<F, Fut>(
     rate: u32,
     warm_up: Duration,
@@ -96,11 +97,11 @@ where
     let mut n = 0usize;
     while began.elapsed() < warm_up + duration {
         ticker.tick().await;
-        let measured = Instant::now() >= measured_from;
+        let sent = Instant::now();
+        let measured = sent >= measured_from;
         let answered = request(n);
         n += 1;
         tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
             (answered.await && measured).then(|| sent.elapsed().as_secs_f64() * 1000.0)
         }));
     }

@@ -2,7 +2,6 @@
 //! run alone (`--only`), after the raw baselines that every figure is compared with.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -13,8 +12,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use crate::http_load::{self, Api};
-use crate::report::{CommandFigures, Figures, ProjectorFigures, ReadFigures, RoundTripFigures};
-use crate::round_trip::{Echo, RoundTrip};
+use crate::report::{CommandFigures, Figures, ProjectorFigures, ReadFigures};
+use crate::round_trip::{self, Echo};
 use crate::services::{Env, Service};
 use crate::{kafka_load, pg_load, Plan};
 
@@ -88,13 +87,19 @@ impl Run {
         let (raw_produce_per_s, record_payload_bytes) =
             kafka_load::raw_produce(&self.kafka, &raw_topic, self.plan.raw_records).await?;
         let (envelope, payload) = kafka_load::order_placed()?;
-        let headers = envelope.to_headers();
-        let raw_round_trip = self
-            .round_trip(Echo::Plain, payload.clone(), headers.clone())
-            .await?;
-        let raw_transactional_round_trip = self
-            .round_trip(Echo::Transactional, payload, headers)
-            .await?;
+        let record = (payload, envelope.to_headers());
+        let mut round_trips = Vec::new();
+        for echo in [Echo::Plain, Echo::Transactional] {
+            step(&format!(
+                "raw request/reply ({echo:?} echo): {CLIENTS} clients for {:?}, then {}/s for {:?}",
+                self.plan.throughput_for, self.plan.latency_rate, self.plan.latency_for
+            ));
+            round_trips.push(
+                round_trip::measure(&self.kafka, echo, &self.plan, CLIENTS, record.clone()).await?,
+            );
+        }
+        let [raw_round_trip, raw_transactional_round_trip] = <[_; 2]>::try_from(round_trips)
+            .map_err(|_| anyhow::anyhow!("two round trips were measured"))?;
         step(&format!("raw insert: {} rows", self.plan.raw_rows));
         let raw_insert_rows_per_s =
             pg_load::raw_insert(&self.pool, self.plan.raw_rows, FILL_ITEMS).await?;
@@ -105,39 +110,6 @@ impl Run {
             record_payload_bytes,
             raw_insert_rows_per_s,
             ..Figures::default()
-        })
-    }
-
-    /// A raw request/reply baseline: throughput under the command phase's clients, then latency
-    /// at the command latency measure's rate, warm-up and length.
-    async fn round_trip(
-        &self,
-        echo: Echo,
-        payload: Vec<u8>,
-        headers: rdkafka::message::OwnedHeaders,
-    ) -> anyhow::Result<RoundTripFigures> {
-        let round_trip = Arc::new(RoundTrip::start(&self.kafka, echo, payload, headers).await?);
-        step(&format!(
-            "raw request/reply ({echo:?} echo): {CLIENTS} clients for {:?}, then {}/s for {:?}",
-            self.plan.throughput_for, self.plan.latency_rate, self.plan.latency_for
-        ));
-        let per_s = round_trip
-            .closed_loop(CLIENTS, self.plan.throughput_for)
-            .await?;
-        let latency = round_trip
-            .open_loop(
-                self.plan.latency_rate,
-                self.plan.latency_warm_up,
-                self.plan.latency_for,
-            )
-            .await?;
-        Arc::into_inner(round_trip)
-            .context("a request of the round trip outlived its run")?
-            .stop()
-            .await?;
-        Ok(RoundTripFigures {
-            per_s,
-            latency: Some(latency),
         })
     }
 

@@ -22,6 +22,8 @@ pub(crate) struct CommandFigures {
 #[derive(Debug, Default)]
 pub(crate) struct RoundTripFigures {
     pub(crate) per_s: f64,
+    /// Requests of the throughput run not answered within 10 s.
+    pub(crate) failures: usize,
     pub(crate) latency: Option<Latency>,
 }
 
@@ -133,6 +135,8 @@ impl Figures {
             "volumes": merge(volumes, json!({
                 "record_payload_bytes": self.record_payload_bytes,
                 "command_failures": commands.map(|c| c.failures),
+                "raw_round_trip_failures": self.raw_round_trip.failures,
+                "raw_transactional_round_trip_failures": self.raw_transactional_round_trip.failures,
                 "sagas_approved": reads.map(|r| r.sagas_approved),
             })),
             "env": env,

@@ -9,11 +9,13 @@
 //! - [`Echo::Plain`] produces each reply as soon as it read the request: the broker's ceiling.
 //! - [`Echo::Transactional`] is Kafka's own exactly-once processing, the way KIP-447 describes it
 //!   and Kafka Streams' `exactly_once_v2` does it: one group consumer and one transactional
-//!   producer for every partition, and for each batch of requests read (everything fetched so
-//!   far) one transaction holding the replies and the consumer's offsets
+//!   producer, both for all partitions, and for each batch of requests read (everything fetched
+//!   so far) one transaction holding the replies and the consumer's offsets
 //!   (`send_offsets_to_transaction` with its group metadata), committed at once (no commit
-//!   interval). The writers' producer settings. What a command's transaction costs the broker
-//!   and librdkafka, with none of our code: the difference to the plain echo.
+//!   interval), with the writers' producer settings. One serial transaction stream as
+//!   librdkafka runs it out of the box (it does not wait for the last commit's marker before
+//!   the next transaction, as our writers do): what a transaction per batch costs the broker
+//!   and librdkafka in this shape, with none of our code; the difference to the plain echo.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +32,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
 use crate::load::{self, Latency};
+use crate::report::RoundTripFigures;
+use crate::Plan;
 
 type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
@@ -39,6 +43,42 @@ const REPLY_WAIT: Duration = Duration::from_secs(10);
 const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many requests in one transaction of the transactional echo.
 const MAX_BATCH: usize = 5_000;
+/// How long the transactional echo may take to join its group and get its partitions.
+const JOIN_WAIT: Duration = Duration::from_secs(30);
+
+/// A baseline: throughput under `clients` closed-loop clients for the plan's throughput
+/// length, then latency at the command latency measure's rate, warm-up and length, on fresh
+/// topics (as the command latency measure has: not the logs the throughput run grew).
+pub(crate) async fn measure(
+    kafka: &KafkaSettings,
+    echo: Echo,
+    plan: &Plan,
+    clients: usize,
+    (payload, headers): (Vec<u8>, OwnedHeaders),
+) -> anyhow::Result<RoundTripFigures> {
+    let start = |run| RoundTrip::start(kafka, echo, run, payload.clone(), headers.clone());
+    let throughput = Arc::new(start("throughput").await?);
+    let (per_s, failures) = throughput.closed_loop(clients, plan.throughput_for).await?;
+    finish(throughput).await?;
+    let latency_run = Arc::new(start("latency").await?);
+    let latency = latency_run
+        .open_loop(plan.latency_rate, plan.latency_warm_up, plan.latency_for)
+        .await?;
+    finish(latency_run).await?;
+    Ok(RoundTripFigures {
+        per_s,
+        failures,
+        latency: Some(latency),
+    })
+}
+
+/// Stops a run's echo and listener; an echo that failed fails the run.
+async fn finish(run: Arc<RoundTrip>) -> anyhow::Result<()> {
+    Arc::into_inner(run)
+        .context("a request of the round trip outlived its run")?
+        .stop()
+        .await
+}
 
 /// How requests become replies.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +98,9 @@ impl Echo {
     }
 }
 
-/// A running echo, its listener and the clients' producer, on topics of its own.
+/// A running echo, its listener and the clients' producer, on topics of its own. Dropped
+/// without [`RoundTrip::stop`] (a run that failed), it still tells both to stop: the
+/// transactional echo's blocking thread would otherwise keep the process from exiting.
 pub(crate) struct RoundTrip {
     requests: String,
     producer: FutureProducer,
@@ -66,8 +108,14 @@ pub(crate) struct RoundTrip {
     payload: Vec<u8>,
     headers: OwnedHeaders,
     stop: Arc<AtomicBool>,
-    echo: tokio::task::JoinHandle<anyhow::Result<()>>,
-    listener: tokio::task::JoinHandle<()>,
+    echo: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for RoundTrip {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 fn every_partition(topic: &str, partitions: i32) -> anyhow::Result<TopicPartitionList> {
@@ -79,15 +127,17 @@ fn every_partition(topic: &str, partitions: i32) -> anyhow::Result<TopicPartitio
 }
 
 impl RoundTrip {
-    /// Creates the topics and starts the echo and the listener; returns once the echo reads.
-    pub(crate) async fn start(
+    /// Creates the topics of `run` and starts the echo and the listener; returns once the
+    /// echo reads.
+    async fn start(
         kafka: &KafkaSettings,
         echo: Echo,
+        run: &str,
         payload: Vec<u8>,
         headers: OwnedHeaders,
     ) -> anyhow::Result<Self> {
-        let requests = format!("{}.{}.requests", kafka.topic_prefix, echo.topic_infix());
-        let replies = format!("{}.{}.replies", kafka.topic_prefix, echo.topic_infix());
+        let topic = |what| format!("{}.{}.{run}.{what}", kafka.topic_prefix, echo.topic_infix());
+        let (requests, replies) = (topic("requests"), topic("replies"));
         platform::kafka::ensure_topics(
             kafka,
             &[requests.clone(), replies.clone()],
@@ -126,8 +176,8 @@ impl RoundTrip {
             payload,
             headers,
             stop,
-            echo,
-            listener,
+            echo: Some(echo),
+            listener: Some(listener),
         })
     }
 
@@ -144,22 +194,32 @@ impl RoundTrip {
             .payload(&self.payload)
             .headers(self.headers.clone());
         let sent = self.producer.send_result(record).is_ok();
-        async move { sent && matches!(tokio::time::timeout(REPLY_WAIT, rx).await, Ok(Ok(()))) }
+        let waiting = self.waiting.clone();
+        async move {
+            let answered = sent && matches!(tokio::time::timeout(REPLY_WAIT, rx).await, Ok(Ok(())));
+            if !answered {
+                waiting
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&key);
+            }
+            answered
+        }
     }
 
-    /// Requests answered per second with `clients` concurrent clients for `duration`.
-    pub(crate) async fn closed_loop(
+    /// Requests answered per second with `clients` concurrent clients for `duration`, and the
+    /// requests not answered.
+    async fn closed_loop(
         self: &Arc<Self>,
         clients: usize,
         duration: Duration,
-    ) -> anyhow::Result<f64> {
+    ) -> anyhow::Result<(f64, usize)> {
         let this = self.clone();
-        let (per_s, _) = load::closed_loop(clients, duration, move |_, _| this.request()).await?;
-        Ok(per_s)
+        load::closed_loop(clients, duration, move |_, _| this.request()).await
     }
 
     /// Latency of requests offered at `rate` per second, after `warm_up`.
-    pub(crate) async fn open_loop(
+    async fn open_loop(
         &self,
         rate: u32,
         warm_up: Duration,
@@ -169,10 +229,15 @@ impl RoundTrip {
     }
 
     /// Stops the echo and the listener; an echo that failed fails the run.
-    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+    async fn stop(mut self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
-        self.listener.await?;
-        self.echo.await?
+        if let Some(listener) = self.listener.take() {
+            listener.await?;
+        }
+        match self.echo.take() {
+            Some(echo) => echo.await?,
+            None => Ok(()),
+        }
     }
 }
 
@@ -240,16 +305,24 @@ async fn start_transactional_echo(
     ))?;
     let (ready, reading) = oneshot::channel();
     let (requests, replies) = (requests.to_owned(), replies.to_owned());
+    let echo_stop = stop.clone();
     let echo = tokio::task::spawn_blocking(move || {
+        let stop = echo_stop;
         let topics = (requests.as_str(), replies.as_str());
         transactional_echo(&consumer, &producer, topics, &stop, ready)
     });
-    if reading.await.is_err() {
-        // The echo ended before it read: its error says why.
-        echo.await??;
-        anyhow::bail!("the transactional echo stopped before it read");
+    match tokio::time::timeout(JOIN_WAIT, reading).await {
+        Ok(Ok(())) => Ok(echo),
+        Ok(Err(_)) => {
+            // The echo ended before it read: its error says why.
+            echo.await??;
+            anyhow::bail!("the transactional echo stopped before it read")
+        }
+        Err(_) => {
+            stop.store(true, Ordering::Relaxed);
+            anyhow::bail!("the transactional echo got no partitions within {JOIN_WAIT:?}")
+        }
     }
-    Ok(echo)
 }
 
 fn transactional_echo(
@@ -259,25 +332,37 @@ fn transactional_echo(
     stop: &AtomicBool,
     ready: oneshot::Sender<()>,
 ) -> anyhow::Result<()> {
-    producer.init_transactions(TRANSACTION_CALL_TIMEOUT)?;
+    producer
+        .init_transactions(TRANSACTION_CALL_TIMEOUT)
+        .context("the transactional echo's init_transactions")?;
     let mut ready = Some(ready);
     while !stop.load(Ordering::Relaxed) {
-        let first = consumer.poll(Duration::from_millis(100)).transpose()?;
+        // An error event (a broker connection lost, say) is librdkafka's to recover from, as
+        // for the plain echo: only the transactional calls below end the echo.
+        let first = consumer
+            .poll(Duration::from_millis(100))
+            .and_then(Result::ok);
         if ready.is_some() && consumer.assignment()?.count() > 0 {
             let _ = ready.take().map(|ready| ready.send(()));
         }
         let Some(first) = first else {
             continue;
         };
-        producer.begin_transaction()?;
+        producer
+            .begin_transaction()
+            .context("the transactional echo's begin_transaction")?;
         let mut next_offsets = HashMap::new();
         let mut deliveries = Vec::new();
         let mut request = Some(first);
         while let Some(read) = request {
-            deliveries.push(producer.send_result(reply_to(replies, &read))?);
+            deliveries.push(
+                producer
+                    .send_result(reply_to(replies, &read))
+                    .context("a reply of the transactional echo")?,
+            );
             next_offsets.insert(read.partition(), read.offset() + 1);
             request = if deliveries.len() < MAX_BATCH {
-                consumer.poll(Duration::ZERO).transpose()?
+                consumer.poll(Duration::ZERO).and_then(Result::ok)
             } else {
                 None
             };
@@ -287,9 +372,13 @@ fn transactional_echo(
             offsets.add_partition_offset(requests, partition, Offset::Offset(next))?;
         }
         let metadata = consumer.group_metadata().context("no group metadata")?;
-        producer.send_offsets_to_transaction(&offsets, &metadata, TRANSACTION_CALL_TIMEOUT)?;
+        producer
+            .send_offsets_to_transaction(&offsets, &metadata, TRANSACTION_CALL_TIMEOUT)
+            .context("the transactional echo's send_offsets_to_transaction")?;
         for delivery in futures::executor::block_on(futures::future::join_all(deliveries)) {
-            delivery?.map_err(|(e, _)| e)?;
+            delivery?
+                .map_err(|(e, _)| e)
+                .context("a reply of the transactional echo")?;
         }
         // librdkafka may count an acknowledged record in flight for a moment more, and the
         // flush inside rdkafka's commit would then sleep a whole 100 ms poll (as the writers).
@@ -297,7 +386,9 @@ fn transactional_echo(
         while producer.in_flight_count() > 0 && waiting_since.elapsed() < Duration::from_secs(1) {
             std::thread::sleep(Duration::from_micros(100));
         }
-        producer.commit_transaction(TRANSACTION_CALL_TIMEOUT)?;
+        producer
+            .commit_transaction(TRANSACTION_CALL_TIMEOUT)
+            .context("the transactional echo's commit_transaction")?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use domain::AggregateKind;
 use platform::config::KafkaSettings;
+use platform::resilience::BreakerPolicy;
 
 use crate::processor::{WriterMemory, COMMAND_KINDS};
 use thiserror::Error;
@@ -52,6 +53,9 @@ pub struct Settings {
     /// to write): what each partition writer keeps in memory and where it keeps the rest
     /// (decision 0012).
     pub writer_memory: WriterMemory,
+    /// `CIRCUIT_BREAKER_OPEN_MS`: how long the command bus's broker breaker stays open after
+    /// it opened, before a trial send (default 2000, whole seconds, jittered down to half).
+    pub circuit_breaker: BreakerPolicy,
 }
 
 impl Settings {
@@ -89,6 +93,7 @@ impl Settings {
                     name: "AUTH_JWT_SECRET",
                 })?,
             command_wait: Duration::from_millis(number("COMMAND_WAIT_MS", 5000)?),
+            circuit_breaker: BreakerPolicy::from_env()?,
             rate_limit_per_second: u32::try_from(number("RATE_LIMIT_PER_SECOND", 500)?).map_err(
                 |_| ConfigError::Invalid {
                     name: "RATE_LIMIT_PER_SECOND",

@@ -157,6 +157,7 @@ impl Application {
             partitions,
             bus_producer,
             reply_key,
+            settings.circuit_breaker,
             shutdown.clone(),
         )
         .await?;

@@ -98,7 +98,13 @@ async fn an_unreachable_broker_is_a_bounded_503_then_a_fast_one_from_the_breaker
     let mut broker = BrokerProcess::start().await;
     let mut kafka = TestKafka::at(&broker.brokers());
     kafka.settings.partitions = PARTITIONS;
-    let app = TestApp::spawn_on(&kafka, |_| {}).await;
+    // The breaker stays open 5-10 s once open, so the request that proves it open is never
+    // the trial on a slow machine; the retries below outlast it.
+    let app = TestApp::spawn_on(&kafka, |settings| {
+        settings.circuit_breaker =
+            platform::resilience::BreakerPolicy::default().first_open_for(Duration::from_secs(10));
+    })
+    .await;
     let stocked = app
         .post(
             "/v1/inventory/apple/stock",

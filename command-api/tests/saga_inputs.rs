@@ -70,6 +70,7 @@ async fn saga_inputs_are_refused_unless_the_orchestrator_sends_them_well_formed(
         PARTITIONS,
         producer.clone(),
         "saga-input-test".into(),
+        platform::resilience::BreakerPolicy::default(),
         CancellationToken::new(),
     )
     .await

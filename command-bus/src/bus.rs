@@ -196,12 +196,14 @@ impl std::fmt::Debug for CommandBus {
 
 impl CommandBus {
     /// Starts listening for replies addressed to `reply_key` (unique per process), from the
-    /// replies partition's current end, before any command is sent.
+    /// replies partition's current end, before any command is sent. `breaker` says when the
+    /// bus stops sending to a broker that keeps failing, and for how long.
     pub async fn start(
         kafka: &KafkaSettings,
         partitions: i32,
         producer: FutureProducer,
         reply_key: String,
+        breaker: BreakerPolicy,
         shutdown: CancellationToken,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         platform::kafka::register_producer("command-bus");
@@ -234,7 +236,7 @@ impl CommandBus {
             partitions,
             send_timeout: Duration::from_secs(5),
             waiters,
-            broker: Breaker::new("kafka", BreakerPolicy::default()),
+            broker: Breaker::new("kafka", breaker),
         })
     }
 

@@ -26,6 +26,29 @@ pub struct BreakerPolicy {
     pub open_at_most: Duration,
 }
 
+impl BreakerPolicy {
+    /// The default policy with the first open period from `CIRCUIT_BREAKER_OPEN_MS` (the same
+    /// variable in every service with a breaker): how long a dependency that just failed is
+    /// left alone before a trial call, for deployments (and tests) that want longer or shorter
+    /// than 2 s.
+    pub fn from_env() -> Result<Self, crate::config::InvalidSetting> {
+        let default = Self::default();
+        let open =
+            crate::config::positive_millis("CIRCUIT_BREAKER_OPEN_MS", default.open_at_least)?;
+        Ok(default.first_open_for(open))
+    }
+
+    /// This policy with `open` as its first open period; the longest stays 16 s, or `open`
+    /// if that is longer.
+    pub fn first_open_for(self, open: Duration) -> Self {
+        Self {
+            open_at_least: open,
+            open_at_most: self.open_at_most.max(open),
+            ..self
+        }
+    }
+}
+
 impl Default for BreakerPolicy {
     fn default() -> Self {
         Self {
@@ -175,6 +198,41 @@ mod tests {
             breaker.permits(),
             "closed again: one failure does not open it"
         );
+    }
+
+    /// The only test that touches `CIRCUIT_BREAKER_OPEN_MS` (the environment is shared by the
+    /// tests of this process).
+    #[test]
+    fn the_first_open_period_is_read_from_the_environment_and_garbage_is_refused_by_name() {
+        std::env::set_var("CIRCUIT_BREAKER_OPEN_MS", "soon");
+        let refused = BreakerPolicy::from_env().unwrap_err();
+        assert_eq!(refused.name, "CIRCUIT_BREAKER_OPEN_MS");
+        std::env::set_var("CIRCUIT_BREAKER_OPEN_MS", "0");
+        assert!(
+            BreakerPolicy::from_env().is_err(),
+            "no breaker opens for 0 s"
+        );
+        std::env::set_var("CIRCUIT_BREAKER_OPEN_MS", "4000");
+        let policy = BreakerPolicy::from_env().unwrap();
+        assert_eq!(policy.open_at_least, Duration::from_secs(4));
+        std::env::remove_var("CIRCUIT_BREAKER_OPEN_MS");
+        let policy = BreakerPolicy::from_env().unwrap();
+        assert_eq!(policy.open_at_least, BreakerPolicy::default().open_at_least);
+    }
+
+    #[test]
+    fn a_longer_first_open_period_keeps_the_breaker_open_past_the_default_one() {
+        let policy = BreakerPolicy::default().first_open_for(Duration::from_secs(30));
+        assert_eq!(policy.open_at_most, Duration::from_secs(30));
+        let breaker = Breaker::new("test-long-open", policy);
+        for _ in 0..3 {
+            breaker.failed();
+        }
+        // The default policy's longest first period (2 s) has passed.
+        std::thread::sleep(Duration::from_millis(2100));
+        assert!(!breaker.permits(), "still open: at least 15 s of 30");
+        let short = BreakerPolicy::default().first_open_for(Duration::from_secs(4));
+        assert_eq!(short.open_at_most, Duration::from_secs(16));
     }
 
     #[test]

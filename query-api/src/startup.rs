@@ -55,6 +55,9 @@ pub struct Settings {
     /// `SAGA_STUCK_AFTER_MS`: a running saga without progress for this long shows `stuck`
     /// (default 60000, the orchestrator's default too).
     pub saga_stuck_after: Duration,
+    /// `CIRCUIT_BREAKER_OPEN_MS`: how long the database breaker stays open after it opened,
+    /// before a trial read (default 2000, whole seconds, jittered down to half).
+    pub circuit_breaker: BreakerPolicy,
 }
 
 impl Settings {
@@ -82,6 +85,7 @@ impl Settings {
                 Duration::from_secs(60),
             )
             .map_err(|e| StartupError::Config(e.name))?,
+            circuit_breaker: BreakerPolicy::from_env().map_err(|e| StartupError::Config(e.name))?,
         })
     }
 }
@@ -170,7 +174,7 @@ impl Application {
         let checkpoints = Checkpoints::default();
         let state = AppState(Arc::new(Inner {
             pool,
-            database: Breaker::new("postgres", BreakerPolicy::default()),
+            database: Breaker::new("postgres", settings.circuit_breaker),
             auth: Auth::new(&settings.jwt_secret, settings.rate_limit_per_second),
             token_key: TokenKey::from_secret(&settings.jwt_secret),
             checkpoints: checkpoints.clone(),

@@ -14,6 +14,10 @@ use test_harness::cut::via;
 use test_harness::{CuttableProxy, TestDatabase};
 
 const SECRET: &str = "query-api-resilience-secret";
+/// The breaker's first open period here: 5-10 s (jittered), so the reads that prove it open
+/// never run into its trial on a slow machine (the default's 1-2 s would allow that after a
+/// stall of about a second).
+const BREAKER_OPEN: Duration = Duration::from_secs(10);
 
 fn metric(text: &str, line_start: &str) -> f64 {
     text.lines()
@@ -28,6 +32,8 @@ async fn with_postgres_down_the_breaker_opens_fails_fast_without_calling_it_and_
     let db = TestDatabase::create(Some(&projectors::startup::MIGRATOR)).await;
     let proxy = CuttableProxy::start(test_harness::cut::upstream_of(&db.url)).await;
     let app = query_api::startup::Application::build(query_api::startup::Settings {
+        circuit_breaker: platform::resilience::BreakerPolicy::default()
+            .first_open_for(BREAKER_OPEN),
         addr: "127.0.0.1:0".parse().unwrap(),
         database_url: via(&db.url, proxy.addr),
         jwt_secret: SECRET.into(),
@@ -99,7 +105,7 @@ async fn with_postgres_down_the_breaker_opens_fails_fast_without_calling_it_and_
 
     // Recovered: after its pause the breaker lets a trial through, which closes it.
     let mut status = StatusCode::SERVICE_UNAVAILABLE;
-    for _ in 0..100 {
+    for _ in 0..200 {
         status = read().await.0;
         if status == StatusCode::NOT_FOUND {
             break;

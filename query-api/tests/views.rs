@@ -37,6 +37,7 @@ impl Stack {
         let db = TestDatabase::create(Some(&projectors::startup::MIGRATOR)).await;
         let stop = CancellationToken::new();
         let command_settings = command_api::config::Settings {
+            circuit_breaker: platform::resilience::BreakerPolicy::default(),
             addr: "127.0.0.1:0".parse().unwrap(),
             kafka: kafka.settings.clone(),
             jwt_secret: SECRET.into(),
@@ -63,6 +64,7 @@ impl Stack {
                 .unwrap()
         });
         let query_app = query_api::startup::Application::build(query_api::startup::Settings {
+            circuit_breaker: platform::resilience::BreakerPolicy::default(),
             addr: "127.0.0.1:0".parse().unwrap(),
             database_url: db.url.clone(),
             jwt_secret: SECRET.into(),

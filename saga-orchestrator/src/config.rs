@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use platform::config::KafkaSettings;
+use platform::resilience::BreakerPolicy;
 
 use platform::config::positive_millis as millis;
 pub use platform::config::InvalidSetting as ConfigError;
@@ -28,6 +29,9 @@ pub struct Settings {
     /// (decision 0011; default `orderstream-saga-state` in the temporary directory). A cache
     /// that lives as long as its worker: a local, non-persistent volume is right for it.
     pub state_dir: PathBuf,
+    /// `CIRCUIT_BREAKER_OPEN_MS`: how long the command bus's broker breaker stays open after
+    /// it opened, before a trial send (default 2000, whole seconds, jittered down to half).
+    pub circuit_breaker: BreakerPolicy,
 }
 
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +54,7 @@ impl Settings {
                 |_| std::env::temp_dir().join("orderstream-saga-state"),
                 PathBuf::from,
             ),
+            circuit_breaker: BreakerPolicy::from_env()?,
             kafka,
         })
     }

@@ -78,6 +78,7 @@ impl Application {
             partitions,
             producer.clone(),
             reply_key,
+            settings.circuit_breaker,
             shutdown.clone(),
         )
         .await?;

@@ -53,6 +53,7 @@ pub fn kafka() -> TestKafka {
 
 pub fn settings(kafka: &TestKafka) -> Settings {
     Settings {
+        circuit_breaker: platform::resilience::BreakerPolicy::default(),
         addr: "127.0.0.1:0".parse().unwrap(),
         kafka: kafka.settings.clone(),
         jwt_secret: SECRET.into(),

@@ -114,6 +114,7 @@ impl Drop for Stack {
 
 fn command_settings(kafka: &TestKafka, kinds: Vec<AggregateKind>) -> command_api::config::Settings {
     command_api::config::Settings {
+        circuit_breaker: platform::resilience::BreakerPolicy::default(),
         addr: "127.0.0.1:0".parse().unwrap(),
         kafka: kafka.settings.clone(),
         jwt_secret: SECRET.into(),
@@ -195,6 +196,7 @@ impl Stack {
                 .await;
         });
         let query_app = query_api::startup::Application::build(query_api::startup::Settings {
+            circuit_breaker: platform::resilience::BreakerPolicy::default(),
             addr: "127.0.0.1:0".parse().unwrap(),
             database_url: self.db.url.clone(),
             jwt_secret: SECRET.into(),
@@ -319,6 +321,7 @@ impl Stack {
     /// The orchestrator as a task of this process, stopped with the stack.
     async fn start_orchestrator_in_process(&mut self) {
         let settings = saga_orchestrator::config::Settings {
+            circuit_breaker: platform::resilience::BreakerPolicy::default(),
             kafka: self.kafka.settings.clone(),
             addr: "127.0.0.1:0".parse().unwrap(),
             step_timeout: self.options.step_timeout,
