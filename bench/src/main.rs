@@ -13,6 +13,8 @@
 //! - `load`: closed-loop throughput and open-loop latency at a fixed rate, whatever is sent.
 //! - `round_trip`: raw request/reply baselines (the broker's ceiling for a command's shape),
 //!   plain and through Kafka's exactly-once processing.
+//! - `transactional_echo`: Kafka's exactly-once processing, one transaction stream for all
+//!   partitions or one per partition.
 //! - `pg_load`: raw batched insert baseline.
 //! - `http_load`: command throughput and latency, visibility, sagas.
 //! - `takeover`: a command-api taking over a grown log, by replay and from its snapshot.
@@ -32,6 +34,7 @@ mod report;
 mod round_trip;
 mod services;
 mod takeover;
+mod transactional_echo;
 
 use std::time::Duration;
 

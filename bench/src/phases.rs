@@ -89,7 +89,11 @@ impl Run {
         let (envelope, payload) = kafka_load::order_placed()?;
         let record = (payload, envelope.to_headers());
         let mut round_trips = Vec::new();
-        for echo in [Echo::Plain, Echo::Transactional] {
+        for echo in [
+            Echo::Plain,
+            Echo::Transactional,
+            Echo::TransactionalPerPartition,
+        ] {
             step(&format!(
                 "raw request/reply ({echo:?} echo): {CLIENTS} clients for {:?}, then {}/s for {:?}",
                 self.plan.throughput_for, self.plan.latency_rate, self.plan.latency_for
@@ -98,8 +102,9 @@ impl Run {
                 round_trip::measure(&self.kafka, echo, &self.plan, CLIENTS, record.clone()).await?,
             );
         }
-        let [raw_round_trip, raw_transactional_round_trip] = <[_; 2]>::try_from(round_trips)
-            .map_err(|_| anyhow::anyhow!("two round trips were measured"))?;
+        let [raw_round_trip, raw_transactional_round_trip, raw_per_partition_transactional_round_trip] =
+            <[_; 3]>::try_from(round_trips)
+                .map_err(|_| anyhow::anyhow!("three round trips were measured"))?;
         step(&format!("raw insert: {} rows", self.plan.raw_rows));
         let raw_insert_rows_per_s =
             pg_load::raw_insert(&self.pool, self.plan.raw_rows, FILL_ITEMS).await?;
@@ -107,6 +112,7 @@ impl Run {
             raw_produce_per_s,
             raw_round_trip,
             raw_transactional_round_trip,
+            raw_per_partition_transactional_round_trip,
             record_payload_bytes,
             raw_insert_rows_per_s,
             ..Figures::default()

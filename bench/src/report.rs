@@ -51,6 +51,8 @@ pub(crate) struct Figures {
     pub(crate) raw_round_trip: RoundTripFigures,
     /// The round trip through Kafka's own exactly-once processing (`round_trip::Echo`).
     pub(crate) raw_transactional_round_trip: RoundTripFigures,
+    /// The same with a transaction stream per partition, as our writers run them.
+    pub(crate) raw_per_partition_transactional_round_trip: RoundTripFigures,
     pub(crate) record_payload_bytes: usize,
     pub(crate) raw_insert_rows_per_s: f64,
     pub(crate) commands: Option<CommandFigures>,
@@ -96,6 +98,10 @@ impl Figures {
             "raw_transactional_round_trip_per_s": round(self.raw_transactional_round_trip.per_s),
             "raw_transactional_round_trip_latency_ms":
                 latency(self.raw_transactional_round_trip.latency.as_ref()),
+            "raw_per_partition_transactional_round_trip_per_s":
+                round(self.raw_per_partition_transactional_round_trip.per_s),
+            "raw_per_partition_transactional_round_trip_latency_ms":
+                latency(self.raw_per_partition_transactional_round_trip.latency.as_ref()),
             "commands_per_s": commands.map(|c| round(c.per_s)),
             "command_api_idle_cpu_percent": commands.and_then(|c| c.idle_cpu_percent).map(round),
             "command_latency_ms": latency(commands.map(|c| &c.latency)),
@@ -120,9 +126,13 @@ impl Figures {
                     commands.map(|c| ratio(c.per_s, self.raw_round_trip.per_s)),
                 "commands_per_s / raw_transactional_round_trip_per_s":
                     commands.map(|c| ratio(c.per_s, self.raw_transactional_round_trip.per_s)),
+                "commands_per_s / raw_per_partition_transactional_round_trip_per_s":
+                    commands.map(|c| ratio(c.per_s, self.raw_per_partition_transactional_round_trip.per_s)),
                 // What the transaction costs the broker's round trip, none of our code in it.
                 "raw_transactional_round_trip_per_s / raw_round_trip_per_s":
                     ratio(self.raw_transactional_round_trip.per_s, self.raw_round_trip.per_s),
+                "raw_per_partition_transactional_round_trip_per_s / raw_round_trip_per_s":
+                    ratio(self.raw_per_partition_transactional_round_trip.per_s, self.raw_round_trip.per_s),
                 "projector_events_per_s / raw_insert_rows_per_s":
                     projectors.map(|p| ratio(p.events_per_s, self.raw_insert_rows_per_s)),
                 // Not a target, a reading aid: the rebuild has no baseline of its own, and the
@@ -137,6 +147,8 @@ impl Figures {
                 "command_failures": commands.map(|c| c.failures),
                 "raw_round_trip_failures": self.raw_round_trip.failures,
                 "raw_transactional_round_trip_failures": self.raw_transactional_round_trip.failures,
+                "raw_per_partition_transactional_round_trip_failures":
+                    self.raw_per_partition_transactional_round_trip.failures,
                 "sagas_approved": reads.map(|r| r.sagas_approved),
             })),
             "env": env,
@@ -164,7 +176,7 @@ pub(crate) fn print_table(report: &Value) {
     let r = |k: &str| report[k].clone();
     let pair = |v: Value| format!("{}/{}", v["p50"], v["p99"]);
     println!();
-    println!("{:<40} {:>14}   baseline / target", "measure", "value");
+    println!("{:<52} {:>14}   baseline / target", "measure", "value");
     let rows = [
         (
             "raw_produce_per_s",
@@ -195,13 +207,27 @@ pub(crate) fn print_table(report: &Value) {
             at_rate(&r("raw_transactional_round_trip_latency_ms")),
         ),
         (
+            "raw_per_partition_transactional_round_trip_per_s",
+            r("raw_per_partition_transactional_round_trip_per_s").to_string(),
+            format!(
+                "baseline (the same, a transaction stream per partition), {} x round trip",
+                report["ratios"]["raw_per_partition_transactional_round_trip_per_s / raw_round_trip_per_s"]
+            ),
+        ),
+        (
+            "raw_per_partition_transactional_round_trip_latency_ms",
+            pair(r("raw_per_partition_transactional_round_trip_latency_ms")),
+            at_rate(&r("raw_per_partition_transactional_round_trip_latency_ms")),
+        ),
+        (
             "commands_per_s",
             r("commands_per_s").to_string(),
             format!(
-                "ratio {} to raw produce (target >= 0.5 and >= 3000/s), {} to round trip (target >= 0.7), {} to the transactional one",
+                "ratio {} to raw produce (target >= 0.5 and >= 3000/s), {} to round trip (target >= 0.7), {} / {} to the transactional ones",
                 report["ratios"]["commands_per_s / raw_produce_per_s"],
                 report["ratios"]["commands_per_s / raw_round_trip_per_s"],
-                report["ratios"]["commands_per_s / raw_transactional_round_trip_per_s"]
+                report["ratios"]["commands_per_s / raw_transactional_round_trip_per_s"],
+                report["ratios"]["commands_per_s / raw_per_partition_transactional_round_trip_per_s"]
             ),
         ),
         (
@@ -276,12 +302,12 @@ pub(crate) fn print_table(report: &Value) {
         ),
     ];
     for (name, value, note) in rows {
-        println!("{name:<40} {value:>14}   {note}");
+        println!("{name:<52} {value:>14}   {note}");
     }
     if let Some(rss) = report["rss_mib"].as_object() {
         for (service, mib) in rss {
             println!(
-                "{:<40} {:>14}   peak RSS MiB (target <= 150)",
+                "{:<52} {:>14}   peak RSS MiB (target <= 150)",
                 format!("rss {service}"),
                 mib.to_string()
             );

@@ -5,46 +5,36 @@
 //! transaction), with the same consumer settings as the services' request/response path (5 ms
 //! fetch wait, `read_committed`).
 //!
-//! Two echoes:
+//! Three echoes:
 //! - [`Echo::Plain`] produces each reply as soon as it read the request: the broker's ceiling.
-//! - [`Echo::Transactional`] is Kafka's own exactly-once processing, the way KIP-447 describes it
-//!   and Kafka Streams' `exactly_once_v2` does it: one group consumer and one transactional
-//!   producer, both for all partitions, and for each batch of requests read (everything fetched
-//!   so far) one transaction holding the replies and the consumer's offsets
-//!   (`send_offsets_to_transaction` with its group metadata), committed at once (no commit
-//!   interval), with the writers' producer settings. One serial transaction stream as
-//!   librdkafka runs it out of the box (it does not wait for the last commit's marker before
-//!   the next transaction, as our writers do): what a transaction per batch costs the broker
-//!   and librdkafka in this shape, with none of our code; the difference to the plain echo.
+//! - [`Echo::Transactional`] and [`Echo::TransactionalPerPartition`] are Kafka's own
+//!   exactly-once processing (a transaction per batch with the replies and the consumer's
+//!   offsets), in one transaction stream for all partitions and in one per partition
+//!   (`transactional_echo`): what a transaction per batch costs the broker and librdkafka, with
+//!   none of our code; the difference to the plain echo.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use platform::config::KafkaSettings;
-use platform::polled_producer::PolledProducer;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
 use crate::load::{self, Latency};
 use crate::report::RoundTripFigures;
+use crate::transactional_echo::{self, reply_to, Shape};
 use crate::Plan;
 
 type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
 /// How long a client waits for its reply before counting the request as failed.
 const REPLY_WAIT: Duration = Duration::from_secs(10);
-/// Bounds each blocking transactional call of the transactional echo (as the writers do).
-const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// At most this many requests in one transaction of the transactional echo.
-const MAX_BATCH: usize = 5_000;
-/// How long the transactional echo may take to join its group and get its partitions.
-const JOIN_WAIT: Duration = Duration::from_secs(30);
 
 /// A baseline: throughput under `clients` closed-loop clients for the plan's throughput
 /// length, then latency at the command latency measure's rate, warm-up and length, on fresh
@@ -85,8 +75,11 @@ async fn finish(run: Arc<RoundTrip>) -> anyhow::Result<()> {
 pub(crate) enum Echo {
     /// Each reply produced as soon as its request is read, no transaction.
     Plain,
-    /// Replies and consumer offsets committed in one transaction per batch of requests.
+    /// Replies and consumer offsets committed in one transaction per batch of requests, one
+    /// transaction stream for all partitions.
     Transactional,
+    /// The same with a transaction stream per partition.
+    TransactionalPerPartition,
 }
 
 impl Echo {
@@ -94,6 +87,7 @@ impl Echo {
         match self {
             Self::Plain => "rt",
             Self::Transactional => "eos",
+            Self::TransactionalPerPartition => "eos-pp",
         }
     }
 }
@@ -159,8 +153,13 @@ impl RoundTrip {
                     stop.clone(),
                 ))
             }
-            Echo::Transactional => {
-                start_transactional_echo(kafka, &requests, &replies, stop.clone()).await?
+            Echo::Transactional | Echo::TransactionalPerPartition => {
+                let shape = if matches!(echo, Echo::Transactional) {
+                    Shape::OneStream
+                } else {
+                    Shape::PerPartition
+                };
+                transactional_echo::start(kafka, shape, (&requests, &replies), stop.clone()).await?
             }
         };
         let listener: StreamConsumer =
@@ -258,19 +257,6 @@ async fn plain_echo(
     Ok(())
 }
 
-fn reply_to<'a>(
-    replies: &'a str,
-    request: &'a BorrowedMessage<'_>,
-) -> FutureRecord<'a, [u8], [u8]> {
-    let mut reply = FutureRecord::to(replies)
-        .key(request.key().unwrap_or_default())
-        .payload(request.payload().unwrap_or_default());
-    if let Some(headers) = request.headers() {
-        reply = reply.headers(headers.detach());
-    }
-    reply
-}
-
 async fn listen(listener: StreamConsumer, waiting: Waiting, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_millis(100), listener.recv()).await
@@ -286,109 +272,4 @@ async fn listen(listener: StreamConsumer, waiting: Waiting, stop: Arc<AtomicBool
             let _ = waiter.send(());
         }
     }
-}
-
-/// Starts the transactional echo on a thread of its own (its calls block) and waits until its
-/// consumer has its partitions.
-async fn start_transactional_echo(
-    kafka: &KafkaSettings,
-    requests: &str,
-    replies: &str,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let consumer: BaseConsumer =
-        platform::kafka::latency_consumer_config(kafka, &format!("{requests}.echo")).create()?;
-    consumer.subscribe(&[requests])?;
-    let producer = PolledProducer::create(&platform::kafka::transactional_producer_config(
-        kafka,
-        &format!("{requests}.echo"),
-    ))?;
-    let (ready, reading) = oneshot::channel();
-    let (requests, replies) = (requests.to_owned(), replies.to_owned());
-    let echo_stop = stop.clone();
-    let echo = tokio::task::spawn_blocking(move || {
-        let stop = echo_stop;
-        let topics = (requests.as_str(), replies.as_str());
-        transactional_echo(&consumer, &producer, topics, &stop, ready)
-    });
-    match tokio::time::timeout(JOIN_WAIT, reading).await {
-        Ok(Ok(())) => Ok(echo),
-        Ok(Err(_)) => {
-            // The echo ended before it read: its error says why.
-            echo.await??;
-            anyhow::bail!("the transactional echo stopped before it read")
-        }
-        Err(_) => {
-            stop.store(true, Ordering::Relaxed);
-            anyhow::bail!("the transactional echo got no partitions within {JOIN_WAIT:?}")
-        }
-    }
-}
-
-fn transactional_echo(
-    consumer: &BaseConsumer,
-    producer: &PolledProducer,
-    (requests, replies): (&str, &str),
-    stop: &AtomicBool,
-    ready: oneshot::Sender<()>,
-) -> anyhow::Result<()> {
-    producer
-        .init_transactions(TRANSACTION_CALL_TIMEOUT)
-        .context("the transactional echo's init_transactions")?;
-    let mut ready = Some(ready);
-    while !stop.load(Ordering::Relaxed) {
-        // An error event (a broker connection lost, say) is librdkafka's to recover from, as
-        // for the plain echo: only the transactional calls below end the echo.
-        let first = consumer
-            .poll(Duration::from_millis(100))
-            .and_then(Result::ok);
-        if ready.is_some() && consumer.assignment()?.count() > 0 {
-            let _ = ready.take().map(|ready| ready.send(()));
-        }
-        let Some(first) = first else {
-            continue;
-        };
-        producer
-            .begin_transaction()
-            .context("the transactional echo's begin_transaction")?;
-        let mut next_offsets = HashMap::new();
-        let mut deliveries = Vec::new();
-        let mut request = Some(first);
-        while let Some(read) = request {
-            deliveries.push(
-                producer
-                    .send_result(reply_to(replies, &read))
-                    .context("a reply of the transactional echo")?,
-            );
-            next_offsets.insert(read.partition(), read.offset() + 1);
-            request = if deliveries.len() < MAX_BATCH {
-                consumer.poll(Duration::ZERO).and_then(Result::ok)
-            } else {
-                None
-            };
-        }
-        let mut offsets = TopicPartitionList::new();
-        for (partition, next) in next_offsets {
-            offsets.add_partition_offset(requests, partition, Offset::Offset(next))?;
-        }
-        let metadata = consumer.group_metadata().context("no group metadata")?;
-        producer
-            .send_offsets_to_transaction(&offsets, &metadata, TRANSACTION_CALL_TIMEOUT)
-            .context("the transactional echo's send_offsets_to_transaction")?;
-        for delivery in futures::executor::block_on(futures::future::join_all(deliveries)) {
-            delivery?
-                .map_err(|(e, _)| e)
-                .context("a reply of the transactional echo")?;
-        }
-        // librdkafka may count an acknowledged record in flight for a moment more, and the
-        // flush inside rdkafka's commit would then sleep a whole 100 ms poll (as the writers).
-        let waiting_since = Instant::now();
-        while producer.in_flight_count() > 0 && waiting_since.elapsed() < Duration::from_secs(1) {
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        producer
-            .commit_transaction(TRANSACTION_CALL_TIMEOUT)
-            .context("the transactional echo's commit_transaction")?;
-    }
-    Ok(())
 }
