@@ -153,13 +153,13 @@ impl RoundTrip {
                     stop.clone(),
                 ))
             }
-            Echo::Transactional | Echo::TransactionalPerPartition => {
-                let shape = if matches!(echo, Echo::Transactional) {
-                    Shape::OneStream
-                } else {
-                    Shape::PerPartition
-                };
-                transactional_echo::start(kafka, shape, (&requests, &replies), stop.clone()).await?
+            Echo::Transactional => {
+                let topics = (requests.as_str(), replies.as_str());
+                transactional_echo::start(kafka, Shape::OneStream, topics, stop.clone()).await?
+            }
+            Echo::TransactionalPerPartition => {
+                let topics = (requests.as_str(), replies.as_str());
+                transactional_echo::start(kafka, Shape::PerPartition, topics, stop.clone()).await?
             }
         };
         let listener: StreamConsumer =

@@ -4,11 +4,12 @@
 //! - [`Shape::OneStream`], Kafka Streams' `exactly_once_v2` (KIP-447): one transactional
 //!   producer for all partitions; each batch of requests read (everything fetched so far) is
 //!   one transaction.
-//! - [`Shape::PerPartition`], Kafka Streams' first `exactly_once` (KIP-129): a transactional
-//!   producer per input partition, each running its own transactions on its own thread, fed by
-//!   the one group consumer. This is the shape of our writers (a transactional id per
-//!   partition, decision 0002), so the difference between the two shapes is what per-partition
-//!   fencing costs in Kafka's own terms.
+//! - [`Shape::PerPartition`]: a transactional producer per input partition (as in Kafka Streams'
+//!   first `exactly_once`, KIP-129, which ran a thread's tasks one after another), each running
+//!   its own transactions on its own thread, fed by the one group consumer. This is the shape
+//!   of our writers (a transactional id per partition, each writer a task of its own, decision
+//!   0002), so the difference between the two shapes is what per-partition fencing costs in
+//!   Kafka's own terms.
 //!
 //! Either way a transaction holds the replies and the consumer's offsets
 //! (`send_offsets_to_transaction` with the group's metadata) and is committed as soon as its
@@ -92,15 +93,15 @@ pub(crate) async fn start(
     let topics = (requests.to_owned(), replies.to_owned());
     let echo_stop = stop.clone();
     let echo = tokio::task::spawn_blocking(move || {
-        let echo = Echo {
+        let shared = Shared {
             consumer: &consumer,
             requests: &topics.0,
             replies: &topics.1,
             stop: &echo_stop,
         };
-        match shape {
-            Shape::OneStream => echo.one_stream(&producers[0], ready),
-            Shape::PerPartition => echo.per_partition(&producers, ready),
+        match (shape, producers.as_slice()) {
+            (Shape::OneStream, [producer]) => shared.one_stream(producer, ready),
+            (_, producers) => shared.per_partition(producers, ready),
         }
     });
     match tokio::time::timeout(JOIN_WAIT, reading).await {
@@ -119,21 +120,22 @@ pub(crate) async fn start(
 
 /// What every thread of an echo shares.
 #[derive(Clone, Copy)]
-struct Echo<'a> {
+struct Shared<'a> {
     consumer: &'a BaseConsumer,
     requests: &'a str,
     replies: &'a str,
     stop: &'a AtomicBool,
 }
 
-impl Echo<'_> {
+impl Shared<'_> {
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
 
     /// The next request read, if one comes within `timeout`. An error event (a broker
-    /// connection lost, say) is librdkafka's to recover from: only transactional calls end an
-    /// echo. Tells `ready` once the group has given the consumer its partitions.
+    /// connection lost, say) is librdkafka's to recover from and does not end the echo (the
+    /// transactional calls, an unreadable assignment or a request from an unknown partition
+    /// do). Tells `ready` once the group has given the consumer its partitions.
     fn poll(
         &self,
         timeout: Duration,
@@ -141,7 +143,9 @@ impl Echo<'_> {
     ) -> anyhow::Result<Option<rdkafka::message::BorrowedMessage<'_>>> {
         let read = self.consumer.poll(timeout).and_then(Result::ok);
         if ready.is_some() && self.consumer.assignment()?.count() > 0 {
-            let _ = ready.take().map(|ready| ready.send(()));
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            }
         }
         Ok(read)
     }
@@ -171,12 +175,16 @@ impl Echo<'_> {
     }
 
     /// A transaction stream per partition, each on its own thread, fed by this one (which polls
-    /// the group, as our writers' dispatcher does).
+    /// the group, as our writers' dispatcher does). Every producer is initialised before the
+    /// echo says it reads, as in [`Self::one_stream`].
     fn per_partition(
         &self,
         producers: &[PolledProducer],
         ready: oneshot::Sender<()>,
     ) -> anyhow::Result<()> {
+        for producer in producers {
+            init(producer)?;
+        }
         std::thread::scope(|scope| {
             let mut feeds = Vec::with_capacity(producers.len());
             let mut streams = Vec::with_capacity(producers.len());
@@ -185,28 +193,45 @@ impl Echo<'_> {
                 feeds.push(feed);
                 streams.push(scope.spawn(move || self.partition_stream(producer, &requests)));
             }
-            let mut ready = Some(ready);
-            while !self.stopped() && !streams.iter().any(|s| s.is_finished()) {
-                let Some(read) = self.poll(IDLE_POLL, &mut ready)? else {
-                    continue;
-                };
-                let feed = usize::try_from(read.partition())
-                    .ok()
-                    .and_then(|partition| feeds.get(partition))
-                    .context("a request from a partition the echo has no stream for")?;
-                if feed.send(read.detach()).is_err() {
-                    break;
-                }
-            }
+            let dispatched = self.dispatch(&feeds, &streams, ready);
+            // Whatever ended the dispatch, every stream stops and is joined, and each error is
+            // reported: the dispatch's first, then the streams'.
             self.stop.store(true, Ordering::Relaxed);
             drop(feeds);
+            let mut ended = dispatched;
             for stream in streams {
-                stream
+                let stream_ended = stream
                     .join()
-                    .map_err(|_| anyhow::anyhow!("a partition's echo panicked"))??;
+                    .map_err(|_| anyhow::anyhow!("a partition's echo panicked"))
+                    .and_then(|ended| ended);
+                ended = ended.and(stream_ended);
             }
-            Ok(())
+            ended
         })
+    }
+
+    /// Hands each request read to its partition's stream until the echo stops or a stream
+    /// ended (failed).
+    fn dispatch<T>(
+        &self,
+        feeds: &[mpsc::Sender<OwnedMessage>],
+        streams: &[std::thread::ScopedJoinHandle<'_, T>],
+        ready: oneshot::Sender<()>,
+    ) -> anyhow::Result<()> {
+        let mut ready = Some(ready);
+        while !self.stopped() && !streams.iter().any(|s| s.is_finished()) {
+            let Some(read) = self.poll(IDLE_POLL, &mut ready)? else {
+                continue;
+            };
+            let feed = usize::try_from(read.partition())
+                .ok()
+                .and_then(|partition| feeds.get(partition))
+                .context("a request from a partition the echo has no stream for")?;
+            if feed.send(read.detach()).is_err() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// One partition's transaction stream: each batch of what its feed holds is one
@@ -214,17 +239,16 @@ impl Echo<'_> {
     fn partition_stream(
         &self,
         producer: &PolledProducer,
-        requests: &mpsc::Receiver<OwnedMessage>,
+        feed: &mpsc::Receiver<OwnedMessage>,
     ) -> anyhow::Result<()> {
-        init(producer)?;
         while !self.stopped() {
-            let first = match requests.recv_timeout(IDLE_POLL) {
+            let first = match feed.recv_timeout(IDLE_POLL) {
                 Ok(first) => first,
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
             let mut batch = vec![first];
-            batch.extend(requests.try_iter().take(MAX_BATCH - 1));
+            batch.extend(feed.try_iter().take(MAX_BATCH - 1));
             self.transaction(producer, &batch)?;
         }
         Ok(())
