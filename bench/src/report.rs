@@ -90,18 +90,9 @@ impl Figures {
         let commands = self.commands.as_ref();
         let reads = self.reads.as_ref();
         let projectors = self.projectors.as_ref();
-        json!({
+        let mut report = json!({
             "mode": mode,
             "raw_produce_per_s": round(self.raw_produce_per_s),
-            "raw_round_trip_per_s": round(self.raw_round_trip.per_s),
-            "raw_round_trip_latency_ms": latency(self.raw_round_trip.latency.as_ref()),
-            "raw_transactional_round_trip_per_s": round(self.raw_transactional_round_trip.per_s),
-            "raw_transactional_round_trip_latency_ms":
-                latency(self.raw_transactional_round_trip.latency.as_ref()),
-            "raw_per_partition_transactional_round_trip_per_s":
-                round(self.raw_per_partition_transactional_round_trip.per_s),
-            "raw_per_partition_transactional_round_trip_latency_ms":
-                latency(self.raw_per_partition_transactional_round_trip.latency.as_ref()),
             "commands_per_s": commands.map(|c| round(c.per_s)),
             "command_api_idle_cpu_percent": commands.and_then(|c| c.idle_cpu_percent).map(round),
             "command_latency_ms": latency(commands.map(|c| &c.latency)),
@@ -122,17 +113,6 @@ impl Figures {
             "ratios": {
                 "commands_per_s / raw_produce_per_s":
                     commands.map(|c| ratio(c.per_s, self.raw_produce_per_s)),
-                "commands_per_s / raw_round_trip_per_s":
-                    commands.map(|c| ratio(c.per_s, self.raw_round_trip.per_s)),
-                "commands_per_s / raw_transactional_round_trip_per_s":
-                    commands.map(|c| ratio(c.per_s, self.raw_transactional_round_trip.per_s)),
-                "commands_per_s / raw_per_partition_transactional_round_trip_per_s":
-                    commands.map(|c| ratio(c.per_s, self.raw_per_partition_transactional_round_trip.per_s)),
-                // What the transaction costs the broker's round trip, none of our code in it.
-                "raw_transactional_round_trip_per_s / raw_round_trip_per_s":
-                    ratio(self.raw_transactional_round_trip.per_s, self.raw_round_trip.per_s),
-                "raw_per_partition_transactional_round_trip_per_s / raw_round_trip_per_s":
-                    ratio(self.raw_per_partition_transactional_round_trip.per_s, self.raw_round_trip.per_s),
                 "projector_events_per_s / raw_insert_rows_per_s":
                     projectors.map(|p| ratio(p.events_per_s, self.raw_insert_rows_per_s)),
                 // Not a target, a reading aid: the rebuild has no baseline of its own, and the
@@ -145,16 +125,53 @@ impl Figures {
             "volumes": merge(volumes, json!({
                 "record_payload_bytes": self.record_payload_bytes,
                 "command_failures": commands.map(|c| c.failures),
-                "raw_round_trip_failures": self.raw_round_trip.failures,
-                "raw_transactional_round_trip_failures": self.raw_transactional_round_trip.failures,
-                "raw_per_partition_transactional_round_trip_failures":
-                    self.raw_per_partition_transactional_round_trip.failures,
                 "sagas_approved": reads.map(|r| r.sagas_approved),
             })),
             "env": env,
-        })
+        });
+        let plain = self.raw_round_trip.per_s;
+        for ((name, _), figures) in ROUND_TRIPS.iter().zip(self.round_trips()) {
+            report[format!("{name}_per_s").as_str()] = json!(round(figures.per_s));
+            report[format!("{name}_latency_ms").as_str()] = latency(figures.latency.as_ref());
+            report["volumes"][format!("{name}_failures").as_str()] = json!(figures.failures);
+            report["ratios"][format!("commands_per_s / {name}_per_s").as_str()] =
+                json!(commands.map(|c| ratio(c.per_s, figures.per_s)));
+            if *name != ROUND_TRIPS[0].0 {
+                // What the transaction costs the broker's round trip, none of our code in it.
+                report["ratios"][format!("{name}_per_s / raw_round_trip_per_s").as_str()] =
+                    json!(ratio(figures.per_s, plain));
+            }
+        }
+        report
+    }
+
+    /// The raw round trips, in the order of [`ROUND_TRIPS`].
+    fn round_trips(&self) -> [&RoundTripFigures; 3] {
+        [
+            &self.raw_round_trip,
+            &self.raw_transactional_round_trip,
+            &self.raw_per_partition_transactional_round_trip,
+        ]
     }
 }
+
+/// The raw round trips' names in the report (their figures are `<name>_per_s`,
+/// `<name>_latency_ms`, `<name>_failures` and the ratios to them) and what the table says of
+/// each; the plain one first, the one the others are compared with.
+const ROUND_TRIPS: [(&str, &str); 3] = [
+    (
+        "raw_round_trip",
+        "baseline (request -> echo -> reply, 256 clients)",
+    ),
+    (
+        "raw_transactional_round_trip",
+        "baseline (Kafka exactly-once: a transaction per batch)",
+    ),
+    (
+        "raw_per_partition_transactional_round_trip",
+        "baseline (the same, a transaction stream per partition)",
+    ),
+];
 
 fn merge(mut a: Value, b: Value) -> Value {
     if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
@@ -177,50 +194,27 @@ pub(crate) fn print_table(report: &Value) {
     let pair = |v: Value| format!("{}/{}", v["p50"], v["p99"]);
     println!();
     println!("{:<52} {:>14}   baseline / target", "measure", "value");
-    let rows = [
+    let mut rows = vec![(
+        "raw_produce_per_s".to_owned(),
+        r("raw_produce_per_s").to_string(),
+        "baseline (rdkafka, acks=all, idempotent)".to_owned(),
+    )];
+    for (i, (name, what)) in ROUND_TRIPS.iter().enumerate() {
+        let throughput = format!("{name}_per_s");
+        let compared =
+            report["ratios"][format!("{throughput} / raw_round_trip_per_s").as_str()].clone();
+        let note = if i == 0 {
+            (*what).to_owned()
+        } else {
+            format!("{what}, {compared} x round trip")
+        };
+        rows.push((throughput.clone(), r(&throughput).to_string(), note));
+        let latency = format!("{name}_latency_ms");
+        rows.push((latency.clone(), pair(r(&latency)), at_rate(&r(&latency))));
+    }
+    rows.extend([
         (
-            "raw_produce_per_s",
-            r("raw_produce_per_s").to_string(),
-            "baseline (rdkafka, acks=all, idempotent)".to_owned(),
-        ),
-        (
-            "raw_round_trip_per_s",
-            r("raw_round_trip_per_s").to_string(),
-            "baseline (request -> echo -> reply, 256 clients)".to_owned(),
-        ),
-        (
-            "raw_round_trip_latency_ms",
-            pair(r("raw_round_trip_latency_ms")),
-            at_rate(&r("raw_round_trip_latency_ms")),
-        ),
-        (
-            "raw_transactional_round_trip_per_s",
-            r("raw_transactional_round_trip_per_s").to_string(),
-            format!(
-                "baseline (Kafka exactly-once: a transaction per batch), {} x round trip",
-                report["ratios"]["raw_transactional_round_trip_per_s / raw_round_trip_per_s"]
-            ),
-        ),
-        (
-            "raw_transactional_round_trip_latency_ms",
-            pair(r("raw_transactional_round_trip_latency_ms")),
-            at_rate(&r("raw_transactional_round_trip_latency_ms")),
-        ),
-        (
-            "raw_per_partition_transactional_round_trip_per_s",
-            r("raw_per_partition_transactional_round_trip_per_s").to_string(),
-            format!(
-                "baseline (the same, a transaction stream per partition), {} x round trip",
-                report["ratios"]["raw_per_partition_transactional_round_trip_per_s / raw_round_trip_per_s"]
-            ),
-        ),
-        (
-            "raw_per_partition_transactional_round_trip_latency_ms",
-            pair(r("raw_per_partition_transactional_round_trip_latency_ms")),
-            at_rate(&r("raw_per_partition_transactional_round_trip_latency_ms")),
-        ),
-        (
-            "commands_per_s",
+            "commands_per_s".to_owned(),
             r("commands_per_s").to_string(),
             format!(
                 "ratio {} to raw produce (target >= 0.5 and >= 3000/s), {} to round trip (target >= 0.7), {} / {} to the transactional ones",
@@ -231,22 +225,22 @@ pub(crate) fn print_table(report: &Value) {
             ),
         ),
         (
-            "command_api_idle_cpu_percent",
+            "command_api_idle_cpu_percent".to_owned(),
             r("command_api_idle_cpu_percent").to_string(),
             "of one core, idle after its start (no target)".to_owned(),
         ),
         (
-            "command_latency_ms",
+            "command_latency_ms".to_owned(),
             pair(r("command_latency_ms")),
             format!("{} (target p99 <= 25)", at_rate(&r("command_latency_ms"))),
         ),
         (
-            "raw_insert_rows_per_s",
+            "raw_insert_rows_per_s".to_owned(),
             r("raw_insert_rows_per_s").to_string(),
             "baseline (batched UNNEST upsert, durable commit)".to_owned(),
         ),
         (
-            "projector_events_per_s",
+            "projector_events_per_s".to_owned(),
             r("projector_events_per_s").to_string(),
             format!(
                 "ratio {} (target >= 0.7 and >= 30000/s)",
@@ -254,7 +248,7 @@ pub(crate) fn print_table(report: &Value) {
             ),
         ),
         (
-            "rebuild_events_per_s",
+            "rebuild_events_per_s".to_owned(),
             r("rebuild_events_per_s").to_string(),
             format!(
                 "over {} events (target >= 100000/s), {} x raw insert",
@@ -263,7 +257,7 @@ pub(crate) fn print_table(report: &Value) {
             ),
         ),
         (
-            "takeover_ms",
+            "takeover_ms".to_owned(),
             format!(
                 "{}/{}",
                 r("takeover_ms")["replay"],
@@ -278,7 +272,7 @@ pub(crate) fn print_table(report: &Value) {
             ),
         ),
         (
-            "orchestrator_takeover_ms",
+            "orchestrator_takeover_ms".to_owned(),
             format!(
                 "{}/{}",
                 r("orchestrator_takeover_ms")["replay"],
@@ -291,16 +285,16 @@ pub(crate) fn print_table(report: &Value) {
             ),
         ),
         (
-            "visibility_latency_ms",
+            "visibility_latency_ms".to_owned(),
             pair(r("visibility_latency_ms")),
             "p50/p99 (target p99 <= 50)".to_owned(),
         ),
         (
-            "sagas_per_s",
+            "sagas_per_s".to_owned(),
             r("sagas_per_s").to_string(),
             format!("{} orders (target >= 500/s)", report["volumes"]["sagas"]),
         ),
-    ];
+    ]);
     for (name, value, note) in rows {
         println!("{name:<52} {value:>14}   {note}");
     }
@@ -314,4 +308,53 @@ pub(crate) fn print_table(report: &Value) {
         }
     }
     println!("\nwritten to target/bench/report.json");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CommandFigures, Figures, RoundTripFigures};
+
+    #[test]
+    fn every_round_trip_has_its_figures_and_ratios_under_its_own_name() {
+        let figures = Figures {
+            raw_round_trip: RoundTripFigures {
+                per_s: 100.0,
+                ..RoundTripFigures::default()
+            },
+            raw_transactional_round_trip: RoundTripFigures {
+                per_s: 50.0,
+                failures: 2,
+                ..RoundTripFigures::default()
+            },
+            raw_per_partition_transactional_round_trip: RoundTripFigures {
+                per_s: 40.0,
+                ..RoundTripFigures::default()
+            },
+            commands: Some(CommandFigures {
+                per_s: 10.0,
+                ..CommandFigures::default()
+            }),
+            ..Figures::default()
+        };
+        let report = figures.to_json("test", serde_json::json!({}), serde_json::json!({}));
+        assert_eq!(report["raw_transactional_round_trip_per_s"], 50.0);
+        assert!(report["raw_round_trip_latency_ms"].is_null());
+        assert_eq!(
+            report["volumes"]["raw_transactional_round_trip_failures"],
+            2
+        );
+        let ratios = &report["ratios"];
+        assert_eq!(ratios["commands_per_s / raw_round_trip_per_s"], 0.1);
+        assert_eq!(
+            ratios["commands_per_s / raw_per_partition_transactional_round_trip_per_s"],
+            0.25
+        );
+        assert_eq!(
+            ratios["raw_transactional_round_trip_per_s / raw_round_trip_per_s"],
+            0.5
+        );
+        assert!(ratios
+            .get("raw_round_trip_per_s / raw_round_trip_per_s")
+            .is_none());
+    }
 }
