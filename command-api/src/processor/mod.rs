@@ -276,11 +276,17 @@ async fn dispatch(
             }) => {
                 // A fenced writer is replaced only while the group still assigns the partition
                 // here (a fatal producer error after a broker restart fences no one else);
-                // otherwise the new owner has it and restarting would fence that owner.
-                let when_fenced = if still_assigned(&context, kind, partition) {
-                    WhenFenced::Replace
-                } else {
+                // otherwise the new owner has it and restarting would fence that owner. The
+                // group is asked only then: its answer is a round trip to librdkafka's thread
+                // that blocks this runtime thread, and for a writer that is not fenced both
+                // choices are the same.
+                let fenced = writers
+                    .get(&(kind, partition))
+                    .is_some_and(|w| w.fenced.load(Ordering::SeqCst));
+                let when_fenced = if fenced && !still_assigned(&context, kind, partition) {
                     WhenFenced::Keep
+                } else {
+                    WhenFenced::Replace
                 };
                 let running = writer_for(&mut writers, &context, kind, partition, when_fenced);
                 if running.fenced.load(Ordering::SeqCst) {
