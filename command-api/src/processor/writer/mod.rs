@@ -113,6 +113,12 @@ where
     /// it (see [`Self::await_last_marker`]). 0 until the writer commits events: the transactions
     /// of earlier writers were settled by `init_transactions`.
     marker_end: i64,
+    /// The offset after the last record the tail has handed over (where it started, before
+    /// any). The tail's position passes a commit marker only after it has handed over the
+    /// record before the marker, so [`Self::marker_served`] asks for the position (a blocking
+    /// round trip to librdkafka's thread) only from then on, not after each of the batch's own
+    /// events read back.
+    handed_end: i64,
     /// What the log says of the partition, and the decisions on it.
     model: PartitionModel<A>,
     /// The aggregates the model does not hold in memory (decision 0012).
@@ -232,6 +238,7 @@ where
             next_offset: from,
             known_end: from,
             marker_end: 0,
+            handed_end: from,
             model: restored.model,
             spilled: restored.spilled,
             command_floor,
@@ -336,6 +343,7 @@ where
         self.spilled = restored.spilled;
         self.next_offset = from;
         self.known_end = from;
+        self.handed_end = from;
         self.catch_up(REBUILD_STALL).await
     }
 
@@ -487,6 +495,7 @@ where
     /// (a batch whose appends were contiguous judges them as it appends, see `batch`) and are
     /// skipped.
     fn absorb(&mut self, message: &BorrowedMessage<'_>) -> Result<(), WriterError> {
+        self.handed_end = self.handed_end.max(message.offset() + 1);
         if message.offset() < self.next_offset {
             return Ok(());
         }
@@ -554,15 +563,16 @@ where
             let tail = self.tail.clone();
             // Passing a marker hands nothing over. The task is woken when the fetch queues the
             // marker; the poll of `recv` that follows serves it (librdkafka stores its position)
-            // and stays pending. So the position is looked at right after every poll: the
-            // moment the marker has been served, not on a timer (and not only at the deadline).
+            // and stays pending. So the position is looked at right after every poll (once the
+            // record before the marker has come): the moment the marker has been served, not on
+            // a timer (and not only at the deadline).
             let mut received = std::pin::pin!(tail.recv());
             let woken = std::future::poll_fn(|cx| {
-                if self.position() >= self.marker_end {
+                if self.marker_served() {
                     return std::task::Poll::Ready(None);
                 }
                 match received.as_mut().poll(cx) {
-                    std::task::Poll::Pending if self.position() >= self.marker_end => {
+                    std::task::Poll::Pending if self.marker_served() => {
                         std::task::Poll::Ready(None)
                     }
                     polled => polled.map(Some),
@@ -582,6 +592,13 @@ where
                 }
             }
         }
+    }
+
+    /// Whether the tail has served the commit marker of this writer's last batch with events.
+    /// Its position is asked for only once the record before the marker has been handed over:
+    /// until then the position is below it.
+    fn marker_served(&self) -> bool {
+        self.handed_end + 1 >= self.marker_end && self.position() >= self.marker_end
     }
 
     /// Whatever the tail already has (records this writer did not append: none unless the
