@@ -38,6 +38,10 @@ const POSITION_EVERY: usize = 1_024;
 /// The position of `consumer` on `topic`'s `partition`: the offset after the last record or
 /// transaction marker it served. `None` before it served anything there, or if the partition
 /// is not assigned to it.
+///
+/// Not free: rdkafka's `position()` first asks for the consumer's assignment, a request served
+/// by librdkafka's main thread that the caller blocks on (two thread switches). Readers ask for
+/// it now and then, or once nothing else can tell them, never after every record.
 pub fn position<C: ConsumerContext>(
     consumer: &impl Consumer<C>,
     topic: &str,
