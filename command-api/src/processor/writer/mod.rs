@@ -602,7 +602,12 @@ where
     }
 
     /// Whatever the tail already has (records this writer did not append: none unless the
-    /// deployment is misconfigured), without waiting.
+    /// deployment is misconfigured), without waiting. The tail's position (a blocking round
+    /// trip to librdkafka's thread) is asked for only when such records came, since a marker
+    /// may follow them: this writer's own commit marker is in `known_end` since its commit, and
+    /// its aborted records are read past by the catch-up that follows an abort. Should an
+    /// unseen marker remain all the same, the batch's events land past where it expects them,
+    /// and it is aborted and tried again after a catch-up (`batch`).
     async fn absorb_pending(&mut self) -> Result<(), WriterError> {
         loop {
             let tail = self.tail.clone();
@@ -613,7 +618,11 @@ where
                 _ => break,
             }
         }
-        self.known_end = self.known_end.max(self.next_offset).max(self.position());
+        let others_appended = self.handed_end > self.known_end;
+        self.known_end = self.known_end.max(self.next_offset);
+        if others_appended {
+            self.known_end = self.known_end.max(self.position());
+        }
         Ok(())
     }
 }

@@ -127,10 +127,11 @@ pub(super) async fn send_offsets(
     if offsets.count() == 0 {
         return Ok(());
     }
-    let Some(metadata) = group.group_metadata() else {
-        return Err(TransactionFailure::Abortable(KafkaError::Canceled));
-    };
     retrying(&producer, TransactionFailure::Abortable, move |p| {
+        // Asked here, on the blocking pool: the group's metadata is a request served by
+        // librdkafka's thread, which a runtime thread would block on. No metadata (the
+        // consumer left the group) makes the batch abort, as a refused call does.
+        let metadata = group.group_metadata().ok_or(KafkaError::Canceled)?;
         p.send_offsets_to_transaction(&offsets, &metadata, TRANSACTION_CALL_TIMEOUT)
     })
     .await
