@@ -248,7 +248,9 @@ async fn dispatch(
                 // A partition paused for an earlier writer of this process starts afresh.
                 resume(&context, &assigned);
                 for (kind, partition) in assigned {
-                    writer_for(&mut writers, &context, kind, partition, WhenFenced::Replace);
+                    writer_for(&mut writers, &context, kind, partition, || {
+                        WhenFenced::Replace
+                    });
                 }
             }
             Some(Polled::Revoked { partitions, done }) => {
@@ -277,16 +279,14 @@ async fn dispatch(
                 // A fenced writer is replaced only while the group still assigns the partition
                 // here (a fatal producer error after a broker restart fences no one else);
                 // otherwise the new owner has it and restarting would fence that owner. The
-                // group is asked only then: its answer is a round trip to librdkafka's thread
-                // that blocks this runtime thread, and for a writer that is not fenced both
-                // choices are the same.
-                let fenced = writers
-                    .get(&(kind, partition))
-                    .is_some_and(|w| w.fenced.load(Ordering::SeqCst));
-                let when_fenced = if fenced && !still_assigned(&context, kind, partition) {
-                    WhenFenced::Keep
-                } else {
-                    WhenFenced::Replace
+                // group is asked only for a fenced writer: its answer is a round trip to
+                // librdkafka's thread that blocks this runtime thread.
+                let when_fenced = || {
+                    if still_assigned(&context, kind, partition) {
+                        WhenFenced::Replace
+                    } else {
+                        WhenFenced::Keep
+                    }
                 };
                 let running = writer_for(&mut writers, &context, kind, partition, when_fenced);
                 if running.fenced.load(Ordering::SeqCst) {
@@ -421,20 +421,21 @@ enum WhenFenced {
 }
 
 /// The partition's writer, started on first use, after it ended, or on a new assignment after
-/// it was fenced.
+/// it was fenced. `when_fenced` is asked only if the writer is fenced (its flag read once, so
+/// the answer and the flag it is for cannot disagree).
 fn writer_for<'a>(
     writers: &'a mut Writers,
     context: &Arc<WriterContext>,
     kind: AggregateKind,
     partition: i32,
-    when_fenced: WhenFenced,
+    when_fenced: impl FnOnce() -> WhenFenced,
 ) -> &'a mut RunningWriter {
     let key = (kind, partition);
     let stale = writers.get(&key).is_some_and(|w| {
-        let fenced = w.fenced.load(Ordering::SeqCst);
-        match when_fenced {
-            WhenFenced::Replace => fenced || w.task.is_finished(),
-            WhenFenced::Keep => !fenced && w.task.is_finished(),
+        if w.fenced.load(Ordering::SeqCst) {
+            matches!(when_fenced(), WhenFenced::Replace)
+        } else {
+            w.task.is_finished()
         }
     });
     if stale && writers.remove(&key).is_some_and(|old| old.paused) {
