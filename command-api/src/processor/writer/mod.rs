@@ -119,6 +119,9 @@ where
     /// round trip to librdkafka's thread) only from then on, not after each of the batch's own
     /// events read back.
     handed_end: i64,
+    /// The commit marker (its `marker_end`) the last marker wait saw served: the next batch
+    /// does not wait for, nor ask the position of, a marker already passed.
+    marker_passed: i64,
     /// What the log says of the partition, and the decisions on it.
     model: PartitionModel<A>,
     /// The aggregates the model does not hold in memory (decision 0012).
@@ -239,6 +242,7 @@ where
             known_end: from,
             marker_end: 0,
             handed_end: from,
+            marker_passed: 0,
             model: restored.model,
             spilled: restored.spilled,
             command_floor,
@@ -558,6 +562,9 @@ where
     /// the partition before the marker is written, so its events still land after it
     /// (`writer_marker_waits_missed_total` counts those batches).
     async fn await_last_marker(&mut self) -> Result<(), WriterError> {
+        if self.marker_passed >= self.marker_end {
+            return Ok(());
+        }
         let deadline = tokio::time::Instant::now() + MARKER_WAIT;
         loop {
             let tail = self.tail.clone();
@@ -579,7 +586,10 @@ where
                 }
             });
             match tokio::time::timeout_at(deadline, woken).await {
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    self.marker_passed = self.marker_end;
+                    return Ok(());
+                }
                 Ok(Some(Ok(message))) => self.absorb_handed_over(message).await?,
                 // A broker's trouble reported to every client: the tail goes on by itself.
                 Ok(Some(Err(error))) => {
@@ -605,9 +615,11 @@ where
     /// deployment is misconfigured), without waiting. The tail's position (a blocking round
     /// trip to librdkafka's thread) is asked for only when such records came, since a marker
     /// may follow them: this writer's own commit marker is in `known_end` since its commit, and
-    /// its aborted records are read past by the catch-up that follows an abort. Should an
-    /// unseen marker remain all the same, the batch's events land past where it expects them,
-    /// and it is aborted and tried again after a catch-up (`batch`).
+    /// the catch-up after an abort reads past its aborted records when it knows where they
+    /// ended. Otherwise (an abort marker the broker had not yet written when the catch-up
+    /// looked, a foreign transaction's marker) the batch's events land past where it expects
+    /// them, and it is aborted and tried again after a catch-up that reads past them (`batch`):
+    /// one extra attempt, never a wrong answer.
     async fn absorb_pending(&mut self) -> Result<(), WriterError> {
         loop {
             let tail = self.tail.clone();
