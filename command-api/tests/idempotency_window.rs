@@ -5,6 +5,9 @@
 //! expired key. Every reader applying the log-order rule with the same window counts what the
 //! writers answered: the events of a command run again after the window are not judged repeats.
 //!
+//! A use a writer keeps on disk (decision 0015) is forgotten there when the window passes, and
+//! its record deleted from the snapshot.
+//!
 //! The window here is six seconds, so the test waits it out for real.
 
 // Test code: a failed expectation should stop the test with its message.
@@ -154,6 +157,98 @@ async fn the_same_request_after_the_window_is_a_new_command_and_counts_again() {
             ("StockAdded".to_owned(), true)
         ],
         "the 200 after the window counts once, like the first"
+    );
+    app.stop().await;
+}
+
+/// Longer than the writers' snapshot interval (5 s).
+const PAST_THE_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(5_500);
+
+/// `quantity` units of stock added to `sku` with `key` as its idempotency key.
+async fn stock_added(app: &TestApp, sku: &str, quantity: i64, key: &str) -> (StatusCode, Value) {
+    let reply = app
+        .post(
+            &format!("/v1/inventory/{sku}/stock"),
+            Some(&admin()),
+            &json!({"quantity": quantity}),
+            &[("idempotency-key", key)],
+        )
+        .await;
+    (reply.status, reply.body)
+}
+
+/// A command on a SKU of each partition, new to the test: each carries the next snapshot of
+/// its partition when one is due.
+async fn one_command_per_partition(app: &TestApp, round: &str) {
+    for p in 0..PARTITIONS {
+        let sku = (0..)
+            .map(|n| format!("trigger-{round}-{n}"))
+            .find(|sku| partition_for(sku.as_bytes(), PARTITIONS) == p)
+            .unwrap();
+        let answer = stock_added(app, &sku, 1, &format!("key-{sku}")).await;
+        assert_eq!(answer.0, StatusCode::OK, "{answer:?}");
+    }
+}
+
+/// The records of `key` in the inventory snapshots topic, oldest first.
+async fn snapshot_records(app: &TestApp, key: &str) -> Vec<Stored> {
+    let topic = app.kafka.topics().snapshots(AggregateKind::InventoryItem);
+    read_all(&app.kafka, &topic)
+        .await
+        .into_iter()
+        .filter(|record| record.key.as_deref() == Some(key))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_use_on_disk_is_forgotten_when_the_window_passes_and_its_snapshot_record_deleted() {
+    let app = TestApp::spawn_on(&kafka(), |settings| {
+        settings.kafka.command_window = CommandWindow::new(WINDOW);
+    })
+    .await;
+    let sku = "expiring-1";
+    let first = stock_added(&app, sku, 1, "expiring-key").await;
+    let first_answered = Instant::now();
+    assert_eq!(first.0, StatusCode::OK, "{first:?}");
+    let command_id = events(&app.kafka, AggregateKind::InventoryItem)
+        .await
+        .into_iter()
+        .filter_map(|record| record.envelope)
+        .find(|envelope| envelope.aggregate_id == sku)
+        .map(|envelope| envelope.command_id)
+        .expect("the first command's event");
+    let key = format!("~command/{command_id}");
+
+    // The next snapshot holds its use, which then leaves memory for the writer's file.
+    tokio::time::sleep(PAST_THE_SNAPSHOT_INTERVAL).await;
+    one_command_per_partition(&app, "a").await;
+    // Once the window has passed, a snapshot after it forgets the use in the file (when its
+    // batch has moved the partition's clock past the window) and the one after that deletes
+    // its record.
+    tokio::time::sleep_until((first_answered + WINDOW + Duration::from_millis(300)).into()).await;
+    for round in ["b", "c", "d", "e"] {
+        tokio::time::sleep(PAST_THE_SNAPSHOT_INTERVAL).await;
+        one_command_per_partition(&app, round).await;
+        let records = snapshot_records(&app, &key).await;
+        if records.last().is_some_and(|r| r.payload.is_empty()) {
+            break;
+        }
+    }
+    let records = snapshot_records(&app, &key).await;
+    assert!(
+        records.first().is_some_and(|r| !r.payload.is_empty()),
+        "a snapshot held the use: {records:?}"
+    );
+    assert!(
+        records.last().is_some_and(|r| r.payload.is_empty()),
+        "a later snapshot deleted it: {records:?}"
+    );
+
+    let again = stock_added(&app, sku, 1, "expiring-key").await;
+    assert_eq!(again.0, StatusCode::OK, "{again:?}");
+    assert_eq!(
+        again.1["version"], 2,
+        "after the window the key is free, and the request a new command: {again:?}"
     );
     app.stop().await;
 }

@@ -132,23 +132,40 @@ pub enum CopyError {
     Restore(#[from] RestoreError),
 }
 
+/// Where a reader of a snapshot keeps the command uses it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandUses {
+    /// In the restored log order.
+    InMemory,
+    /// In the file the snapshot was copied to, noted as expiring from their use on
+    /// (`SpillFile::put_expiring`), for the reader to take back when it needs one and to forget
+    /// when the window does (decision 0015): the restored log order holds none.
+    InFile,
+}
+
 /// Checks every record of a snapshot of `kind` copied to `copy` ([`copy_partition`]), all or
 /// nothing as [`restore_log`] does, keeping none of the aggregates in memory: the restored log
 /// order holds no chain head, and the aggregates' records stay in the file for the reader to
-/// take as it needs them.
+/// take as it needs them. The command uses go where `uses` says.
 pub fn restore_copied(
     kind: AggregateKind,
     window: CommandWindow,
     copy: &mut SpillFile,
+    uses: CommandUses,
 ) -> Result<RestoredLog, CopyError> {
     let mut restoring = RestoringLog::without_aggregates(kind);
-    copy.try_for_each(|key, bytes| {
+    restoring.keep_commands = uses == CommandUses::InMemory;
+    copy.try_for_each_noting_expiry(|key, bytes| {
         let record = schemas::decode::<Snapshot>(bytes).map_err(|source| CopyError::Record {
             key: key.to_owned(),
             source,
         })?;
+        let expires_from = match (&record, uses) {
+            (Snapshot::CommandUse(used), CommandUses::InFile) => Some(used.used_at),
+            _ => None,
+        };
         restoring.add(key.to_owned(), record)?;
-        Ok::<_, CopyError>(())
+        Ok::<_, CopyError>(expires_from)
     })?;
     Ok(restoring.finish(window)?)
 }
@@ -170,7 +187,8 @@ pub struct RestoredLog {
     /// Every aggregate's record (its head's id is its key, its kind the snapshot's), unless
     /// restored without them.
     pub aggregates: Vec<Snapshot>,
-    /// Every command use the snapshot holds, remembered or not (a writer deletes the forgotten).
+    /// Every command use the snapshot holds, remembered or not (a writer deletes the forgotten),
+    /// unless the reader keeps them elsewhere ([`CommandUses::InFile`]).
     pub command_ids: Vec<String>,
 }
 
@@ -199,6 +217,9 @@ pub struct RestoringLog {
     /// Whether the aggregates' heads and records are kept: a reader that keeps them elsewhere
     /// (a writer's spill file, decision 0012) has them checked and counted only.
     keep_aggregates: bool,
+    /// Whether the command uses are kept: a reader that keeps them elsewhere has them checked
+    /// only.
+    keep_commands: bool,
     checkpoint: Option<Checkpoint>,
     heads: Vec<(String, ChainHead)>,
     aggregates: Vec<Snapshot>,
@@ -212,6 +233,7 @@ impl RestoringLog {
         Self {
             kind,
             keep_aggregates: true,
+            keep_commands: true,
             checkpoint: None,
             heads: Vec::new(),
             aggregates: Vec::new(),
@@ -238,7 +260,9 @@ impl RestoringLog {
         match record {
             Snapshot::Checkpoint(c) if key == CHECKPOINT_KEY => self.checkpoint = Some(c),
             Snapshot::CommandUse(u) if key == command_key(&u.command_id) => {
-                self.commands.push((u.command_id.clone(), recorded(u)));
+                if self.keep_commands {
+                    self.commands.push((u.command_id.clone(), recorded(u)));
+                }
             }
             Snapshot::Checkpoint(_) | Snapshot::CommandUse(_) => return Err(foreign(key)),
             aggregate => {
@@ -328,7 +352,8 @@ pub fn command_use(command_id: &str, r: &RecordedCommand) -> CommandUse {
     }
 }
 
-fn recorded(u: CommandUse) -> RecordedCommand {
+/// The command use a snapshot record holds.
+pub fn recorded(u: CommandUse) -> RecordedCommand {
     RecordedCommand {
         aggregate_id: u.aggregate_id,
         version: Version::new(u.version),

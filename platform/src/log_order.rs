@@ -326,6 +326,55 @@ impl LogOrder {
         self.heads.insert(aggregate_id, head);
     }
 
+    /// Whether a command's use is in memory: when it is not, a reader that keeps uses elsewhere
+    /// (a writer's file, decision 0015) gives it back with [`LogOrder::reinstate_command`]
+    /// before an event of that command is judged or the command decided.
+    pub fn holds_command(&self, command_id: &str) -> bool {
+        self.commands.contains_key(command_id)
+    }
+
+    /// Puts back a command use taken out by [`LogOrder::evict_commands`] (one already in
+    /// memory wins: it is as new or newer). It is not ordered by age again: the window forgets
+    /// it where it is kept, and it leaves memory at the next eviction.
+    pub fn reinstate_command(&mut self, command_id: String, recorded: RecordedCommand) {
+        self.commands.entry(command_id).or_insert(recorded);
+    }
+
+    /// Takes out of memory the command uses `leaves` names and returns those the window still
+    /// remembers, for a reader that keeps them elsewhere (decision 0015). Uses the window has
+    /// forgotten are dropped: the ordinary way (reported by [`LogOrder::take_forgotten`]) for
+    /// those recorded here, silently for those given back, which the window forgets where they
+    /// are kept.
+    pub fn evict_commands(
+        &mut self,
+        mut leaves: impl FnMut(&str) -> bool,
+    ) -> Vec<(String, RecordedCommand)> {
+        self.forget_expired();
+        let oldest = self.window.oldest_remembered(self.clock);
+        let leaving: Vec<String> = self
+            .commands
+            .keys()
+            .filter(|id| leaves(id))
+            .cloned()
+            .collect();
+        let mut kept_elsewhere = Vec::with_capacity(leaving.len());
+        for command_id in leaving {
+            if let Some(recorded) = self.commands.remove(&command_id) {
+                if recorded.used_at >= oldest {
+                    kept_elsewhere.push((command_id, recorded));
+                }
+            }
+        }
+        let commands = &self.commands;
+        self.by_age
+            .retain(|(used_at, id)| commands.get(id).is_some_and(|r| r.used_at == *used_at));
+        if self.commands.capacity() > 4 * self.commands.len().max(64) {
+            self.commands.shrink_to_fit();
+            self.by_age.shrink_to_fit();
+        }
+        kept_elsewhere
+    }
+
     /// Gives back the memory of heads evicted since the maps were largest (after a restore
     /// that evicted most of what it loaded).
     pub fn shrink_to_fit(&mut self) {
@@ -389,7 +438,8 @@ impl LogOrder {
         self.clock
     }
 
-    /// How many command uses are held in memory (the window's, and no more).
+    /// How many command uses are held in memory (the window's, and no more; a reader that
+    /// evicts them, fewer).
     pub fn remembered_commands(&self) -> usize {
         self.commands.len()
     }
@@ -666,6 +716,56 @@ mod tests {
             log.accepted_before(&old, 0, None),
             None,
             "without a stamp nothing says the use is still remembered"
+        );
+    }
+
+    #[test]
+    fn a_command_use_evicted_and_given_back_judges_as_one_always_held() {
+        let mut log = hourly();
+        log.judge(&event("a", 1, None, "x"), 0, Some(0));
+        log.judge(&event("b", 1, None, "y"), 1, Some(1));
+        let kept = log.evict_commands(|id| id == "x");
+        assert_eq!(
+            kept.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+            ["x"]
+        );
+        assert!(!log.holds_command("x"));
+        assert!(log.holds_command("y"), "only the named uses leave");
+        for (id, recorded) in kept {
+            log.reinstate_command(id, recorded);
+        }
+        assert_eq!(
+            log.judge(&event("c", 1, None, "x"), 2, Some(2)),
+            Verdict::Loser(LoserReason::RepeatedCommand),
+            "a use given back counts as before"
+        );
+        log.pass(Some(HOUR + 2));
+        let _ = log.evict_commands(|_| false);
+        assert_eq!(
+            log.take_forgotten(),
+            ["y"],
+            "a use recorded here is forgotten the ordinary way"
+        );
+    }
+
+    #[test]
+    fn evicting_drops_a_given_back_use_the_window_forgot_without_reporting_it() {
+        let mut log = hourly();
+        log.judge(&event("a", 1, None, "x"), 0, Some(0));
+        let kept = log.evict_commands(|_| true);
+        assert!(log.take_forgotten().is_empty());
+        for (id, recorded) in kept {
+            log.reinstate_command(id, recorded);
+        }
+        log.pass(Some(2 * HOUR));
+        assert!(
+            log.evict_commands(|_| true).is_empty(),
+            "a forgotten use is not kept elsewhere again"
+        );
+        assert_eq!(log.remembered_commands(), 0);
+        assert!(
+            log.take_forgotten().is_empty(),
+            "where it was kept, the window forgets it"
         );
     }
 }

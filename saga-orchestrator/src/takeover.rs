@@ -109,7 +109,11 @@ async fn restore_one(
         };
     let window = shared.settings.kafka.command_window;
     // Every record decoded and checked: seconds for a large partition, off the runtime.
-    match platform::runtime::blocking(|| snapshots::restore_copied(kind, window, &mut copy)).await {
+    match platform::runtime::blocking(|| {
+        snapshots::restore_copied(kind, window, &mut copy, snapshots::CommandUses::InMemory)
+    })
+    .await
+    {
         Ok(restored) => {
             outcome("restored");
             info!(%kind, partition, events_end = restored.checkpoint.events_end, aggregates = restored.checkpoint.aggregates, "saga worker restored from the writers' snapshot");

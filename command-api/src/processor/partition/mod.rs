@@ -8,8 +8,10 @@
 //! Layout: this file holds the model and a batch's scratch state; `decide` the named steps of
 //! one decision; `plan` what a decision produces and the replies it may carry; `rejection` a domain
 //! rejection as a typed code; `snapshot` the model to and from its snapshot; `resident` which
-//! aggregates stay in memory (the writer keeps the others on disk).
+//! aggregates stay in memory (the writer keeps the others on disk); `command_uses` the same for
+//! the command uses the log-order rule remembers.
 
+mod command_uses;
 mod decide;
 mod plan;
 mod rejection;
@@ -17,6 +19,8 @@ mod resident;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_command_uses;
 
 use std::collections::{HashMap, HashSet};
 
@@ -28,6 +32,7 @@ use uuid::Uuid;
 
 use super::write_model::WriteModel;
 
+pub(crate) use command_uses::LeavingUse;
 pub(crate) use plan::{accepted, answer, command_id, PendingEvent, Plan};
 pub(crate) use snapshot::{RestoreError, SnapshotPlan, SnapshotRecords};
 

@@ -21,8 +21,8 @@ pub(crate) struct Dirty {
     seq: u64,
     aggregates: HashMap<String, u64>,
     commands: HashMap<String, u64>,
-    /// The command uses the snapshot holds (bounded by the window): only those need deleting
-    /// when the window forgets them.
+    /// The command uses the snapshot holds and memory too (those in the writer's file are
+    /// forgotten there, decision 0015): only those need deleting when the window forgets them.
     written_commands: HashSet<String>,
     /// An aggregate id that could be taken for a snapshot's own key (only a producer other
     /// than the writers appends such ids): this partition is never snapshotted.
@@ -33,6 +33,24 @@ impl Dirty {
     /// Whether the aggregate changed since the last snapshot that committed.
     pub(super) fn holds(&self, aggregate_id: &str) -> bool {
         self.aggregates.contains_key(aggregate_id)
+    }
+
+    /// Whether the command use changed since the last snapshot that committed (or is to be
+    /// deleted by the next).
+    pub(super) fn holds_command(&self, command_id: &str) -> bool {
+        self.commands.contains_key(command_id)
+    }
+
+    /// A use that left memory for the writer's file: the file says when it is forgotten (see
+    /// [`Dirty::forgotten_elsewhere`]), so it is no longer tracked here.
+    pub(super) fn written_out(&mut self, command_id: &str) {
+        self.written_commands.remove(command_id);
+    }
+
+    /// A use the snapshot holds and the window forgot where it was kept: the next snapshot
+    /// deletes it.
+    pub(super) fn forgotten_elsewhere(&mut self, command_id: &str) {
+        self.command(command_id);
     }
 
     fn aggregate(&mut self, id: &str) {
@@ -102,7 +120,7 @@ where
     /// Takes the uses the window forgot since the last call: one the snapshot holds is to be
     /// deleted, one it never held is dropped from what is to be written. Done as uses are
     /// recorded, so replaying a long log keeps a window of command ids here, not every one read.
-    fn settle_forgotten(&mut self) {
+    pub(super) fn settle_forgotten(&mut self) {
         for forgotten in self.log.take_forgotten() {
             if self.dirty.written_commands.contains(&forgotten) {
                 self.dirty.command(&forgotten);

@@ -20,21 +20,21 @@ use crate::processor::IncomingCommand;
 const PARTITIONS: i32 = 3;
 const SKU: &str = "apple";
 
-fn now() -> DateTime<Utc> {
+pub(super) fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 12, 3, 12, 0, 0).unwrap()
 }
 
 /// A partition and the history it has read.
-struct Given {
-    model: PartitionModel<InventoryItem>,
-    next_offset: i64,
-    last_event: Option<Uuid>,
+pub(super) struct Given {
+    pub(super) model: PartitionModel<InventoryItem>,
+    pub(super) next_offset: i64,
+    pub(super) last_event: Option<Uuid>,
     version: u64,
     /// Every record read: (offset, envelope, payload, timestamp), to replay into another model.
     log: Vec<(i64, EventEnvelope, Vec<u8>, i64)>,
 }
 
-fn given() -> Given {
+pub(super) fn given() -> Given {
     Given {
         model: PartitionModel::new(
             partition_for(SKU.as_bytes(), PARTITIONS),
@@ -49,7 +49,7 @@ fn given() -> Given {
 }
 
 /// [`given`] with a command window of 60 s.
-fn given_with_a_minute_window() -> Given {
+pub(super) fn given_with_a_minute_window() -> Given {
     let window = platform::log_order::CommandWindow::new(std::time::Duration::from_secs(60));
     Given {
         model: PartitionModel::new(
@@ -63,12 +63,17 @@ fn given_with_a_minute_window() -> Given {
 
 impl Given {
     /// `StockAdded` for `SKU` by `command_id`, read from the log, stamped `now()`.
-    fn stock_added(self, quantity: i64, command_id: &str, request_hash: Option<&str>) -> Self {
+    pub(super) fn stock_added(
+        self,
+        quantity: i64,
+        command_id: &str,
+        request_hash: Option<&str>,
+    ) -> Self {
         self.stock_added_at(now(), quantity, command_id, request_hash)
     }
 
     /// `StockAdded` for `SKU` by `command_id`, read from the log, stamped `at`.
-    fn stock_added_at(
+    pub(super) fn stock_added_at(
         mut self,
         at: DateTime<Utc>,
         quantity: i64,
@@ -122,12 +127,12 @@ impl Given {
             .collect()
     }
 
-    fn when_one(&self, command: IncomingCommand) -> Plan {
+    pub(super) fn when_one(&self, command: IncomingCommand) -> Plan {
         self.when(&[command]).pop().unwrap()
     }
 }
 
-fn event(
+pub(super) fn event(
     version: u64,
     predecessor: Option<Uuid>,
     command_id: &str,
@@ -489,7 +494,7 @@ fn an_event_the_log_order_rule_rejects_changes_nothing() {
 
 /// The commands both models are asked: a retry, a reused key, a new command, a stale and a
 /// current `If-Match`.
-fn probes() -> Vec<IncomingCommand> {
+pub(super) fn probes() -> Vec<IncomingCommand> {
     vec![
         add_stock(5, "first")
             .with(|e| e.request_hash = Some("hash-a".into()))
@@ -535,7 +540,7 @@ fn restored_from(source: &Given, records: Vec<(String, Option<Snapshot>)>) -> Gi
 }
 
 /// The snapshot records of `given`'s model now, committed.
-fn snapshot_of(given: &mut Given) -> Vec<(String, Option<Snapshot>)> {
+pub(super) fn snapshot_of(given: &mut Given) -> Vec<(String, Option<Snapshot>)> {
     let taken = given.model.snapshot_records(given.next_offset);
     given.model.snapshot_committed(&taken);
     taken.records

@@ -529,6 +529,7 @@ where
         timestamp: Option<i64>,
     ) -> Result<(Uuid, bool), WriterError> {
         self.take_back(&envelope.aggregate_id)?;
+        self.take_back_command(&envelope.command_id)?;
         self.next_offset = offset + 1;
         let accepted = match self.model.judge(offset, envelope, payload, timestamp) {
             Judged::Accepted => true,

@@ -15,7 +15,7 @@ use rdkafka::producer::FutureRecord;
 use schemas::wire::snapshots::{Snapshot, CHECKPOINT_KEY};
 use tracing::{info, warn};
 
-use command_bus::snapshots::CopyError;
+use command_bus::snapshots::{CommandUses, CopyError};
 use platform::spill::{SpillError, SpillFile};
 
 use super::replay_memory::ReplayMemory;
@@ -142,8 +142,8 @@ where
 }
 
 /// Checks every record of the snapshot copied to `spilled` (all or nothing, as
-/// [`command_bus::snapshots`] says), leaves only the aggregates' records in the file, and
-/// returns the model without them.
+/// [`command_bus::snapshots`] says), leaves the aggregates' records and the command uses in the
+/// file (decision 0015), and returns the model without them.
 fn restore_from_file<A: WriteModel>(
     ctx: &WriterContext,
     partition: i32,
@@ -154,11 +154,9 @@ where
     A::Command: schemas::WireRecord + Clone + Send + Sync,
     A::State: Send + Sync,
 {
-    let restored = command_bus::snapshots::restore_copied(A::KIND, ctx.window, spilled)?;
+    let restored =
+        command_bus::snapshots::restore_copied(A::KIND, ctx.window, spilled, CommandUses::InFile)?;
     spilled.remove(CHECKPOINT_KEY.to_owned())?;
-    for command_id in &restored.command_ids {
-        spilled.remove(command_bus::snapshots::command_key(command_id))?;
-    }
     spilled.flush()?;
     Ok(PartitionModel::restored(
         partition,

@@ -1,13 +1,16 @@
-//! The writer's side of decision 0012: the aggregates its model no longer holds in memory are
-//! kept in a `platform::spill` file, as their snapshot records, and given back to the model
-//! before it judges an event of one or decides a command on one. A file that fails leaves
-//! the model without aggregates it must have, so the writer restarts (from its snapshot, with a
-//! new file) before it decides anything more.
+//! The writer's side of decisions 0012 and 0015: the aggregates and command uses its model no
+//! longer holds in memory are kept in a `platform::spill` file, as their snapshot records, and
+//! given back to the model before it judges an event of one or decides a command on one. The
+//! file forgets a command use when the window does, and tells the model, whose next snapshot
+//! deletes it. A file that fails leaves the model without state it must have, so the writer
+//! restarts (from its snapshot, with a new file) before it decides anything more.
 
+use command_bus::snapshots::command_key;
 use schemas::wire::snapshots::Snapshot;
 use tracing::error;
 
 use super::{Recovery, Writer, WriterError};
+use crate::processor::partition::LeavingUse;
 use crate::processor::write_model::WriteModel;
 use crate::processor::IncomingCommand;
 
@@ -34,7 +37,21 @@ where
         Ok(())
     }
 
-    /// Gives the model back every aggregate the batch's commands name.
+    /// Gives the model back the command's use if the model does not hold it and the file does
+    /// (otherwise the command was never used, or the window forgot it).
+    pub(super) fn take_back_command(&mut self, command_id: &str) -> Result<(), WriterError> {
+        if self.model.holds_command(command_id) {
+            return Ok(());
+        }
+        let Some(bytes) = self.spilled.get(&command_key(command_id))? else {
+            return Ok(());
+        };
+        let record = schemas::decode::<Snapshot>(&bytes)?;
+        self.model.take_back_command(record)?;
+        Ok(())
+    }
+
+    /// Gives the model back every aggregate the batch's commands name, and the commands' uses.
     pub(super) fn take_back_targets(
         &mut self,
         batch: &[IncomingCommand],
@@ -42,17 +59,24 @@ where
         for command in batch {
             if let Ok(envelope) = &command.envelope {
                 self.take_back(&envelope.aggregate_id)?;
+                self.take_back_command(&envelope.command_id)?;
             }
         }
         Ok(())
     }
 
-    /// Moves what the model lets go of (old aggregates a committed snapshot holds as they are)
-    /// to the file. On failure the writer restarts before its next batch.
+    /// Moves what the model lets go of (old aggregates and command uses a committed snapshot
+    /// holds as they are) to the file, and forgets there the uses the window has forgotten.
+    /// On failure the writer restarts before its next batch.
     pub(super) fn spill(&mut self) {
         let leaving = self.model.spill(self.keeps());
-        if let Err(failure) = self.keep(leaving) {
-            error!(kind = %A::KIND, partition = self.partition, error = %failure, "could not keep aggregates on disk; restarting the writer");
+        let uses = self.model.spill_commands();
+        let kept = self
+            .keep(leaving)
+            .and_then(|()| self.keep_uses(uses))
+            .and_then(|()| self.forget_expired_uses());
+        if let Err(failure) = kept {
+            error!(kind = %A::KIND, partition = self.partition, error = %failure, "could not keep aggregates or command uses on disk; restarting the writer");
             self.recovery = self.recovery.and(Recovery::Restart);
         }
         self.count_resident();
@@ -66,20 +90,49 @@ where
         Ok(())
     }
 
-    /// The gauges of how many aggregates the model holds and how many the partition has.
+    fn keep_uses(&mut self, leaving: Vec<LeavingUse>) -> Result<(), WriterError> {
+        for used in leaving {
+            let bytes = schemas::encode(&used.record).map_err(WriterError::Encode)?;
+            self.spilled.put_expiring(used.key, bytes, used.used_at)?;
+        }
+        Ok(())
+    }
+
+    /// Removes from the file the uses the window no longer remembers, and tells the model,
+    /// whose next snapshot deletes them.
+    fn forget_expired_uses(&mut self) -> Result<(), WriterError> {
+        let oldest = self.model.oldest_remembered_use();
+        let forgotten = self.spilled.expire_before(oldest, |bytes| {
+            Ok::<_, WriterError>(match schemas::decode::<Snapshot>(bytes)? {
+                Snapshot::CommandUse(used) => used.used_at < oldest,
+                _ => false,
+            })
+        })?;
+        self.model.forgotten_in_file(forgotten);
+        Ok(())
+    }
+
+    /// The gauges of how many aggregates the model holds and how many the partition has, and
+    /// how many command uses the model holds.
     pub(super) fn count_resident(&self) {
-        self.set_gauges(self.model.resident(), self.model.chains());
+        self.set_gauges(
+            self.model.resident(),
+            self.model.chains(),
+            self.model.resident_command_uses(),
+        );
     }
 
     /// Zeroes the gauges once the writer stops: the partition's new owner (here or in another
     /// process) reports it, and a sum over processes counts it once.
     pub(super) fn count_none(&self) {
-        self.set_gauges(0, 0);
+        self.set_gauges(0, 0, 0);
         self.count_to_read(0);
     }
 
-    fn set_gauges(&self, resident: usize, chains: u64) {
+    fn set_gauges(&self, resident: usize, chains: u64, uses: usize) {
         let (kind, partition) = (A::KIND.as_str(), self.partition.to_string());
+        metrics::gauge!("writer_command_uses_resident", "aggregate" => kind, "partition" => partition.clone())
+            .set(uses as f64);
         metrics::gauge!("writer_aggregates_resident", "aggregate" => kind, "partition" => partition.clone())
             .set(resident as f64);
         metrics::gauge!("writer_aggregates", "aggregate" => kind, "partition" => partition)

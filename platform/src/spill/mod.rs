@@ -7,12 +7,19 @@
 //! however the worker ends (SIGKILL, out of memory), and nothing is read across restarts.
 //! Records are written in batches, and found in the batch until it is. No write needs to be
 //! durable; one in [`DURABLE_EVERY`] is, only so redb lets go of what it tracks until then.
+//!
+//! Layout: this file holds the file and its records; `expiring` the records noted with a time
+//! from which they may expire (a writer's command uses, decision 0015).
+
+mod expiring;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use redb::backends::FileBackend;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 
@@ -54,6 +61,8 @@ pub struct SpillFile {
     path: PathBuf,
     /// Not yet written: `None` removes the key.
     batch: HashMap<String, Option<Vec<u8>>>,
+    /// Not yet written: (time, key) noted as expiring from then (`expiring`).
+    expiring: Vec<(i64, String)>,
     /// Writes since the last durable one.
     since_durable: u32,
 }
@@ -95,11 +104,13 @@ impl SpillFile {
         // rather than failing on a missing table.
         let write = db_file.begin_write().map_err(db)?;
         write.open_table(RECORDS).map_err(db)?;
+        write.open_table(expiring::EXPIRING).map_err(db)?;
         write.commit().map_err(db)?;
         Ok(Self {
             db: db_file,
             path,
             batch: HashMap::new(),
+            expiring: Vec::new(),
             since_durable: 0,
         })
     }
@@ -117,7 +128,7 @@ impl SpillFile {
     }
 
     fn flush_if_full(&mut self) -> Result<(), SpillError> {
-        if self.batch.len() >= BATCH {
+        if self.batch.len() >= BATCH || self.expiring.len() >= BATCH {
             self.flush()?;
         }
         Ok(())
@@ -138,16 +149,11 @@ impl SpillFile {
     /// Writes the batch, in one transaction: not made durable (see the module doc), except
     /// one in [`DURABLE_EVERY`], which lets redb forget what it tracks until one is.
     pub fn flush(&mut self) -> Result<(), SpillError> {
-        if self.batch.is_empty() {
+        if self.batch.is_empty() && self.expiring.is_empty() {
             return Ok(());
         }
-        let mut write = self.db.begin_write().map_err(db)?;
-        self.since_durable += 1;
-        if self.since_durable >= DURABLE_EVERY {
-            self.since_durable = 0;
-        } else {
-            write.set_durability(Durability::None).map_err(db)?;
-        }
+        let write = self.begin_write()?;
+        expiring::note(&write, &mut self.expiring)?;
         {
             let mut table = write.open_table(RECORDS).map_err(db)?;
             for (key, value) in &self.batch {
@@ -161,6 +167,19 @@ impl SpillFile {
         write.commit().map_err(db)?;
         self.batch.clear();
         Ok(())
+    }
+
+    /// A write transaction: not durable (see the module doc), except one in
+    /// [`DURABLE_EVERY`], which lets redb forget what it tracks until one is.
+    fn begin_write(&mut self) -> Result<WriteTransaction, SpillError> {
+        let mut write = self.db.begin_write().map_err(db)?;
+        self.since_durable += 1;
+        if self.since_durable >= DURABLE_EVERY {
+            self.since_durable = 0;
+        } else {
+            write.set_durability(Durability::None).map_err(db)?;
+        }
+        Ok(write)
     }
 
     /// Calls `each` with every record, in key order, after writing the batch; stops at the
