@@ -520,3 +520,69 @@ async fn an_append_by_another_writer_the_live_writer_has_not_read_yet_decides_be
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_whose_aggregate_id_is_a_snapshot_key_does_not_stop_its_writer() {
+    // Only a producer other than the writers appends such an id (the API's are letters, digits,
+    // `-` and `_`). The writer's file holds the command uses its snapshot holds under their
+    // snapshot keys (`~command/<id>`, decision 0015), beside the aggregates it let go of: such
+    // an event must not be taken for an aggregate kept there (it was, and the writer restarted
+    // on it for ever).
+    let kafka = kafka();
+    let app = TestApp::spawn_on(&kafka, |_| {}).await;
+    let first = add_stock_with_key(&app, "kept-on-disk").await;
+    assert_eq!(first, StatusCode::OK);
+    // The next batch carries a snapshot holding the first command's use, which then leaves
+    // memory for the writer's file.
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    assert_eq!(
+        add_stock_with_key(&app, "carries-the-snapshot").await,
+        StatusCode::OK
+    );
+    let stored = events(&kafka, AggregateKind::InventoryItem).await;
+    let template = stored.last().unwrap().envelope.clone().unwrap();
+    let foreign = EventEnvelope {
+        event_id: uuid::Uuid::now_v7(),
+        aggregate_id: format!("~command/{}", command_id("kept-on-disk")),
+        version: Version::NONE.next(),
+        predecessor: None,
+        command_id: "a-foreign-producer".into(),
+        ..template
+    };
+    let payload = schemas::encode(&domain::inventory::InventoryEvent::StockAdded {
+        sku: domain::values::Sku::try_from(SKU).unwrap(),
+        quantity: domain::values::Quantity::try_from(1).unwrap(),
+    })
+    .unwrap();
+    let topic = kafka.topics().events(AggregateKind::InventoryItem);
+    let record = FutureRecord::to(&topic)
+        .partition(partition_for(SKU.as_bytes(), PARTITIONS))
+        .key(SKU)
+        .payload(&payload)
+        .headers(foreign.to_headers());
+    kafka
+        .producer()
+        .send(record, Duration::from_secs(5))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+
+    assert_eq!(
+        add_stock_with_key(&app, "after-the-foreign-event").await,
+        StatusCode::OK,
+        "the partition's writer serves on"
+    );
+    app.stop().await;
+}
+
+/// One unit added to `SKU` by admin with idempotency key `key`: the answer's status.
+async fn add_stock_with_key(app: &TestApp, key: &str) -> StatusCode {
+    app.post(
+        &format!("/v1/inventory/{SKU}/stock"),
+        Some(&admin()),
+        &json!({"quantity": 1}),
+        &[("idempotency-key", key)],
+    )
+    .await
+    .status
+}

@@ -33,15 +33,20 @@ impl SpillFile {
         self.put(key, value)
     }
 
-    /// Removes every record noted to expire before `before` that `expired` (given the record as
-    /// it is now) says has, and returns their keys; the notes due go either way. Stops at the
-    /// first error `expired` returns, removing nothing.
+    /// Removes every record noted to expire before `before` (the `most` oldest notes due) that
+    /// `expired` (given the record as it is now) says has, and returns their keys; the notes due
+    /// go either way. Stops at the first error `expired` returns, removing nothing. Writes
+    /// nothing when no note is due.
     pub fn expire_before<E: From<SpillError>>(
         &mut self,
         before: i64,
+        most: usize,
         mut expired: impl FnMut(&[u8]) -> Result<bool, E>,
     ) -> Result<Vec<String>, E> {
         self.flush()?;
+        if !self.any_note_before(before)? {
+            return Ok(Vec::new());
+        }
         let write = self.begin_write()?;
         let mut removed = Vec::new();
         {
@@ -50,6 +55,7 @@ impl SpillFile {
             let due = notes
                 .range(..(before, ""))
                 .map_err(db)?
+                .take(most)
                 .map(|entry| {
                     let (note, _) = entry?;
                     let (at, key) = note.value();
@@ -71,6 +77,14 @@ impl SpillFile {
         }
         write.commit().map_err(db)?;
         Ok(removed)
+    }
+
+    /// Whether a note is due before `before` (a read: no write transaction for nothing).
+    fn any_note_before(&self, before: i64) -> Result<bool, SpillError> {
+        let read = redb::ReadableDatabase::begin_read(&self.db).map_err(db)?;
+        let notes = read.open_table(EXPIRING).map_err(db)?;
+        let first = notes.first().map_err(db)?;
+        Ok(first.is_some_and(|(note, _)| note.value().0 < before))
     }
 
     /// Calls `each` with every record, in key order, like [`SpillFile::try_for_each`], and
@@ -118,7 +132,9 @@ mod tests {
         file.put_expiring("a".into(), vec![1], 1).expect("put");
         file.put_expiring("b".into(), vec![5], 5).expect("put");
         file.put("c".into(), vec![0]).expect("put");
-        let removed = file.expire_before(3, expired_before(3)).expect("expire");
+        let removed = file
+            .expire_before(3, usize::MAX, expired_before(3))
+            .expect("expire");
         assert_eq!(removed, ["a"]);
         assert_eq!(file.get("a").expect("get"), None);
         assert_eq!(file.get("b").expect("get"), Some(vec![5]));
@@ -128,7 +144,7 @@ mod tests {
             "a record never noted never expires"
         );
         assert!(file
-            .expire_before(3, expired_before(3))
+            .expire_before(3, usize::MAX, expired_before(3))
             .expect("expire")
             .is_empty());
     }
@@ -140,27 +156,42 @@ mod tests {
         file.flush().expect("flush");
         file.put_expiring("a".into(), vec![8], 8).expect("put");
         assert!(file
-            .expire_before(5, expired_before(5))
+            .expire_before(5, usize::MAX, expired_before(5))
             .expect("expire")
             .is_empty());
         assert_eq!(file.get("a").expect("get"), Some(vec![8]));
         assert_eq!(
-            file.expire_before(9, expired_before(9)).expect("expire"),
+            file.expire_before(9, usize::MAX, expired_before(9))
+                .expect("expire"),
             ["a"],
             "its second note still stands"
         );
     }
 
     #[test]
+    fn at_most_the_oldest_notes_due_go_at_once_and_the_rest_next_time() {
+        let mut file = file();
+        for at in [4_u8, 1, 3, 2] {
+            file.put_expiring(format!("k-{at}"), vec![at], i64::from(at))
+                .expect("put");
+        }
+        let first = file.expire_before(9, 3, expired_before(9)).expect("expire");
+        assert_eq!(first, ["k-1", "k-2", "k-3"]);
+        let rest = file.expire_before(9, 3, expired_before(9)).expect("expire");
+        assert_eq!(rest, ["k-4"]);
+    }
+
+    #[test]
     fn an_error_while_expiring_removes_nothing() {
         let mut file = file();
         file.put_expiring("a".into(), vec![1], 1).expect("put");
-        let failed = file.expire_before(3, |_| {
+        let failed = file.expire_before(3, usize::MAX, |_| {
             Err(SpillError::Database(redb::Error::Corrupted("test".into())))
         });
         assert!(failed.is_err());
         assert_eq!(
-            file.expire_before(3, expired_before(3)).expect("expire"),
+            file.expire_before(3, usize::MAX, expired_before(3))
+                .expect("expire"),
             ["a"]
         );
     }
@@ -179,7 +210,9 @@ mod tests {
         })
         .expect("every record");
         let removed = file
-            .expire_before(2_000, |record| Ok::<_, SpillError>(time(record) < 2_000))
+            .expire_before(2_000, usize::MAX, |record| {
+                Ok::<_, SpillError>(time(record) < 2_000)
+            })
             .expect("expire");
         assert_eq!(removed.len(), 1_000);
         assert!(removed

@@ -271,17 +271,24 @@ where
         self.dirty.commands.retain(|_, seq| *seq > at);
     }
 
-    /// The snapshot `taken` committed: what it wrote and did not change since is clean.
+    /// The snapshot `taken` committed: what it wrote and did not change since is clean. A use
+    /// it wrote that the window forgot meanwhile (the batch that carried the snapshot moved
+    /// the clock) was forgotten before the snapshot held it, so nothing deleted it: the next
+    /// snapshot does.
     pub(crate) fn snapshot_committed(&mut self, taken: &SnapshotRecords) {
         self.clean_up_to(taken.taken_at);
         for (key, record) in &taken.records {
             let Some(command_id) = key.strip_prefix(COMMAND_KEY_PREFIX) else {
                 continue;
             };
-            if record.is_some() {
-                self.dirty.written_commands.insert(command_id.to_owned());
-            } else {
-                self.dirty.written_commands.remove(command_id);
+            match record {
+                Some(_) if self.log.command(command_id).is_some() => {
+                    self.dirty.written_commands.insert(command_id.to_owned());
+                }
+                Some(_) => self.dirty.command(command_id),
+                None => {
+                    self.dirty.written_commands.remove(command_id);
+                }
             }
         }
     }

@@ -121,3 +121,25 @@ fn a_use_the_file_forgot_is_deleted_by_the_next_snapshot() {
     assert!(commands.contains(&("~command/old", false)), "{commands:?}");
     assert!(commands.contains(&("~command/new", true)), "{commands:?}");
 }
+
+#[test]
+fn a_use_the_window_forgot_while_its_snapshot_was_in_flight_is_deleted_by_the_next() {
+    // A batch takes its snapshot before it is planned, and its own events, judged before the
+    // commit, can move the clock past a use that snapshot writes.
+    let two_minutes_ago = now() - chrono::Duration::minutes(2);
+    let given = given_with_a_minute_window().stock_added_at(two_minutes_ago, 1, "old", None);
+    let mut given = given;
+    let taken = given.model.snapshot_records(given.next_offset);
+    assert!(taken
+        .records
+        .iter()
+        .any(|(key, r)| key == "~command/old" && r.is_some()));
+    let mut given = given.stock_added(1, "new", None);
+    given.model.snapshot_committed(&taken);
+    let next = snapshot_of(&mut given);
+    assert!(
+        next.iter()
+            .any(|(key, r)| key == "~command/old" && r.is_none()),
+        "{next:?}"
+    );
+}

@@ -14,6 +14,9 @@ use crate::processor::partition::LeavingUse;
 use crate::processor::write_model::WriteModel;
 use crate::processor::IncomingCommand;
 
+/// The uses the file forgets after a snapshot at least, when that many have expired.
+const FORGET_AT_LEAST: usize = 4_096;
+
 impl<A: WriteModel> Writer<A>
 where
     A::Event: schemas::WireRecord + Send + Sync,
@@ -23,7 +26,10 @@ where
     /// Gives the model back `aggregate_id` if the model does not hold it and the file does
     /// (otherwise it is new to the partition).
     pub(super) fn take_back(&mut self, aggregate_id: &str) -> Result<(), WriterError> {
-        if self.model.holds(aggregate_id) {
+        // The file keeps the snapshot's other records under keys starting with `~` (command
+        // uses): an aggregate with such an id (only a producer other than the writers appends
+        // one) stops its partition's snapshots, so it is never in the file.
+        if self.model.holds(aggregate_id) || aggregate_id.starts_with('~') {
             return Ok(());
         }
         let Some(bytes) = self.spilled.get(aggregate_id)? else {
@@ -71,10 +77,14 @@ where
     pub(super) fn spill(&mut self) {
         let leaving = self.model.spill(self.keeps());
         let uses = self.model.spill_commands();
+        // As many as leave memory now, twice over, keeps pace with the window (about as many
+        // uses expire in an interval as were recorded in one a window ago) and works off a
+        // backlog (after an idle partition woke) a bounded part at a time.
+        let most = FORGET_AT_LEAST + 2 * uses.len();
         let kept = self
             .keep(leaving)
             .and_then(|()| self.keep_uses(uses))
-            .and_then(|()| self.forget_expired_uses());
+            .and_then(|()| self.forget_expired_uses(most));
         if let Err(failure) = kept {
             error!(kind = %A::KIND, partition = self.partition, error = %failure, "could not keep aggregates or command uses on disk; restarting the writer");
             self.recovery = self.recovery.and(Recovery::Restart);
@@ -98,11 +108,11 @@ where
         Ok(())
     }
 
-    /// Removes from the file the uses the window no longer remembers, and tells the model,
-    /// whose next snapshot deletes them.
-    fn forget_expired_uses(&mut self) -> Result<(), WriterError> {
+    /// Removes from the file the uses the window no longer remembers (at most `most`), and
+    /// tells the model, whose next snapshot deletes them.
+    fn forget_expired_uses(&mut self, most: usize) -> Result<(), WriterError> {
         let oldest = self.model.oldest_remembered_use();
-        let forgotten = self.spilled.expire_before(oldest, |bytes| {
+        let forgotten = self.spilled.expire_before(oldest, most, |bytes| {
             Ok::<_, WriterError>(match schemas::decode::<Snapshot>(bytes)? {
                 Snapshot::CommandUse(used) => used.used_at < oldest,
                 _ => false,
