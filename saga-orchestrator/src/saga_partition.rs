@@ -52,6 +52,11 @@ use crate::translate::{order_event_input, outcome_of, ORDER_EVENTS_OF_INTEREST};
 /// How often a worker commits, sends deadlines, reports and paces.
 const TICK: Duration = Duration::from_millis(200);
 
+/// The command uses the file forgets a tick at least, when that many have expired: with twice
+/// those that left memory, that keeps pace with the window and works off a backlog a part at a
+/// time (decision 0015).
+const FORGET_AT_LEAST: usize = 4_096;
+
 /// What the worker knows of one saga.
 struct Tracked {
     current: Current<OrderSagaAggregate>,
@@ -306,6 +311,9 @@ impl SagaPartition {
         };
         let (mut orders, mut sagas) = (empty(orders)?, empty(sagas)?);
         platform::spill::try_for_each_pair(&mut orders, &mut sagas, |id, order, saga| {
+            if let Some(command_id) = id.strip_prefix(snapshots::COMMAND_KEY_PREFIX) {
+                return self.adopt_uses(command_id, order, saga);
+            }
             if !snapshots::is_aggregate_key(id) {
                 return Ok(());
             }
@@ -340,6 +348,30 @@ impl SagaPartition {
             }
             Ok(())
         })?;
+        Ok(())
+    }
+
+    /// Keeps the uses of `command_id` the order and saga snapshots hold in the settled file,
+    /// not in memory (decision 0015).
+    fn adopt_uses(
+        &mut self,
+        command_id: &str,
+        order: Option<&[u8]>,
+        saga: Option<&[u8]>,
+    ) -> Result<(), CopyError> {
+        let foreign = |_| {
+            CopyError::Restore(RestoreError::ForeignRecord {
+                key: snapshots::command_key(command_id),
+                kind: "command use",
+            })
+        };
+        for (source, record) in [(Source::Orders, order), (Source::Sagas, saga)] {
+            if let Some(record) = record {
+                self.settled
+                    .put_use_record(uses_of(source), command_id, record)
+                    .map_err(foreign)?;
+            }
+        }
         Ok(())
     }
 
@@ -416,6 +448,61 @@ impl SagaPartition {
         true
     }
 
+    /// Takes the use of `command_id` in `source`'s log back from disk (decision 0015) if it
+    /// is there and not in memory, before an event of that command is judged. False when the
+    /// file cannot be read: the worker must stop without reading the record.
+    fn take_back_use(&mut self, source: Source, command_id: &str) -> bool {
+        let log = &mut self.logs[source as usize];
+        if log.holds_command(command_id) {
+            return true;
+        }
+        match self.settled.get_use(uses_of(source), command_id) {
+            Ok(Some(used)) => {
+                log.reinstate_command(command_id.to_owned(), used);
+                true
+            }
+            Ok(None) => true,
+            Err(error) => {
+                error!(partition = self.partition, %command_id, %error, "command uses unreadable; restarting the partition's worker");
+                self.settled_failed = true;
+                false
+            }
+        }
+    }
+
+    /// Moves every command use out of memory to the settled file, and forgets there those the
+    /// window has passed (decision 0015): the worker holds the uses of the last tick, not the
+    /// window's. If the file fails, the worker stops for a new one to take its place.
+    fn keep_uses_on_disk(&mut self) {
+        let mut moved = 0;
+        for source in [Source::Orders, Source::Sagas] {
+            let leaving = self.logs[source as usize].evict_commands(|_| true);
+            moved += leaving.len();
+            for (command_id, used) in leaving {
+                if let Err(error) = self.settled.put_use(uses_of(source), &command_id, &used) {
+                    error!(partition = self.partition, %error, "command uses could not be kept on disk; restarting the partition's worker");
+                    self.settled_failed = true;
+                    return;
+                }
+            }
+        }
+        // One file for both topics' uses, each judged by its own clock: forgotten by the
+        // earlier of the two (an order's events and its saga's come close together).
+        let before = self
+            .logs
+            .iter()
+            .map(|log| log.window().oldest_remembered(log.clock()))
+            .min()
+            .unwrap_or(i64::MIN);
+        if let Err(error) = self
+            .settled
+            .forget_uses_before(before, FORGET_AT_LEAST + 2 * moved)
+        {
+            error!(partition = self.partition, %error, "command uses could not be forgotten on disk; restarting the partition's worker");
+            self.settled_failed = true;
+        }
+    }
+
     /// Reads and acts until stopped, and every [`TICK`] commits, sends deadlines, publishes
     /// the gauges and paces the two topics. The tick is due by the clock, checked between
     /// records: a timer alone would fire late while the tail has records queued (tokio fires
@@ -473,6 +560,7 @@ impl SagaPartition {
         for log in &mut self.logs {
             log.take_forgotten();
         }
+        self.keep_uses_on_disk();
         let replayed = self.replayed();
         if replayed {
             self.check_deadlines();
@@ -540,7 +628,9 @@ impl SagaPartition {
                 return;
             }
         };
-        if !self.unsettle(&envelope.aggregate_id) {
+        if !self.unsettle(&envelope.aggregate_id)
+            || !self.take_back_use(source, &envelope.command_id)
+        {
             return;
         }
         self.offsets.read(source, offset);
@@ -574,7 +664,9 @@ impl SagaPartition {
                 return;
             }
         };
-        if !self.unsettle(&envelope.aggregate_id) {
+        if !self.unsettle(&envelope.aggregate_id)
+            || !self.take_back_use(source, &envelope.command_id)
+        {
             return;
         }
         self.redo_event(source, message, &envelope).await;
@@ -1047,6 +1139,14 @@ impl SagaPartition {
 
 /// `duration` after the later of `time` and `started_at` (a restarted worker counts from its
 /// start); `None` when that is past what a timestamp holds (a timeout meaning "never").
+/// The name of a topic's command uses in the settled file.
+fn uses_of(source: Source) -> &'static str {
+    match source {
+        Source::Orders => "orders",
+        Source::Sagas => "sagas",
+    }
+}
+
 fn later_of(
     time: DateTime<Utc>,
     started_at: DateTime<Utc>,

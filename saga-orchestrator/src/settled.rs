@@ -9,13 +9,17 @@
 //!
 //! The file is a `platform::spill` file: a cache of what the worker folded, never a source of
 //! truth, gone with the worker however it ends.
+//!
+//! It keeps the command uses the log-order rule remembers too (decision 0015): the worker moves
+//! them out of memory every tick, takes one back before it judges an event of that command, and
+//! the file forgets them when the window passes.
 
 use std::path::Path;
 
-use command_bus::snapshots::{chain_head, head_record};
+use command_bus::snapshots::{chain_head, command_use, head_record, recorded};
 use domain::saga::{OrderSagaAggregate, SagaState};
 use domain::{Current, Version};
-use platform::log_order::ChainHead;
+use platform::log_order::{ChainHead, RecordedCommand};
 use platform::spill::{SpillError, SpillFile};
 use schemas::wire::snapshots::Snapshot;
 
@@ -27,6 +31,12 @@ fn saga_key(saga_id: &str) -> String {
 /// The key of the chain head of a settled saga's order (a record without state).
 fn order_key(saga_id: &str) -> String {
     format!("order/{saga_id}")
+}
+
+/// The key of a command use read from topic `source` (`orders` or `sagas`: each topic's log
+/// order remembers its own).
+fn use_key(source: &str, command_id: &str) -> String {
+    format!("use/{source}/{command_id}")
 }
 
 /// What a worker keeps of a finished saga.
@@ -93,6 +103,63 @@ impl Settled {
         };
         let order = self.file.get(&order_key(saga_id))?;
         decode(saga_id, &record, order.as_deref()).map(Some)
+    }
+
+    /// Keeps a command use of topic `source`, to be forgotten once the window has passed it.
+    pub(crate) fn put_use(
+        &mut self,
+        source: &str,
+        command_id: &str,
+        used: &RecordedCommand,
+    ) -> Result<(), SettledError> {
+        let record = schemas::encode(&Snapshot::CommandUse(command_use(command_id, used)))?;
+        self.file
+            .put_expiring(use_key(source, command_id), record, used.used_at)?;
+        Ok(())
+    }
+
+    /// Keeps a command use as a writer's snapshot holds it (`record`, a `CommandUse`), read
+    /// from topic `source`.
+    pub(crate) fn put_use_record(
+        &mut self,
+        source: &str,
+        command_id: &str,
+        record: &[u8],
+    ) -> Result<(), SettledError> {
+        let Snapshot::CommandUse(used) = schemas::decode::<Snapshot>(record)? else {
+            return Err(SettledError::Foreign(command_id.to_owned()));
+        };
+        self.put_use(source, command_id, &recorded(used))
+    }
+
+    /// The use of `command_id` in topic `source`, if the file holds one. It stays in the file.
+    pub(crate) fn get_use(
+        &self,
+        source: &str,
+        command_id: &str,
+    ) -> Result<Option<RecordedCommand>, SettledError> {
+        let Some(record) = self.file.get(&use_key(source, command_id))? else {
+            return Ok(None);
+        };
+        match schemas::decode::<Snapshot>(&record)? {
+            Snapshot::CommandUse(used) => Ok(Some(recorded(used))),
+            _ => Err(SettledError::Foreign(command_id.to_owned())),
+        }
+    }
+
+    /// Forgets the uses stamped before `before` (at most `most` of them); how many it forgot.
+    pub(crate) fn forget_uses_before(
+        &mut self,
+        before: i64,
+        most: usize,
+    ) -> Result<usize, SettledError> {
+        let forgotten = self.file.expire_before(before, most, |record| {
+            Ok::<_, SettledError>(match schemas::decode::<Snapshot>(record)? {
+                Snapshot::CommandUse(used) => used.used_at < before,
+                _ => false,
+            })
+        })?;
+        Ok(forgotten.len())
     }
 
     /// Writes what is held, in one transaction (not made durable: see `platform::spill`).
@@ -212,5 +279,50 @@ mod tests {
         settled.put("s-1".into(), &again).expect("put");
         settled.flush().expect("flush");
         assert_eq!(held(settled.get("s-1").expect("get")), held(Some(again)));
+    }
+
+    fn used_at(at: i64) -> RecordedCommand {
+        RecordedCommand {
+            aggregate_id: "s-1".into(),
+            version: Version::new(3),
+            event_types: vec!["StockReserved".into()],
+            offsets: vec![12],
+            request_hash: None,
+            used_at: at,
+        }
+    }
+
+    #[test]
+    fn a_command_use_comes_back_as_it_was_kept_for_its_own_topic_only() {
+        let mut settled = Settled::create(&dir(), 1).expect("a store");
+        settled.put_use("sagas", "c-1", &used_at(5)).expect("put");
+        assert_eq!(
+            settled.get_use("sagas", "c-1").expect("get"),
+            Some(used_at(5))
+        );
+        assert_eq!(
+            settled.get_use("orders", "c-1").expect("get"),
+            None,
+            "each topic's log order remembers its own uses"
+        );
+        assert!(
+            settled.get("c-1").expect("get").is_none(),
+            "a use is no saga"
+        );
+    }
+
+    #[test]
+    fn the_file_forgets_the_uses_stamped_before_the_window() {
+        let mut settled = Settled::create(&dir(), 1).expect("a store");
+        settled.put_use("orders", "old", &used_at(5)).expect("put");
+        settled.put_use("sagas", "new", &used_at(50)).expect("put");
+        settled.put("s-1".into(), &approved(1)).expect("put");
+        assert_eq!(settled.forget_uses_before(10, 100).expect("forget"), 1);
+        assert_eq!(settled.get_use("orders", "old").expect("get"), None);
+        assert!(settled.get_use("sagas", "new").expect("get").is_some());
+        assert!(
+            settled.get("s-1").expect("get").is_some(),
+            "settled sagas are never forgotten"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Where a saga worker starts (decision 0010): from the order and saga writers' snapshots of its
 //! partition, not from offset 0. Each snapshot holds the log order of its events partition at
 //! its checkpoint (every chain head, the command uses the window remembers) and, for sagas,
-//! every saga's state: all a worker folds from those events. A topic whose snapshot is missing
+//! every saga's state: all a worker folds from those events. The command uses go to the
+//! worker's settled file, not to memory (decision 0015). A topic whose snapshot is missing
 //! or unusable is replayed from offset 0 (`saga_snapshot_restores_total{outcome="fallback"}`),
 //! never folded from wrong state.
 //!
@@ -25,8 +26,8 @@ use crate::saga_context::SagaContext;
 
 /// What a worker starts from, per source topic.
 pub(crate) struct Start {
-    /// The log order to judge the topic's next events with (without chain heads when restored:
-    /// those are in `copies`).
+    /// The log order to judge the topic's next events with (without chain heads or command
+    /// uses when restored: those are in `copies`).
     pub(crate) logs: [LogOrder; 2],
     /// The offset the restored state stands at (0: nothing restored, replay from the start).
     pub(crate) restored_end: [i64; 2],
@@ -110,7 +111,7 @@ async fn restore_one(
     let window = shared.settings.kafka.command_window;
     // Every record decoded and checked: seconds for a large partition, off the runtime.
     match platform::runtime::blocking(|| {
-        snapshots::restore_copied(kind, window, &mut copy, snapshots::CommandUses::InMemory)
+        snapshots::restore_copied(kind, window, &mut copy, snapshots::CommandUses::InFile)
     })
     .await
     {
