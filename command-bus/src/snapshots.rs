@@ -141,6 +141,8 @@ pub enum CommandUses {
     /// (`SpillFile::put_expiring`), for the reader to take back when it needs one and to forget
     /// when the window does (decision 0015): the restored log order holds none.
     InFile,
+    /// Checked only: the reader takes them from the copy itself, to keep elsewhere.
+    CheckedOnly,
 }
 
 /// Checks every record of a snapshot of `kind` copied to `copy` ([`copy_partition`]), all or
@@ -155,13 +157,14 @@ pub fn restore_copied(
 ) -> Result<RestoredLog, CopyError> {
     let mut restoring = RestoringLog::without_aggregates(kind);
     restoring.keep_commands = uses == CommandUses::InMemory;
+    let noted = uses == CommandUses::InFile;
     copy.try_for_each_noting_expiry(|key, bytes| {
         let record = schemas::decode::<Snapshot>(bytes).map_err(|source| CopyError::Record {
             key: key.to_owned(),
             source,
         })?;
-        let expires_from = match (&record, uses) {
-            (Snapshot::CommandUse(used), CommandUses::InFile) => Some(used.used_at),
+        let expires_from = match &record {
+            Snapshot::CommandUse(used) if noted => Some(used.used_at),
             _ => None,
         };
         restoring.add(key.to_owned(), record)?;

@@ -324,10 +324,10 @@ impl SagaPartition {
                 })
             };
             let foreign = || {
-                CopyError::Restore(RestoreError::ForeignRecord {
+                WorkerError::Copy(CopyError::Restore(RestoreError::ForeignRecord {
                     key: id.to_owned(),
                     kind: "order or saga",
-                })
+                }))
             };
             if let Some(bytes) = order {
                 let Snapshot::Order(head, _) = decoded(bytes)? else {
@@ -346,7 +346,7 @@ impl SagaPartition {
                 };
                 self.adopt(id.to_owned(), current);
             }
-            Ok(())
+            Ok::<_, WorkerError>(())
         })?;
         Ok(())
     }
@@ -358,18 +358,11 @@ impl SagaPartition {
         command_id: &str,
         order: Option<&[u8]>,
         saga: Option<&[u8]>,
-    ) -> Result<(), CopyError> {
-        let foreign = |_| {
-            CopyError::Restore(RestoreError::ForeignRecord {
-                key: snapshots::command_key(command_id),
-                kind: "command use",
-            })
-        };
+    ) -> Result<(), WorkerError> {
         for (source, record) in [(Source::Orders, order), (Source::Sagas, saga)] {
             if let Some(record) = record {
                 self.settled
-                    .put_use_record(uses_of(source), command_id, record)
-                    .map_err(foreign)?;
+                    .put_use_record(uses_of(source), command_id, record)?;
             }
         }
         Ok(())
@@ -487,13 +480,17 @@ impl SagaPartition {
             }
         }
         // One file for both topics' uses, each judged by its own clock: forgotten by the
-        // earlier of the two (an order's events and its saga's come close together).
-        let before = self
+        // earlier of the two (an order's events and its saga's come close together). A topic
+        // nothing was read from yet has no uses to keep, and holds nothing back.
+        let Some(before) = self
             .logs
             .iter()
+            .filter(|log| log.clock() > 0)
             .map(|log| log.window().oldest_remembered(log.clock()))
             .min()
-            .unwrap_or(i64::MIN);
+        else {
+            return;
+        };
         if let Err(error) = self
             .settled
             .forget_uses_before(before, FORGET_AT_LEAST + 2 * moved)
@@ -518,6 +515,11 @@ impl SagaPartition {
             }
             if Instant::now() >= next_tick {
                 self.tick().await;
+                if self.settled_failed {
+                    // The uses it was moving are in neither memory nor the file: no record
+                    // may be judged without them.
+                    break;
+                }
                 next_tick = Instant::now() + TICK;
                 tick.as_mut().reset(next_tick);
             }
@@ -1137,8 +1139,6 @@ impl SagaPartition {
     }
 }
 
-/// `duration` after the later of `time` and `started_at` (a restarted worker counts from its
-/// start); `None` when that is past what a timestamp holds (a timeout meaning "never").
 /// The name of a topic's command uses in the settled file.
 fn uses_of(source: Source) -> &'static str {
     match source {
@@ -1147,6 +1147,8 @@ fn uses_of(source: Source) -> &'static str {
     }
 }
 
+/// `duration` after the later of `time` and `started_at` (a restarted worker counts from its
+/// start); `None` when that is past what a timestamp holds (a timeout meaning "never").
 fn later_of(
     time: DateTime<Utc>,
     started_at: DateTime<Utc>,

@@ -111,7 +111,7 @@ async fn restore_one(
     let window = shared.settings.kafka.command_window;
     // Every record decoded and checked: seconds for a large partition, off the runtime.
     match platform::runtime::blocking(|| {
-        snapshots::restore_copied(kind, window, &mut copy, snapshots::CommandUses::InFile)
+        snapshots::restore_copied(kind, window, &mut copy, snapshots::CommandUses::CheckedOnly)
     })
     .await
     {

@@ -36,17 +36,18 @@ impl SpillFile {
     /// Removes every record noted to expire before `before` (the `most` oldest notes due) that
     /// `expired` (given the record as it is now) says has, and returns their keys; the notes due
     /// go either way. Stops at the first error `expired` returns, removing nothing. Writes
-    /// nothing when no note is due.
+    /// nothing when no note is due (a worker calls this often).
     pub fn expire_before<E: From<SpillError>>(
         &mut self,
         before: i64,
         most: usize,
         mut expired: impl FnMut(&[u8]) -> Result<bool, E>,
     ) -> Result<Vec<String>, E> {
-        self.flush()?;
         if !self.any_note_before(before)? {
             return Ok(Vec::new());
         }
+        // The records as they are now, the batch's included.
+        self.flush()?;
         let write = self.begin_write()?;
         let mut removed = Vec::new();
         {
@@ -79,8 +80,12 @@ impl SpillFile {
         Ok(removed)
     }
 
-    /// Whether a note is due before `before` (a read: no write transaction for nothing).
+    /// Whether a note is due before `before`, written or in the batch (a read: no write
+    /// transaction for nothing).
     fn any_note_before(&self, before: i64) -> Result<bool, SpillError> {
+        if self.expiring.iter().any(|(at, _)| *at < before) {
+            return Ok(true);
+        }
         let read = redb::ReadableDatabase::begin_read(&self.db).map_err(db)?;
         let notes = read.open_table(EXPIRING).map_err(db)?;
         let first = notes.first().map_err(db)?;
@@ -132,6 +137,7 @@ mod tests {
         file.put_expiring("a".into(), vec![1], 1).expect("put");
         file.put_expiring("b".into(), vec![5], 5).expect("put");
         file.put("c".into(), vec![0]).expect("put");
+        file.flush().expect("flush");
         let removed = file
             .expire_before(3, usize::MAX, expired_before(3))
             .expect("expire");
@@ -175,6 +181,7 @@ mod tests {
             file.put_expiring(format!("k-{at}"), vec![at], i64::from(at))
                 .expect("put");
         }
+        file.flush().expect("flush");
         let first = file.expire_before(9, 3, expired_before(9)).expect("expire");
         assert_eq!(first, ["k-1", "k-2", "k-3"]);
         let rest = file.expire_before(9, 3, expired_before(9)).expect("expire");
@@ -182,9 +189,21 @@ mod tests {
     }
 
     #[test]
+    fn notes_still_in_the_batch_come_due_too() {
+        let mut file = file();
+        file.put_expiring("a".into(), vec![1], 1).expect("put");
+        assert_eq!(
+            file.expire_before(3, usize::MAX, expired_before(3))
+                .expect("expire"),
+            ["a"]
+        );
+    }
+
+    #[test]
     fn an_error_while_expiring_removes_nothing() {
         let mut file = file();
         file.put_expiring("a".into(), vec![1], 1).expect("put");
+        file.flush().expect("flush");
         let failed = file.expire_before(3, usize::MAX, |_| {
             Err(SpillError::Database(redb::Error::Corrupted("test".into())))
         });
