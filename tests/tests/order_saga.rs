@@ -470,3 +470,92 @@ async fn cancelled_with_everything_released(stack: &Stack, order: &str) {
         "{steps:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_event_repeating_a_command_whose_use_left_the_orchestrators_memory_is_inert() {
+    // The orchestrator moves every command use to its file each tick (decision 0015) and takes
+    // one back before it judges an event of that command: a stray OrderPlaced under a command
+    // id the partition already used must stay inert, as it did while uses stayed in memory.
+    use domain::values::{Currency, CustomerId, Money, OrderId, Quantity, Sku};
+    use platform::partitioner::partition_for;
+    use rdkafka::producer::FutureRecord;
+
+    let stack = Stack::start().await;
+    stack.given_customer("ada", 10_000).await;
+    stack.given_stock("apple", 5).await;
+    let first = stack.place_order("ada", &[line("apple", 1, 150)]).await;
+    stack.settled(&first, APPROVED).await;
+    let placed = stack
+        .accepted_events(AggregateKind::Order, &first)
+        .await
+        .into_iter()
+        .next()
+        .unwrap();
+    // Well past a tick: the use is in the orchestrator's file, not in its memory.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let partition = partition_for(first.as_bytes(), PARTITIONS);
+    let stray = std::iter::repeat_with(|| uuid::Uuid::now_v7().to_string())
+        .find(|id| partition_for(id.as_bytes(), PARTITIONS) == partition)
+        .unwrap();
+    let envelope = platform::envelope::EventEnvelope {
+        event_id: uuid::Uuid::now_v7(),
+        aggregate_id: stray.clone(),
+        version: domain::Version::new(1),
+        predecessor: None,
+        occurred_at: chrono::Utc::now(),
+        ..placed
+    };
+    let usd = Currency::try_from("USD").unwrap();
+    let payload = schemas::encode(&domain::order::OrderEvent::OrderPlaced {
+        order_id: OrderId::try_from(stray.as_str()).unwrap(),
+        customer_id: CustomerId::try_from("ada").unwrap(),
+        lines: vec![domain::order::OrderLine {
+            sku: Sku::try_from("apple").unwrap(),
+            quantity: Quantity::try_from(1).unwrap(),
+            unit_price: Money::new(150, usd).unwrap(),
+        }],
+        total: Money::new(150, usd).unwrap(),
+    })
+    .unwrap();
+    let topic = stack.kafka.topics().events(AggregateKind::Order);
+    stack
+        .kafka
+        .producer()
+        .send(
+            FutureRecord::to(&topic)
+                .partition(partition)
+                .key(stray.as_str())
+                .payload(&payload)
+                .headers(envelope.to_headers()),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+
+    let rejected = |text: &str| {
+        metric(
+            text,
+            "log_order_rejections_total",
+            &[r#"reader="saga-orchestrator""#, r#"aggregate="orders""#],
+        )
+    };
+    let text = stack
+        .orchestrator_metrics_when(|text| rejected(text) >= 1.0)
+        .await;
+    assert_eq!(rejected(&text), 1.0, "the orchestrator judged it a repeat");
+    // An order placed after it runs to its end, so the orchestrator has read past the stray
+    // event, and started no saga for it.
+    let later = stack.place_order("ada", &[line("apple", 1, 150)]).await;
+    stack.settled(&later, APPROVED).await;
+    assert!(stack
+        .events_of(AggregateKind::OrderSaga, &stray)
+        .await
+        .is_empty());
+    assert_eq!(
+        stack.stock_of("apple", 2).await,
+        (5, 2, 3),
+        "the two orders reserved a unit each, the stray event none"
+    );
+}

@@ -27,7 +27,8 @@ use test_harness::{TestDatabase, TestKafka};
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "scenario-test-secret";
-const PARTITIONS: i32 = 3;
+/// The partitions of every topic of a stack.
+pub const PARTITIONS: i32 = 3;
 /// How long a scenario waits for the saga to settle before it fails with what it saw.
 const SETTLE: Duration = Duration::from_secs(60);
 
