@@ -42,6 +42,20 @@ pub async fn blocking<R>(work: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Runs `work`, tens of milliseconds of writes to a local file (a writer's or the
+/// orchestrator's `platform::spill` file: about 10 µs a record put, each a random insert into a
+/// B-tree), without holding a runtime thread from the other tasks, as [`blocking`] does but
+/// from synchronous code and without waiting for a turn: it is short, and must not queue behind
+/// a takeover's seconds of decoding. The calling task itself waits for it.
+pub fn off_the_runtime<R>(work: impl FnOnce() -> R) -> R {
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// One turn per core for [`blocking`] work (a closed semaphore is never made: an error from
 /// `acquire` is impossible, and the work then runs anyway).
 static BLOCKING_TURNS: LazyLock<Semaphore> = LazyLock::new(|| {

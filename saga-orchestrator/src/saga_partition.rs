@@ -562,7 +562,8 @@ impl SagaPartition {
         for log in &mut self.logs {
             log.take_forgotten();
         }
-        self.keep_uses_on_disk();
+        // Writes to the file, tens of milliseconds a tick at load: off the runtime's threads.
+        platform::runtime::off_the_runtime(|| self.keep_uses_on_disk());
         let replayed = self.replayed();
         if replayed {
             self.check_deadlines();

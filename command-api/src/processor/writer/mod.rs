@@ -24,6 +24,7 @@ mod snapshot;
 mod spill;
 mod transaction;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -126,6 +127,10 @@ where
     model: PartitionModel<A>,
     /// The aggregates the model does not hold in memory (decision 0012).
     spilled: SpillFile,
+    /// Command ids the batch being decided found neither in memory nor in `spilled`: its own
+    /// events of them, judged as it appends them, need not look in the file again (only a
+    /// spill after a committed snapshot adds uses to the file, and it clears this).
+    absent_uses: HashSet<String>,
     /// Commands below this offset of the commands partition were handled in a committed
     /// transaction: a second delivery of one (after a handover or a restart) is dropped.
     command_floor: i64,
@@ -245,6 +250,7 @@ where
             marker_passed: 0,
             model: restored.model,
             spilled: restored.spilled,
+            absent_uses: HashSet::new(),
             command_floor,
             recovery: Recovery::None,
             last_snapshot: std::time::Instant::now(),
@@ -345,6 +351,7 @@ where
         )?);
         self.model = restored.model;
         self.spilled = restored.spilled;
+        self.absent_uses.clear();
         self.next_offset = from;
         self.known_end = from;
         self.handed_end = from;

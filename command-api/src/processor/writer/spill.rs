@@ -46,7 +46,7 @@ where
     /// Gives the model back the command's use if the model does not hold it and the file does
     /// (otherwise the command was never used, or the window forgot it).
     pub(super) fn take_back_command(&mut self, command_id: &str) -> Result<(), WriterError> {
-        if self.model.holds_command(command_id) {
+        if self.model.holds_command(command_id) || self.absent_uses.contains(command_id) {
             return Ok(());
         }
         let Some(bytes) = self.spilled.get(&command_key(command_id))? else {
@@ -57,15 +57,20 @@ where
         Ok(())
     }
 
-    /// Gives the model back every aggregate the batch's commands name, and the commands' uses.
+    /// Gives the model back every aggregate the batch's commands name, and the commands' uses
+    /// (noting those found nowhere: see `absent_uses`).
     pub(super) fn take_back_targets(
         &mut self,
         batch: &[IncomingCommand],
     ) -> Result<(), WriterError> {
+        self.absent_uses.clear();
         for command in batch {
             if let Ok(envelope) = &command.envelope {
                 self.take_back(&envelope.aggregate_id)?;
                 self.take_back_command(&envelope.command_id)?;
+                if !self.model.holds_command(&envelope.command_id) {
+                    self.absent_uses.insert(envelope.command_id.clone());
+                }
             }
         }
         Ok(())
@@ -73,8 +78,15 @@ where
 
     /// Moves what the model lets go of (old aggregates and command uses a committed snapshot
     /// holds as they are) to the file, and forgets there the uses the window has forgotten.
-    /// On failure the writer restarts before its next batch.
+    /// On failure the writer restarts before its next batch. The file's writes take tens of
+    /// milliseconds a snapshot at load: off the runtime's threads, so only this partition waits.
     pub(super) fn spill(&mut self) {
+        platform::runtime::off_the_runtime(|| self.spill_now());
+    }
+
+    fn spill_now(&mut self) {
+        // The file is about to gain uses: what was absent from it may not be any more.
+        self.absent_uses.clear();
         let leaving = self.model.spill(self.keeps());
         let uses = self.model.spill_commands();
         // As many as leave memory now, twice over, keeps pace with the window (about as many
