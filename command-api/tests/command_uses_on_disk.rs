@@ -14,39 +14,14 @@ mod support;
 
 use std::time::Duration;
 
-use platform::partitioner::partition_for;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use support::*;
 
 /// Longer than the writers' snapshot interval (5 s).
 const PAST_THE_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(5_500);
 
 const SKUS: usize = 24;
-
-/// `quantity` units of stock added to `sku` with `key` as its idempotency key.
-async fn stock_added(app: &TestApp, sku: &str, quantity: i64, key: &str) -> (StatusCode, Value) {
-    let reply = app
-        .post(
-            &format!("/v1/inventory/{sku}/stock"),
-            Some(&admin()),
-            &json!({"quantity": quantity}),
-            &[("idempotency-key", key)],
-        )
-        .await;
-    (reply.status, reply.body)
-}
-
-/// The sum over the inventory writers of the gauge `name`.
-async fn inventory_gauge(app: &TestApp, name: &str) -> f64 {
-    app.metrics_text()
-        .await
-        .lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .filter(|line| line.contains("aggregate=\"inventory\""))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// Waits until the inventory writers hold at most `most` command uses in memory.
 async fn uses_in_memory_at_most(app: &TestApp, most: f64) {
@@ -61,25 +36,13 @@ async fn uses_in_memory_at_most(app: &TestApp, most: f64) {
     panic!("the inventory writers still hold {resident} command uses (at most {most} expected)");
 }
 
-/// A SKU of each partition, new to the test, that carries the next snapshot of its partition.
-async fn one_command_per_partition(app: &TestApp, round: &str) {
-    for p in 0..PARTITIONS {
-        let sku = (0..)
-            .map(|n| format!("trigger-{round}-{n}"))
-            .find(|sku| partition_for(sku.as_bytes(), PARTITIONS) == p)
-            .unwrap();
-        let answer = stock_added(app, &sku, 1, &format!("key-{sku}")).await;
-        assert_eq!(answer.0, StatusCode::OK, "{answer:?}");
-    }
-}
-
 /// The answers of a retry and of the key with another body, for every SKU.
 async fn assert_answered_as_first(app: &TestApp, skus: &[String], first: &[(StatusCode, Value)]) {
     for (sku, first) in skus.iter().zip(first) {
         let key = format!("key-{sku}");
-        let retried = stock_added(app, sku, 1, &key).await;
+        let retried = stock_added_with_key(app, sku, 1, &key).await;
         assert_eq!(&retried, first, "{sku}: the retry gets its first answer");
-        let other = stock_added(app, sku, 2, &key).await;
+        let other = stock_added_with_key(app, sku, 2, &key).await;
         assert_eq!(
             other.0,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -96,7 +59,7 @@ async fn a_writer_keeps_the_command_uses_its_snapshot_holds_on_disk_and_answers_
     let skus: Vec<String> = (0..SKUS).map(|n| format!("disk-{n}")).collect();
     let mut first = Vec::new();
     for sku in &skus {
-        let answer = stock_added(&app, sku, 1, &format!("key-{sku}")).await;
+        let answer = stock_added_with_key(&app, sku, 1, &format!("key-{sku}")).await;
         assert_eq!(answer.0, StatusCode::OK, "{answer:?}");
         first.push(answer);
     }

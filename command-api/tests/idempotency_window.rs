@@ -164,32 +164,6 @@ async fn the_same_request_after_the_window_is_a_new_command_and_counts_again() {
 /// Longer than the writers' snapshot interval (5 s).
 const PAST_THE_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(5_500);
 
-/// `quantity` units of stock added to `sku` with `key` as its idempotency key.
-async fn stock_added(app: &TestApp, sku: &str, quantity: i64, key: &str) -> (StatusCode, Value) {
-    let reply = app
-        .post(
-            &format!("/v1/inventory/{sku}/stock"),
-            Some(&admin()),
-            &json!({"quantity": quantity}),
-            &[("idempotency-key", key)],
-        )
-        .await;
-    (reply.status, reply.body)
-}
-
-/// A command on a SKU of each partition, new to the test: each carries the next snapshot of
-/// its partition when one is due.
-async fn one_command_per_partition(app: &TestApp, round: &str) {
-    for p in 0..PARTITIONS {
-        let sku = (0..)
-            .map(|n| format!("trigger-{round}-{n}"))
-            .find(|sku| partition_for(sku.as_bytes(), PARTITIONS) == p)
-            .unwrap();
-        let answer = stock_added(app, &sku, 1, &format!("key-{sku}")).await;
-        assert_eq!(answer.0, StatusCode::OK, "{answer:?}");
-    }
-}
-
 /// The records of `key` in the inventory snapshots topic, oldest first.
 async fn snapshot_records(app: &TestApp, key: &str) -> Vec<Stored> {
     let topic = app.kafka.topics().snapshots(AggregateKind::InventoryItem);
@@ -207,7 +181,7 @@ async fn a_use_on_disk_is_forgotten_when_the_window_passes_and_its_snapshot_reco
     })
     .await;
     let sku = "expiring-1";
-    let first = stock_added(&app, sku, 1, "expiring-key").await;
+    let first = stock_added_with_key(&app, sku, 1, "expiring-key").await;
     let first_answered = Instant::now();
     assert_eq!(first.0, StatusCode::OK, "{first:?}");
     let command_id = events(&app.kafka, AggregateKind::InventoryItem)
@@ -244,7 +218,7 @@ async fn a_use_on_disk_is_forgotten_when_the_window_passes_and_its_snapshot_reco
         "a later snapshot deleted it: {records:?}"
     );
 
-    let again = stock_added(&app, sku, 1, "expiring-key").await;
+    let again = stock_added_with_key(&app, sku, 1, "expiring-key").await;
     assert_eq!(again.0, StatusCode::OK, "{again:?}");
     assert_eq!(
         again.1["version"], 2,

@@ -31,17 +31,6 @@ async fn stock_added(app: &TestApp, sku: &str, headers: &[(&str, &str)]) -> (Sta
     (reply.status, reply.body)
 }
 
-/// The sum over the inventory writers of the gauge `name`.
-async fn inventory_gauge(app: &TestApp, name: &str) -> f64 {
-    app.metrics_text()
-        .await
-        .lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .filter(|line| line.contains("aggregate=\"inventory\""))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Waits until the inventory writers hold at most `most` aggregates in memory, and returns
 /// what they hold.
 async fn resident_at_most(app: &TestApp, most: f64) -> f64 {

@@ -188,6 +188,50 @@ pub fn admin() -> String {
     token("admin", "admin")
 }
 
+/// `POST /v1/inventory/{sku}/stock` of `quantity` units, as an admin, with `key` as its
+/// idempotency key: the answer's status and body.
+pub async fn stock_added_with_key(
+    app: &TestApp,
+    sku: &str,
+    quantity: i64,
+    key: &str,
+) -> (StatusCode, Value) {
+    let reply = app
+        .post(
+            &format!("/v1/inventory/{sku}/stock"),
+            Some(&admin()),
+            &serde_json::json!({"quantity": quantity}),
+            &[("idempotency-key", key)],
+        )
+        .await;
+    (reply.status, reply.body)
+}
+
+/// A keyed command on a SKU of each partition, new to the test (named after `round`): each
+/// carries the next snapshot of its partition when one is due.
+pub async fn one_command_per_partition(app: &TestApp, round: &str) {
+    for p in 0..PARTITIONS {
+        let sku = (0..)
+            .map(|n| format!("trigger-{round}-{n}"))
+            .find(|sku| platform::partitioner::partition_for(sku.as_bytes(), PARTITIONS) == p)
+            .unwrap();
+        let answer = stock_added_with_key(app, &sku, 1, &format!("key-{sku}")).await;
+        assert_eq!(answer.0, StatusCode::OK, "{answer:?}");
+    }
+}
+
+/// The sum over the inventory writers of the gauge `name` (every app of a test binary sets
+/// the same gauges: read them in a binary with one test).
+pub async fn inventory_gauge(app: &TestApp, name: &str) -> f64 {
+    app.metrics_text()
+        .await
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| line.contains("aggregate=\"inventory\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// `POST /v1/inventory/{sku}/stock` of one unit, as an admin, with `headers`.
 pub async fn add_stock(app: &TestApp, sku: &str, headers: &[(&str, &str)]) -> Reply {
     app.post(
