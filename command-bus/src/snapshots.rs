@@ -355,6 +355,16 @@ pub fn command_use(command_id: &str, r: &RecordedCommand) -> CommandUse {
     }
 }
 
+/// Whether the encoded snapshot record `bytes` is a command use stamped before `before` (one
+/// the window has forgotten when `before` is its oldest remembered stamp); any other record is
+/// not. What a reader's file asks of a use whose expiry note came due (decision 0015).
+pub fn use_stamped_before(bytes: &[u8], before: i64) -> Result<bool, schemas::DecodeError> {
+    Ok(match schemas::decode::<Snapshot>(bytes)? {
+        Snapshot::CommandUse(used) => used.used_at < before,
+        _ => false,
+    })
+}
+
 /// The command use a snapshot record holds.
 pub fn recorded(u: CommandUse) -> RecordedCommand {
     RecordedCommand {

@@ -52,11 +52,6 @@ use crate::translate::{order_event_input, outcome_of, ORDER_EVENTS_OF_INTEREST};
 /// How often a worker commits, sends deadlines, reports and paces.
 const TICK: Duration = Duration::from_millis(200);
 
-/// The command uses the file forgets a tick at least, when that many have expired: with twice
-/// those that left memory, that keeps pace with the window and works off a backlog a part at a
-/// time (decision 0015).
-const FORGET_AT_LEAST: usize = 4_096;
-
 /// What the worker knows of one saga.
 struct Tracked {
     current: Current<OrderSagaAggregate>,
@@ -493,7 +488,7 @@ impl SagaPartition {
         };
         if let Err(error) = self
             .settled
-            .forget_uses_before(before, FORGET_AT_LEAST + 2 * moved)
+            .forget_uses_before(before, platform::spill::pass_size(moved))
         {
             error!(partition = self.partition, %error, "command uses could not be forgotten on disk; restarting the partition's worker");
             self.settled_failed = true;
@@ -563,7 +558,11 @@ impl SagaPartition {
             log.take_forgotten();
         }
         // Writes to the file, tens of milliseconds a tick at load: off the runtime's threads.
-        platform::runtime::off_the_runtime(|| self.keep_uses_on_disk());
+        // A tick that read no event has nothing to move (what is due to be forgotten waits
+        // for the next that did): no thread hand-off five times a second for nothing.
+        if self.logs.iter().any(|log| log.remembered_commands() > 0) {
+            platform::runtime::off_the_runtime(|| self.keep_uses_on_disk());
+        }
         let replayed = self.replayed();
         if replayed {
             self.check_deadlines();

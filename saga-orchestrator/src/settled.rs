@@ -16,7 +16,7 @@
 
 use std::path::Path;
 
-use command_bus::snapshots::{chain_head, command_use, head_record, recorded};
+use command_bus::snapshots::{chain_head, command_use, head_record, recorded, use_stamped_before};
 use domain::saga::{OrderSagaAggregate, SagaState};
 use domain::{Current, Version};
 use platform::log_order::{ChainHead, RecordedCommand};
@@ -129,7 +129,10 @@ impl Settled {
         let Snapshot::CommandUse(used) = schemas::decode::<Snapshot>(record)? else {
             return Err(SettledError::Foreign(command_id.to_owned()));
         };
-        self.put_use(source, command_id, &recorded(used))
+        // Kept as the snapshot encoded it.
+        self.file
+            .put_expiring(use_key(source, command_id), record.to_vec(), used.used_at)?;
+        Ok(())
     }
 
     /// The use of `command_id` in topic `source`, if the file holds one. It stays in the file.
@@ -154,10 +157,7 @@ impl Settled {
         most: usize,
     ) -> Result<usize, SettledError> {
         let forgotten = self.file.expire_before(before, most, |record| {
-            Ok::<_, SettledError>(match schemas::decode::<Snapshot>(record)? {
-                Snapshot::CommandUse(used) => used.used_at < before,
-                _ => false,
-            })
+            Ok::<_, SettledError>(use_stamped_before(record, before)?)
         })?;
         Ok(forgotten.len())
     }

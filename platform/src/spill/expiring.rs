@@ -11,6 +11,14 @@ use super::{db, SpillError, SpillFile, BATCH, RECORDS};
 /// (time, key) -> nothing: the keys in the order they may expire.
 pub(super) const EXPIRING: TableDefinition<(i64, &str), ()> = TableDefinition::new("expiring");
 
+/// The records one expiry pass may remove after `just_put` were noted: twice those, which keeps
+/// pace with a window (about as many expire in an interval as were put in one a window
+/// earlier), and at least 4,096, which works off a backlog (a worker idle for longer than the
+/// window) a bounded part at a time instead of holding it all at once.
+pub fn pass_size(just_put: usize) -> usize {
+    4_096 + 2 * just_put
+}
+
 /// Writes the notes `pending` holds in the transaction `write`, and empties it.
 pub(super) fn note(
     write: &WriteTransaction,

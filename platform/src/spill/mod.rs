@@ -13,6 +13,8 @@
 
 mod expiring;
 
+pub use expiring::pass_size;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

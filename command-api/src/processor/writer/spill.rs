@@ -5,7 +5,7 @@
 //! deletes it. A file that fails leaves the model without state it must have, so the writer
 //! restarts (from its snapshot, with a new file) before it decides anything more.
 
-use command_bus::snapshots::command_key;
+use command_bus::snapshots::{command_key, use_stamped_before};
 use schemas::wire::snapshots::Snapshot;
 use tracing::error;
 
@@ -13,9 +13,6 @@ use super::{Recovery, Writer, WriterError};
 use crate::processor::partition::LeavingUse;
 use crate::processor::write_model::WriteModel;
 use crate::processor::IncomingCommand;
-
-/// The uses the file forgets after a snapshot at least, when that many have expired.
-const FORGET_AT_LEAST: usize = 4_096;
 
 impl<A: WriteModel> Writer<A>
 where
@@ -89,10 +86,7 @@ where
         self.absent_uses.clear();
         let leaving = self.model.spill(self.keeps());
         let uses = self.model.spill_commands();
-        // As many as leave memory now, twice over, keeps pace with the window (about as many
-        // uses expire in an interval as were recorded in one a window ago) and works off a
-        // backlog (after an idle partition woke) a bounded part at a time.
-        let most = FORGET_AT_LEAST + 2 * uses.len();
+        let most = platform::spill::pass_size(uses.len());
         let kept = self
             .keep(leaving)
             .and_then(|()| self.keep_uses(uses))
@@ -125,10 +119,7 @@ where
     fn forget_expired_uses(&mut self, most: usize) -> Result<(), WriterError> {
         let oldest = self.model.oldest_remembered_use();
         let forgotten = self.spilled.expire_before(oldest, most, |bytes| {
-            Ok::<_, WriterError>(match schemas::decode::<Snapshot>(bytes)? {
-                Snapshot::CommandUse(used) => used.used_at < oldest,
-                _ => false,
-            })
+            Ok::<_, WriterError>(use_stamped_before(bytes, oldest)?)
         })?;
         self.model.forgotten_in_file(forgotten);
         Ok(())
