@@ -28,11 +28,31 @@ pub(crate) fn percentiles(mut samples: Vec<f64>) -> Option<Percentiles> {
 
 /// What an open loop measured: the latencies of the requests sent after the warm-up that
 /// succeeded, and how many of them completed per second.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Latency {
     pub(crate) percentiles: Option<Percentiles>,
     pub(crate) offered_per_s: u32,
     pub(crate) completed_per_s: f64,
+    /// The p99 of the requests sent in each second of the measure, in order: whether the
+    /// tail is spread over the run or made by a few moments (a snapshot, a pause).
+    pub(crate) p99_by_second: Vec<f64>,
+}
+
+/// The p99 of each second's latencies, `samples` being (seconds into the measure the request
+/// was sent, its latency in ms); a second with no answered request has none.
+pub(crate) fn p99_by_second(samples: &[(f64, f64)]) -> Vec<f64> {
+    let mut seconds: Vec<Vec<f64>> = Vec::new();
+    for &(at, ms) in samples {
+        let second = at.max(0.0) as usize;
+        if seconds.len() <= second {
+            seconds.resize_with(second + 1, Vec::new);
+        }
+        seconds[second].push(ms);
+    }
+    seconds
+        .into_iter()
+        .filter_map(|second| percentiles(second).map(|p| p.p99))
+        .collect()
 }
 
 /// `clients` concurrent clients for `duration`, each calling `request(client, n)` (its `n`th
@@ -102,18 +122,20 @@ where
         let answered = request(n);
         n += 1;
         tasks.push(tokio::spawn(async move {
-            (answered.await && measured).then(|| sent.elapsed().as_secs_f64() * 1000.0)
+            let at = sent.saturating_duration_since(measured_from).as_secs_f64();
+            (answered.await && measured).then(|| (at, sent.elapsed().as_secs_f64() * 1000.0))
         }));
     }
     let mut samples = Vec::with_capacity(tasks.len());
     for task in tasks {
-        if let Some(ms) = task.await? {
-            samples.push(ms);
+        if let Some(sample) = task.await? {
+            samples.push(sample);
         }
     }
     let completed_per_s = samples.len() as f64 / measured_from.elapsed().as_secs_f64();
     Ok(Latency {
-        percentiles: percentiles(samples),
+        p99_by_second: p99_by_second(&samples),
+        percentiles: percentiles(samples.into_iter().map(|(_, ms)| ms).collect()),
         offered_per_s: rate,
         completed_per_s,
     })
@@ -123,7 +145,7 @@ where
 mod tests {
     use std::time::Duration;
 
-    use super::{closed_loop, open_loop, percentiles};
+    use super::{closed_loop, open_loop, p99_by_second, percentiles};
 
     #[test]
     fn percentiles_are_read_from_the_sorted_samples() {
@@ -131,6 +153,15 @@ mod tests {
         let p = percentiles(samples).unwrap();
         assert_eq!((p.p50, p.p99), (51.0, 99.0));
         assert!(percentiles(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn the_tail_of_each_second_is_its_own() {
+        let mut samples: Vec<(f64, f64)> = (0..100).map(|n| (f64::from(n) / 100.0, 1.0)).collect();
+        samples.extend([(1.5, 200.0), (1.7, 200.0)]);
+        samples.extend((0..98).map(|n| (1.0 + f64::from(n) / 100.0, 2.0)));
+        assert_eq!(p99_by_second(&samples), vec![1.0, 200.0]);
+        assert!(p99_by_second(&[]).is_empty());
     }
 
     #[tokio::test]

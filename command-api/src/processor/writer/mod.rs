@@ -253,7 +253,7 @@ where
             absent_uses: HashSet::new(),
             command_floor,
             recovery: Recovery::None,
-            last_snapshot: std::time::Instant::now(),
+            last_snapshot: snapshot::counted_from(partition, ctx.partitions),
             snapshot_failed_at: None,
             replay: None,
             ctx,
