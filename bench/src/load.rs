@@ -33,25 +33,25 @@ pub(crate) struct Latency {
     pub(crate) percentiles: Option<Percentiles>,
     pub(crate) offered_per_s: u32,
     pub(crate) completed_per_s: f64,
-    /// The p99 of the requests sent in each second of the measure, in order: whether the
-    /// tail is spread over the run or made by a few moments (a snapshot, a pause).
-    pub(crate) p99_by_second: Vec<f64>,
+    /// The p99 of the requests sent in each second of the measure, in order (`None`: none of
+    /// that second's was answered): whether the tail is spread over the run or made by a few
+    /// moments (a snapshot, a pause).
+    pub(crate) p99_by_second: Vec<Option<f64>>,
 }
 
-/// The p99 of each second's latencies, `samples` being (seconds into the measure the request
-/// was sent, its latency in ms); a second with no answered request has none.
-pub(crate) fn p99_by_second(samples: &[(f64, f64)]) -> Vec<f64> {
-    let mut seconds: Vec<Vec<f64>> = Vec::new();
+/// The p99 of each of the first `seconds` seconds' latencies, `samples` being (seconds into the
+/// measure the request was sent, its latency in ms). A request sent after the last second (the
+/// loop's last tick may fall just past it) is left out rather than make a second of its own.
+pub(crate) fn p99_by_second(samples: &[(f64, f64)], seconds: usize) -> Vec<Option<f64>> {
+    let mut by_second: Vec<Vec<f64>> = vec![Vec::new(); seconds];
     for &(at, ms) in samples {
-        let second = at.max(0.0) as usize;
-        if seconds.len() <= second {
-            seconds.resize_with(second + 1, Vec::new);
+        if let Some(second) = by_second.get_mut(at.max(0.0) as usize) {
+            second.push(ms);
         }
-        seconds[second].push(ms);
     }
-    seconds
+    by_second
         .into_iter()
-        .filter_map(|second| percentiles(second).map(|p| p.p99))
+        .map(|second| percentiles(second).map(|p| p.p99))
         .collect()
 }
 
@@ -134,7 +134,7 @@ where
     }
     let completed_per_s = samples.len() as f64 / measured_from.elapsed().as_secs_f64();
     Ok(Latency {
-        p99_by_second: p99_by_second(&samples),
+        p99_by_second: p99_by_second(&samples, duration.as_secs_f64().ceil() as usize),
         percentiles: percentiles(samples.into_iter().map(|(_, ms)| ms).collect()),
         offered_per_s: rate,
         completed_per_s,
@@ -158,10 +158,15 @@ mod tests {
     #[test]
     fn the_tail_of_each_second_is_its_own() {
         let mut samples: Vec<(f64, f64)> = (0..100).map(|n| (f64::from(n) / 100.0, 1.0)).collect();
-        samples.extend([(1.5, 200.0), (1.7, 200.0)]);
-        samples.extend((0..98).map(|n| (1.0 + f64::from(n) / 100.0, 2.0)));
-        assert_eq!(p99_by_second(&samples), vec![1.0, 200.0]);
-        assert!(p99_by_second(&[]).is_empty());
+        samples.extend([(2.5, 200.0), (2.7, 200.0)]);
+        samples.extend((0..98).map(|n| (2.0 + f64::from(n) / 100.0, 2.0)));
+        // Second 1 answered nothing; a request sent as the measure ended counts in none.
+        samples.push((3.0, 900.0));
+        assert_eq!(
+            p99_by_second(&samples, 3),
+            vec![Some(1.0), None, Some(200.0)]
+        );
+        assert_eq!(p99_by_second(&[], 2), vec![None, None]);
     }
 
     #[tokio::test]

@@ -74,7 +74,7 @@ fn latency(l: Option<&Latency>) -> Value {
     l.map_or(Value::Null, |l| {
         json!({"p50": pct(l.percentiles)["p50"], "p99": pct(l.percentiles)["p99"],
                "offered_per_s": l.offered_per_s, "completed_per_s": round(l.completed_per_s),
-               "p99_by_second": l.p99_by_second.iter().map(|ms| round(*ms)).collect::<Vec<_>>()})
+               "p99_by_second": l.p99_by_second.iter().map(|ms| ms.map(round)).collect::<Vec<_>>()})
     })
 }
 

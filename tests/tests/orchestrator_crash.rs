@@ -320,6 +320,10 @@ async fn an_orchestrator_finding_a_corrupt_snapshot_replays_from_the_start_and_m
     let first = stack.place_order("ada", &[line("apple", 1, 100)]).await;
     stack.settled(&first, APPROVED).await;
     stack.kill_orchestrator().await;
+    let mut orders = vec![first];
+    orders.extend(apple_orders(&stack, 6).await);
+    // Corrupted after the last order: an order writer snapshots with whichever batch finds a
+    // snapshot due, and a checkpoint written after the corrupt one would replace it.
     let topic = stack.kafka.topics().snapshots(AggregateKind::Order);
     let producer = stack.kafka.producer();
     for partition in 0..stack.kafka.settings.partitions {
@@ -334,8 +338,6 @@ async fn an_orchestrator_finding_a_corrupt_snapshot_replays_from_the_start_and_m
             .await
             .unwrap();
     }
-    let mut orders = vec![first];
-    orders.extend(apple_orders(&stack, 6).await);
     stack.start_orchestrator().await;
 
     for order in &orders {

@@ -135,7 +135,8 @@ where
     /// transaction: a second delivery of one (after a handover or a restart) is dropped.
     command_floor: i64,
     recovery: Recovery,
-    /// When the snapshot last caught up with the model (or the writer started).
+    /// When the snapshot last caught up with the model (for a writer that just started
+    /// serving, its phase of an interval before: `snapshot::counted_from`).
     last_snapshot: std::time::Instant,
     /// When the last snapshot failed, until one commits: a replay does not try again before
     /// `SNAPSHOT_INTERVAL` has passed (it would otherwise try after every record).
@@ -253,7 +254,7 @@ where
             absent_uses: HashSet::new(),
             command_floor,
             recovery: Recovery::None,
-            last_snapshot: snapshot::counted_from(partition, ctx.partitions),
+            last_snapshot: std::time::Instant::now(),
             snapshot_failed_at: None,
             replay: None,
             ctx,
@@ -268,6 +269,13 @@ where
         info!(kind = %A::KIND, partition, from, end = writer.known_end, replayed, fenced_ms, restored_ms, elapsed_ms, "partition state rebuilt");
         if replayed >= snapshot::SNAPSHOT_AFTER_REPLAY {
             writer.snapshot_alone().await;
+        }
+        // Counted from when it serves, not when it was built: a takeover's catch-up would
+        // otherwise make a snapshot due with its first batch, and writers taking over together
+        // would snapshot together (a failed snapshot still waits a whole interval).
+        if writer.snapshot_failed_at.is_none() {
+            writer.last_snapshot =
+                snapshot::counted_from(A::KIND, partition, writer.ctx.partitions);
         }
         writer.count_resident();
         Ok(writer)

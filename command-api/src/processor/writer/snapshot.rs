@@ -24,28 +24,42 @@ use super::Writer;
 use crate::processor::partition::{PartitionModel, SnapshotPlan, SnapshotRecords};
 use crate::processor::write_model::WriteModel;
 use crate::processor::WriterContext;
+use domain::AggregateKind;
 
 /// How often a busy writer brings its snapshot up to date (in the transaction of the batch
 /// that finds it due): a takeover replays at most about this much of the log.
 pub(super) const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// When a partition's writer that starts now counts its last snapshot from: the partitions'
-/// intervals are spread evenly over one interval. Writers that start together (all of a
-/// process's, at its start) would otherwise snapshot together for as long as they run, and a
-/// snapshot rides in a batch whose commands wait for its records: six partitions' snapshots
-/// at the same moment (over a thousand records each at 1,000 commands/s) held every
-/// partition's batches for up to 200 ms, and those moments made the p99.
-pub(super) fn counted_from(partition: i32, partitions: i32) -> std::time::Instant {
+/// When a writer that starts serving now counts its last snapshot from: the intervals of a
+/// process's writers (every kind's, every partition's) are spread evenly over one interval.
+/// Writers that start together (all of a process's, at its start) would otherwise snapshot
+/// together for as long as they run, and a snapshot rides in a batch whose commands wait for
+/// its records: six partitions' snapshots at the same moment (over a thousand records each at
+/// 1,000 commands/s) held every partition's batches for up to 226 ms, and those moments made
+/// the p99.
+pub(super) fn counted_from(
+    kind: AggregateKind,
+    partition: i32,
+    partitions: i32,
+) -> std::time::Instant {
     let now = std::time::Instant::now();
-    now.checked_sub(snapshot_phase(partition, partitions))
+    now.checked_sub(snapshot_phase(kind, partition, partitions))
         .unwrap_or(now)
 }
 
-/// How much of its first interval a partition's writer counts as passed (see [`counted_from`]).
-fn snapshot_phase(partition: i32, partitions: i32) -> Duration {
-    let slots = partitions.max(1);
-    let slot = partition.rem_euclid(slots);
-    SNAPSHOT_INTERVAL.mul_f64(f64::from(slot) / f64::from(slots))
+/// How much of its first interval a writer counts as passed (see [`counted_from`]): slot
+/// `partition x kinds + kind` of `partitions x kinds`, so one kind's partitions are as far
+/// apart as they can be, and the kinds' writers of a partition apart too.
+fn snapshot_phase(kind: AggregateKind, partition: i32, partitions: i32) -> Duration {
+    let kinds = AggregateKind::ALL.len() as f64;
+    let kind_slot = AggregateKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(0) as f64;
+    let partitions = partitions.max(1);
+    let partition_slot = f64::from(partition.rem_euclid(partitions));
+    let slot = partition_slot * kinds + kind_slot;
+    SNAPSHOT_INTERVAL.mul_f64(slot / (f64::from(partitions) * kinds))
 }
 
 /// A takeover that replayed at least this many offsets writes a snapshot before it serves, so
@@ -373,21 +387,55 @@ pub(super) async fn acknowledged(deliveries: Vec<DeliveryFuture>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{snapshot_phase, SNAPSHOT_INTERVAL};
+    use std::time::Duration;
+
+    use domain::AggregateKind;
+
+    use super::{counted_from, snapshot_phase, SNAPSHOT_INTERVAL};
+
+    const INVENTORY: AggregateKind = AggregateKind::InventoryItem;
 
     #[test]
-    fn the_partitions_first_snapshots_are_spread_over_one_interval() {
-        let phases: Vec<_> = (0..6).map(|p| snapshot_phase(p, 6)).collect();
-        assert_eq!(phases[0], std::time::Duration::ZERO);
-        assert!(phases.windows(2).all(|w| w[0] < w[1]));
+    fn one_kinds_partitions_are_spread_evenly_over_one_interval() {
+        let phases: Vec<_> = (0..6).map(|p| snapshot_phase(INVENTORY, p, 6)).collect();
+        assert!(phases.windows(2).all(|w| w[1] > w[0]));
+        let gaps: Vec<_> = phases.windows(2).map(|w| w[1] - w[0]).collect();
+        let even = SNAPSHOT_INTERVAL / 6;
+        assert!(gaps
+            .iter()
+            .all(|gap| gap.abs_diff(even) < Duration::from_millis(1)));
         assert!(phases[5] < SNAPSHOT_INTERVAL);
-        assert_eq!(phases[3], SNAPSHOT_INTERVAL / 2);
+    }
+
+    #[test]
+    fn the_kinds_writers_of_one_partition_are_apart_too() {
+        let phases: Vec<_> = AggregateKind::ALL
+            .iter()
+            .map(|kind| snapshot_phase(*kind, 2, 6))
+            .collect();
+        assert!(phases.windows(2).all(|w| w[1] > w[0]));
+        assert!(phases[4] < snapshot_phase(AggregateKind::ALL[0], 3, 6));
     }
 
     #[test]
     fn one_partition_or_a_stray_number_still_gets_a_phase_within_the_interval() {
-        assert_eq!(snapshot_phase(0, 1), std::time::Duration::ZERO);
-        assert!(snapshot_phase(7, 6) < SNAPSHOT_INTERVAL);
-        assert!(snapshot_phase(3, 0) < SNAPSHOT_INTERVAL);
+        let first = AggregateKind::ALL[0];
+        assert_eq!(snapshot_phase(first, 0, 1), Duration::ZERO);
+        assert_eq!(snapshot_phase(first, 3, 0), Duration::ZERO);
+        assert_eq!(
+            snapshot_phase(INVENTORY, 7, 6),
+            snapshot_phase(INVENTORY, 1, 6)
+        );
+        assert_eq!(
+            snapshot_phase(INVENTORY, -1, 6),
+            snapshot_phase(INVENTORY, 5, 6)
+        );
+    }
+
+    #[test]
+    fn a_writer_counts_its_last_snapshot_as_its_phase_ago() {
+        let phase = snapshot_phase(INVENTORY, 3, 6);
+        assert!(phase > Duration::ZERO);
+        assert!(counted_from(INVENTORY, 3, 6).elapsed() >= phase);
     }
 }
