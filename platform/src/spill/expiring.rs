@@ -88,13 +88,17 @@ impl SpillFile {
         Ok(removed)
     }
 
-    /// Whether a note is due before `before`, written or in the batch (a read: no write
-    /// transaction for nothing).
+    /// Whether a note is due before `before`, written, being written behind or in the batch (a
+    /// read: no write transaction for nothing).
     fn any_note_before(&self, before: i64) -> Result<bool, SpillError> {
         if self.expiring.iter().any(|(at, _)| *at < before) {
             return Ok(true);
         }
-        let read = redb::ReadableDatabase::begin_read(&self.db).map_err(db)?;
+        let behind = self.behind.as_ref().and_then(|b| b.earliest_note);
+        if behind.is_some_and(|at| at < before) {
+            return Ok(true);
+        }
+        let read = redb::ReadableDatabase::begin_read(&*self.db).map_err(db)?;
         let notes = read.open_table(EXPIRING).map_err(db)?;
         let first = notes.first().map_err(db)?;
         Ok(first.is_some_and(|(note, _)| note.value().0 < before))
@@ -108,7 +112,7 @@ impl SpillFile {
         mut each: impl FnMut(&str, &[u8]) -> Result<Option<i64>, E>,
     ) -> Result<(), E> {
         self.flush()?;
-        let read = redb::ReadableDatabase::begin_read(&self.db).map_err(db)?;
+        let read = redb::ReadableDatabase::begin_read(&*self.db).map_err(db)?;
         let table = read.open_table(RECORDS).map_err(db)?;
         for entry in table.iter().map_err(db)? {
             let (key, value) = entry.map_err(db)?;
@@ -205,6 +209,23 @@ mod tests {
                 .expect("expire"),
             ["a"]
         );
+    }
+
+    #[test]
+    fn notes_being_written_behind_come_due_too() {
+        let mut file = file();
+        for n in 0..BATCH {
+            file.put_expiring(format!("k-{n:05}"), vec![1], 1)
+                .expect("put");
+        }
+        assert!(
+            file.behind.is_some(),
+            "the full batch is being written behind"
+        );
+        let expired = file
+            .expire_before(3, usize::MAX, expired_before(3))
+            .expect("expire");
+        assert_eq!(expired.len(), BATCH);
     }
 
     #[test]
