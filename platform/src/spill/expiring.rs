@@ -19,17 +19,14 @@ pub fn pass_size(just_put: usize) -> usize {
     4_096 + 2 * just_put
 }
 
-/// Writes the notes `pending` holds in the transaction `write`, and empties it.
-pub(super) fn note(
-    write: &WriteTransaction,
-    pending: &mut Vec<(i64, String)>,
-) -> Result<(), SpillError> {
+/// Writes the notes `pending` holds in the transaction `write`.
+pub(super) fn note(write: &WriteTransaction, pending: &[(i64, String)]) -> Result<(), SpillError> {
     if pending.is_empty() {
         return Ok(());
     }
     let mut table = write.open_table(EXPIRING).map_err(db)?;
-    for (at, key) in pending.drain(..) {
-        table.insert((at, key.as_str()), ()).map_err(db)?;
+    for (at, key) in pending {
+        table.insert((*at, key.as_str()), ()).map_err(db)?;
     }
     Ok(())
 }
@@ -91,6 +88,7 @@ impl SpillFile {
     /// Whether a note is due before `before`, written, being written behind or in the batch (a
     /// read: no write transaction for nothing).
     fn any_note_before(&self, before: i64) -> Result<bool, SpillError> {
+        self.usable()?;
         if self.expiring.iter().any(|(at, _)| *at < before) {
             return Ok(true);
         }
