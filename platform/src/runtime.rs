@@ -42,9 +42,9 @@ pub async fn blocking<R>(work: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Runs `work`, tens of milliseconds of writes to a local file (a writer's or the
-/// orchestrator's `platform::spill` file: about 10 µs a record put, each a random insert into a
-/// B-tree), without holding a runtime thread from the other tasks, as [`blocking`] does but
+/// Runs `work`, up to tens of milliseconds of work on a local file (a writer's or the
+/// orchestrator's `platform::spill` file: its expiry pass, or waiting for a batch written
+/// behind), without holding a runtime thread from the other tasks, as [`blocking`] does but
 /// from synchronous code and without waiting for a turn: it is short, and must not queue behind
 /// a takeover's seconds of decoding. The calling task itself waits for it.
 pub fn off_the_runtime<R>(work: impl FnOnce() -> R) -> R {

@@ -557,7 +557,8 @@ impl SagaPartition {
         for log in &mut self.logs {
             log.take_forgotten();
         }
-        // Writes to the file, tens of milliseconds a tick at load: off the runtime's threads.
+        // The file's expiry pass (and, when a batch fills, waiting for the one written behind
+        // before it): up to tens of milliseconds a tick at load, off the runtime's threads.
         // A tick that read no event has nothing to move (what is due to be forgotten waits
         // for the next that did): no thread hand-off five times a second for nothing.
         if self.logs.iter().any(|log| log.remembered_commands() > 0) {

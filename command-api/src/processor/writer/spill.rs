@@ -75,8 +75,10 @@ where
 
     /// Moves what the model lets go of (old aggregates and command uses a committed snapshot
     /// holds as they are) to the file, and forgets there the uses the window has forgotten.
-    /// On failure the writer restarts before its next batch. The file's writes take tens of
-    /// milliseconds a snapshot at load: off the runtime's threads, so only this partition waits.
+    /// On failure the writer restarts before its next batch. A full batch of the file is
+    /// written behind (`platform::spill`); what is left here (the expiry pass, and waiting for
+    /// the batch before when the next fills) runs off the runtime's threads, so only this
+    /// partition waits.
     pub(super) fn spill(&mut self) {
         platform::runtime::off_the_runtime(|| self.spill_now());
     }
